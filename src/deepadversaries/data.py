@@ -1,0 +1,239 @@
+"""Dataset folders: the published ``.npy`` layout plus our catalogue and metadata.
+
+A dataset folder (SPEC 3.6) holds, for each split in train/valid/test,
+``images_Y10_{split}.npy`` and ``images_Y1_{split}.npy`` (raw electrons, float32,
+(N, 3, H, W)) and ``labels_{split}.npy`` (one-hot, (N, 3), [spiral, elliptical,
+merger]); ours adds ``catalog_{split}.csv`` and ``dataset.json``. A folder with only
+the published files loads too: stretch constants are then computed from its
+training split.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import CLASSES, DOMAINS, SPLITS
+from .errors import DeepAdvError, file_error
+from .io import read_json
+
+STRETCH_SCALE = 0.85
+STRETCH_PERCENTILES = (0.1, 99.9)
+#: images used to estimate stretch constants when a folder has no ``dataset.json``
+STRETCH_SAMPLE = 2000
+
+
+def image_file(domain: str, split: str) -> str:
+    """File name of one domain's images in one split."""
+    return f"images_{domain}_{split}.npy"
+
+
+def label_file(split: str) -> str:
+    """File name of one split's one-hot labels."""
+    return f"labels_{split}.npy"
+
+
+def stretch_constants(images: np.ndarray) -> tuple[float, float]:
+    """The (0.1, 99.9) percentiles over all pixels of all bands of ``images``."""
+    lo, hi = np.percentile(np.asarray(images, dtype=np.float64), STRETCH_PERCENTILES)
+    return float(lo), float(hi)
+
+
+def apply_stretch(images: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The authors' ``update_sinh``: clip to [lo, hi], arcsinh(0.85 x / hi), then (y + 1) / 2."""
+    x = np.clip(np.asarray(images, dtype=np.float32), lo, hi)
+    return ((np.arcsinh(STRETCH_SCALE * x / np.float32(hi)) + 1.0) / 2.0).astype(np.float32)
+
+
+def invert_stretch(stretched: np.ndarray, hi: float) -> np.ndarray:
+    """Map model-input values back to electrons (inside the clip range)."""
+    y = 2.0 * np.asarray(stretched, dtype=np.float64) - 1.0
+    return (np.sinh(y) * hi / STRETCH_SCALE).astype(np.float32)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise file_error(path, "file not found")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise file_error(path, f"not a readable .npy array ({exc})") from exc
+
+
+@dataclass
+class GalaxyDataset:
+    """A loaded dataset folder. Arrays are memory-mapped and validated on first use."""
+
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _checked: set[str] = field(default_factory=set, repr=False)
+    _stretch: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
+
+    # -- discovery ---------------------------------------------------------------
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Domains present in every split (Y10 always, Y1 when its files exist)."""
+        return tuple(d for d in DOMAINS if all((self.path / image_file(d, s)).is_file() for s in SPLITS))
+
+    def has_domain(self, domain: str) -> bool:
+        return domain in self.domains
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(bands, height, width) of one image."""
+        return tuple(self._raw("Y10", "train").shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return sum(len(self.labels(s)) for s in SPLITS)
+
+    # -- arrays -------------------------------------------------------------------
+    def _get(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = _load_array(self.path / name)
+        return self._arrays[name]
+
+    def _raw(self, domain: str, split: str) -> np.ndarray:
+        _check_choice(domain, DOMAINS, "domain")
+        _check_choice(split, SPLITS, "split")
+        name = image_file(domain, split)
+        arr = self._get(name)
+        if name not in self._checked:
+            _validate_images(self.path / name, arr)
+            n = len(self.labels(split))
+            if len(arr) != n:
+                raise file_error(self.path / name, f"{len(arr)} images but {label_file(split)} has {n} labels")
+            if domain != "Y10" and (self.path / image_file("Y10", split)).is_file():
+                ref = self._get(image_file("Y10", split))
+                if ref.shape != arr.shape:
+                    raise file_error(self.path / name, f"shape {arr.shape} differs from Y10's {ref.shape}")
+            self._checked.add(name)
+        return arr
+
+    def images(self, domain: str, split: str, stretched: bool = True) -> np.ndarray:
+        """Images of one domain and split: stretched model input, or raw electrons (memory-mapped)."""
+        raw = self._raw(domain, split)
+        if not stretched:
+            return raw
+        lo, hi = self.stretch(domain)
+        return apply_stretch(raw, lo, hi)
+
+    def one_hot(self, split: str) -> np.ndarray:
+        """The one-hot label array of one split, validated."""
+        _check_choice(split, SPLITS, "split")
+        name = label_file(split)
+        arr = self._get(name)
+        if name not in self._checked:
+            _validate_labels(self.path / name, arr)
+            self._checked.add(name)
+        return arr
+
+    def labels(self, split: str) -> np.ndarray:
+        """Class indices (0 spiral, 1 elliptical, 2 merger) of one split."""
+        return np.argmax(np.asarray(self.one_hot(split)), axis=1).astype(np.int64)
+
+    def stretch(self, domain: str) -> tuple[float, float]:
+        """Stretch constants (p0.1, p99.9) of a domain, from metadata or its training split."""
+        if domain not in self._stretch:
+            stored = self.metadata.get("stretch", {}).get(domain)
+            if stored is not None:
+                self._stretch[domain] = (float(stored[0]), float(stored[1]))
+            else:
+                raw = self._raw(domain, "train")
+                if len(raw) > STRETCH_SAMPLE:
+                    idx = np.sort(np.random.default_rng(0).choice(len(raw), STRETCH_SAMPLE, replace=False))
+                    raw = raw[idx]
+                self._stretch[domain] = stretch_constants(raw)
+        return self._stretch[domain]
+
+    def catalog(self, split: str) -> list[dict[str, str]]:
+        """Rows of ``catalog_{split}.csv`` (empty list for a folder without a catalogue)."""
+        path = self.path / f"catalog_{split}.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    def galaxy_ids(self, split: str) -> np.ndarray:
+        """Galaxy id of each image (the image index when there is no catalogue)."""
+        rows = self.catalog(split)
+        if rows and "galaxy_id" in rows[0]:
+            return np.array([int(r["galaxy_id"]) for r in rows], dtype=np.int64)
+        return np.arange(len(self.labels(split)), dtype=np.int64)
+
+    def torch_dataset(self, domain: str, split: str) -> "TensorImageDataset":
+        """A torch ``Dataset`` of (stretched image tensor, class index)."""
+        return TensorImageDataset(self.images(domain, split), self.labels(split))
+
+    def validate(self) -> None:
+        """Check every file of the folder now (instead of on first use)."""
+        for split in SPLITS:
+            self.one_hot(split)
+            for domain in self.domains:
+                self._raw(domain, split)
+
+
+class TensorImageDataset(Dataset):
+    """Stretched images and class indices held as tensors."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise DeepAdvError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _validate_images(path: Path, arr: np.ndarray) -> None:
+    if arr.ndim != 4 or arr.shape[1] != 3:
+        raise file_error(path, f"expected images of shape (N, 3, H, W), got {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise file_error(path, f"expected float images, got dtype {arr.dtype}")
+    # scan in chunks so that a large memory-mapped file is not read into memory at once
+    step = max(1, 2**27 // max(1, int(np.prod(arr.shape[1:]))))
+    for start in range(0, len(arr), step):
+        chunk = np.asarray(arr[start : start + step])
+        finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+        if not finite.all():
+            raise file_error(path, f"image {start + int(np.flatnonzero(~finite)[0])} has NaN or infinite pixels")
+
+
+def _validate_labels(path: Path, arr: np.ndarray) -> None:
+    if arr.ndim != 2 or arr.shape[1] != len(CLASSES):
+        raise file_error(path, f"expected one-hot labels of shape (N, {len(CLASSES)}), got {arr.shape}")
+    a = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise file_error(path, "labels contain NaN or infinite values")
+    ok = np.isin(a, (0.0, 1.0)).all(axis=1) & (a.sum(axis=1) == 1.0)
+    if not ok.all():
+        raise file_error(path, f"label {int(np.flatnonzero(~ok)[0])} is not one-hot")
+
+
+def load_dataset(path: str | Path) -> GalaxyDataset:
+    """Open a dataset folder (ours, or one holding only the published ``.npy`` files)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise file_error(path, "dataset folder not found")
+    meta_path = path / "dataset.json"
+    metadata = read_json(meta_path) if meta_path.is_file() else {}
+    if not isinstance(metadata, dict):
+        raise file_error(meta_path, "expected a JSON object")
+    for split in SPLITS:
+        for name in (label_file(split), image_file("Y10", split)):
+            if not (path / name).is_file():
+                raise file_error(path / name, "file not found (is this a dataset folder?)")
+    return GalaxyDataset(path=path, metadata=metadata)

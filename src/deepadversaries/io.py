@@ -1,0 +1,199 @@
+"""Atomic writes and output-folder locks.
+
+Every result is written to a temporary file in the destination folder, flushed,
+fsynced and renamed over the final name, so a reader (or a resumed run) sees either
+the old file or the complete new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io as _io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DeepAdvError
+
+TMP_MARK = ".tmp-"
+LOCK_NAME = ".deepadv.lock"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DeepAdvError(f"{path}: no space left on device; free some space and run again") from exc
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise DeepAdvError(f"{path}: cannot write ({exc.strerror})") from exc
+        raise
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Save one array in ``.npy`` format, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Save several arrays in an uncompressed ``.npz``, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> None:
+    """Write dict rows as CSV with a header, atomically."""
+    if fieldnames is None:
+        fieldnames = list(rows[0].keys()) if rows else []
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k, "")) for k in fieldnames})
+    write_text(path, buf.getvalue())
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, with a one-line error naming the file if it is missing or corrupt."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DeepAdvError(f"{path}: file not found") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeepAdvError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def remove_temporaries(folder: str | Path) -> int:
+    """Delete temporary files left by an interrupted atomic write; return how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.rglob(f"*{TMP_MARK}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, held by one process at a time.
+
+    The lock file holds the owner's PID; a lock whose owner is dead is taken over,
+    so a killed run never leaves a folder stuck.
+    """
+
+    def __init__(self, folder: str | Path, what: str = "deepadv") -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.what = what
+        self._held = False
+
+    def acquire(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeepAdvError(f"{self.folder}: cannot create output folder ({exc.strerror})") from exc
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or "0")
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _pid_alive(pid):
+                    raise DeepAdvError(
+                        f"{self.folder}: in use by another deepadv process (pid {pid}); "
+                        "wait for it to finish or choose another output folder"
+                    )
+                self.path.unlink(missing_ok=True)  # stale lock of a dead process
+                continue
+            except OSError as exc:
+                raise DeepAdvError(f"{self.folder}: cannot write ({exc.strerror})") from exc
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self._held = True
+            return
+        raise DeepAdvError(f"{self.folder}: could not take the output lock")
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
