@@ -51,3 +51,11 @@ def make_toy_dataset(path: Path, n: dict[str, int] | None = None, size: int = 10
 def toy_dataset(tmp_path_factory) -> Path:
     """A small learnable dataset in the published layout (no catalogue, no metadata)."""
     return make_toy_dataset(tmp_path_factory.mktemp("toy") / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The simulator's ``tiny`` preset (about 60 galaxies), made once per test session."""
+    from deepadversaries.simulate import simulate_dataset
+
+    return simulate_dataset(tmp_path_factory.mktemp("tiny") / "data", preset="tiny", seed=0, workers=1)
