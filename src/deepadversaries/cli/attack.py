@@ -1,9 +1,46 @@
-"""`deepadv attack` (work in progress)."""
+"""`deepadv attack`: the one-pixel attack campaign on a trained run (SPEC 7)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
-    """Register this verb on the app (filled in by its issue)."""
+    """Add the ``attack`` command."""
+
+    @app.command("attack")
+    def attack(
+        run: Path = typer.Option(..., "--run", help="Run folder made by 'deepadv train' (config.json + checkpoints/best.pt)."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder; default: the one recorded in the run's config.json."),
+        preset: str = typer.Option("quick", "--preset", help="Campaign size: tiny (seconds), quick (a few minutes on a laptop CPU: 60 images, population 400, 20 iterations), paper (150 images, population 400, 80 iterations)."),
+        n_images: Optional[int] = typer.Option(None, "--n-images", help="Size of the random test subsample (paper: 150); only correctly classified images are attacked."),
+        pop_size: Optional[int] = typer.Option(None, "--pop-size", help="Differential-evolution population (paper: 400; at least 4)."),
+        max_iter: Optional[int] = typer.Option(None, "--max-iter", help="Iteration cap: generations evolved before giving up (paper: 80)."),
+        pixels: int = typer.Option(1, "--pixels", help="Pixels changed per attack, L in ||e||_0 <= L (paper: 1)."),
+        mode: str = typer.Option("targeted", "--mode", help="targeted: try the other two classes in turn, success at p(target) > 0.5; untargeted: success at p(true) < 0.05."),
+        success: str = typer.Option("paper", "--success", help="paper: the probability thresholds above; top-class: success when the target becomes the predicted class (untargeted: when the true class stops being predicted), for under-confident models."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the subsample and of every image's search (searches are seeded by seed and test index)."),
+        batch_images: Optional[int] = typer.Option(None, "--batch-images", help="Images searched at once, their candidates sharing forward passes (default: 2 on a CPU, 64 on a GPU)."),
+        device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU if there is one), cpu or cuda."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Discard a finished (or unfinished) campaign in RUN/attack and start afresh."),
+    ) -> None:
+        """Attack a seeded random subsample of the Y10 test set with one-pixel attacks.
+
+        Writes RUN/attack/results.csv, latents.npz and summary.json (last). An interrupted
+        campaign resumes where it stopped when the same command is run again.
+        """
+        from ..campaign import attack_run
+        from ..progress import info
+
+        summary = attack_run(run, data, preset=preset, n_images=n_images, pop_size=pop_size, max_iter=max_iter,
+                             pixels=pixels, mode=mode, success=success, seed=seed, batch_images=batch_images,
+                             device=device, overwrite=overwrite)
+        rate = summary["success_rate"]
+        info(f"drew {summary['images_drawn']} test images, {summary['correctly_classified']} correctly classified; "
+             f"flipped {summary['flipped']} of {summary['attacked']} attacked"
+             + (f" ({rate:.0%}), mean iterations {summary['mean_iterations']:.1f}" if rate is not None else "")
+             + f" in {summary['timing']['wall_time_s']:.0f} s")
+        typer.echo(str(Path(run) / "attack"))

@@ -1,9 +1,49 @@
-"""`deepadv train` (work in progress)."""
+"""`deepadv train`: train ConvNet or ResNet18, regular or with MMD domain adaptation."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
-    """Register this verb on the app (filled in by its issue)."""
+    """Add the ``train`` command."""
+
+    @app.command("train")
+    def train(
+        data: Path = typer.Option(..., "--data", help="Dataset folder (from 'deepadv simulate' or the published .npy files)."),
+        out: Path = typer.Option(..., "--out", help="Run folder to write (config.json, checkpoints/, log.csv, training.json)."),
+        model: str = typer.Option("convnet", "--model", help="Architecture: convnet (paper Table 1) or resnet18."),
+        method: str = typer.Option("regular", "--method",
+                                   help="regular (Y10 labels only) or mmd (adds lambda*MMD^2 between Y10 and unlabelled Y1 latents)."),
+        preset: str = typer.Option("quick", "--preset",
+                                   help="tiny (seconds, tests), quick (a few minutes on a CPU; lr 1e-3, cosine decay) or paper (SPEC 5 exactly: lr 1e-5, up to 100 epochs)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum number of epochs (overrides the preset)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (overrides the preset)."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size; with mmd, per domain."),
+        mmd_weight: Optional[float] = typer.Option(None, "--mmd-weight", help="lambda of the MMD^2 term (paper 0.05; the authors' code 0.01)."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Adam weight decay (paper 1e-3 regular, 1e-4 mmd)."),
+        patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: epochs without a lower validation loss."),
+        seed: int = typer.Option(0, "--seed", help="Random seed (weights, batch order); the same seed repeats a CPU run exactly."),
+        device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu or cuda."),
+        devices: Optional[int] = typer.Option(None, "--devices", help="Number of devices (GPUs, or CPU processes) for Lightning DDP."),
+        num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Number of nodes for Lightning DDP."),
+        compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start; pays off on long runs)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from checkpoints/last.ckpt (a finished run is left as it is)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
+    ) -> None:
+        """Train a classifier on the Y10 training set (labels) and, with --method mmd, the unlabelled Y1 set.
+
+        Keeps the checkpoint with the best Y10 validation accuracy (checkpoints/best.pt) and stops early when the validation loss stops improving. Running the same command again continues an interrupted run.
+        """
+        from ..training import train_model
+
+        overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "mmd_weight": mmd_weight,
+                     "weight_decay": weight_decay, "patience": patience, "devices": devices, "num_nodes": num_nodes}
+        if compile_:
+            overrides["compile"] = True
+        run = train_model(data, out, model=model, method=method, preset=preset, seed=seed, device=device,
+                          overrides=overrides, resume=resume, overwrite=overwrite)
+        typer.echo(str(run))

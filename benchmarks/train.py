@@ -1,0 +1,189 @@
+"""Training throughput: the project's Lightning loop against a bare PyTorch loop.
+
+Both loops train the same model with the same batch size, loss (weighted cross-entropy, plus
+λ·MMD² over one forward pass of Y10 + Y1 for ``mmd``), optimiser, precision and memory
+format, on the same in-memory images, on the same device. They run alternately in one
+process (bare, project, bare, project, ...) and each side's best repetition is kept, so
+machine noise hits both alike. Timed: the optimisation steps after a warm-up, inside one
+epoch (per-epoch validation and checkpointing are left out of both).
+
+    python benchmarks/train.py [--quick] [--device auto|cpu|cuda]
+
+The last line printed is one JSON object with ``ratio_<model>_<method>`` = project images/s
+divided by bare images/s (goal: every ratio >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+
+from deepadversaries.devices import resolve_device
+from deepadversaries.losses import GaussianKernels, MMDLoss
+from deepadversaries.models import build_model
+from deepadversaries.training import GalaxyClassifierModule, GalaxyDataModule, _Quiet, make_trainer
+
+CLASS_WEIGHTS = [0.58, 1.02, 3.3]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_tensors(n: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "Y10_train": torch.rand(n, 3, size, size, generator=gen),
+        "Y1_train": torch.rand(n, 3, size, size, generator=gen),
+        "y_train": torch.randint(0, 3, (n,), generator=gen),
+        "Y10_valid": torch.rand(8, 3, size, size, generator=gen),
+        "y_valid": torch.randint(0, 3, (8,), generator=gen),
+    }
+
+
+def make_config(model: str, method: str, batch: int, device: torch.device) -> dict:
+    return {
+        "kind": "deepadv-run", "model": model, "method": method, "seed": 0, "resolved_device": str(device),
+        "epochs": 1, "lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-4,
+        "batch_size": batch, "eval_batch_size": 8, "patience": 10, "schedule": "cosine",
+        "mmd_weight": 0.05 if method == "mmd" else 0.0, "mmd_estimator": "unbiased",
+        "mmd_sigmas2": list(GaussianKernels().sigmas2), "compile": False,
+        "channels_last": device.type == "cuda", "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
+        "devices": 1, "num_nodes": 1, "class_weights": CLASS_WEIGHTS,
+    }
+
+
+def bare_loop(config: dict, tensors: dict, device: torch.device, warmup: int, steps: int) -> float:
+    """Images per second of a plain PyTorch loop doing the same work."""
+    torch.manual_seed(0)
+    model = build_model(config["model"]).to(device)
+    channels_last = config["channels_last"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=tuple(config["betas"]),
+                                 weight_decay=config["weight_decay"])
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=warmup + steps)
+    weight = torch.tensor(CLASS_WEIGHTS, device=device)
+    mmd_loss = MMDLoss(GaussianKernels(config["mmd_sigmas2"])).to(device)
+    x10, y, x1 = (tensors[k].to(device) for k in ("Y10_train", "y_train", "Y1_train"))
+    b = config["batch_size"]
+    rng = np.random.default_rng(0)
+    order, order_t = rng.permutation(len(y)), rng.permutation(len(y))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config["precision"] == "bf16-mixed"
+                else contextlib.nullcontext())
+    model.train()
+    start = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        idx = torch.as_tensor(order[step * b:(step + 1) * b], device=device)
+        xs, ys = x10[idx], y[idx]
+        if config["method"] == "mmd":
+            xb = torch.cat([xs, x1[torch.as_tensor(order_t[step * b:(step + 1) * b], device=device)]])
+        else:
+            xb = xs
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits, z = model(xb)
+            loss = F.cross_entropy(logits[:b].float(), ys, weight=weight)
+            if config["method"] == "mmd":
+                loss = loss + config["mmd_weight"] * mmd_loss(z[:b], z[b:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    _sync(device)
+    return steps * b / (time.perf_counter() - start)
+
+
+class _StepTimer(Callback):
+    def __init__(self, warmup: int, steps: int, batch: int, device: torch.device) -> None:
+        self.warmup, self.steps, self.batch, self.device = warmup, steps, batch, device
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            _sync(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.warmup + self.steps - 1:
+            _sync(self.device)
+            self.end = time.perf_counter()
+
+    def images_per_second(self) -> float:
+        return self.steps * self.batch / (self.end - self.start)
+
+
+def project_loop(config: dict, tensors: dict, device: torch.device, warmup: int, steps: int) -> float:
+    """Images per second of the project's loop (the LightningModule and trainer of train_model)."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp, _Quiet():
+        module = GalaxyClassifierModule(config)
+        datamodule = GalaxyDataModule(None, config, tensors=tensors)
+        timer = _StepTimer(warmup, steps, config["batch_size"], device)
+        trainer, _ = make_trainer(Path(tmp), config, progress=False, extra_callbacks=[timer],
+                                  max_steps=warmup + steps, limit_val_batches=0)
+        trainer.fit(module, datamodule=datamodule)
+        return timer.images_per_second()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few steps, small batches (a CPU smoke run)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=None, help="alternating repetitions per side")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (CPU runs)")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    if device.type == "cuda":
+        sizes = {"convnet": (128, 10, 60), "resnet18": (128, 10, 40)}
+        repeats = args.repeats or 3
+    elif args.quick:
+        sizes = {"convnet": (64, 2, 5), "resnet18": (16, 1, 3)}
+        repeats = args.repeats or 2
+    else:
+        sizes = {"convnet": (128, 2, 10), "resnet18": (32, 2, 6)}
+        repeats = args.repeats or 3
+    result: dict[str, float | str] = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    for model in ("convnet", "resnet18"):
+        batch, warmup, steps = sizes[model]
+        tensors = make_tensors(batch * (warmup + steps) + batch, 100)
+        for method in ("regular", "mmd"):
+            config = make_config(model, method, batch, device)
+            bare, project = [], []
+            for _ in range(repeats):
+                bare.append(bare_loop(config, tensors, device, warmup, steps))
+                project.append(project_loop(config, tensors, device, warmup, steps))
+            key = f"{model}_{method}"
+            result[f"bare_{key}_img_s"] = round(max(bare), 1)
+            result[f"project_{key}_img_s"] = round(max(project), 1)
+            result[f"ratio_{key}"] = round(max(project) / max(bare), 3)
+            print(f"{key:18s} batch {batch:4d}  bare {max(bare):8.1f} img/s  project {max(project):8.1f} img/s  "
+                  f"ratio {max(project) / max(bare):.3f}   (bare runs {[round(v) for v in bare]}, "
+                  f"project runs {[round(v) for v in project]})", file=sys.stderr, flush=True)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

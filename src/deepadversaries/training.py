@@ -1,0 +1,888 @@
+"""Training (SPEC 5): one LightningModule for regular and MMD domain-adaptation training.
+
+``train_model`` is the stage function behind ``deepadv train``. It holds the stretched
+images in memory as tensors and draws batches by index (much faster on a small CPU than
+a worker-based DataLoader), trains with Lightning, and writes the run folder of
+``docs/architecture.md``:
+
+- ``config.json``: the fully resolved settings (``"kind": "deepadv-run"``);
+- ``checkpoints/best.pt``: the weights with the best Y10 validation accuracy;
+- ``checkpoints/last.ckpt``: Lightning's checkpoint of the last epoch, for resuming;
+- ``log.csv``: one row per epoch (every loss term, Y10 and Y1 validation accuracy);
+- ``tensorboard/``: the same curves for TensorBoard;
+- ``training.json``: written last, marks a finished training.
+
+The Y1 labels are never used for training or for choosing the checkpoint: Y1 validation
+accuracy is logged for information only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from . import CLASSES, PRESETS, __version__
+from .data import GalaxyDataset, image_file, load_dataset
+from .devices import resolve_device
+from .errors import DeepAdvError, check_preset, file_error
+from .io import LOCK_NAME, OutputLock, atomic_path, read_json, remove_temporaries, write_csv, write_json
+from .losses import DEFAULT_SIGMAS2, ESTIMATORS, GaussianKernels, MMDLoss, class_weights
+from .models import MODEL_NAMES, build_model, check_input_shape
+from .progress import info, make_progress
+from .runs import (CONFIG_NAME, RUN_KIND, TRAINING_DONE, best_checkpoint_path, config_path,
+                   last_checkpoint_path)
+
+METHODS = ("regular", "mmd")
+SCHEDULES = ("constant", "cosine")
+LOG_NAME = "log.csv"
+LOG_COLUMNS = ("epoch", "train_loss", "train_ce", "train_mmd2", "train_acc", "val_loss", "val_acc_y10",
+               "val_acc_y1", "val_mmd2", "lr", "epoch_seconds")
+#: latents per domain used for the (information-only) validation MMD²
+VAL_MMD_SAMPLE = 512
+
+_PAPER = {
+    "epochs": 100, "lr": 1e-5, "betas": (0.7, 0.8), "eps": 1e-8,
+    "weight_decay": {"regular": 1e-3, "mmd": 1e-4},
+    "batch_size": 128, "eval_batch_size": 64, "patience": 10, "schedule": "constant",
+    "mmd_weight": 0.05, "mmd_estimator": "unbiased",
+    "note": "SPEC 5 to the letter: the paper's optimiser, batch sizes and up to 100 epochs; "
+            "meant for the paper's data size on a GPU",
+}
+_QUICK_CONVNET = {
+    "epochs": 15, "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+    "weight_decay": {"regular": 1e-3, "mmd": 1e-4},
+    "batch_size": 64, "eval_batch_size": 256, "patience": 15, "schedule": "cosine",
+    "mmd_weight": 0.05, "mmd_estimator": "unbiased",
+    "note": "faster than the paper so that it converges on a CPU: Adam lr 1e-3 (paper 1e-5) with "
+            "default betas and cosine decay, batch 64, 15 epochs",
+}
+_QUICK_RESNET = dict(_QUICK_CONVNET, epochs=10, note=(
+    "faster than the paper so that it converges on a CPU: Adam lr 1e-3 (paper 1e-5) with default betas "
+    "and cosine decay, batch 64, 10 epochs"))
+_TINY = {
+    "epochs": 3, "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+    "weight_decay": {"regular": 1e-3, "mmd": 1e-4},
+    "batch_size": 32, "eval_batch_size": 128, "patience": 3, "schedule": "constant",
+    "mmd_weight": 0.05, "mmd_estimator": "unbiased",
+    "note": "seconds-long smoke run for tests; not a trained model",
+}
+#: training settings per preset and model (SPEC 5; ``quick`` deviates from the paper and says how)
+TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {"convnet": _TINY, "resnet18": _TINY},
+    "quick": {"convnet": _QUICK_CONVNET, "resnet18": _QUICK_RESNET},
+    "paper": {"convnet": _PAPER, "resnet18": _PAPER},
+}
+assert tuple(TRAIN_PRESETS) == PRESETS
+
+#: settings a user may override, with their types
+OVERRIDABLE: dict[str, type] = {
+    "epochs": int, "lr": float, "batch_size": int, "eval_batch_size": int, "mmd_weight": float,
+    "weight_decay": float, "patience": int, "schedule": str, "mmd_estimator": str, "compile": bool,
+    "channels_last": bool, "precision": str, "devices": int, "num_nodes": int,
+}
+#: settings that must be the same when an unfinished run is continued
+RESUME_KEYS = ("model", "method", "preset", "seed", "data", "epochs", "lr", "betas", "eps", "weight_decay",
+               "batch_size", "patience", "schedule", "mmd_weight", "mmd_estimator", "mmd_sigmas2")
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------
+def resolve_config(dataset: GalaxyDataset, *, model: str, method: str, preset: str, seed: int,
+                   device: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The fully resolved settings of a training run (written to ``config.json``)."""
+    if model not in MODEL_NAMES:
+        raise DeepAdvError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if method not in METHODS:
+        raise DeepAdvError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    settings = dict(check_preset(preset, TRAIN_PRESETS)[model])
+    settings["weight_decay"] = settings["weight_decay"][method]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DeepAdvError(f"--seed must be a non-negative integer, got {seed!r}")
+    torch_device = resolve_device(device)
+    settings.update(compile=False, channels_last=_default_channels_last(model, torch_device),
+                    precision="bf16-mixed" if torch_device.type == "cuda" else "32-true",
+                    devices=1, num_nodes=1)
+    changed = []
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in OVERRIDABLE:
+            raise DeepAdvError(f"unknown training setting {key!r}; choose from {', '.join(OVERRIDABLE)}")
+        settings[key] = _check_setting(key, value)
+        changed.append(key)
+    if settings["schedule"] not in SCHEDULES:
+        raise DeepAdvError(f"unknown schedule {settings['schedule']!r}; choose one of {', '.join(SCHEDULES)}")
+    if settings["mmd_estimator"] not in ESTIMATORS:
+        raise DeepAdvError(f"unknown MMD estimator {settings['mmd_estimator']!r}; choose one of {', '.join(ESTIMATORS)}")
+    if settings["precision"] not in ("32-true", "bf16-mixed", "16-mixed"):
+        raise DeepAdvError(f"unknown precision {settings['precision']!r}; choose 32-true, bf16-mixed or 16-mixed")
+    if torch_device.type == "cpu" and settings["precision"] == "16-mixed":
+        raise DeepAdvError("precision 16-mixed needs a CUDA GPU; use 32-true or bf16-mixed on the CPU")
+
+    counts = {s: int(len(dataset.labels(s))) for s in ("train", "valid", "test")}
+    train_labels = dataset.labels("train")
+    weights = class_weights(train_labels).tolist()
+    config: dict[str, Any] = {
+        "kind": RUN_KIND,
+        "deepadv_version": __version__,
+        "model": model,
+        "method": method,
+        "preset": preset,
+        "data": str(Path(dataset.path).resolve()),
+        "seed": int(seed),
+        "device": device,
+        "resolved_device": str(torch_device),
+        "epochs": settings["epochs"],
+        "lr": settings["lr"],
+        "betas": list(settings["betas"]),
+        "eps": settings["eps"],
+        "weight_decay": settings["weight_decay"],
+        "batch_size": settings["batch_size"],
+        "eval_batch_size": settings["eval_batch_size"],
+        "patience": settings["patience"],
+        "early_stopping_monitor": "val_loss",
+        "checkpoint_selection": "best Y10 validation accuracy",
+        "schedule": settings["schedule"],
+        "mmd_weight": settings["mmd_weight"] if method == "mmd" else 0.0,
+        "mmd_estimator": settings["mmd_estimator"],
+        "mmd_sigmas2": list(DEFAULT_SIGMAS2),
+        "compile": settings["compile"],
+        "channels_last": settings["channels_last"],
+        "precision": settings["precision"],
+        "devices": settings["devices"],
+        "num_nodes": settings["num_nodes"],
+        "class_weights": weights,
+        "class_counts": dict(zip(CLASSES, np.bincount(train_labels, minlength=len(CLASSES)).tolist())),
+        "counts": counts,
+        "image_shape": list(dataset.image_shape),
+        "domains": list(dataset.domains),
+        "stretch": {d: list(dataset.stretch(d)) for d in dataset.domains},
+        "dataset_seed": dataset.metadata.get("seed"),
+        "dataset_version": dataset.metadata.get("version"),
+        "preset_note": settings["note"],
+        "overridden": sorted(changed),
+    }
+    return config
+
+
+def _default_channels_last(model: str, device: torch.device) -> bool:
+    # measured (benchmarks/train.py): on a CPU channels_last speeds the ConvNet's convolutions but slows
+    # its batch-norm backward about as much, and it slows ResNet18; on a GPU it helps both under bf16
+    return device.type == "cuda"
+
+
+def _check_setting(key: str, value: Any) -> Any:
+    typ = OVERRIDABLE[key]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise DeepAdvError(f"setting {key} must be true or false, got {value!r}")
+        return value
+    if typ is str:
+        return str(value)
+    try:
+        number = typ(value)
+    except (TypeError, ValueError) as exc:
+        raise DeepAdvError(f"setting {key} must be a number, got {value!r}") from exc
+    if isinstance(value, bool) or (typ is int and number != value):
+        raise DeepAdvError(f"setting {key} must be an integer, got {value!r}")
+    if not math.isfinite(number):
+        raise DeepAdvError(f"setting {key} must be finite, got {value!r}")
+    lower = {"epochs": 1, "batch_size": 2, "eval_batch_size": 1, "patience": 1, "devices": 1, "num_nodes": 1}
+    if key in lower and number < lower[key]:
+        raise DeepAdvError(f"--{key.replace('_', '-')} must be at least {lower[key]}, got {value!r}")
+    if key == "lr" and number <= 0:
+        raise DeepAdvError(f"--lr must be positive, got {value!r}")
+    if key in ("mmd_weight", "weight_decay") and number < 0:
+        raise DeepAdvError(f"--{key.replace('_', '-')} must be non-negative, got {value!r}")
+    return number
+
+
+# ----------------------------------------------------------------------------------------------
+# data held in memory, batches drawn by index
+# ----------------------------------------------------------------------------------------------
+class IndexBatches(Sampler):
+    """Batches of indices, reshuffled each epoch from (seed, epoch); sharded over DDP ranks.
+
+    With ``n_target`` it yields pairs (source indices, target indices), the target drawn from
+    its own permutation, so that an unlabelled Y1 batch of the same size goes with each Y10 batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1, n_target: int | None = None) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world_size, self.n_target = rank, world_size, n_target
+        # never drop everything: a split smaller than one batch gives one short batch
+        self.drop_last = drop_last and n // world_size >= batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _order(self, n: int, stream: int) -> np.ndarray:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, stream]).permutation(n)
+        else:
+            order = np.arange(n)
+        if self.world_size > 1:  # equal shares on every rank (wrap around), as DistributedSampler
+            per_rank = -(-n // self.world_size) if not self.drop_last else n // self.world_size
+            order = np.resize(order, per_rank * self.world_size)[self.rank::self.world_size]
+        return order
+
+    def _n_local(self) -> int:
+        if self.world_size == 1:
+            return self.n
+        return -(-self.n // self.world_size) if not self.drop_last else self.n // self.world_size
+
+    def __len__(self) -> int:
+        m = self._n_local()
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def __iter__(self):
+        source = self._order(self.n, 0)
+        target = None
+        if self.n_target is not None:
+            target = self._order(self.n_target, 1)
+            if len(target) < len(source):
+                target = np.resize(target, len(source))
+        for b in range(len(self)):
+            idx = source[b * self.batch_size:(b + 1) * self.batch_size]
+            if target is None:
+                yield idx
+            else:
+                yield idx, target[b * self.batch_size:b * self.batch_size + len(idx)]
+
+
+class TensorBatches(Dataset):
+    """Indexes in-memory tensors with a whole batch of indices at once."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, x_target: torch.Tensor | None = None,
+                 pair_target: bool = False) -> None:
+        self.x, self.y, self.x_target, self.pair_target = x, y, x_target, pair_target
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @staticmethod
+    def _take(t: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        return t[torch.as_tensor(idx, device=t.device)]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):  # (source indices, independent target indices)
+            idx, idx_t = key
+            return self._take(self.x, idx), self._take(self.y, idx), self._take(self.x_target, idx_t)
+        if self.x_target is not None and self.pair_target:  # same galaxies in both domains
+            return self._take(self.x, key), self._take(self.y, key), self._take(self.x_target, key)
+        return self._take(self.x, key), self._take(self.y, key)
+
+
+class GalaxyDataModule(L.LightningDataModule):
+    """Stretched Y10 (and Y1) training and validation images held in memory."""
+
+    def __init__(self, data: str | Path | None, config: dict[str, Any],
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.data_path = Path(data) if data is not None else None
+        self.config = config
+        self.tensors: dict[str, torch.Tensor] = dict(tensors or {})
+
+    def setup(self, stage: str | None = None) -> None:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.tensors:  # given in memory (benchmarks, notebooks)
+            self.tensors = {k: _to_device(v, device) for k, v in self.tensors.items()}
+            return
+        ds = load_dataset(self.data_path)
+        mmd = self.config["method"] == "mmd"
+        want = [("Y10", "train"), ("Y10", "valid")]
+        if mmd:
+            want.append(("Y1", "train"))
+        if ds.has_domain("Y1"):
+            want.append(("Y1", "valid"))
+        for domain, split in want:
+            self.tensors[f"{domain}_{split}"] = _to_device(torch.from_numpy(ds.images(domain, split)), device)
+        for split in ("train", "valid"):
+            self.tensors[f"y_{split}"] = _to_device(torch.from_numpy(ds.labels(split)), device)
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> DataLoader:
+        t, c = self.tensors, self.config
+        rank, world = self._rank()
+        mmd = c["method"] == "mmd"
+        sampler = IndexBatches(len(t["y_train"]), c["batch_size"], shuffle=True, seed=c["seed"], drop_last=True,
+                               rank=rank, world_size=world, n_target=len(t["Y1_train"]) if mmd else None)
+        dataset = TensorBatches(t["Y10_train"], t["y_train"], t.get("Y1_train"))
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        t, c = self.tensors, self.config
+        rank, world = self._rank()
+        sampler = IndexBatches(len(t["y_valid"]), c["eval_batch_size"], shuffle=False, rank=rank, world_size=world)
+        dataset = TensorBatches(t["Y10_valid"], t["y_valid"], t.get("Y1_valid"), pair_target=True)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda" and x.device != device:
+        free, _ = torch.cuda.mem_get_info(device)
+        if x.numel() * x.element_size() < 0.4 * free:
+            return x.to(device)
+        return x.pin_memory()
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# the LightningModule
+# ----------------------------------------------------------------------------------------------
+class GalaxyClassifierModule(L.LightningModule):
+    """Weighted cross-entropy on labelled Y10, plus λ·MMD²(z_Y10, z_Y1) for domain adaptation.
+
+    For ``method="mmd"`` each step concatenates the labelled Y10 batch and an unlabelled Y1
+    batch of the same size and makes ONE forward pass over both.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.method = config["method"]
+        self.mmd_weight = float(config["mmd_weight"])
+        self.model = build_model(config["model"])
+        self.channels_last = bool(config["channels_last"])
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.register_buffer("ce_weight", torch.tensor(config["class_weights"], dtype=torch.float32))
+        self.mmd_loss = MMDLoss(GaussianKernels(config["mmd_sigmas2"]), estimator=config["mmd_estimator"])
+        self.__dict__["_compiled"] = None  # kept out of the module tree: state_dict keys stay plain
+        self.nan_check_every = 1
+        self.epoch_metrics: dict[str, float] = {}
+        self._reset_sums()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.config.get("compile") and self.__dict__["_compiled"] is None:
+            self.__dict__["_compiled"] = torch.compile(self.model)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        compiled = self.__dict__["_compiled"]
+        return (compiled or self.model)(x)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _reset_sums(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        value = value.detach().to(torch.float64)
+        self._sums[name] = self._sums[name] + value if name in self._sums else value
+
+    def _reduced(self) -> dict[str, float]:
+        names = sorted(self._sums)
+        if not names:
+            return {}
+        stacked = torch.stack([self._sums[n] for n in names])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        return dict(zip(names, stacked.cpu().tolist()))
+
+    def on_fit_start(self) -> None:
+        self.nan_check_every = 1 if self.device.type == "cpu" else 25
+        self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._step_counter = torch.zeros((), dtype=torch.long, device=self.device)
+
+    # -- training -----------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._reset_sums()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.method == "mmd":
+            x_source, y, x_target = batch
+            x = torch.cat([x_source, x_target], dim=0)
+        else:
+            x_source, y = batch
+            x = x_source
+        n = len(y)
+        logits, z = self._forward(self._prepare(x))
+        source_logits = logits[:n].float()
+        ce = F.cross_entropy(source_logits, y, weight=self.ce_weight)
+        loss = ce
+        if self.method == "mmd":
+            mmd = self.mmd_loss(z[:n], z[n:])
+            loss = ce + self.mmd_weight * mmd
+            self._add("mmd2", mmd * n)
+        self._add("loss", loss * n)
+        self._add("ce", ce * n)
+        self._add("correct", (source_logits.argmax(1) == y).sum())
+        self._add("n", torch.tensor(float(n), device=loss.device))
+        self._check_finite(loss, batch_idx)
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        self._step_counter += 1
+        bad = ~torch.isfinite(loss.detach())
+        self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), self._step_counter,
+                                           self._first_bad_step)
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        if (batch_idx + 1) % self.nan_check_every == 0 or last:
+            step = int(self._first_bad_step)
+            if step >= 0:
+                raise DeepAdvError(
+                    f"training diverged: the loss became NaN or infinite at epoch {self.current_epoch + 1}, "
+                    f"step {step} (counting from 1 since the start of this process); try a smaller --lr")
+
+    # -- validation ---------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums: dict[str, torch.Tensor] = {}
+        self._val_latents: dict[str, list[torch.Tensor]] = {"Y10": [], "Y1": []}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        has_y1 = len(batch) == 3
+        x_source, y = batch[0], batch[1]
+        x = torch.cat([x_source, batch[2]], dim=0) if has_y1 else x_source
+        n = len(y)
+        logits, z = self._forward(self._prepare(x))
+        logits = logits.float()
+        w = self.ce_weight[y]
+        nll = F.cross_entropy(logits[:n], y, reduction="none")
+        sums = {"ce_num": (w * nll).sum(), "ce_den": w.sum(), "correct_y10": (logits[:n].argmax(1) == y).sum(),
+                "n": torch.tensor(float(n), device=logits.device)}
+        if has_y1:  # information only: Y1 labels never reach the loss or the checkpoint choice
+            sums["correct_y1"] = (logits[n:].argmax(1) == y).sum()
+        for k, v in sums.items():
+            v = v.detach().to(torch.float64)
+            self._val_sums[k] = self._val_sums[k] + v if k in self._val_sums else v
+        if has_y1 and sum(len(t) for t in self._val_latents["Y10"]) < VAL_MMD_SAMPLE:
+            self._val_latents["Y10"].append(z[:n].detach().float())
+            self._val_latents["Y1"].append(z[n:].detach().float())
+
+    def on_validation_epoch_end(self) -> None:
+        names = sorted(self._val_sums)
+        stacked = torch.stack([self._val_sums[k] for k in names])
+        if self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        s = dict(zip(names, stacked.cpu().tolist()))
+        metrics = {"val_loss": s["ce_num"] / s["ce_den"], "val_acc_y10": s["correct_y10"] / s["n"],
+                   "val_acc_y1": s["correct_y1"] / s["n"] if "correct_y1" in s else float("nan"),
+                   "val_mmd2": float("nan")}
+        if self._val_latents["Y10"]:
+            z10 = torch.cat(self._val_latents["Y10"])[:VAL_MMD_SAMPLE]
+            z1 = torch.cat(self._val_latents["Y1"])[:VAL_MMD_SAMPLE]
+            if len(z10) >= 2:
+                metrics["val_mmd2"] = float(self.mmd_loss(z10, z1))
+        self.epoch_metrics.update(metrics)
+        self.log("val_loss", metrics["val_loss"], prog_bar=False, sync_dist=False)
+        self.log("val_acc_y10", metrics["val_acc_y10"], prog_bar=True, sync_dist=False)
+        if math.isfinite(metrics["val_acc_y1"]):
+            self.log("val_acc_y1", metrics["val_acc_y1"], sync_dist=False)
+
+    def collect_train_metrics(self) -> dict[str, float]:
+        """Epoch means of the training loss terms and accuracy (reduced over DDP ranks); logs them."""
+        s = self._reduced()
+        n = s.get("n", 0.0) or float("nan")
+        train = {"train_loss": s.get("loss", float("nan")) / n, "train_ce": s.get("ce", float("nan")) / n,
+                 "train_mmd2": s["mmd2"] / n if "mmd2" in s else float("nan"),
+                 "train_acc": s.get("correct", float("nan")) / n}
+        self.epoch_metrics.update(train)
+        for key, value in train.items():
+            if math.isfinite(value):
+                self.log(f"epoch_{key}", value, sync_dist=False)
+        return train
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        c = self.config
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=c["lr"], betas=tuple(c["betas"]), eps=c["eps"],
+                                     weight_decay=c["weight_decay"])
+        if c["schedule"] == "constant":
+            return optimizer
+        total = max(1, self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def best_state(self) -> dict[str, torch.Tensor]:
+        """The plain model's weights, contiguous, on the CPU (for ``best.pt``)."""
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# callbacks: the run record (log.csv, best.pt), progress bar
+# ----------------------------------------------------------------------------------------------
+class RunRecorder(Callback):
+    """Writes ``log.csv`` each epoch and ``best.pt`` when the Y10 validation accuracy improves.
+
+    Its state (rows, best so far, RNG states) travels in Lightning's checkpoint, so a resumed
+    run continues the same log and, on a CPU, reproduces the uninterrupted run exactly.
+    """
+
+    def __init__(self, run: Path) -> None:
+        self.run = Path(run)
+        self.rows: list[dict[str, float]] = []
+        self.best_val_acc = -1.0
+        self.best_val_loss = float("inf")
+        self.best_epoch = 0
+        self.elapsed_before = 0.0
+        self._epoch_start = 0.0
+        self._fit_start = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module: GalaxyClassifierModule) -> None:
+        pl_module.collect_train_metrics()
+        m = pl_module.epoch_metrics
+        epoch = trainer.current_epoch + 1
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        row = {"epoch": epoch, **{k: float(m.get(k, float("nan"))) for k in LOG_COLUMNS[1:-2]},
+               "lr": float(lr), "epoch_seconds": time.perf_counter() - self._epoch_start}
+        self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
+        acc, vloss = row["val_acc_y10"], row["val_loss"]
+        improved = acc > self.best_val_acc or (acc == self.best_val_acc and vloss < self.best_val_loss)
+        if improved:
+            self.best_val_acc, self.best_val_loss, self.best_epoch = acc, vloss, epoch
+        if trainer.is_global_zero:
+            write_csv(self.run / LOG_NAME, self.rows, LOG_COLUMNS)
+            if improved:
+                ckpt = {"model": pl_module.config["model"], "state_dict": pl_module.best_state(), "epoch": epoch,
+                        "val_acc": float(acc), "val_loss": float(vloss), "method": pl_module.config["method"]}
+                best = best_checkpoint_path(self.run)
+                best.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(best) as tmp:
+                    torch.save(ckpt, tmp)
+
+    def wall_time(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._fit_start if self._fit_start else 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"rows": self.rows, "best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
+                 "best_epoch": self.best_epoch, "elapsed": self.wall_time(), "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = list(state["rows"])
+        self.best_val_acc = float(state["best_val_acc"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.best_epoch = int(state["best_epoch"])
+        self.elapsed_before = float(state["elapsed"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            try:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            except (RuntimeError, IndexError):
+                pass  # resumed on a different number of GPUs
+
+
+class EpochProgress(Callback):
+    """The project's rich progress bar: epochs, and batches of the current epoch."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.progress = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.progress = make_progress()
+        self.progress.start()
+        self.epochs_task = self.progress.add_task(self.description, total=trainer.max_epochs,
+                                                  completed=trainer.current_epoch)
+        self.batch_task = self.progress.add_task("  batches", total=trainer.num_training_batches)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.progress is not None:
+            self.progress.reset(self.batch_task, total=trainer.num_training_batches,
+                                description=f"  epoch {trainer.current_epoch + 1}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.batch_task)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.progress is not None:
+            m = pl_module.epoch_metrics
+            self.progress.update(self.epochs_task, advance=1, description=(
+                f"{self.description} · loss {m.get('train_loss', float('nan')):.3f} · "
+                f"val acc Y10 {m.get('val_acc_y10', float('nan')):.3f}"))
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# trainer factory and the stage function
+# ----------------------------------------------------------------------------------------------
+def make_trainer(run: str | Path, config: dict[str, Any], *, progress: bool = True,
+                 extra_callbacks: list[Callback] | None = None, max_steps: int = -1,
+                 limit_val_batches: int | float | None = None) -> tuple[L.Trainer, RunRecorder]:
+    """A Lightning Trainer for one run: checkpoints (best Y10 val acc, last), early stopping on
+    the validation loss, CSV and TensorBoard logs, progress bar, precision and DDP from the config."""
+    run = Path(run)
+    device = torch.device(config["resolved_device"])
+    recorder = RunRecorder(run)
+    callbacks: list[Callback] = [
+        recorder,
+        # the latest epoch, always to the same file (monitor=None, top-1): checkpoints/last.ckpt
+        ModelCheckpoint(dirpath=run / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        save_on_train_epoch_end=True, enable_version_counter=False),
+    ]
+    if limit_val_batches != 0:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config["patience"],
+                                       check_on_train_epoch_end=True))
+    if progress:
+        callbacks.append(EpochProgress(f"train {config['model']} {config['method']}"))
+    callbacks += extra_callbacks or []
+    devices: int | list[int] = config["devices"]
+    if device.type == "cuda" and device.index is not None and config["devices"] == 1:
+        devices = [device.index]
+    multi = config["devices"] > 1 or config["num_nodes"] > 1
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=devices,
+        num_nodes=config["num_nodes"],
+        strategy="ddp" if multi else "auto",
+        precision=config["precision"],
+        max_epochs=config["epochs"],
+        max_steps=max_steps,
+        callbacks=callbacks,
+        logger=TensorBoardLogger(save_dir=str(run), name="tensorboard", version="", default_hp_metric=False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=device.type == "cpu",
+        benchmark=device.type == "cuda",
+        use_distributed_sampler=False,
+        log_every_n_steps=10,
+        limit_val_batches=limit_val_batches,
+        default_root_dir=str(run),
+    )
+    return trainer, recorder
+
+
+def _launch_rank() -> int:
+    """Global rank of this process when launched by Lightning's DDP or torchrun (0 otherwise)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if node else 1
+    return node * per_node + local
+
+
+def _run_outputs(run: Path) -> list[Path]:
+    names = [CONFIG_NAME, TRAINING_DONE, "checkpoints", LOG_NAME, "tensorboard", "metrics.json",
+             "confusion_Y10.png", "confusion_Y1.png", "attack"]
+    return [run / n for n in names]
+
+
+def _prepare_run_folder(run: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> str:
+    """Decide between a fresh start, continuing an unfinished run, and a finished run."""
+    remove_temporaries(run)
+    existing = [p for p in run.iterdir() if p.name != LOCK_NAME] if run.is_dir() else []
+    if not existing:
+        return "fresh"
+    has_config = config_path(run).is_file()
+    if not has_config:
+        raise file_error(run, "exists and is not a run folder (no config.json); choose another --out or empty it")
+    if overwrite:
+        for p in _run_outputs(run):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        return "fresh"
+    stored = read_json(config_path(run))
+    if not isinstance(stored, dict) or stored.get("kind") != RUN_KIND:
+        raise file_error(config_path(run), f"not a deepadv run config (expected \"kind\": \"{RUN_KIND}\")")
+    finished = (run / TRAINING_DONE).is_file()
+    if finished and not resume:
+        raise file_error(run, "holds a finished training; use --overwrite to train again "
+                              "(or --resume, which leaves it as it is)")
+    diffs = [k for k in RESUME_KEYS if _normal(stored.get(k)) != _normal(config.get(k))]
+    if diffs:
+        detail = ", ".join(f"{k} {stored.get(k)!r} vs {config.get(k)!r}" for k in diffs[:4])
+        raise file_error(run, f"holds a run with other settings ({detail}); "
+                              "repeat the original options to continue it, or use --overwrite")
+    return "finished" if finished else "resume"
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    return value
+
+
+@dataclass
+class _Quiet:
+    """Silence Lightning's banner lines and advice warnings during a run."""
+
+    def __enter__(self) -> "_Quiet":
+        self._levels = {}
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            lg = logging.getLogger(name)
+            self._levels[name] = lg.level
+            lg.setLevel(logging.WARNING)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        for pattern in (".*does not have many workers.*", ".*number of training batches.*",
+                        ".*LightningModule.log.*", ".*on_epoch=True.*", ".*tensorboardX.*",
+                        ".*Checkpoint directory.*exists and is not empty.*",
+                        ".*`isinstance\\(treespec, LeafSpec\\)`.*", ".*val_loss.*Monitored.*",
+                        ".*has `shuffle=True`.*", ".*GPU available but not used.*"):
+            warnings.filterwarnings("ignore", message=pattern)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._warnings.__exit__(*exc)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def train_model(data: str | Path, out: str | Path, *, model: str = "convnet", method: str = "regular",
+                preset: str = "quick", seed: int = 0, device: str = "auto",
+                overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
+                progress: bool = True) -> Path:
+    """Train a classifier on a dataset folder and write the run folder ``out``; return its path.
+
+    ``method="mmd"`` adds λ·MMD² between the Y10 and Y1 latents (unlabelled Y1 training
+    images). An unfinished run in ``out`` with the same settings is continued; a finished
+    one is kept unless ``overwrite`` (``resume`` on a finished run returns it unchanged).
+    """
+    dataset = load_dataset(data)
+    config = resolve_config(dataset, model=model, method=method, preset=preset, seed=seed, device=device,
+                            overrides=overrides)
+    if method == "mmd" and not dataset.has_domain("Y1"):
+        raise file_error(dataset.path, f"has no Y1 images ({image_file('Y1', 'train')} etc.); "
+                                       "--method mmd needs the unlabelled Y1 domain")
+    check_input_shape(build_model(model), dataset.image_shape, dataset.path / image_file("Y10", "train"))
+    if config["precision"] != "32-true" and config["resolved_device"] == "cpu" and config["devices"] > 1:
+        raise DeepAdvError("mixed precision with several CPU processes is not supported; use --device cuda")
+    run = Path(out).absolute()
+    rank = _launch_rank()
+    lock = OutputLock(run, "train") if rank == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        state = "fresh"
+        if rank == 0:
+            state = _prepare_run_folder(run, config, resume=resume, overwrite=overwrite)
+            if state == "finished":
+                info(f"{run}: training already finished; nothing to do")
+                return run
+            if state == "resume":
+                stored = read_json(config_path(run))
+                config = {**config, "resumed_from_epoch": _last_epoch(run), "first_started": stored.get("started")}
+            config["started"] = config.get("first_started") or _now()
+            config.pop("first_started", None)
+            write_json(config_path(run), config)
+        # rank 0 decided above (a fresh start removed old checkpoints); other DDP ranks follow the files
+        ckpt = last_checkpoint_path(run)
+        ckpt_path = str(ckpt) if ckpt.is_file() and (state == "resume" or rank != 0) else None
+        if state == "resume" and ckpt_path is None:
+            info(f"{run}: no checkpoint of a finished epoch yet; starting the training again")
+        if ckpt_path is not None and not zipfile.is_zipfile(ckpt_path):
+            raise file_error(ckpt_path, "damaged checkpoint (an interrupted write?); use --overwrite to start again")
+        elif state == "resume":
+            info(f"{run}: continuing the unfinished training from {ckpt.name}")
+        with _Quiet():
+            L.seed_everything(seed, workers=True, verbose=False)
+            module = GalaxyClassifierModule(config)
+            datamodule = GalaxyDataModule(config["data"], config)
+            trainer, recorder = make_trainer(run, config, progress=progress)
+            _fit(trainer, module, datamodule, ckpt_path)
+        if trainer.is_global_zero:
+            rows = recorder.rows
+            if not rows:
+                raise DeepAdvError(f"{run}: training ended without finishing an epoch")
+            seconds = [r["epoch_seconds"] for r in rows]
+            summary = {
+                "epochs": len(rows), "max_epochs": config["epochs"],
+                "stopped_early": len(rows) < config["epochs"],
+                "best_epoch": recorder.best_epoch, "best_val_acc_y10": recorder.best_val_acc,
+                "best_val_loss": recorder.best_val_loss,
+                "val_acc_y1_at_best": next((r["val_acc_y1"] for r in rows if r["epoch"] == recorder.best_epoch), None),
+                "wall_time_s": recorder.wall_time(), "mean_epoch_seconds": float(np.mean(seconds)),
+                "last": rows[-1], "device": config["resolved_device"], "torch": torch.__version__,
+                "lightning": L.__version__, "finished": _now(),
+            }
+            write_json(run / TRAINING_DONE, _finite_or_none(summary))
+        return run
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+         ckpt_path: str | None) -> None:
+    """``trainer.fit`` with Ctrl-C turned back into KeyboardInterrupt (Lightning exits with 1)."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except SystemExit:
+        if trainer.interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """Replace NaN/inf by None so that the JSON is strict (a regular run has no MMD term)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _last_epoch(run: Path) -> int:
+    try:
+        import csv
+
+        with open(run / LOG_NAME, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return int(rows[-1]["epoch"]) if rows else 0
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

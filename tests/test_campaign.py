@@ -1,0 +1,283 @@
+"""The attack campaign (SPEC 7 protocol), its files, resumption and `deepadv attack`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepadversaries import CLASSES
+from deepadversaries.campaign import attack_run, result_columns
+from deepadversaries.cli import main as cli_main
+from deepadversaries.data import apply_stretch, load_dataset
+from deepadversaries.errors import DeepAdvError
+from deepadversaries.models import ConvNet, build_model
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these small batches gain nothing from two, and two threads
+    slow down badly when other processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+#: the hand-built model's bright-pixel detector fires above this stretched g value
+LEVEL = 0.9
+#: ...but only in this block of the last feature map (input rows and columns 16..31)
+REGION = (2, 4)
+
+
+def bright_pixel_convnet(split: float = 0.0) -> ConvNet:
+    """A ConvNet with hand-set weights whose behaviour is known.
+
+    Channel 0 carries relu(g - 0.9) through the three blocks (so feature (i, j) is the
+    brightest excess of the 8x8 input block (i, j)); channel 1 carries g (block maxima).
+    Latent z0 sums channel 0 over the 2x2 blocks of input rows/columns 16..31; z1 is the
+    mean block maximum of g. Logits: spiral 40 (split - z1), elliptical 200 z0 - 4,
+    merger 40 (z1 - split). Clean images (stretched g < 0.9) are spiral or merger by their
+    brightness; only a bright pixel (g > ~0.93) inside the region makes them elliptical.
+    """
+    model = build_model("convnet")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+        for m in model.features:
+            if isinstance(m, nn.BatchNorm2d):  # identity
+                m.weight.fill_(1.0)
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0 - m.eps)
+        for conv in convs:
+            k = conv.kernel_size[0] // 2
+            conv.weight[0, 0, k, k] = 1.0
+            conv.weight[1, 1 if conv is not convs[0] else 0, k, k] = 1.0
+        convs[0].bias[0] = -LEVEL
+        w = model.bottleneck.weight.view(256, 32, 12, 12)
+        lo, hi = REGION
+        w[0, 0, lo:hi, lo:hi] = 1.0
+        w[1, 1] = 1.0 / 144
+        model.output.weight[0, 1] = -40.0
+        model.output.bias[0] = 40.0 * split
+        model.output.weight[1, 0] = 200.0
+        model.output.bias[1] = -4.0
+        model.output.weight[2, 1] = 40.0
+        model.output.bias[2] = -40.0 * split
+    return model.eval()
+
+
+def make_run(path: Path, data: Path, model: nn.Module) -> Path:
+    """A run folder as 'deepadv train' leaves it (config.json + checkpoints/best.pt)."""
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"kind": "deepadv-run", "model": "convnet", "method": "regular",
+                                                  "data": str(data.resolve()), "seed": 0}))
+    torch.save({"model": "convnet", "state_dict": model.state_dict(), "epoch": 0, "val_acc": 0.0},
+               path / "checkpoints" / "best.pt")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_and_data(toy_dataset):
+    """The hand-built model, its brightness split set at the median over the test set."""
+    ds = load_dataset(toy_dataset)
+    model = bright_pixel_convnet()
+    with torch.no_grad():
+        z1 = model.embed(torch.from_numpy(ds.images("Y10", "test")))[:, 1]
+    return bright_pixel_convnet(float(z1.median())), toy_dataset
+
+
+@pytest.fixture
+def run_dir(tmp_path, model_and_data):
+    model, data = model_and_data
+    return make_run(tmp_path / "run", data, model)
+
+
+SMALL = dict(preset="tiny", n_images=24, pop_size=30, max_iter=3, device="cpu")
+
+
+def read_results(run: Path) -> list[dict[str, str]]:
+    with open(run / "attack" / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_campaign_files_are_complete_consistent_and_true(run_dir, model_and_data):
+    model, data = model_and_data
+    summary = attack_run(run_dir, **SMALL)
+    out = run_dir / "attack"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "latents.npz", "results.csv", "summary.json"]
+    rows = read_results(run_dir)
+    with open(out / "results.csv") as fh:
+        assert fh.readline().strip().split(",") == result_columns(1)
+    ds = load_dataset(data)
+    labels = ds.labels("test")
+    # the protocol: seeded subsample, correctly classified only
+    sub = np.sort(np.random.default_rng(0).choice(len(labels), 24, replace=False))
+    assert summary["subsample_test_index"] == sub.tolist()
+    x = apply_stretch(ds.images("Y10", "test", stretched=False)[sub], *ds.stretch("Y10"))
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x))[0].argmax(1).numpy()
+    correct = sub[pred == labels[sub]]
+    assert [int(r["test_index"]) for r in rows] == correct.tolist()
+    assert summary["images_drawn"] == 24 and summary["correctly_classified"] == len(correct) == summary["attacked"]
+    assert 0 < summary["flipped"] < summary["attacked"]  # both outcomes occur with this model
+    assert summary["flipped"] == sum(r["success"] == "True" for r in rows)
+    assert summary["success_rate"] == pytest.approx(summary["flipped"] / summary["attacked"])
+    iters = [int(r["iterations"]) for r in rows]
+    assert summary["mean_iterations"] == pytest.approx(np.mean(iters))
+    assert summary["median_iterations"] == pytest.approx(np.median(iters))
+    assert summary["settings"]["pop_size"] == 30 and summary["settings"]["max_iter"] == 3
+    assert any("population size 30 (paper: 400)" in d for d in summary["departures_from_paper"])
+    lat = np.load(out / "latents.npz")
+    assert lat["test_index"].tolist() == correct.tolist()
+    assert lat["z_y10"].shape == lat["z_y1"].shape == lat["z_1p"].shape == (len(correct), 256)
+    assert lat["success"].tolist() == [r["success"] == "True" for r in rows]
+    y1 = apply_stretch(ds.images("Y1", "test", stretched=False)[correct], *ds.stretch("Y1"))
+    with torch.no_grad():
+        np.testing.assert_allclose(lat["z_y10"], model.embed(torch.from_numpy(x[pred == labels[sub]])), atol=1e-5)
+        np.testing.assert_allclose(lat["z_y1"], model.embed(torch.from_numpy(y1)), atol=1e-5)
+    # every row, checked independently: rebuild the perturbed image from the CSV
+    for k, r in enumerate(rows):
+        t = int(r["test_index"])
+        img = x[list(sub).index(t)].copy()
+        px, py = int(r["x"]), int(r["y"])
+        img[:, py, px] = [float(r["value_g"]), float(r["value_r"]), float(r["value_i"])]
+        assert np.count_nonzero(np.any(img != x[list(sub).index(t)], axis=0)) <= 1
+        assert 0.0 <= img.min() and img.max() <= 1.0
+        with torch.no_grad():
+            logits, z = model(torch.from_numpy(img[None]))
+        p = torch.softmax(logits, 1)[0].numpy()
+        np.testing.assert_allclose(p, [float(r[f"p_{c}"]) for c in CLASSES], atol=1e-5)
+        np.testing.assert_allclose(lat["z_1p"][k], z[0].numpy(), atol=1e-5)
+        assert r["true"] == CLASSES[labels[t]] and r["predicted"] == r["true"]
+        assert r["target"] in CLASSES and r["target"] != r["true"]
+        if r["success"] == "True":
+            assert p[CLASSES.index(r["target"])] > 0.5
+            # known behaviour: only a bright pixel in the detector's region flips to elliptical
+            if r["target"] == "elliptical":
+                assert 16 <= px < 32 and 16 <= py < 32 and float(r["value_g"]) > LEVEL
+        else:
+            assert int(r["iterations"]) == 3 and r["targets_tried"] == " ".join(
+                c for c in CLASSES if c != r["true"])
+
+
+def test_interrupted_campaign_resumes_to_identical_files(tmp_path, model_and_data, monkeypatch):
+    model, data = model_and_data
+    whole = make_run(tmp_path / "whole", data, model)
+    attack_run(whole, **SMALL)
+    broken = make_run(tmp_path / "broken", data, model)
+    import deepadversaries.campaign as campaign
+
+    real_append = campaign._append_line
+    calls = {"n": 0}
+
+    def dying_append(path, record):  # die after three finished images, leaving a torn line
+        calls["n"] += 1
+        if calls["n"] == 5:
+            with open(path, "ab") as fh:
+                fh.write(b'{"test_index": 9')
+            raise KeyboardInterrupt
+        real_append(path, record)
+
+    monkeypatch.setattr(campaign, "_append_line", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        attack_run(broken, **SMALL, batch_images=3)
+    monkeypatch.setattr(campaign, "_append_line", real_append)
+    assert not (broken / "attack" / "summary.json").exists()
+    assert (broken / "attack" / "progress.jsonl").exists()
+    with pytest.raises(DeepAdvError, match="other settings"):
+        attack_run(broken, **{**SMALL, "max_iter": 4})
+    summary = attack_run(broken, **SMALL, batch_images=1)
+    assert summary["timing"]["images_resumed"] == 3
+    a, b = whole / "attack", broken / "attack"
+    assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
+    la, lb = np.load(a / "latents.npz"), np.load(b / "latents.npz")
+    for key in ("test_index", "z_y10", "z_y1", "z_1p", "success"):
+        np.testing.assert_array_equal(la[key], lb[key])
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    for s in (sa, sb):
+        s.pop("timing")
+        s.pop("run")
+    assert sa == sb
+    assert not (b / "progress.jsonl").exists()
+
+
+def test_finished_campaign_is_kept_unless_overwrite(run_dir):
+    first = attack_run(run_dir, **SMALL)
+    with pytest.raises(DeepAdvError, match="--overwrite"):
+        attack_run(run_dir, **SMALL)
+    again = attack_run(run_dir, **{**SMALL, "seed": 1}, overwrite=True)
+    assert again["subsample_test_index"] != first["subsample_test_index"]
+
+
+def test_untargeted_two_pixel_campaign(run_dir):
+    summary = attack_run(run_dir, preset="tiny", n_images=10, pop_size=20, max_iter=2, pixels=2,
+                         mode="untargeted", device="cpu")
+    rows = read_results(run_dir)
+    cols = list(rows[0].keys())
+    assert cols == result_columns(2) and "x_2" in cols and "value_i_1" in cols and "x" not in cols
+    assert all(r["target"] == "" for r in rows)
+    for r in rows:
+        if r["success"] == "True":
+            assert float(r[f"p_{r['true']}"]) < 0.05
+    assert summary["settings"]["mode"] == "untargeted"
+    assert "2-pixel attack (paper: one pixel)" in summary["departures_from_paper"]
+
+
+def test_cli_attack_and_bad_inputs_exit_2(run_dir, tmp_path, capsys):
+    base = ["attack", "--run", str(run_dir), "--preset", "tiny", "--device", "cpu"]
+    for extra, words in ((["--pop-size", "3"], "pop-size"), (["--pixels", "0"], "pixels"),
+                         (["--n-images", "100000"], "larger than the test set"), (["--mode", "sideways"], "mode"),
+                         (["--success", "often"], "success")):
+        assert cli_main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((run_dir / "config.json").read_text())
+    assert cli_main(["attack", "--run", str(empty), "--device", "cpu"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert cli_main(["attack", "--run", str(tmp_path / "nowhere")]) == 2
+    assert cli_main(base + ["--n-images", "6", "--max-iter", "1", "--pop-size", "10"]) == 0
+    assert (run_dir / "attack" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, model_and_data):
+    model, data = model_and_data
+    args = ["--preset", "tiny", "--n-images", "24", "--pop-size", "60", "--max-iter", "6", "--device", "cpu",
+            "--batch-images", "1"]
+    whole = make_run(tmp_path / "whole", data, model)
+    killed = make_run(tmp_path / "killed", data, model)
+    exe = [sys.executable, "-c", "from deepadversaries.cli import main; main()", "attack"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(exe + ["--run", str(whole)] + args, check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(exe + ["--run", str(killed)] + args, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    progress = killed / "attack" / "progress.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.is_file() and progress.read_text().count("\n") >= 3:  # header + two images
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the campaign finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "attack" / "summary.json").exists()
+    subprocess.run(exe + ["--run", str(killed)] + args, check=True, env=env, capture_output=True)
+    assert (whole / "attack" / "results.csv").read_bytes() == (killed / "attack" / "results.csv").read_bytes()
+    la, lb = np.load(whole / "attack" / "latents.npz"), np.load(killed / "attack" / "latents.npz")
+    for key in la.files:
+        np.testing.assert_array_equal(la[key], lb[key])
+    assert json.loads((killed / "attack" / "summary.json").read_text())["timing"]["images_resumed"] >= 2
