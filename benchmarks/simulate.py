@@ -10,7 +10,8 @@
 2. Throughput: ``simulate_dataset`` end to end (sampling, shards, assembly) on the same
    number of galaxies with 1 and with 2 worker processes, one after the other.
 
-The machine may be shared: read the 2-vs-1 ratio and the shares more than absolute speed.
+The machine may be shared: read the 2-vs-1 ratio and the shares more than absolute speed; the
+CPU seconds per galaxy (this process and its workers) are what two idle cores would divide.
 The last line is one JSON object (``galaxies_per_s_2_workers`` and the rest).
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepadversaries import data as _data  # noqa: F401  (import torch before timing: assembly needs it)
 from deepadversaries import galaxies, morphology
 from deepadversaries.simulate import resolve_config, simulate_dataset, simulate_galaxy, target_classes
 
@@ -37,16 +41,17 @@ def stage_shares(n: int) -> dict[str, float]:
     for k in range(20):
         simulate_galaxy(10_000 + k, int(targets[10_000 + k]), config)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for k in range(n):
         simulate_galaxy(k, int(targets[k]), config, timings)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     other = total - timings["render"] - timings["morphology"] - timings["noise"]
     return {
         "accepted": n,
         "draws": int(timings["draws"]),
         "acceptance_rate": n / timings["draws"],
         "seconds_per_galaxy_1_process": total / n,
+        "cpu_seconds_per_galaxy": cpu / n,
         "share_render": timings["render"] / total,
         "share_noise": timings["noise"] / total,
         "share_morphology": timings["morphology"] / total,
@@ -78,12 +83,19 @@ def statmorph_ratio(n: int) -> dict[str, float]:
     }
 
 
-def throughput(n: int, workers: int) -> float:
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def throughput(n: int, workers: int) -> tuple[float, float]:
+    """(galaxies per wall-clock second, CPU seconds per galaxy) of simulate_dataset end to end."""
     folder = Path(tempfile.mkdtemp(prefix="deepadv-bench-"))
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         simulate_dataset(folder / "data", "paper", n_galaxies=n, seed=workers, workers=workers)
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), (_cpu_seconds() - c0) / n
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -98,23 +110,33 @@ def main() -> None:
     shares = stage_shares(60 if args.quick else 300)
     print(f"acceptance rate of drawn galaxies: {shares['acceptance_rate']:.3f} "
           f"({shares['accepted']} accepted of {shares['draws']} draws)")
-    print(f"time per accepted galaxy (1 process): {1e3 * shares['seconds_per_galaxy_1_process']:.1f} ms — "
+    print(f"time per accepted galaxy (1 process): {1e3 * shares['seconds_per_galaxy_1_process']:.1f} ms wall, "
+          f"{1e3 * shares['cpu_seconds_per_galaxy']:.1f} ms CPU — "
           f"render {shares['share_render']:.0%}, noise {shares['share_noise']:.0%}, "
           f"morphology {shares['share_morphology']:.0%}, other {shares['share_other']:.0%}")
     ratio = statmorph_ratio(1 if args.quick else 3)
     print(f"Gini/M20: ours {ratio['ours_ms_per_galaxy']:.1f} ms, statmorph {ratio['statmorph_ms_per_galaxy']:.0f} ms "
           f"per galaxy (x{ratio['statmorph_over_ours']:.0f}); max |dG| {ratio['max_abs_dgini']:.4f}, "
           f"max |dM20| {ratio['max_abs_dm20']:.4f}")
-    gps1 = throughput(n, 1)
-    gps2 = throughput(n, 2)
+    gps1, cpu1 = throughput(n, 1)
+    gps2, cpu2 = throughput(n, 2)
+    load = os.getloadavg()[0]
+    idle2 = min(2, os.cpu_count() or 1) / cpu2
     print(f"simulate_dataset, {n} galaxies: {gps1:.1f} galaxies/s with 1 worker, {gps2:.1f} with 2 "
           f"(x{gps2 / gps1:.2f}); paper preset (25,005) at this rate: {25005 / gps2 / 60:.1f} min")
+    print(f"CPU per galaxy end to end: {1e3 * cpu1:.0f} ms (1 worker), {1e3 * cpu2:.0f} ms (2 workers); "
+          f"two idle cores would give about {idle2:.0f} galaxies/s (load average now {load:.1f} "
+          f"on {os.cpu_count()} cores)")
     result = {
         "n_galaxies": n,
         "galaxies_per_s_1_worker": round(gps1, 2),
         "galaxies_per_s_2_workers": round(gps2, 2),
         "speedup_2_vs_1": round(gps2 / gps1, 3),
         "paper_minutes_2_workers": round(25005 / gps2 / 60, 1),
+        "cpu_s_per_galaxy_1_worker": round(cpu1, 4),
+        "cpu_s_per_galaxy_2_workers": round(cpu2, 4),
+        "galaxies_per_s_2_idle_cores_from_cpu": round(idle2, 1),
+        "load_average": round(load, 2),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in shares.items()},
         **{k: round(v, 4) for k, v in ratio.items()},
     }

@@ -114,7 +114,7 @@ class FakePipeline:
         self.calls.append(name)
         self._maybe_fail(name)
         out = Path(out)
-        write_json(out / "config.json", {"kind": "deepadv-run", "model": model, "method": method,
+        write_json(out / "config.json", {"kind": "deepadv-run", "model": model, "method": method, "preset": preset,
                                          "data": str(Path(data).resolve()), "seed": seed, "lr": 1e-3, "epochs": 2})
         write_json(out / "training.json", {"epochs": 2, "best_epoch": 1})
         return out

@@ -13,7 +13,7 @@ from deepadversaries.attacks import (
     OnePixelDE,
     candidate_pixels,
     distinct_triples,
-    fuse_for_inference,
+    optimized_for_inference,
     perturb,
     reference_attack,
 )
@@ -169,7 +169,8 @@ def _random_convnet() -> nn.Module:
 def _evaluators(model, images, dtype):
     cpu = torch.device("cpu")
     full = CandidateEvaluator(model, len(images), (3, 100, 100), cpu, dtype)
-    local = LocalConvNetEvaluator(fuse_for_inference(model), len(images), (3, 100, 100), cpu, dtype)
+    local = LocalConvNetEvaluator(optimized_for_inference(model, channels_last=True), len(images), (3, 100, 100),
+                                  cpu, dtype, channels_last=True)
     for s in range(len(images)):
         full.load(s, images[s])
         local.load(s, images[s])

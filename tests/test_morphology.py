@@ -80,6 +80,17 @@ def test_measurement_is_independent_of_brightness():
     assert a.gini == pytest.approx(b.gini, abs=1e-9) and a.m20 == pytest.approx(b.m20, abs=1e-9)
 
 
+def test_half_turn_rotation_matches_skimage():
+    import skimage.transform
+
+    image = np.random.default_rng(0).random((50, 60))
+    for x, y in ((20.3, 25.7), (0.4, 49.2), (30.0, 10.5), (59.9, 0.1)):
+        ref = skimage.transform.rotate(image, 180.0, center=(x, y))
+        np.testing.assert_allclose(morphology._rotate180(image, x, y, (slice(0, 50), slice(0, 60))), ref, atol=1e-12)
+        np.testing.assert_allclose(morphology._rotate180(image, x, y, (slice(5, 30), slice(7, 41))), ref[5:30, 7:41],
+                                   atol=1e-12)
+
+
 def _classify_by_hand(g: float, m: float) -> str:
     if g > -0.14 * m + 0.33:
         return "merger"

@@ -188,6 +188,22 @@ def test_existing_dataset_folder_instead_of_simulating(tmp_path, fake):
         reproduce(tmp_path / "out2", preset="tiny", device="cpu", data=bad)
 
 
+def test_stages_finished_beforehand_are_adopted_when_they_fit(tmp_path, fake):
+    # e.g. runs trained with 'deepadv train --devices 8' into the folder before 'deepadv reproduce'
+    out = tmp_path / "out"
+    fake.simulate_dataset(out / "data", preset="tiny", seed=0)
+    fake.train_model(out / "data", out / "runs" / "convnet_regular", preset="tiny", seed=0)
+    fake.calls.clear()
+    reproduce(out, preset="tiny", device="cpu")
+    assert fake.calls == [s for s in ALL_STAGES if s not in ("simulate", "train:convnet_regular")]
+    # a run made with other settings is refused, naming its config
+    other = tmp_path / "other"
+    fake.simulate_dataset(other / "data", preset="tiny", seed=0)
+    fake.train_model(other / "data", other / "runs" / "convnet_mmd", method="mmd", preset="tiny", seed=5)
+    with pytest.raises(DeepAdvError, match=r"convnet_mmd/config.json: seed is 5"):
+        reproduce(other, preset="tiny", device="cpu")
+
+
 def test_report_numbers_equal_the_fake_stage_files(tmp_path, fake):
     out = tmp_path / "out"
     reproduce(out, preset="tiny", device="cpu")

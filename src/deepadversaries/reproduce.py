@@ -184,6 +184,7 @@ class Stage:
     run: Callable[[bool], Any]     # run(fresh) -> stage result; fresh=False may resume
     expected_s: float = 1.0
     extra_inputs: tuple[Path, ...] = ()  # files outside the pipeline whose change re-runs the stage
+    adopt_check: Callable[[], None] | None = None  # vets finished outputs this folder did not record
 
     @property
     def log_name(self) -> str:
@@ -220,7 +221,9 @@ def build_stages(layout: Layout, preset: str, seed: int, models: tuple[str, ...]
             return simulate_dataset(layout.data, preset=preset, seed=seed, workers=workers, overwrite=fresh)
 
         stages.append(Stage("simulate", "simulate", layout.data / "dataset.json", (), (layout.data,),
-                            simulate, expected["simulate"]))
+                            simulate, expected["simulate"],
+                            adopt_check=_adopt_check(layout.data / "dataset.json", {"config.preset": preset,
+                                                                                    "seed": seed})))
     else:
         def check_data(fresh: bool) -> Any:
             return check_external_dataset(layout)
@@ -234,7 +237,10 @@ def build_stages(layout: Layout, preset: str, seed: int, models: tuple[str, ...]
             tag = f"{model}_{method}"
             stages.append(Stage(f"train:{tag}", "train", run_dir / "training.json", (data_stage,), (run_dir,),
                                 _train_action(layout, run_dir, model, method, preset, seed, device),
-                                expected.get(f"train_{model}", expected["train"])))
+                                expected.get(f"train_{model}", expected["train"]),
+                                adopt_check=_adopt_check(run_dir / "config.json", {
+                                    "model": model, "method": method, "preset": preset, "seed": seed,
+                                    "data": str(layout.data.resolve())})))
         for method in METHODS:
             run_dir = layout.run(model, method)
             tag = f"{model}_{method}"
@@ -246,7 +252,9 @@ def build_stages(layout: Layout, preset: str, seed: int, models: tuple[str, ...]
             tag = f"{model}_{method}"
             stages.append(Stage(f"attack:{tag}", "attack", run_dir / "attack" / "summary.json", (f"train:{tag}",),
                                 (run_dir / "attack",), _attack_action(layout, run_dir, preset, seed, device),
-                                expected["attack"]))
+                                expected["attack"],
+                                adopt_check=_adopt_check(run_dir / "attack" / "summary.json",
+                                                         {"settings.preset": preset, "settings.seed": seed})))
         stages.append(Stage(f"analyze:{model}", "analyze", layout.analysis(model) / "analysis.json",
                             tuple(f"{k}:{model}_{m}" for k in ("train", "attack") for m in METHODS),
                             (layout.analysis(model),),
@@ -261,6 +269,20 @@ def build_stages(layout: Layout, preset: str, seed: int, models: tuple[str, ...]
                         (layout.report_md, layout.report_html, layout.findings, layout.figures),
                         report, expected["report"]))
     return stages
+
+
+def _adopt_check(path: Path, expected: dict[str, Any]) -> Callable[[], None]:
+    """A check that finished outputs found in the folder (not made by this reproduction) fit it."""
+    def check() -> None:
+        record = read_json(path)
+        for dotted, want in expected.items():
+            have: Any = record
+            for part in dotted.split("."):
+                have = have.get(part) if isinstance(have, dict) else None
+            if have != want:
+                raise file_error(path, f"{dotted} is {have!r} but this reproduction needs {want!r}; remove the "
+                                       "folder or choose another --out")
+    return check
 
 
 def external_dataset_files(path: Path) -> tuple[Path, ...]:
@@ -497,9 +519,12 @@ def _check_or_write_manifest(layout: Layout, preset: str, seed: int, models: tup
                 f"this folder holds a reproduction with preset {mine[0]!r}, seed {mine[1]}, models "
                 f"{','.join(mine[2])}, {where}; run with those to resume it, or choose another --out")
         return manifest
-    others = [p.name for p in layout.root.iterdir() if p.name != LOCK_NAME] if layout.root.is_dir() else []
+    # a new folder, or one holding only stage folders made beforehand (e.g. runs trained on several GPUs)
+    allowed = {LOCK_NAME, "data", "runs", "analysis", "figures", "logs"}
+    others = [p.name for p in layout.root.iterdir() if p.name not in allowed] if layout.root.is_dir() else []
     if others:
-        raise file_error(layout.root, "folder is not empty and is not a reproduction folder; choose a new or empty --out")
+        raise file_error(layout.root, f"folder is not empty ({others[0]}) and is not a reproduction folder; choose "
+                                      "a new or empty --out")
     manifest = {
         "kind": MANIFEST_KIND, "version": __version__, "preset": preset, "seed": seed, "models": list(models),
         "methods": list(METHODS), "data": data, "created": _now(),
@@ -593,6 +618,8 @@ def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: 
             for stage in stages:
                 runs, fresh, why = decide(stage, by_name, records.get(stage.name), rerun)
                 if not runs:
+                    if stage.name not in records and stage.adopt_check is not None:
+                        stage.adopt_check()  # finished outputs this folder has no record of
                     rec = records.setdefault(stage.name, {"kind": stage.kind})
                     rec.update({"status": "skipped", "inputs": _current_inputs(stage, by_name),
                                 "marker": fingerprint(stage.marker)})

@@ -32,8 +32,17 @@ import numpy as np
 
 from . import CLASSES, SPLITS, __version__, galaxies, morphology, survey
 from .errors import DeepAdvError, check_preset
-from .io import LOCK_NAME, OutputLock, atomic_path, read_json, remove_temporaries, write_csv, write_json, write_npy, \
-    write_npz
+from .io import (
+    LOCK_NAME,
+    OutputLock,
+    atomic_path,
+    read_json,
+    remove_temporaries,
+    write_csv,
+    write_json,
+    write_npy,
+    write_npz,
+)
 from .progress import info, make_progress
 
 SIMULATOR_VERSION = 1
@@ -243,12 +252,6 @@ def _load_shard(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]
         return z["y10"], z["y1"], json.loads(str(z["rows"]))
 
 
-def _worker_init() -> None:
-    # one thread per worker process: the parallelism is over processes
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-
-
 # -- splits and augmentation ------------------------------------------------------
 
 
@@ -379,7 +382,7 @@ def _iter_results(tasks: list[tuple], workers: int) -> Iterator[tuple[int, int, 
             yield _run_shard(task)
         return
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+    with mp.get_context(method).Pool(min(workers, len(tasks))) as pool:
         yield from pool.imap_unordered(_run_shard, tasks)
 
 
