@@ -7,6 +7,8 @@ same seeds:
     of a generation evaluated (``deepadversaries.attacks.reference_attack``);
 (b) the engine (``OnePixelDE``): batched, chunked, several images at once, local
     recomputation for the ConvNet, early stop at the first successful candidate;
+(b16) the engine with bfloat16 autocast (opt-in ``bf16=True``; a different rounding, so
+    the same search only statistically; successes verified in float32);
 (c) the model's best batched inference throughput (full 100x100 images; the plain model
     or the engine's optimised copy, NCHW or NHWC; the best batch size).
 
@@ -148,8 +150,8 @@ def bench_model(name: str, data: Path, device: torch.device, quick: bool, cache:
     print(f"\n== {name}: {len(pick)} correctly classified test images (of {len(pool)} drawn, accuracy "
           f"{(pred == labels).mean():.2f}), population 400, iteration cap {max_iter}, device {device}", flush=True)
 
-    def engine() -> tuple[float, list, str]:
-        atk = OnePixelDE(model, pop_size=400, max_iter=max_iter, seed=seed, device=device)
+    def engine(bf16: bool = False) -> tuple[float, list, str]:
+        atk = OnePixelDE(model, pop_size=400, max_iter=max_iter, seed=seed, device=device, bf16=bf16)
         sync(device)
         t0 = time.perf_counter()
         res = atk(imgs, labs, keys=keys)
@@ -171,6 +173,7 @@ def bench_model(name: str, data: Path, device: torch.device, quick: bool, cache:
     t_a = time.perf_counter() - t0
     t_b2, res_b2, _ = engine()
     t_b = (t_b1 + t_b2) / 2
+    t_bf, res_bf, _ = engine(bf16=True)
 
     evals_a = sum(r.evaluations for tried, _ in res_a for r in tried)
     evals_b = sum(r.evaluations for r in res_b)
@@ -192,6 +195,10 @@ def bench_model(name: str, data: Path, device: torch.device, quick: bool, cache:
         "mean_iterations_reference": float(it_a), "mean_iterations_engine": float(it_b),
         "same_outcome": f"{same}/{len(res_b)}", "engine_deterministic": stable, "images": len(res_b),
         "max_iter": max_iter,
+        "bf16": {"speedup": t_a / t_bf, "seconds": t_bf, "evals_per_s": sum(r.evaluations for r in res_bf) / t_bf,
+                 "success_rate": float(np.mean([r.success for r in res_bf])),
+                 "mean_iterations": float(np.mean([r.iterations for r in res_bf])),
+                 "rejected_claims": int(sum(r.rejected for r in res_bf))},
     }
     if engine_images > len(pick):  # the engine alone on more images: how close to peak it gets at scale
         many = ok[np.random.default_rng(seed + 1).permutation(len(ok))[:engine_images]]
@@ -211,6 +218,10 @@ def bench_model(name: str, data: Path, device: torch.device, quick: bool, cache:
           f"success {succ_a:.2f}  mean iterations {it_a:.2f}")
     print(f"(b) engine         : {t_b:8.1f} s  {evals_b:7d} evaluations  {rate_b:8.0f} /s  "
           f"success {succ_b:.2f}  mean iterations {it_b:.2f}  ({evaluator}; runs {t_b1:.1f} s, {t_b2:.1f} s)")
+    bf = out["bf16"]
+    print(f"(b16) engine, bf16 : {t_bf:8.1f} s  {bf['evals_per_s']:8.0f} evaluations/s  success {bf['success_rate']:.2f}"
+          f"  mean iterations {bf['mean_iterations']:.2f}  ({bf['rejected_claims']} claims rejected by the "
+          f"float32 check): {bf['speedup']:.1f}x over (a)")
     print(f"(c) peak inference : {peak:8.0f} images/s ({peak_where})")
     print(f"speed-up (b) over (a): {out['speedup']:.1f}x wall time, {rate_b / rate_a:.1f}x per evaluation; "
           f"engine at {out['fraction_of_peak']:.2f} of peak; same outcome on {same}/{len(res_b)} images; "
@@ -249,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "mean_iterations_engine", "engine_evals_per_s", "reference_evals_per_s", "peak_images_per_s"):
             summary[f"{key}_{name}"] = round(r[key], 3)
         summary[f"same_outcome_{name}"] = r["same_outcome"]
+        summary[f"speedup_{name}_bf16"] = round(r["bf16"]["speedup"], 2)
         if "engine_many" in r:
             summary[f"engine_many_{name}"] = {k: round(v, 3) if isinstance(v, float) else v
                                               for k, v in r["engine_many"].items()}

@@ -20,6 +20,8 @@ from deepadversaries.attacks import (
 from deepadversaries.errors import DeepAdvError
 from deepadversaries.models import build_model
 
+from attack_support import bright_pixel_convnet
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -166,11 +168,11 @@ def _random_convnet() -> nn.Module:
     return model.eval()
 
 
-def _evaluators(model, images, dtype):
+def _evaluators(model, images, dtype, bf16=False):
     cpu = torch.device("cpu")
-    full = CandidateEvaluator(model, len(images), (3, 100, 100), cpu, dtype)
+    full = CandidateEvaluator(model, len(images), (3, 100, 100), cpu, dtype, bf16=bf16)
     local = LocalConvNetEvaluator(optimized_for_inference(model, channels_last=True), len(images), (3, 100, 100),
-                                  cpu, dtype, channels_last=True)
+                                  cpu, dtype, channels_last=True, bf16=bf16)
     for s in range(len(images)):
         full.load(s, images[s])
         local.load(s, images[s])
@@ -324,6 +326,36 @@ def test_engine_reaches_the_decisions_of_the_published_loop():
             assert e.evaluations <= r.evaluations
         else:
             np.testing.assert_allclose(e.fitness, r.fitness, rtol=0, atol=1e-15)
+
+
+def test_bf16_search_stays_close_and_its_successes_are_verified_in_float32():
+    model = _random_convnet()
+    images = torch.rand(2, 3, 100, 100, generator=torch.Generator().manual_seed(3))
+    rng = np.random.default_rng(1)
+    rows, cols = rng.integers(0, 100, (24, 1)), rng.integers(0, 100, (24, 1))
+    slots, values = rng.integers(0, 2, 24), rng.random((24, 1, 3))
+    full, _ = _evaluators(model, images, torch.float32)
+    ref = full.evaluate(slots, rows, cols, values)
+    for ev in _evaluators(model, images, torch.float32, bf16=True):
+        p = ev.evaluate(slots, rows, cols, values)
+        assert 0 < np.abs(p - ref).max() < 0.05  # bfloat16 rounding: close, not equal
+    # the hand-built ConvNet: elliptical only with a bright pixel in rows/columns 16..31
+    x = (0.45 + 0.1 * np.random.default_rng(4).random((3, 3, 100, 100))).astype(np.float32)
+    with torch.no_grad():
+        z1 = bright_pixel_convnet().embed(torch.from_numpy(x))[:, 1]
+    model = bright_pixel_convnet(float(z1.median()))
+    with torch.no_grad():
+        labels = model(torch.from_numpy(x))[0].argmax(1).numpy()
+    atk = OnePixelDE(model, pop_size=100, max_iter=6, bf16=True, device="cpu")
+    results = atk(x, labels, targets=[1, 1, 1], return_images=True)
+    assert any(r.success for r in results)
+    for r in results:  # every claimed success holds for the float32 model
+        if r.success:
+            with torch.no_grad():
+                p = torch.softmax(model(torch.from_numpy(r.image[None]))[0], 1)[0].numpy()
+            assert p[r.target] > 0.5
+            np.testing.assert_allclose(p, r.probabilities, atol=1e-5)
+    assert atk.n_unverified == sum(r.rejected for r in results)
 
 
 def test_bad_settings_are_refused():

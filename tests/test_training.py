@@ -28,7 +28,7 @@ def _rows(run):
 
 
 def _losses(rows):
-    keys = [k for k in training.LOG_COLUMNS if k != "epoch_seconds"]
+    keys = [k for k in training.LOG_COLUMNS if k not in ("epoch_seconds", "epoch_cpu_seconds")]
     return np.array([[r[k] for k in keys] for r in rows])
 
 

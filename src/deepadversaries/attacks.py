@@ -23,8 +23,8 @@ float64).
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +78,8 @@ class AttackResult:
     targets_tried: tuple[int, ...] = ()
     #: generations evolved over all targets tried
     iterations_total: int = 0
+    #: claimed successes that the plain model's verification rejected (the search went on)
+    rejected: int = 0
     #: the perturbed image (3, H, W) float32, on request
     image: np.ndarray | None = field(default=None, repr=False)
 
@@ -167,13 +169,19 @@ class CandidateEvaluator:
     """
 
     def __init__(self, model: nn.Module, n_slots: int, image_shape: tuple[int, int, int],
-                 device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> None:
+                 device: torch.device, dtype: torch.dtype, channels_last: bool = False,
+                 bf16: bool = False) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
         self.image_shape = tuple(image_shape)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.bf16 = bf16
         self.images = torch.zeros((n_slots, *image_shape), device=device, dtype=dtype)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for the model's layers when asked (mixed precision), else nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     def load(self, slot: int, image: torch.Tensor) -> None:
         self.images[slot] = image.to(self.device, self.dtype)
@@ -187,8 +195,9 @@ class CandidateEvaluator:
         v = torch.as_tensor(values, device=self.device, dtype=self.dtype)
         for k in range(r.shape[1]):  # later pixels win, as in perturb()
             x[b, :, r[:, k], c[:, k]] = v[:, k]
-        logits = self.model(x.contiguous(memory_format=self.memory_format))[0]
-        return torch.softmax(logits, dim=1).double().cpu().numpy()
+        with self.autocast():
+            logits = self.model(x.contiguous(memory_format=self.memory_format))[0]
+        return torch.softmax(logits.to(self.dtype), dim=1).double().cpu().numpy()
 
 
 class LocalConvNetEvaluator(CandidateEvaluator):
@@ -216,8 +225,9 @@ class LocalConvNetEvaluator(CandidateEvaluator):
     KERNEL = 5
 
     def __init__(self, model: nn.Module, n_slots: int, image_shape: tuple[int, int, int],
-                 device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> None:
-        super().__init__(model, n_slots, image_shape, device, dtype, channels_last)
+                 device: torch.device, dtype: torch.dtype, channels_last: bool = False,
+                 bf16: bool = False) -> None:
+        super().__init__(model, n_slots, image_shape, device, dtype, channels_last, bf16)
         self.n_off = (image_shape[1] - self.CROP) // self.STEP + 1  # 8 window offsets per axis
         self.conv1 = model.features[0]
         self.rest = model.features[1:]
@@ -242,14 +252,16 @@ class LocalConvNetEvaluator(CandidateEvaluator):
     def load(self, slot: int, image: torch.Tensor) -> None:
         super().load(slot, image)
         img = self.images[slot][None].contiguous(memory_format=self.memory_format)
-        a1 = self.conv1(img)[0]
+        with self.autocast():
+            a1 = self.conv1(img)[0].to(self.dtype)
         hwc = a1.permute(1, 2, 0)
         base = slot * self.n_off ** 2
         for a in range(self.n_off):
             for b in range(self.n_off):
                 self.windows[base + a * self.n_off + b] = hwc[a * self.STEP: a * self.STEP + self.CROP,
                                                               b * self.STEP: b * self.STEP + self.CROP]
-        feats = self.rest(a1[None].contiguous(memory_format=self.memory_format))
+        with self.autocast():
+            feats = self.rest(a1[None].contiguous(memory_format=self.memory_format)).to(self.dtype)
         self.clean_features[slot] = feats[0]
         self.clean_latent[slot] = self.model.bottleneck(torch.flatten(feats, 1))[0]
 
@@ -287,7 +299,8 @@ class LocalConvNetEvaluator(CandidateEvaluator):
                        change * inside, accumulate=True)
         if not self.memory_format == torch.channels_last:
             win = win.contiguous()
-        local = self.rest(win)  # (B, 32, 5, 5)
+        with self.autocast():
+            local = self.rest(win).to(self.dtype)  # (B, 32, 5, 5)
         # the changed 3x3 patch of the last feature map, and the latent it moves
         k3 = torch.arange(self.PATCH, device=dev)
         ch = torch.arange(local.shape[1], device=dev)[None, :, None, None]
@@ -300,7 +313,7 @@ class LocalConvNetEvaluator(CandidateEvaluator):
         z = self.clean_latent[s] + torch.nn.functional.embedding_bag(
             flat.reshape(n, -1), self.bottleneck_rows, per_sample_weights=change.reshape(n, -1), mode="sum")
         logits = self.model.head(z)
-        return torch.softmax(logits, dim=1).double().cpu().numpy()
+        return torch.softmax(logits.to(self.dtype), dim=1).double().cpu().numpy()
 
 
 def default_channels_last(device: torch.device) -> bool:
@@ -338,6 +351,7 @@ class _Search:
         self.target_pos = -1
         self.evaluations = 0
         self.iterations_total = 0
+        self.rejected = 0  # successes the search claimed that the plain model did not confirm
         self.finished: list[dict] = []  # one record per target tried
         self.done = False
         self._start_next_target()
@@ -375,6 +389,7 @@ class _Search:
                 fit[j] = attack.fitness(checked[None], self.label, self.target)[0]
                 if not self._wins(checked[None], fit[j:j + 1], start + j)[0]:
                     attack.n_unverified += 1
+                    self.rejected += 1
                     continue
             self.evaluations += start + j + 1 - self.n_evaluated
             self._finish_target(True, cand, probs[j], float(fit[j]))
@@ -431,7 +446,7 @@ class _Search:
             values=values[0].astype(np.float64), probabilities=best["probs"], fitness=best["fitness"],
             evaluations=self.evaluations,
             targets_tried=tuple(int(f["target"]) for f in self.finished if f["target"] is not None),
-            iterations_total=self.iterations_total,
+            iterations_total=self.iterations_total, rejected=self.rejected,
             image=perturb(self.image, best["candidate"]) if return_image else None,
         )
 
@@ -440,19 +455,23 @@ class Attack:
     """Base of population-based black-box attacks (torchattacks-style).
 
     Handles the model (an inference-optimised eval-mode copy on ``device`` in ``dtype``
-    for the search, a plain copy to verify successes; the caller's model is left untouched), targeting (``mode``; targeted attacks try the given targets
-    in turn, by default every other class in ascending order, and keep the first
-    success), the fitness and success rules (``success``: ``paper`` thresholds or
-    ``top-class``), and batching: up to ``batch_images`` images are searched at once, and
-    their pending candidates are evaluated ``chunk_size`` at a time. Subclasses write
-    :meth:`initial_population`, :meth:`next_generation` and :meth:`select`.
+    for the search, a plain copy to verify successes; the caller's model is untouched),
+    targeting (``mode``; targeted attacks try the given targets in turn, by default every
+    other class in ascending order, and keep the first success), the fitness and success
+    rules (``success``: ``paper`` thresholds or ``top-class``), and batching: up to
+    ``batch_images`` images are searched at once, and their pending candidates are
+    evaluated ``chunk_size`` at a time. ``bf16=True`` runs the search's layers in bfloat16
+    (autocast; much faster on CPUs with AMX and on GPUs; a different rounding, so not
+    the same search as float32), while successes are still verified by the plain model in
+    full precision. Subclasses write :meth:`initial_population`, :meth:`next_generation`
+    and :meth:`select`.
     """
 
     def __init__(self, model: nn.Module, *, max_iter: int, pixels: int = 1, mode: str = "targeted",
                  success: str = "paper", seed: int = 0, device: str | torch.device = "auto",
                  dtype: torch.dtype = torch.float32, chunk_size: int | None = None,
                  batch_images: int | None = None, local: bool | None = None, optimize: bool = True,
-                 channels_last: bool | None = None, verify: bool = True) -> None:
+                 channels_last: bool | None = None, bf16: bool = False, verify: bool = True) -> None:
         if mode not in MODES:
             raise DeepAdvError(f"unknown attack mode {mode!r}; choose one of {', '.join(MODES)}")
         if success not in SUCCESS_RULES:
@@ -476,7 +495,10 @@ class Attack:
         self.dtype = dtype
         self.local = local
         self.verify = verify
+        self.bf16 = bool(bf16)
         self.n_unverified = 0
+        if dtype not in (torch.float32, torch.float64):
+            raise DeepAdvError(f"dtype must be float32 or float64 (use bf16=True for bfloat16), got {dtype}")
         self.reference_model = copy.deepcopy(model).to(self.device, dtype).eval()
         self.channels_last = default_channels_last(self.device) if channels_last is None else bool(channels_last)
         self.channels_last = self.channels_last and optimize
@@ -563,7 +585,8 @@ class Attack:
         n_slots = min(len(imgs), self.batch_images or default_batch_images(self.device))
         chunk = self.chunk_size or default_chunk_size(self.device, local)
         evaluator_cls = LocalConvNetEvaluator if local else CandidateEvaluator
-        evaluator = evaluator_cls(self.eval_model, n_slots, shape, self.device, self.dtype, self.channels_last)
+        evaluator = evaluator_cls(self.eval_model, n_slots, shape, self.device, self.dtype, self.channels_last,
+                                  self.bf16)
         self.last_evaluator = evaluator_cls.__name__
         h, w = shape[1:]
 

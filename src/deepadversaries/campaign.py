@@ -46,6 +46,8 @@ ATTACK_PRESETS: dict[str, dict[str, int]] = {
     "paper": {"n_images": 150, "pop_size": 400, "max_iter": 80},
 }
 PAPER = ATTACK_PRESETS["paper"]
+#: arithmetic of the search: float32, or bfloat16 autocast (successes verified in float32)
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 PROGRESS_NAME = "progress.jsonl"
 RESULTS_NAME = "results.csv"
 LATENTS_NAME = "latents.npz"
@@ -66,7 +68,7 @@ def result_columns(pixels: int) -> list[str]:
 
 
 def resolve_settings(preset: str, n_images: int | None, pop_size: int | None, max_iter: int | None, pixels: int,
-                     mode: str, success: str, seed: int) -> dict[str, Any]:
+                     mode: str, success: str, seed: int, precision: str = "fp32") -> dict[str, Any]:
     """The campaign's full settings from a preset and overrides, validated."""
     table = check_preset(preset, ATTACK_PRESETS)
     s = {"preset": preset,
@@ -74,7 +76,7 @@ def resolve_settings(preset: str, n_images: int | None, pop_size: int | None, ma
          "pop_size": table["pop_size"] if pop_size is None else int(pop_size),
          "max_iter": table["max_iter"] if max_iter is None else int(max_iter),
          "pixels": int(pixels), "mode": mode, "success": success, "seed": int(seed),
-         "F": 0.5, "split": "test", "domain": "Y10"}
+         "precision": precision, "F": 0.5, "split": "test", "domain": "Y10"}
     if s["n_images"] < 1:
         raise DeepAdvError(f"--n-images must be at least 1, got {s['n_images']}")
     if s["pop_size"] < 4:
@@ -87,6 +89,8 @@ def resolve_settings(preset: str, n_images: int | None, pop_size: int | None, ma
         raise DeepAdvError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
     if success not in SUCCESS_RULES:
         raise DeepAdvError(f"unknown --success {success!r}; choose one of {', '.join(SUCCESS_RULES)}")
+    if precision not in PRECISIONS:
+        raise DeepAdvError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if s["seed"] < 0:
         raise DeepAdvError(f"--seed must be 0 or more, got {s['seed']}")
     return s
@@ -105,6 +109,8 @@ def departures_from_paper(settings: dict[str, Any]) -> list[str]:
         out.append("untargeted attack, success at p(true) < 0.05 (paper: targeted, p(target) > 0.5)")
     if settings["success"] != "paper":
         out.append("success when the target becomes the top class (paper: p(target) > 0.5)")
+    if settings.get("precision", "fp32") != "fp32":
+        out.append("search in bfloat16 mixed precision, successes verified in float32 (paper: float32)")
     return out
 
 
@@ -169,7 +175,7 @@ def _forward(model: torch.nn.Module, images: np.ndarray, device: torch.device) -
         probs.append(torch.softmax(logits, dim=1).double().cpu().numpy())
         zs.append(z.float().cpu().numpy())
     if not probs:
-        return np.zeros((0, len(CLASSES))), np.zeros((0, 0), np.float32)
+        return np.zeros((0, len(CLASSES))), np.zeros((0, model.bottleneck.out_features), np.float32)
     return np.concatenate(probs), np.concatenate(zs)
 
 
@@ -186,7 +192,7 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
                n_images: int | None = None, pop_size: int | None = None, max_iter: int | None = None,
                pixels: int = 1, mode: str = "targeted", success: str = "paper", seed: int = 0,
                batch_images: int | None = None, device: str = "auto", overwrite: bool = False,
-               chunk_size: int | None = None) -> dict[str, Any]:
+               chunk_size: int | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Run (or resume) the one-pixel attack campaign on a run's kept model; return the summary."""
     t_start = time.perf_counter()
     run = Path(run)
@@ -194,7 +200,7 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
     ckpt = best_checkpoint_path(run)
     if not ckpt.is_file():
         raise file_error(ckpt, "checkpoint not found; train the run first ('deepadv train')")
-    settings = resolve_settings(preset, n_images, pop_size, max_iter, pixels, mode, success, seed)
+    settings = resolve_settings(preset, n_images, pop_size, max_iter, pixels, mode, success, seed, precision)
     if batch_images is not None and int(batch_images) < 1:
         raise DeepAdvError(f"--batch-images must be at least 1, got {batch_images}")
     data_path = Path(data) if data is not None else Path(config["data"])
@@ -243,7 +249,8 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
 
         attack = OnePixelDE(model, pop_size=settings["pop_size"], max_iter=settings["max_iter"],
                             pixels=settings["pixels"], mode=settings["mode"], success=settings["success"],
-                            seed=settings["seed"], device=dev, batch_images=batch_images, chunk_size=chunk_size)
+                            seed=settings["seed"], device=dev, batch_images=batch_images, chunk_size=chunk_size,
+                            bf16=settings["precision"] == "bf16")
         flips = sum(bool(r["success"]) for r in records.values())
         progress = make_progress(TextColumn("{task.fields[flipped]} flipped"))
         with progress:
@@ -254,7 +261,7 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
                     rec = {"test_index": int(subsample[todo[res.index]]), "target": res.target,
                            "success": res.success, "iterations": res.iterations,
                            "iterations_total": res.iterations_total, "evaluations": int(res.evaluations),
-                           "targets_tried": list(res.targets_tried),
+                           "targets_tried": list(res.targets_tried), "rejected": res.rejected,
                            "pixels": res.pixels.tolist(), "values": res.values.tolist(),
                            "session": sessions, "elapsed_s": round(time.perf_counter() - t_start, 3)}
                     _append_line(progress_path, rec)
@@ -319,6 +326,7 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
             "flipped_in_initial_population": int(sum(1 for t, ok in zip(att_index, success)
                                                      if ok and records[int(t)]["iterations"] == 0)),
             "success_claims_not_confirmed": unconfirmed,
+            "claims_rejected_during_search": int(sum(records[int(t)].get("rejected", 0) for t in att_index)),
             "evaluations": int(sum(records[int(t)]["evaluations"] for t in att_index)),
             "settings": settings,
             "departures_from_paper": departures_from_paper(settings),

@@ -62,8 +62,10 @@ def _load_array(path: Path) -> np.ndarray:
         raise file_error(path, "file not found")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise file_error(path, f"not a readable .npy array ({exc})") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged header fails in many ways (ValueError, SyntaxError, TokenError, ...)
+        raise file_error(path, f"not a readable .npy array ({type(exc).__name__}: {exc})") from exc
 
 
 @dataclass
@@ -113,6 +115,12 @@ class GalaxyDataset:
                 ref = self._get(image_file("Y10", split))
                 if ref.shape != arr.shape:
                     raise file_error(self.path / name, f"shape {arr.shape} differs from Y10's {ref.shape}")
+            first = image_file("Y10", "train")
+            if name != first and (self.path / first).is_file():
+                ref = self._get(first)
+                if ref.ndim == arr.ndim and ref.shape[1:] != arr.shape[1:]:
+                    raise file_error(self.path / name, f"images of shape {arr.shape[1:]} differ from "
+                                                       f"{first}'s {ref.shape[1:]}")
             self._checked.add(name)
         return arr
 
@@ -141,15 +149,28 @@ class GalaxyDataset:
     def stretch(self, domain: str) -> tuple[float, float]:
         """Stretch constants (p0.1, p99.9) of a domain, from metadata or its training split."""
         if domain not in self._stretch:
-            stored = self.metadata.get("stretch", {}).get(domain)
+            table = self.metadata.get("stretch", {})
+            if not isinstance(table, dict):
+                raise file_error(self.path / "dataset.json", "'stretch' must be an object {domain: [low, high]}")
+            stored = table.get(domain)
             if stored is not None:
-                self._stretch[domain] = (float(stored[0]), float(stored[1]))
+                source = self.path / "dataset.json"
+                try:
+                    lo, hi = (float(v) for v in stored)
+                except (TypeError, ValueError) as exc:
+                    raise file_error(source, f"stretch of {domain} must be a pair [low, high] of numbers, "
+                                             f"got {stored!r}") from exc
             else:
+                source = self.path / image_file(domain, "train")
                 raw = self._raw(domain, "train")
                 if len(raw) > STRETCH_SAMPLE:
                     idx = np.sort(np.random.default_rng(0).choice(len(raw), STRETCH_SAMPLE, replace=False))
                     raw = raw[idx]
-                self._stretch[domain] = stretch_constants(raw)
+                lo, hi = stretch_constants(raw)
+            if not (np.isfinite(lo) and np.isfinite(hi) and hi > 0 and lo < hi):
+                raise file_error(source, f"unusable stretch constants of {domain} (low {lo}, high {hi}): "
+                                         "need finite numbers with 0 < high and low < high (blank images?)")
+            self._stretch[domain] = (lo, hi)
         return self._stretch[domain]
 
     def catalog(self, split: str) -> list[dict[str, str]]:
@@ -157,14 +178,23 @@ class GalaxyDataset:
         path = self.path / f"catalog_{split}.csv"
         if not path.is_file():
             return []
-        with open(path, newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                return list(csv.DictReader(fh))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise file_error(path, f"not a readable CSV catalogue ({exc})") from exc
 
     def galaxy_ids(self, split: str) -> np.ndarray:
         """Galaxy id of each image (the image index when there is no catalogue)."""
         rows = self.catalog(split)
-        if rows and "galaxy_id" in rows[0]:
-            return np.array([int(r["galaxy_id"]) for r in rows], dtype=np.int64)
+        path = self.path / f"catalog_{split}.csv"
+        if path.is_file() and not (rows and "galaxy_id" not in rows[0]):
+            if len(rows) != len(self.labels(split)):
+                raise file_error(path, f"{len(rows)} rows but {label_file(split)} has {len(self.labels(split))} labels")
+            try:
+                return np.array([int(r["galaxy_id"]) for r in rows], dtype=np.int64)
+            except (TypeError, ValueError) as exc:
+                raise file_error(path, f"galaxy_id must be integers ({exc})") from exc
         return np.arange(len(self.labels(split)), dtype=np.int64)
 
     def torch_dataset(self, domain: str, split: str) -> "TensorImageDataset":
@@ -215,6 +245,8 @@ def _validate_images(path: Path, arr: np.ndarray) -> None:
 def _validate_labels(path: Path, arr: np.ndarray) -> None:
     if arr.ndim != 2 or arr.shape[1] != len(CLASSES):
         raise file_error(path, f"expected one-hot labels of shape (N, {len(CLASSES)}), got {arr.shape}")
+    if len(arr) == 0:
+        raise file_error(path, "holds no labels (an empty split)")
     a = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(a).all():
         raise file_error(path, "labels contain NaN or infinite values")

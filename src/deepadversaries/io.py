@@ -13,10 +13,11 @@ import errno
 import io as _io
 import json
 import os
+import signal
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -24,31 +25,58 @@ from .errors import DeepAdvError
 
 TMP_MARK = ".tmp-"
 LOCK_NAME = ".deepadv.lock"
+#: fault-injection hooks for the reliability tests (tests/reliability): a process with
+#: DEEPADV_FAULT_AFTER=n SIGKILLs itself right after its n-th atomic write is renamed into
+#: place; with DEEPADV_FAULT_DURING=n, after the n-th temporary file is written but before
+#: it is renamed. Writes are counted per process from 1; unset, the hooks do nothing.
+FAULT_AFTER_ENV = "DEEPADV_FAULT_AFTER"
+FAULT_DURING_ENV = "DEEPADV_FAULT_DURING"
+_atomic_writes = 0
+
+
+def _fault_point(env: str, count: int) -> None:
+    """Kill this process with SIGKILL if ``env`` names the current atomic write (test hook)."""
+    value = os.environ.get(env)
+    if value and value.strip().isdigit() and int(value) == count:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
+    global _atomic_writes
+    _atomic_writes += 1
+    count = _atomic_writes
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
+    except OSError as exc:
+        _raise_write_error(path, exc)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fault_point(FAULT_DURING_ENV, count)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+        _fault_point(FAULT_AFTER_ENV, count)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise DeepAdvError(f"{path}: no space left on device; free some space and run again") from exc
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise DeepAdvError(f"{path}: cannot write ({exc.strerror})") from exc
-        raise
+        _raise_write_error(path, exc)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _raise_write_error(path: Path, exc: OSError) -> NoReturn:
+    """A full disk or a forbidden folder is the user's to fix: raise a one-line DeepAdvError; else ``exc``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DeepAdvError(f"{path}: no space left on device; free some space and run again") from exc
+    if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        raise DeepAdvError(f"{path}: cannot write ({exc.strerror})") from exc
+    raise exc
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -180,8 +208,12 @@ class OutputLock:
                 continue
             except OSError as exc:
                 raise DeepAdvError(f"{self.folder}: cannot write ({exc.strerror})") from exc
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(str(os.getpid()))
+            except OSError as exc:  # e.g. a full disk: do not leave an empty lock behind
+                self.path.unlink(missing_ok=True)
+                _raise_write_error(self.path, exc)
             self._held = True
             return
         raise DeepAdvError(f"{self.folder}: could not take the output lock")

@@ -114,7 +114,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated file, crafted pickle, wrong format
-        raise file_error(path, f"not a valid checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise file_error(path, f"not a valid checkpoint ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model" not in ckpt:
         raise file_error(path, "not a deepadv checkpoint (no 'model'/'state_dict' entries)")
     return ckpt
@@ -125,13 +125,20 @@ def model_from_checkpoint(path: str | Path, expected_model: str | None = None,
     """Build the checkpoint's model, load its weights, move it to ``device``, eval mode."""
     ckpt = load_checkpoint(path)
     name = ckpt["model"]
+    if name not in MODEL_NAMES:
+        raise file_error(path, f"unknown model {name!r} (expected one of {', '.join(MODEL_NAMES)})")
     if expected_model is not None and name != expected_model:
         raise file_error(path, f"checkpoint holds a {name} but the run is a {expected_model}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise file_error(path, "'state_dict' is not a mapping of names to tensors")
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise file_error(path, "weights contain NaN or infinite values (did the training diverge?)")
     model = build_model(name)
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise file_error(path, f"weights do not fit a {name}: {str(exc).splitlines()[0][:200]}") from exc
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise file_error(path, f"weights do not fit a {name}: {(str(exc).splitlines() or [''])[0][:200]}") from exc
     return model.to(device).eval()
 
 

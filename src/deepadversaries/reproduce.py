@@ -571,7 +571,7 @@ def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: 
     check_preset(preset, {p: {} for p in PRESETS})
     models_t = _resolve_models(preset, models)
     if workers is None:
-        workers = max(1, min(os.cpu_count() or 1, 8))
+        workers = max(1, os.cpu_count() or 1)
     external = None
     if data is not None:
         external = Path(data).expanduser().resolve()

@@ -339,6 +339,7 @@ def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> bool:
     work = out / WORK_DIR
     if (out / "dataset.json").exists():
         if not overwrite:
+            shutil.rmtree(work, ignore_errors=True)  # left by a run killed after writing dataset.json
             raise DeepAdvError(f"{out}: already holds a finished dataset; use --overwrite to replace it")
         _clear(out)
     if (work / "config.json").exists():
@@ -392,6 +393,17 @@ def _summary(values: np.ndarray) -> dict[str, float]:
             "min": float(values.min()), "max": float(values.max())}
 
 
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now, so that a full disk fails here with ENOSPC
+    (a clear error) instead of killing the process with SIGBUS on a later write to the map."""
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
+
 def _assemble(out: Path, config: dict[str, Any], targets: np.ndarray, n_shards: int) -> dict[str, Any]:
     """Write the split arrays, labels and catalogues from the shards; return the metadata."""
     from .data import STRETCH_SAMPLE, image_file, label_file, stretch_constants
@@ -413,6 +425,7 @@ def _assemble(out: Path, config: dict[str, Any], targets: np.ndarray, n_shards: 
                 tmp = stack.enter_context(atomic_path(out / image_file(domain, split)))
                 arrays[domain, split] = np.lib.format.open_memmap(
                     tmp, mode="w+", dtype=np.float32, shape=(len(plan[split]), len(survey.BANDS), size, size))
+                _reserve(tmp)
         for index in range(n_shards):
             y10, y1, shard_rows = _load_shard(_shard_path(work, index))
             for k, row in enumerate(shard_rows):

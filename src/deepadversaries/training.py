@@ -55,7 +55,7 @@ METHODS = ("regular", "mmd")
 SCHEDULES = ("constant", "cosine")
 LOG_NAME = "log.csv"
 LOG_COLUMNS = ("epoch", "train_loss", "train_ce", "train_mmd2", "train_acc", "val_loss", "val_acc_y10",
-               "val_acc_y1", "val_mmd2", "lr", "epoch_seconds")
+               "val_acc_y1", "val_mmd2", "lr", "epoch_seconds", "epoch_cpu_seconds")
 #: latents per domain used for the (information-only) validation MMD²
 VAL_MMD_SAMPLE = 512
 
@@ -547,7 +547,7 @@ class RunRecorder(Callback):
         self.best_val_loss = float("inf")
         self.best_epoch = 0
         self.elapsed_before = 0.0
-        self._epoch_start = 0.0
+        self._epoch_start = self._epoch_cpu_start = 0.0
         self._fit_start = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -555,14 +555,16 @@ class RunRecorder(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
+        self._epoch_cpu_start = time.process_time()
 
     def on_train_epoch_end(self, trainer, pl_module: GalaxyClassifierModule) -> None:
         pl_module.collect_train_metrics()
         m = pl_module.epoch_metrics
         epoch = trainer.current_epoch + 1
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        row = {"epoch": epoch, **{k: float(m.get(k, float("nan"))) for k in LOG_COLUMNS[1:-2]},
-               "lr": float(lr), "epoch_seconds": time.perf_counter() - self._epoch_start}
+        row = {"epoch": epoch, **{k: float(m.get(k, float("nan"))) for k in LOG_COLUMNS[1:-3]},
+               "lr": float(lr), "epoch_seconds": time.perf_counter() - self._epoch_start,
+               "epoch_cpu_seconds": time.process_time() - self._epoch_cpu_start}
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
         acc, vloss = row["val_acc_y10"], row["val_loss"]
         improved = acc > self.best_val_acc or (acc == self.best_val_acc and vloss < self.best_val_loss)
@@ -834,6 +836,7 @@ def train_model(data: str | Path, out: str | Path, *, model: str = "convnet", me
             if not rows:
                 raise DeepAdvError(f"{run}: training ended without finishing an epoch")
             seconds = [r["epoch_seconds"] for r in rows]
+            cpu_seconds = [r.get("epoch_cpu_seconds", float("nan")) for r in rows]
             summary = {
                 "epochs": len(rows), "max_epochs": config["epochs"],
                 "stopped_early": len(rows) < config["epochs"],
@@ -841,6 +844,7 @@ def train_model(data: str | Path, out: str | Path, *, model: str = "convnet", me
                 "best_val_loss": recorder.best_val_loss,
                 "val_acc_y1_at_best": next((r["val_acc_y1"] for r in rows if r["epoch"] == recorder.best_epoch), None),
                 "wall_time_s": recorder.wall_time(), "mean_epoch_seconds": float(np.mean(seconds)),
+                "mean_epoch_cpu_seconds": float(np.mean(cpu_seconds)),
                 "last": rows[-1], "device": config["resolved_device"], "torch": torch.__version__,
                 "lightning": L.__version__, "finished": _now(),
             }

@@ -25,19 +25,19 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the subsample and of every image's search (searches are seeded by seed and test index)."),
         batch_images: Optional[int] = typer.Option(None, "--batch-images", help="Images searched at once, their candidates sharing forward passes (default: 2 on a CPU, 64 on a GPU)."),
         device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU if there is one), cpu or cuda."),
+        precision: str = typer.Option("fp32", "--precision", help="Arithmetic of the search: fp32 (the paper), or bf16 mixed precision (about 3x faster for ResNet18 on CPUs with AMX and on GPUs; a different rounding, successes still verified in fp32)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Discard a finished (or unfinished) campaign in RUN/attack and start afresh."),
     ) -> None:
         """Attack a seeded random subsample of the Y10 test set with one-pixel attacks.
 
-        Writes RUN/attack/results.csv, latents.npz and summary.json (last). An interrupted
-        campaign resumes where it stopped when the same command is run again.
+        Only correctly classified images are attacked; in targeted mode the other two classes are tried in turn and the first success is kept. Writes RUN/attack/results.csv, latents.npz and summary.json (last). An interrupted campaign resumes where it stopped when the same command is run again.
         """
         from ..campaign import attack_run
         from ..progress import info
 
         summary = attack_run(run, data, preset=preset, n_images=n_images, pop_size=pop_size, max_iter=max_iter,
                              pixels=pixels, mode=mode, success=success, seed=seed, batch_images=batch_images,
-                             device=device, overwrite=overwrite)
+                             device=device, overwrite=overwrite, precision=precision)
         rate = summary["success_rate"]
         info(f"drew {summary['images_drawn']} test images, {summary['correctly_classified']} correctly classified; "
              f"flipped {summary['flipped']} of {summary['attacked']} attacked"

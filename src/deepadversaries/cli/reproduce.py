@@ -27,7 +27,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
                                              "preset's grid, e.g. 'convnet,resnet18' (quick and tiny run ConvNet "
                                              "only; paper runs both)."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes for simulating the "
-                                              "dataset (default: the number of CPUs, at most 8)."),
+                                              "dataset (default: the number of CPUs)."),
         data: Optional[Path] = typer.Option(None, "--data", help="Use this existing dataset folder instead of "
                                             "simulating one: a folder made by 'deepadv simulate', or the published "
                                             "data (Zenodo 10.5281/zenodo.5514180: images_Y10_*.npy, images_Y1_*.npy, "

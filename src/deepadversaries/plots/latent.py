@@ -379,6 +379,7 @@ def save_distances_figure(path: str | Path, paired: "PairedDistances", tables: d
             if n == 0:
                 ax.text(0.5, 0.5, "no image flipped under both runs (n = 0)", ha="center", va="center",
                         transform=ax.transAxes, fontsize=11, color="#b00020")
+                _hide_ticks(ax)
                 continue
             reg = paired.values("regular", pert, scale)
             da = paired.values("da", pert, scale)
@@ -398,7 +399,8 @@ def save_distances_figure(path: str | Path, paired: "PairedDistances", tables: d
                     f"DA: median {row['da']['median']:.3g}, mean {row['da']['mean']:.3g}\nn = {n}")
             ax.text(0.98, 0.97, text, ha="right", va="top", transform=ax.transAxes, fontsize=9,
                     bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9})
-    fig.suptitle(f"Latent distances of the {n} images flipped under both runs", fontsize=13)
+    fig.suptitle(f"Latent distances d_E of the {n} images flipped under both runs" if n else
+                 "No image was flipped under both runs: no distances to compare", fontsize=13)
     handles = [Patch(facecolor=REGULAR_HIST, alpha=0.6, label="regular training"),
                Patch(facecolor=DA_HIST, alpha=0.6, label="domain adaptation"),
                Line2D([], [], color=MEAN_COLOR, ls="--", lw=2, label="mean, regular"),

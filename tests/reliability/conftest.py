@@ -1,0 +1,154 @@
+"""Fixtures of the reliability suite: a fork server to run ``deepadv`` as real processes, and folder checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deepadversaries.io import LOCK_NAME, TMP_MARK
+
+SERVER = Path(__file__).with_name("forkserver.py")
+
+
+@dataclass
+class Child:
+    """A ``deepadv`` process started by the fork server."""
+
+    pid: int
+    stdout: Path
+    stderr: Path
+
+
+@dataclass
+class Result:
+    """How a ``deepadv`` process ended: exit status (or -signal) and its output."""
+
+    pid: int
+    rc: int
+    out: str
+    err: str
+    timed_out: bool
+
+
+class ForkServer:
+    """Client of ``forkserver.py``: start, kill and wait for ``deepadv`` processes."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.count = 0
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DEEPADV_DEBUG": ""}
+        for name in ("DEEPADV_FAULT_AFTER", "DEEPADV_FAULT_DURING"):
+            env.pop(name, None)
+        self.proc = subprocess.Popen([sys.executable, str(SERVER)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        ready = self._reply()
+        assert ready.get("ready") and ready["threads"] == 1, ready
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"fork server died (exit {self.proc.poll()})")
+        return json.loads(line)
+
+    def _ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def preload(self, *modules: str) -> None:
+        """Import more modules in the server so that later commands start fast."""
+        reply = self._ask({"op": "preload", "modules": list(modules)})
+        assert reply["threads"] == 1, f"importing {modules} started threads; forking would be unsafe"
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        self.count += 1
+        out, err = self.logs / f"{self.count:03d}.out", self.logs / f"{self.count:03d}.err"
+        reply = self._ask({"op": "start", "argv": [str(a) for a in argv], "env": env or {},
+                           "stdout": str(out), "stderr": str(err)})
+        return Child(reply["pid"], out, err)
+
+    def wait(self, child: Child, timeout: float = 300) -> Result:
+        reply = self._ask({"op": "wait", "pid": child.pid, "timeout": timeout})
+        return Result(child.pid, reply["rc"], child.stdout.read_text(errors="replace"),
+                      child.stderr.read_text(errors="replace"), reply["timed_out"])
+
+    def run(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+        return self.wait(self.start(argv, env), timeout)
+
+    def kill(self, child: Child) -> Result:
+        os.kill(child.pid, signal.SIGKILL)
+        return self.wait(child, timeout=30)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def forkserver(tmp_path_factory) -> ForkServer:
+    server = ForkServer(tmp_path_factory.mktemp("forkserver-logs"))
+    yield server
+    server.close()
+
+
+# -- folder checks --------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``folder`` (to prove nothing changed)."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files, lock files and work folders left under ``folder``."""
+    folder = Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if TMP_MARK in p.name or p.name == LOCK_NAME or p.name == ".work")
+
+
+def wait_for(predicate, child: Child | None = None, timeout: float = 120, poll: float = 0.01) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` passes or ``child`` exits (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if child is not None and not _alive(child.pid):
+            return bool(predicate())
+        time.sleep(poll)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by the server) counts as dead
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def assert_clean_error(result: Result, *fragments: str) -> str:
+    """A refused command: exit status 2, one line ``error: ...`` naming the problem, no traceback."""
+    err = result.err.strip()
+    # progress bars go to stderr only on long work; a refusal must not get that far
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert result.rc == 2, f"exit {result.rc}: {err}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
