@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,6 +33,8 @@ LOCK_NAME = ".deepadv.lock"
 FAULT_AFTER_ENV = "DEEPADV_FAULT_AFTER"
 FAULT_DURING_ENV = "DEEPADV_FAULT_DURING"
 _atomic_writes = 0
+#: an empty lock file younger than this is being created by a starting process (not stale)
+STARTING_LOCK_S = 5.0
 
 
 def _fault_point(env: str, count: int) -> None:
@@ -196,9 +199,14 @@ class OutputLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 try:
-                    pid = int(self.path.read_text().strip() or "0")
-                except (OSError, ValueError):
-                    pid = 0
+                    text = self.path.read_text().strip()
+                    age = time.time() - self.path.stat().st_mtime
+                except OSError:
+                    text, age = "", float("inf")
+                pid = int(text) if text.isdigit() else 0
+                if not text and age < STARTING_LOCK_S:  # just created; its owner is writing its pid
+                    raise DeepAdvError(f"{self.folder}: in use by another deepadv process (starting up); "
+                                       "wait for it to finish or choose another output folder")
                 if pid and pid != os.getpid() and _pid_alive(pid):
                     raise DeepAdvError(
                         f"{self.folder}: in use by another deepadv process (pid {pid}); "
