@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from deepadversaries import CLASSES
 from deepadversaries.campaign import attack_run, result_columns

@@ -85,3 +85,10 @@ def test_lock_on_unwritable_folder(tmp_path):
         target = ro / "out"
     with pytest.raises(DeepAdvError, match="cannot"):
         OutputLock(target).acquire()
+
+
+def test_results_are_readable_by_others(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_json(tmp_path / "r.json", {})
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -37,6 +37,15 @@ _atomic_writes = 0
 STARTING_LOCK_S = 5.0
 
 
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def _fault_point(env: str, count: int) -> None:
     """Kill this process with SIGKILL if ``env`` names the current atomic write (test hook)."""
     value = os.environ.get(env)
@@ -56,6 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
     except OSError as exc:
         _raise_write_error(path, exc)
+    os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; results get the usual rw-r--r-- (umask)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -63,14 +63,26 @@ DROPPED_MODEL_REASON = {
               "(or pass --models convnet,resnet18) for Tables 2-3."),
 }
 
-#: Expected seconds per stage kind, for the ETA (measured on a 2-core CPU for tiny and
-#: quick; the paper preset's are rough GPU estimates). ``train_resnet18`` overrides ``train``.
+#: Expected seconds per stage kind, for the ETA: tiny and quick measured on a 2-core CPU
+#: (quick: an idle-machine estimate from the fastest epochs and attack of a loaded run);
+#: paper: rough GPU estimates. Keys ``train_<method>``, ``train_<model>`` and
+#: ``train_<model>_<method>`` refine ``train``.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "tiny": {"simulate": 12, "train": 8, "evaluate": 2, "attack": 6, "analyze": 10, "report": 4},
-    "quick": {"simulate": 180, "train": 180, "evaluate": 5, "attack": 120, "analyze": 45, "report": 10},
-    "paper": {"simulate": 5400, "train": 1800, "train_resnet18": 3600, "evaluate": 60, "attack": 900,
+    "tiny": {"simulate": 12, "train": 10, "evaluate": 2, "attack": 3, "analyze": 10, "report": 2},
+    "quick": {"simulate": 220, "train": 120, "train_mmd": 240, "evaluate": 6, "attack": 60, "analyze": 15,
+              "report": 8},
+    "paper": {"simulate": 900, "train": 900, "train_resnet18": 3600, "evaluate": 60, "attack": 600,
               "analyze": 180, "report": 30},
 }
+
+
+def expected_train_seconds(preset: str, model: str, method: str) -> float:
+    """Expected seconds of one training run (the most specific key of EXPECTED_SECONDS)."""
+    table = EXPECTED_SECONDS[preset]
+    for key in (f"train_{model}_{method}", f"train_{model}", f"train_{method}", "train"):
+        if key in table:
+            return float(table[key])
+    return 60.0
 
 
 # --------------------------------------------------------------------------------------
@@ -237,7 +249,7 @@ def build_stages(layout: Layout, preset: str, seed: int, models: tuple[str, ...]
             tag = f"{model}_{method}"
             stages.append(Stage(f"train:{tag}", "train", run_dir / "training.json", (data_stage,), (run_dir,),
                                 _train_action(layout, run_dir, model, method, preset, seed, device),
-                                expected.get(f"train_{model}", expected["train"]),
+                                expected_train_seconds(preset, model, method),
                                 adopt_check=_adopt_check(run_dir / "config.json", {
                                     "model": model, "method": method, "preset": preset, "seed": seed,
                                     "data": str(layout.data.resolve())})))

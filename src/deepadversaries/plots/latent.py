@@ -39,7 +39,6 @@ TRAININGS = ("regular", "da")
 #: marker of each member of a triplet: Y10 image, Y1 image, one-pixel-attacked image
 #: (drawn in this order: the 1P triangle first, so the Y10 cross it often sits on stays visible)
 TRIPLET_MARKERS = {"triplet-1P": ("^", 260), "triplet-Y1": ("*", 420), "triplet-Y10": ("X", 200)}
-TRIPLET_NAMES = {"triplet-Y10": "Y10 image (×)", "triplet-Y1": "Y1 image (★)", "triplet-1P": "one-pixel image (▲)"}
 HIGHLIGHT = "#00e5ff"  # edge of triplet markers drawn on the dark merger colour (as the paper's cyan star)
 REGULAR_HIST, DA_HIST = CLASS_COLORS[2], CLASS_COLORS[0]
 MEAN_COLOR, MEDIAN_COLOR = CLASS_COLORS[1], "#1f77b4"
