@@ -19,6 +19,7 @@ files as an uninterrupted one (only ``summary.json``'s ``timing`` differs).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -120,12 +121,20 @@ def departures_from_paper(settings: dict[str, Any]) -> list[str]:
 def _append_line(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line with a single write, then fsync."""
     data = (json.dumps(record) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.write(fd, data) != len(data):  # a short write: the disk filled up
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:  # a torn last line is dropped when the campaign resumes
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise file_error(path, "no space left on device; free some space and run again") from exc
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise file_error(path, f"cannot write ({exc.strerror})") from exc
+        raise
 
 
 def _read_progress(path: Path, settings: dict[str, Any]) -> tuple[dict[int, dict], float, int]:
@@ -216,6 +225,7 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
     progress_path = out / PROGRESS_NAME
     with OutputLock(out, "attack"):
         if summary_path.is_file() and not overwrite:
+            progress_path.unlink(missing_ok=True)  # left by a run killed right after its summary
             raise file_error(summary_path, "this run's attack campaign is finished; add --overwrite to run it again")
         remove_temporaries(out)
         if overwrite:

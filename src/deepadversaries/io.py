@@ -29,10 +29,13 @@ LOCK_NAME = ".deepadv.lock"
 #: fault-injection hooks for the reliability tests (tests/reliability): a process with
 #: DEEPADV_FAULT_AFTER=n SIGKILLs itself right after its n-th atomic write is renamed into
 #: place; with DEEPADV_FAULT_DURING=n, after the n-th temporary file is written but before
-#: it is renamed. Writes are counted per process from 1; unset, the hooks do nothing.
+#: it is renamed. Writes are counted per process from 1. The value may also be a file name
+#: (the first atomic write of a file of that name) or NAME#k (its k-th write). Unset, the
+#: hooks do nothing.
 FAULT_AFTER_ENV = "DEEPADV_FAULT_AFTER"
 FAULT_DURING_ENV = "DEEPADV_FAULT_DURING"
 _atomic_writes = 0
+_writes_by_name: dict[str, int] = {}
 #: an empty lock file younger than this is being created by a starting process (not stale)
 STARTING_LOCK_S = 5.0
 
@@ -46,10 +49,13 @@ def _default_file_mode() -> int:
 _FILE_MODE = _default_file_mode()
 
 
-def _fault_point(env: str, count: int) -> None:
+def _fault_point(env: str, count: int, name: str, nth_of_name: int) -> None:
     """Kill this process with SIGKILL if ``env`` names the current atomic write (test hook)."""
-    value = os.environ.get(env)
-    if value and value.strip().isdigit() and int(value) == count:
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return
+    target, _, k = value.partition("#")
+    if (value == str(count)) if value.isdigit() else (target == name and (int(k) if k else 1) == nth_of_name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -60,6 +66,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     _atomic_writes += 1
     count = _atomic_writes
     path = Path(path)
+    nth_of_name = _writes_by_name[path.name] = _writes_by_name.get(path.name, 0) + 1
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
@@ -70,11 +77,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _fault_point(FAULT_DURING_ENV, count)
+        _fault_point(FAULT_DURING_ENV, count, path.name, nth_of_name)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-        _fault_point(FAULT_AFTER_ENV, count)
+        _fault_point(FAULT_AFTER_ENV, count, path.name, nth_of_name)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
         _raise_write_error(path, exc)
@@ -173,6 +180,24 @@ def remove_temporaries(folder: str | Path) -> int:
         if p.is_file():
             p.unlink(missing_ok=True)
             n += 1
+    return n
+
+
+def remove_stale_locks(folder: str | Path) -> int:
+    """Delete lock files under ``folder`` whose owner process is dead (left by a killed run)."""
+    folder = Path(folder)
+    n = 0
+    for p in folder.rglob(LOCK_NAME) if folder.is_dir() else ():
+        try:
+            text = p.read_text().strip()
+            age = time.time() - p.stat().st_mtime
+        except OSError:
+            continue
+        pid = int(text) if text.isdigit() else 0
+        if (pid and _pid_alive(pid)) or (not text and age < STARTING_LOCK_S):
+            continue
+        p.unlink(missing_ok=True)
+        n += 1
     return n
 
 

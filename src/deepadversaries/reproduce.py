@@ -40,7 +40,7 @@ from rich.text import Text
 
 from . import PRESETS, __version__
 from .errors import DeepAdvError, check_preset, file_error
-from .io import LOCK_NAME, OutputLock, read_json, remove_temporaries, write_json
+from .io import LOCK_NAME, OutputLock, read_json, remove_stale_locks, remove_temporaries, write_json
 from .progress import console, info
 
 MANIFEST_KIND = "deepadv-reproduce"
@@ -597,6 +597,7 @@ def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: 
     resolve_device(device)  # refuse --device cuda without a GPU before any work
     with OutputLock(layout.root, "reproduce"):
         remove_temporaries(layout.root)
+        remove_stale_locks(layout.root)  # of stages killed after their marker (they are skipped now)
         _check_or_write_manifest(layout, preset, seed, models_t)
         env = environment(device)
         stages = build_stages(layout, preset, seed, models_t, device, workers)

@@ -152,3 +152,39 @@ def assert_clean_error(result: Result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     return lines[0]
+
+
+# -- shared stage outputs -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def warm_forkserver(forkserver) -> ForkServer:
+    """The fork server with every stage imported (Lightning, scikit-learn, matplotlib) before forking."""
+    forkserver.preload("deepadversaries.training", "deepadversaries.evaluation", "deepadversaries.campaign",
+                       "deepadversaries.analysis", "deepadversaries.reproduce", "deepadversaries.report")
+    return forkserver
+
+
+@pytest.fixture(scope="session")
+def attack_template(tiny_dataset, tmp_path_factory) -> Path:
+    """A run folder (config.json + checkpoints/best.pt) of the hand-built ConvNet of the attack tests,
+    its brightness split at the median of the tiny test set: it classifies most test images correctly,
+    so that a small campaign has several images to attack (the tiny trained models get one or two)."""
+    import torch
+    from attack_support import bright_pixel_convnet, make_run
+
+    from deepadversaries.data import load_dataset
+
+    ds = load_dataset(tiny_dataset)
+    with torch.no_grad():
+        z1 = bright_pixel_convnet().embed(torch.from_numpy(ds.images("Y10", "test")))[:, 1]
+    return make_run(tmp_path_factory.mktemp("attack-template") / "run", tiny_dataset,
+                    bright_pixel_convnet(float(z1.median())))
+
+
+def copy_run(template: Path, dest: Path) -> Path:
+    """A fresh copy of a run folder (without its attack results)."""
+    import shutil
+
+    shutil.copytree(template, dest, ignore=shutil.ignore_patterns("attack"))
+    return dest
