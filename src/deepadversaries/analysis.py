@@ -23,6 +23,7 @@ import csv
 import math
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -409,8 +410,10 @@ def load_attack(run: str | Path) -> AttackData:
             if missing:
                 raise file_error(latents_path, f"missing arrays {', '.join(missing)}")
             arrays = {k: np.asarray(npz[k]) for k in LATENT_KEYS}
-    except (ValueError, OSError, EOFError) as exc:
-        raise file_error(latents_path, f"not a readable .npz file ({exc})") from exc
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise file_error(latents_path, f"not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+    if arrays["test_index"].ndim != 1:
+        raise file_error(latents_path, f"test_index has shape {arrays['test_index'].shape}; expected (n,)")
     n = len(arrays["test_index"])
     for k in ("z_y10", "z_y1", "z_1p"):
         if arrays[k].ndim != 2 or len(arrays[k]) != n or arrays[k].shape != arrays["z_y10"].shape:
@@ -419,15 +422,18 @@ def load_attack(run: str | Path) -> AttackData:
             raise file_error(latents_path, f"{k} has NaN or infinite values")
     if arrays["success"].shape != (n,):
         raise file_error(latents_path, f"success has shape {arrays['success'].shape}; expected ({n},)")
-    with open(results_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise file_error(results_path, f"missing columns {', '.join(missing)}")
-        rows = list(reader)
-    if len(rows) != n:
-        raise file_error(results_path, f"{len(rows)} rows but latents.npz has {n}")
-    csv_index = np.array([int(float(r["test_index"])) for r in rows], dtype=np.int64)
+    try:
+        with open(results_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise file_error(results_path, f"missing columns {', '.join(missing)}")
+            rows = list(reader)
+        if len(rows) != n:
+            raise file_error(results_path, f"{len(rows)} rows but latents.npz has {n}")
+        csv_index = np.array([int(float(r["test_index"])) for r in rows], dtype=np.int64)
+    except (UnicodeDecodeError, csv.Error, ValueError, TypeError, OverflowError) as exc:
+        raise file_error(results_path, f"not a readable results table ({type(exc).__name__}: {exc})") from exc
     test_index = arrays["test_index"].astype(np.int64)
     if not np.array_equal(csv_index, test_index):
         raise file_error(latents_path, "test_index differs from the order of results.csv")

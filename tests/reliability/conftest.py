@@ -93,6 +93,18 @@ class ForkServer:
         self.proc.wait(timeout=30)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread for the stages run in this process (as in the fork server's children):
+    on two shared cores, two threads make the small attack batches ten times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def forkserver(tmp_path_factory) -> ForkServer:
     server = ForkServer(tmp_path_factory.mktemp("forkserver-logs"))
@@ -158,11 +170,18 @@ def assert_clean_error(result: Result, *fragments: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def warm_forkserver(forkserver) -> ForkServer:
-    """The fork server with every stage imported (Lightning, scikit-learn, matplotlib) before forking."""
-    forkserver.preload("deepadversaries.training", "deepadversaries.evaluation", "deepadversaries.campaign",
-                       "deepadversaries.analysis", "deepadversaries.reproduce", "deepadversaries.report")
+def attack_forkserver(forkserver) -> ForkServer:
+    """The fork server with the attack campaign imported before forking."""
+    forkserver.preload("deepadversaries.campaign")
     return forkserver
+
+
+@pytest.fixture(scope="session")
+def warm_forkserver(attack_forkserver) -> ForkServer:
+    """The fork server with every stage imported (Lightning, scikit-learn, matplotlib) before forking."""
+    attack_forkserver.preload("deepadversaries.training", "deepadversaries.evaluation", "deepadversaries.analysis",
+                              "deepadversaries.reproduce", "deepadversaries.report")
+    return attack_forkserver
 
 
 @pytest.fixture(scope="session")
@@ -188,3 +207,26 @@ def copy_run(template: Path, dest: Path) -> Path:
 
     shutil.copytree(template, dest, ignore=shutil.ignore_patterns("attack"))
     return dest
+
+
+#: the small campaign of the reliability tests: tiny preset, 12 images, population 20, 2 generations
+CAMPAIGN = ["--preset", "tiny", "--n-images", "12", "--pop-size", "20", "--max-iter", "2", "--device", "cpu",
+            "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def attacked_run(attack_template, tmp_path_factory) -> Path:
+    """A copy of the template run with a finished small campaign (made in this process; the
+    campaign's files do not depend on the process, which the attack kill tests rely on)."""
+    import torch
+
+    from deepadversaries.cli import main
+
+    run = copy_run(attack_template, tmp_path_factory.mktemp("attacked") / "run")
+    n = torch.get_num_threads()  # a session fixture is made before the module's one_torch_thread
+    torch.set_num_threads(1)
+    try:
+        assert main(["attack", "--run", str(run), *CAMPAIGN]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return run

@@ -4,7 +4,8 @@ Starting ``deepadv`` costs seconds of imports (torch, Lightning, GalSim); the ki
 run dozens of commands. This process imports everything once and forks a child per
 request, so each command is a real, separate process (killable with SIGKILL, with its
 own PID, lock and fault-injection counters) that starts in milliseconds. Nothing has
-run in the server before the fork (no torch threads), so forking is safe.
+run in the server before the fork (no torch threads), so forking is safe. Children run
+torch with one intra-op thread.
 
 Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
 ``{"op": "start", "argv": [...], "env": {...}, "stdout": path, "stderr": path}`` -> ``{"pid": n}``;
@@ -73,6 +74,11 @@ def _wait(pid: int, timeout: float) -> dict:
 def serve() -> None:
     for name in PRELOAD + tuple(sys.argv[1:]):
         importlib.import_module(name)
+    import torch
+
+    # one intra-op thread in every child: several processes share two cores, and two torch
+    # threads each slow small batches down many times over; it also makes the children alike
+    torch.set_num_threads(1)
     replies = sys.stdout
     print(json.dumps({"ready": True, "threads": threading.active_count()}), file=replies, flush=True)
     for line in sys.stdin:

@@ -1,7 +1,7 @@
 """`deepadv attack` killed with SIGKILL at several points, raced, torn, and run out of disk.
 
 A small campaign (tiny preset, 12 test images, population 20, 2 generations) on the hand-built
-ConvNet of the attack tests; an uninterrupted run made the same way is the reference. The
+ConvNet of the attack tests; an uninterrupted run of the same campaign is the reference. The
 campaign appends one JSON line per finished image to ``attack/progress.jsonl`` and writes
 ``results.csv``, ``latents.npz`` and ``summary.json`` (last) atomically.
 """
@@ -21,10 +21,8 @@ from deepadversaries.campaign import LATENTS_NAME, PROGRESS_NAME, RESULTS_NAME, 
 from deepadversaries.cli import main
 from deepadversaries.io import LOCK_NAME, TMP_MARK
 
-from .conftest import assert_clean_error, copy_run, leftovers, wait_for
+from .conftest import CAMPAIGN, assert_clean_error, copy_run, leftovers, wait_for
 
-CAMPAIGN = ["--preset", "tiny", "--n-images", "12", "--pop-size", "20", "--max-iter", "2", "--device", "cpu",
-            "--seed", "0"]
 #: summary entries that describe the session, not the results
 VOLATILE = ("run", "timing")
 
@@ -51,18 +49,16 @@ def assert_same_campaign(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(warm_forkserver, attack_template, tmp_path_factory) -> Path:
-    run = copy_run(attack_template, tmp_path_factory.mktemp("attack-ref") / "run")
-    result = warm_forkserver.run(argv(run))
-    assert result.rc == 0, result.err
-    summary = json.loads((run / "attack" / SUMMARY_NAME).read_text())
+def reference(attacked_run) -> Path:
+    """The uninterrupted campaign."""
+    summary = json.loads((attacked_run / "attack" / SUMMARY_NAME).read_text())
     assert summary["attacked"] >= 4, "too few images attacked to interrupt the campaign in the middle"
-    return run
+    return attacked_run
 
 
 @pytest.fixture(scope="module")
-def chain(warm_forkserver, attack_template, reference, tmp_path_factory) -> dict:
-    server = warm_forkserver
+def chain(attack_forkserver, attack_template, reference, tmp_path_factory) -> dict:
+    server = attack_forkserver
     run = copy_run(attack_template, tmp_path_factory.mktemp("attack-chain") / "run")
     out = run / "attack"
     seen: dict = {"run": run}

@@ -22,10 +22,10 @@ from deepadversaries.io import LOCK_NAME, TMP_MARK
 from .conftest import leftovers, snapshot, wait_for
 
 ATTACK = Path("runs/convnet_regular/attack")
-#: files that must come out bit-identical (the others hold paths, dates or wall times)
+#: files that must come out bit-identical (the others hold paths, dates or wall times; the
+#: isomap figures also move with the last bits of latents computed with other thread counts)
 IDENTICAL = [ATTACK / "results.csv", ATTACK / "latents.npz", Path("analysis/convnet/distances.csv"),
-             Path("analysis/convnet/distances_per_image.csv"), Path("findings.json"),
-             Path("analysis/convnet/fig6_distances.png"), Path("analysis/convnet/fig5_church_windows.png")]
+             Path("analysis/convnet/distances_per_image.csv"), Path("findings.json")]
 
 pytestmark = pytest.mark.slow
 
