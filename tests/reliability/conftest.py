@@ -129,6 +129,14 @@ def leftovers(folder: Path) -> list[str]:
                   if TMP_MARK in p.name or p.name == LOCK_NAME or p.name == ".work")
 
 
+def read_or_none(path: Path) -> str | None:
+    """The text of a file, or None when it does not exist (yet)."""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
 def wait_for(predicate, child: Child | None = None, timeout: float = 120, poll: float = 0.01) -> bool:
     """Poll ``predicate`` until it holds (True) or ``timeout`` passes or ``child`` exits (False)."""
     deadline = time.monotonic() + timeout

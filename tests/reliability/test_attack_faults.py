@@ -21,7 +21,7 @@ from deepadversaries.campaign import LATENTS_NAME, PROGRESS_NAME, RESULTS_NAME, 
 from deepadversaries.cli import main
 from deepadversaries.io import LOCK_NAME, TMP_MARK
 
-from .conftest import CAMPAIGN, assert_clean_error, copy_run, leftovers, wait_for
+from .conftest import CAMPAIGN, assert_clean_error, copy_run, leftovers, read_or_none, wait_for
 
 #: summary entries that describe the session, not the results
 VOLATILE = ("run", "timing")
@@ -65,7 +65,7 @@ def chain(attack_forkserver, attack_template, reference, tmp_path_factory) -> di
 
     # 1. a second process while the first holds the lock; then SIGKILL after the first finished image
     first = server.start(argv(run))
-    seen["locked"] = wait_for(lambda: (out / LOCK_NAME).exists() and (out / LOCK_NAME).read_text() != "", first)
+    seen["locked"] = wait_for(lambda: read_or_none(out / LOCK_NAME) == str(first.pid), first)
     seen["second"] = server.run(argv(run))
     seen["first_pid"] = first.pid
     seen["one_image"] = wait_for(lambda: lines(run) >= 2, first)

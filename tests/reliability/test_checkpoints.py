@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepadversaries.errors import DeepAdvError
-from deepadversaries.models import build_model, load_checkpoint, model_from_checkpoint
+from deepadversaries.models import build_model, model_from_checkpoint
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
-import time
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepadversaries.cli import main
 from deepadversaries.io import LOCK_NAME, TMP_MARK
 from deepadversaries.models import model_from_checkpoint
 
-from .conftest import assert_clean_error, leftovers, snapshot, wait_for
+from .conftest import assert_clean_error, leftovers, read_or_none, snapshot, wait_for
 from .test_checkpoints import Payload
 from .test_cli_errors import WORD, one_line_error
 
@@ -74,10 +74,12 @@ def chain(warm_forkserver, tiny_dataset, reference, tmp_path_factory) -> dict:
     seen: dict = {"run": run}
     cmd = argv(tiny_dataset, run)
 
+    # 0. right after config.json, before any epoch
+    seen["after_config"] = server.run(cmd, env={"DEEPADV_FAULT_AFTER": "config.json"})
     # 1. a second process while the first runs; then SIGKILL by time, as soon as an epoch's
     #    Lightning checkpoint (last.ckpt) is on disk
     first = server.start(cmd)
-    seen["locked"] = wait_for(lambda: (run / LOCK_NAME).exists() and (run / LOCK_NAME).read_text() != "", first)
+    seen["locked"] = wait_for(lambda: read_or_none(run / LOCK_NAME) == str(first.pid), first)
     seen["second"] = server.run(cmd)
     seen["first_pid"] = first.pid
     seen["one_epoch"] = wait_for(lambda: (run / "checkpoints/last.ckpt").exists(), first, poll=0.002)
@@ -101,6 +103,19 @@ def chain(warm_forkserver, tiny_dataset, reference, tmp_path_factory) -> dict:
 def test_second_process_on_the_same_run_folder_is_refused(chain):
     assert chain["locked"]
     assert_clean_error(chain["second"], str(chain["run"]), f"in use by another deepadv process (pid {chain['first_pid']})")
+
+
+def test_killed_before_the_first_epoch(chain):
+    assert chain["after_config"].rc == -9
+    assert "starting the training again" in " ".join(chain["time"].err.split())
+
+
+@pytest.mark.xfail(strict=True, reason="training.py (its helper has not finished it): a resumed run without "
+                   "last.ckpt prints 'no checkpoint of a finished epoch yet; starting the training again' and then "
+                   "'continuing the unfinished training from last.ckpt' (the elif after it belongs to the "
+                   "damaged-checkpoint check)")
+def test_a_run_resumed_without_a_checkpoint_does_not_claim_one(chain):
+    assert "continuing the unfinished training" not in " ".join(chain["time"].err.split())
 
 
 def test_killed_by_time_after_the_first_epoch(chain):
@@ -137,14 +152,14 @@ def test_resumed_training_equals_the_uninterrupted_one(chain, reference):
 
 NUMBER = st.one_of(st.floats(allow_nan=False, allow_infinity=False, width=32), st.integers(-10**6, 10**6))
 BAD_TRAIN_OPTION = st.one_of(
-    st.tuples(st.just("--epochs"), st.integers(max_value=0).map(str), st.just("--epochs must be at least 1")),
-    st.tuples(st.just("--batch-size"), st.integers(max_value=1).map(str), st.just("--batch-size must be at least 2")),
-    st.tuples(st.just("--patience"), st.integers(max_value=0).map(str), st.just("--patience must be at least 1")),
+    st.tuples(st.just("--epochs"), st.integers(max_value=0).map(str), st.just("epochs must be")),
+    st.tuples(st.just("--batch-size"), st.integers(max_value=1).map(str), st.just("batch size must be")),
+    st.tuples(st.just("--patience"), st.integers(max_value=0).map(str), st.just("patience must be")),
     st.tuples(st.just("--lr"), st.one_of(st.floats(max_value=0), st.sampled_from([float("nan"), float("inf")]))
               .map(repr), st.just("lr must be")),
-    st.tuples(st.just("--mmd-weight"), st.floats(max_value=-1e-9).map(repr), st.just("mmd-weight must be")),
+    st.tuples(st.just("--mmd-weight"), st.floats(max_value=-1e-9).map(repr), st.just("mmd weight must be")),
     st.tuples(st.just("--weight-decay"), st.one_of(st.floats(max_value=-1e-9), st.just(float("nan"))).map(repr),
-              st.just("weight")),
+              st.just("weight decay must be")),
     st.tuples(st.just("--model"), WORD.filter(lambda w: w not in ("convnet", "resnet18")), st.just("unknown model")),
     st.tuples(st.just("--method"), WORD.filter(lambda w: w not in ("regular", "mmd")), st.just("unknown method")),
     st.tuples(st.just("--preset"), WORD.filter(lambda w: w not in ("tiny", "quick", "paper")), st.just("unknown preset")),
@@ -158,22 +173,18 @@ def test_train_bad_option_values_exit_2_and_create_nothing(tiny_dataset, tmp_pat
     option, value, fragment = bad
     out = tmp_path / "never"
     err = one_line_error(capsys, argv(tiny_dataset, out) + [option, value])
-    assert fragment in err
+    assert fragment in err.replace("-", " ").replace("_", " ").replace("  ", " "), err
     assert not out.exists()
 
 
 def test_train_refuses_bad_data_and_bad_output_folders(tiny_dataset, reference, tmp_path, capsys):
-    import numpy as np
-
     data = tmp_path / "data"
-    import shutil
-
     shutil.copytree(tiny_dataset, data)
-    a = np.load(data / "images_Y1_train.npy")
+    a = np.load(data / "images_Y10_train.npy")
     a[5, 0, 10, 10] = np.nan
-    np.save(data / "images_Y1_train.npy", a)
+    np.save(data / "images_Y10_train.npy", a)
     err = one_line_error(capsys, argv(data, tmp_path / "a"))
-    assert f"{data / 'images_Y1_train.npy'}: image 5 has NaN or infinite pixels" in err
+    assert f"{data / 'images_Y10_train.npy'}: image 5 has NaN or infinite pixels" in err
     assert not (tmp_path / "a").exists()
 
     foreign = tmp_path / "foreign"
@@ -185,14 +196,12 @@ def test_train_refuses_bad_data_and_bad_output_folders(tiny_dataset, reference, 
     before = snapshot(reference)
     assert "holds a finished training" in one_line_error(capsys, argv(tiny_dataset, reference))
     err = one_line_error(capsys, argv(tiny_dataset, reference) + ["--lr", "0.5", "--resume"])
-    assert "holds a run with other settings" in err or "finished" in err
+    assert "holds a run with other settings (lr 0.001 vs 0.5)" in err
     assert snapshot(reference) == before
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_evaluate_refuses_crafted_pickles_foreign_checkpoints_and_unfinished_runs(reference, tmp_path, capsys):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(reference, run, ignore=shutil.ignore_patterns("tensorboard", "last.ckpt"))
     marker = tmp_path / "pwned"
