@@ -33,7 +33,8 @@ from lightning.pytorch.callbacks import Callback
 from deepadversaries.devices import resolve_device
 from deepadversaries.losses import GaussianKernels, MMDLoss
 from deepadversaries.models import build_model
-from deepadversaries.training import GalaxyClassifierModule, GalaxyDataModule, _Quiet, make_trainer
+from deepadversaries.training import (GalaxyClassifierModule, GalaxyDataModule, _default_channels_last, _Quiet,
+                                      make_trainer)
 
 CLASS_WEIGHTS = [0.58, 1.02, 3.3]
 
@@ -61,7 +62,8 @@ def make_config(model: str, method: str, batch: int, device: torch.device) -> di
         "batch_size": batch, "eval_batch_size": 8, "patience": 10, "schedule": "cosine",
         "mmd_weight": 0.05 if method == "mmd" else 0.0, "mmd_estimator": "unbiased",
         "mmd_sigmas2": list(GaussianKernels().sigmas2), "compile": False,
-        "channels_last": device.type == "cuda", "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
+        "channels_last": _default_channels_last(model, device),
+        "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
         "devices": 1, "num_nodes": 1, "class_weights": CLASS_WEIGHTS,
     }
 
