@@ -389,7 +389,7 @@ class GalaxyClassifierModule(L.LightningModule):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         compiled = self.__dict__["_compiled"]
-        return (compiled or self.model)(x)
+        return (compiled if compiled is not None else self.model)(x)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -820,12 +820,11 @@ def train_model(data: str | Path, out: str | Path, *, model: str = "convnet", me
         # rank 0 decided above (a fresh start removed old checkpoints); other DDP ranks follow the files
         ckpt = last_checkpoint_path(run)
         ckpt_path = str(ckpt) if ckpt.is_file() and (state == "resume" or rank != 0) else None
-        if state == "resume" and ckpt_path is None:
-            info(f"{run}: no checkpoint of a finished epoch yet; starting the training again")
         if ckpt_path is not None and not zipfile.is_zipfile(ckpt_path):
             raise file_error(ckpt_path, "damaged checkpoint (an interrupted write?); use --overwrite to start again")
-        elif state == "resume":
-            info(f"{run}: continuing the unfinished training from {ckpt.name}")
+        if state == "resume":
+            info(f"{run}: continuing the unfinished training from {ckpt.name}" if ckpt_path is not None
+                 else f"{run}: no checkpoint of a finished epoch yet; starting the training again")
         with _Quiet():
             L.seed_everything(seed, workers=True, verbose=False)
             module = GalaxyClassifierModule(config)

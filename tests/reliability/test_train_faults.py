@@ -110,10 +110,6 @@ def test_killed_before_the_first_epoch(chain):
     assert "starting the training again" in " ".join(chain["time"].err.split())
 
 
-@pytest.mark.xfail(strict=True, reason="training.py (its helper has not finished it): a resumed run without "
-                   "last.ckpt prints 'no checkpoint of a finished epoch yet; starting the training again' and then "
-                   "'continuing the unfinished training from last.ckpt' (the elif after it belongs to the "
-                   "damaged-checkpoint check)")
 def test_a_run_resumed_without_a_checkpoint_does_not_claim_one(chain):
     assert "continuing the unfinished training" not in " ".join(chain["time"].err.split())
 
