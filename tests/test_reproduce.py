@@ -300,6 +300,12 @@ def check_report_numbers(out: Path) -> None:
     ir, im = summary["regular"]["mean_iterations_flipped"], summary["mmd"]["mean_iterations_flipped"]
     if summary["regular"]["flipped"] or summary["mmd"]["flipped"]:
         assert e["held"] == (rm < rr or (ir is not None and im is not None and im > ir))
+        # the statement says which half of (e) carried the verdict
+        assert e["numbers"]["mmd_flip_rate_lower"] == (rm < rr)
+        if rm < rr and not (ir is not None and im is not None and im > ir):
+            assert "Held on the flip rate only" in e["statement"]
+        if rm >= rr and ir is not None and im is not None and im > ir:
+            assert "Held on the iterations only" in e["statement"]
     else:
         assert e["held"] is None
     # the findings table shows the same verdicts in both renderings
@@ -373,3 +379,24 @@ def test_tiny_deleting_evaluation_reruns_only_it_and_the_report(tiny, tmp_path):
     assert changed == {"runs/convnet_mmd/metrics.json", "report.html"}
     assert json.loads((copy / "runs/convnet_mmd/metrics.json").read_text())["Y10"]["accuracy"] == \
         read_json(tiny["out"] / "runs/convnet_mmd/metrics.json")["Y10"]["accuracy"]
+
+
+@pytest.mark.parametrize("rates, iters, expected", [
+    ((0.2, 0.1), (1.0, 1.0), "Held on the flip rate only"),
+    ((0.1, 0.2), (0.0, 1.0), "Held on the iterations only"),
+    ((0.2, 0.1), (0.0, 1.0), "Both halves agree"),
+    ((0.1, 0.2), (1.0, 0.0), "Neither half held"),
+])
+def test_finding_e_says_which_half_held(rates, iters, expected):
+    from deepadversaries.report import _attack_basis
+    lower, more = rates[1] < rates[0], iters[1] > iters[0]
+    text = _attack_basis(lower, more, {"flipped": 10}, {"flipped": 11})
+    assert expected in text and "rest on 10 and 11 flips" in text
+    assert "rest on" not in _attack_basis(lower, more, {"flipped": 40}, {"flipped": 30})
+
+
+def test_finding_d_flags_a_scale_free_reversal():
+    from deepadversaries.report import _scale_caveat
+    assert "other way" in _scale_caveat(6.2, 6.5, 0.22, 0.13)  # the quick run's numbers
+    assert _scale_caveat(6.2, 6.5, 0.13, 0.22) == ""
+    assert _scale_caveat(6.2, float("nan"), 0.13, 0.22) == ""

@@ -43,7 +43,7 @@ from .runs import attack_dir, best_checkpoint_path, read_run_config
 #: campaign sizes; ``paper`` is the paper's, the others say how they depart from it
 ATTACK_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"n_images": 6, "pop_size": 40, "max_iter": 4},
-    "quick": {"n_images": 100, "pop_size": 400, "max_iter": 10},
+    "quick": {"n_images": 150, "pop_size": 400, "max_iter": 10},
     "paper": {"n_images": 150, "pop_size": 400, "max_iter": 80},
 }
 PAPER = ATTACK_PRESETS["paper"]

@@ -15,7 +15,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     def attack(
         run: Path = typer.Option(..., "--run", help="Run folder made by 'deepadv train' (config.json + checkpoints/best.pt)."),
         data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder; default: the one recorded in the run's config.json."),
-        preset: str = typer.Option("quick", "--preset", help="Campaign size: tiny (seconds: 6 images, population 40, 4 iterations), quick (1-2 minutes per ConvNet on a quiet 2-core CPU: 100 images, population 400, 10 iterations), paper (150 images, population 400, 80 iterations)."),
+        preset: str = typer.Option("quick", "--preset", help="Campaign size: tiny (seconds: 6 images, population 40, 4 iterations), quick (about 2 minutes per ConvNet on a quiet 2-core CPU: 150 images, population 400, 10 iterations), paper (150 images, population 400, 80 iterations)."),
         n_images: Optional[int] = typer.Option(None, "--n-images", help="Size of the random test subsample (paper: 150); only correctly classified images are attacked."),
         pop_size: Optional[int] = typer.Option(None, "--pop-size", help="Differential-evolution population (paper: 400; at least 4)."),
         max_iter: Optional[int] = typer.Option(None, "--max-iter", help="Iteration cap: generations evolved before giving up (paper: 80)."),
