@@ -63,14 +63,13 @@ DROPPED_MODEL_REASON = {
               "(or pass --models convnet,resnet18) for Tables 2-3."),
 }
 
-#: Expected seconds per stage kind, for the ETA: tiny and quick measured on a 2-core CPU
-#: (quick: an idle-machine estimate from the fastest epochs and attack of a loaded run);
-#: paper: rough GPU estimates. Keys ``train_<method>``, ``train_<model>`` and
+#: Expected seconds per stage kind, for the ETA: tiny and quick measured on an idle 2-core
+#: CPU (quick: a fresh-clone run, 2026-11-29); paper: rough GPU estimates, not yet measured. Keys ``train_<method>``, ``train_<model>`` and
 #: ``train_<model>_<method>`` refine ``train``.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "tiny": {"simulate": 12, "train": 10, "evaluate": 2, "attack": 3, "analyze": 10, "report": 2},
-    "quick": {"simulate": 220, "train": 120, "train_mmd": 240, "evaluate": 6, "attack": 60, "analyze": 15,
-              "report": 8},
+    "tiny": {"simulate": 4, "train": 2, "evaluate": 1, "attack": 1, "analyze": 5, "report": 1},
+    "quick": {"simulate": 80, "train": 90, "train_mmd": 180, "evaluate": 4, "attack": 133, "analyze": 12,
+              "report": 3},
     "paper": {"simulate": 900, "train": 900, "train_resnet18": 3600, "evaluate": 60, "attack": 600,
               "analyze": 180, "report": 30},
 }
