@@ -137,15 +137,16 @@ def test_interrupted_campaign_resumes_to_identical_files(tmp_path, model_and_dat
         real_append(path, record)
 
     monkeypatch.setattr(campaign, "_append_line", dying_append)
-    with pytest.raises(KeyboardInterrupt):
-        attack_run(broken, **SMALL, batch_images=3)
+    with pytest.raises(KeyboardInterrupt):  # first session on one fixed thread, the second on two, adaptive
+        attack_run(broken, **SMALL, batch_images=3, threads=1, adaptive_threads=False)
     monkeypatch.setattr(campaign, "_append_line", real_append)
     assert not (broken / "attack" / "summary.json").exists()
     assert (broken / "attack" / "progress.jsonl").exists()
     with pytest.raises(DeepAdvError, match="other settings"):
         attack_run(broken, **{**SMALL, "max_iter": 4})
-    summary = attack_run(broken, **SMALL, batch_images=1)
+    summary = attack_run(broken, **SMALL, batch_images=1, threads=2)
     assert summary["timing"]["images_resumed"] == 3
+    assert summary["timing"]["cpu_threads"]["ceiling"] == 2 and summary["timing"]["cpu_threads"]["adaptive"]
     a, b = whole / "attack", broken / "attack"
     assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
     la, lb = np.load(a / "latents.npz"), np.load(b / "latents.npz")
@@ -185,7 +186,7 @@ def test_cli_attack_and_bad_inputs_exit_2(run_dir, tmp_path, capsys):
     base = ["attack", "--run", str(run_dir), "--preset", "tiny", "--device", "cpu"]
     for extra, words in ((["--pop-size", "3"], "pop-size"), (["--pixels", "0"], "pixels"),
                          (["--n-images", "100000"], "larger than the test set"), (["--mode", "sideways"], "mode"),
-                         (["--success", "often"], "success")):
+                         (["--success", "often"], "success"), (["--threads", "0"], "threads")):
         assert cli_main(base + extra) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import CLASSES
+from .cpu_threads import ThreadGovernor
 from .devices import resolve_device
 from .errors import DeepAdvError
 
@@ -463,15 +464,17 @@ class Attack:
     evaluated ``chunk_size`` at a time. ``bf16=True`` runs the search's layers in bfloat16
     (autocast; much faster on CPUs with AMX and on GPUs; a different rounding, so not
     the same search as float32), while successes are still verified by the plain model in
-    full precision. Subclasses write :meth:`initial_population`, :meth:`next_generation`
-    and :meth:`select`.
+    full precision. ``threads``, a :class:`ThreadGovernor` entered by the caller, is
+    consulted between chunks on the CPU. Subclasses write :meth:`initial_population`,
+    :meth:`next_generation` and :meth:`select`.
     """
 
     def __init__(self, model: nn.Module, *, max_iter: int, pixels: int = 1, mode: str = "targeted",
                  success: str = "paper", seed: int = 0, device: str | torch.device = "auto",
                  dtype: torch.dtype = torch.float32, chunk_size: int | None = None,
                  batch_images: int | None = None, local: bool | None = None, optimize: bool = True,
-                 channels_last: bool | None = None, bf16: bool = False, verify: bool = True) -> None:
+                 channels_last: bool | None = None, bf16: bool = False, verify: bool = True,
+                 threads: ThreadGovernor | None = None) -> None:
         if mode not in MODES:
             raise DeepAdvError(f"unknown attack mode {mode!r}; choose one of {', '.join(MODES)}")
         if success not in SUCCESS_RULES:
@@ -506,6 +509,7 @@ class Attack:
                            else self.reference_model)
         self.chunk_size = chunk_size
         self.batch_images = batch_images
+        self.threads = threads
 
     # -- the step, written by subclasses ----------------------------------------------
     def initial_population(self, rng: np.random.Generator) -> np.ndarray:
@@ -594,6 +598,8 @@ class Attack:
         free = list(range(n_slots))[::-1]
         active: list[_Search] = []
         while queue or active:
+            if self.threads is not None:
+                self.threads.update()  # fewer CPU threads while other processes hold cores
             while queue and free:
                 i = queue.popleft()
                 slot = free.pop()

@@ -19,6 +19,7 @@ files as an uninterrupted one (only ``summary.json``'s ``timing`` differs).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -32,6 +33,7 @@ from rich.progress import TextColumn
 
 from . import CLASSES
 from .attacks import MODES, SUCCESS_RULES, TARGET_THRESHOLD, UNTARGETED_THRESHOLD, OnePixelDE, set_pixels
+from .cpu_threads import ThreadGovernor
 from .data import apply_stretch, load_dataset
 from .devices import resolve_device
 from .errors import DeepAdvError, check_preset, file_error
@@ -201,8 +203,13 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
                n_images: int | None = None, pop_size: int | None = None, max_iter: int | None = None,
                pixels: int = 1, mode: str = "targeted", success: str = "paper", seed: int = 0,
                batch_images: int | None = None, device: str = "auto", overwrite: bool = False,
-               chunk_size: int | None = None, precision: str = "fp32") -> dict[str, Any]:
-    """Run (or resume) the one-pixel attack campaign on a run's kept model; return the summary."""
+               chunk_size: int | None = None, precision: str = "fp32", threads: int | None = None,
+               adaptive_threads: bool = True) -> dict[str, Any]:
+    """Run (or resume) the one-pixel attack campaign on a run's kept model; return the summary.
+
+    On a CPU the search uses ``threads`` torch threads (default: torch's own count) and,
+    with ``adaptive_threads``, fewer while other processes hold cores (``ThreadGovernor``).
+    """
     t_start = time.perf_counter()
     run = Path(run)
     config = read_run_config(run)
@@ -212,6 +219,8 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
     settings = resolve_settings(preset, n_images, pop_size, max_iter, pixels, mode, success, seed, precision)
     if batch_images is not None and int(batch_images) < 1:
         raise DeepAdvError(f"--batch-images must be at least 1, got {batch_images}")
+    if threads is not None and int(threads) < 1:
+        raise DeepAdvError(f"--threads must be at least 1, got {threads}")
     data_path = Path(data) if data is not None else Path(config["data"])
     dataset = load_dataset(data_path)
     labels_all = dataset.labels("test")
@@ -257,13 +266,14 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
         if n_resumed:
             info(f"resuming: {n_resumed} of {len(att_index)} images already attacked")
 
+        governor = ThreadGovernor(threads, adaptive=adaptive_threads) if dev.type == "cpu" else None
         attack = OnePixelDE(model, pop_size=settings["pop_size"], max_iter=settings["max_iter"],
                             pixels=settings["pixels"], mode=settings["mode"], success=settings["success"],
                             seed=settings["seed"], device=dev, batch_images=batch_images, chunk_size=chunk_size,
-                            bf16=settings["precision"] == "bf16")
+                            bf16=settings["precision"] == "bf16", threads=governor)
         flips = sum(bool(r["success"]) for r in records.values())
         progress = make_progress(TextColumn("{task.fields[flipped]} flipped"))
-        with progress:
+        with progress, (governor or contextlib.nullcontext()):
             task = progress.add_task("one-pixel attack", total=len(att_index), completed=n_resumed, flipped=flips)
             if todo:
                 todo = np.asarray(todo)
@@ -346,7 +356,8 @@ def attack_run(run: str | Path, data: str | Path | None = None, *, preset: str =
                                "already held a successful pixel); the cap for failures",
             "timing": {"wall_time_s": round(wall_before + wall, 3), "sessions": sessions + 1,
                        "images_resumed": n_resumed, "device": str(dev), "evaluator": getattr(
-                           attack, "last_evaluator", None)},
+                           attack, "last_evaluator", None),
+                       "cpu_threads": governor.summary() if governor is not None else None},
         }
         write_json(summary_path, summary)
         progress_path.unlink(missing_ok=True)
