@@ -2,9 +2,9 @@
 
 torch's intra-op threads wait for each other at every layer. When another process keeps
 one of the cores busy, the thread on the shared core falls behind and the others spin
-waiting for it: on the 2-core development machine the one-pixel attack then ran 2.2x
-*slower* with two threads than with one (and only 1.1-1.2x faster with two on an idle
-machine; ``benchmarks/attack.py --contention``). ``ThreadGovernor`` samples, every few
+waiting for it: on the 2-core development machine the one-pixel attack then ran 2-24x
+*slower* with two threads than with one (and only 1.1-1.3x faster with two on an idle
+machine; ``benchmarks/cpu_threads.py``). ``ThreadGovernor`` samples, every few
 seconds, how much CPU the other processes used on the cores this process may run on
 (``/proc/stat`` minus this process's own CPU time) and sets ``torch.set_num_threads`` to
 the cores left, between 1 and the ceiling it started with. On the ConvNet the attack's
@@ -92,6 +92,7 @@ class ThreadGovernor:
     cpus: list[int] = field(default_factory=allowed_cpus)
     clock: Callable[[], float] = time.monotonic
     own_cpu: Callable[[], float] = _own_cpu_seconds
+    #: every change: (seconds since entering, other processes' cores, threads set)
     history: list[tuple[float, float, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -120,7 +121,7 @@ class ThreadGovernor:
         torch.set_num_threads(int(self.ceiling))
         self._start = self.clock()
         self._last = self.sample() if self.adaptive else None
-        self.history = [(0.0, float("nan"), int(self.ceiling))]
+        self.history = []
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -146,7 +147,7 @@ class ThreadGovernor:
 
     def summary(self) -> dict[str, Any]:
         """What the governor did, for a stage's summary.json."""
-        counts = [t for _, _, t in self.history]
-        return {"ceiling": int(self.ceiling or 0), "adaptive": self.adaptive,
-                "min_threads": min(counts) if counts else None, "changes": max(0, len(counts) - 1),
-                "trace": [{"t_s": t, "other_cores": o, "threads": n} for t, o, n in self.history[1:50]]}
+        ceiling = int(self.ceiling or 0)
+        return {"ceiling": ceiling, "adaptive": self.adaptive,
+                "min_threads": min([ceiling] + [n for _, _, n in self.history]), "changes": len(self.history),
+                "trace": [{"t_s": t, "other_cores": o, "threads": n} for t, o, n in self.history[:49]]}

@@ -188,17 +188,25 @@ def remove_stale_locks(folder: str | Path) -> int:
     folder = Path(folder)
     n = 0
     for p in folder.rglob(LOCK_NAME) if folder.is_dir() else ():
-        try:
-            text = p.read_text().strip()
-            age = time.time() - p.stat().st_mtime
-        except OSError:
+        owner = _lock_owner(p)
+        if owner is None:
             continue
-        pid = int(text) if text.isdigit() else 0
-        if (pid and _pid_alive(pid)) or (not text and age < STARTING_LOCK_S):
+        pid, starting = owner
+        if (pid and _pid_alive(pid)) or starting:
             continue
         p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def _lock_owner(path: Path) -> tuple[int, bool] | None:
+    """(PID written in a lock file or 0, whether it is an empty lock still being created); None if unreadable."""
+    try:
+        text = path.read_text().strip()
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return None
+    return (int(text) if text.isdigit() else 0), (not text and age < STARTING_LOCK_S)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -233,13 +241,8 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    text = self.path.read_text().strip()
-                    age = time.time() - self.path.stat().st_mtime
-                except OSError:
-                    text, age = "", float("inf")
-                pid = int(text) if text.isdigit() else 0
-                if not text and age < STARTING_LOCK_S:  # just created; its owner is writing its pid
+                pid, starting = _lock_owner(self.path) or (0, False)
+                if starting:  # just created; its owner is writing its pid
                     raise DeepAdvError(f"{self.folder}: in use by another deepadv process (starting up); "
                                        "wait for it to finish or choose another output folder")
                 if pid and pid != os.getpid() and _pid_alive(pid):

@@ -64,8 +64,8 @@ DROPPED_MODEL_REASON = {
 }
 
 #: Expected seconds per stage kind, for the ETA: tiny and quick measured on an idle 2-core
-#: CPU (quick: a fresh-clone run, 2026-11-29); paper: rough GPU estimates, not yet measured. Keys ``train_<method>``, ``train_<model>`` and
-#: ``train_<model>_<method>`` refine ``train``.
+#: CPU (quick: a fresh-clone run, 2026-11-29); paper: rough GPU estimates, not yet measured.
+#: Keys ``train_<method>``, ``train_<model>`` and ``train_<model>_<method>`` refine ``train``.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
     "tiny": {"simulate": 4, "train": 2, "evaluate": 1, "attack": 1, "analyze": 5, "report": 1},
     "quick": {"simulate": 80, "train": 90, "train_mmd": 180, "evaluate": 4, "attack": 133, "analyze": 12,

@@ -767,7 +767,8 @@ class _Quiet:
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         for pattern in (".*does not have many workers.*", ".*number of training batches.*",
-                        ".*LightningModule.log.*", ".*It is recommended to use `self.log.*", ".*on_epoch=True.*", ".*tensorboardX.*",
+                        ".*LightningModule.log.*", ".*It is recommended to use `self.log.*", ".*on_epoch=True.*",
+                        ".*tensorboardX.*",
                         ".*Checkpoint directory.*exists and is not empty.*",
                         ".*`isinstance\\(treespec, LeafSpec\\)`.*", ".*val_loss.*Monitored.*",
                         ".*has `shuffle=True`.*", ".*GPU available but not used.*"):

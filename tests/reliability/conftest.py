@@ -149,6 +149,17 @@ def wait_for(predicate, child: Child | None = None, timeout: float = 120, poll: 
     return False
 
 
+def mount_tmpfs(mnt: Path, options: str) -> bool:
+    """Create ``mnt`` and mount a tmpfs there with ``options``; False where mounting is not allowed."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
+                          capture_output=True).returncode == 0
+
+
+def unmount(mnt: Path) -> None:
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

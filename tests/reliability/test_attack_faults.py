@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ from deepadversaries.campaign import LATENTS_NAME, PROGRESS_NAME, RESULTS_NAME, 
 from deepadversaries.cli import main
 from deepadversaries.io import LOCK_NAME, TMP_MARK
 
-from .conftest import CAMPAIGN, assert_clean_error, copy_run, leftovers, read_or_none, wait_for
+from .conftest import (CAMPAIGN, assert_clean_error, copy_run, leftovers, mount_tmpfs, read_or_none, unmount,
+                       wait_for)
 
 #: summary entries that describe the session, not the results
 VOLATILE = ("run", "timing")
@@ -163,12 +163,10 @@ def test_disk_full_mid_campaign_from_a_patched_writer(attack_template, reference
 @pytest.fixture
 def full_tmpfs(tmp_path):
     mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if not mount_tmpfs(mnt, "size=8m"):
         pytest.skip("cannot mount a tmpfs here (needs root); the patched-writer case covers disk full")
     yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    unmount(mnt)
 
 
 def test_disk_full_on_a_tmpfs_then_rerun_after_freeing_space(attack_template, reference, full_tmpfs, capsys):

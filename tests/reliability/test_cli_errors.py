@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from hypothesis import strategies as st
 
 from deepadversaries.cli import main
 from deepadversaries.simulate import PRESETS, SPLIT_MODES, min_galaxies
+
+from .conftest import mount_tmpfs, unmount
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -67,9 +68,7 @@ def test_usage_errors_exit_2_name_the_option_without_traceback(tmp_path, capsys,
 def read_only_dir(tmp_path) -> Path:
     """A folder nobody may write into: a read-only tmpfs (root), else chmod 0500."""
     ro = tmp_path / "ro"
-    ro.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
-                             capture_output=True).returncode == 0
+    mounted = mount_tmpfs(ro, "ro,size=1m")
     if not mounted:
         import os
 
@@ -78,7 +77,7 @@ def read_only_dir(tmp_path) -> Path:
         ro.chmod(0o500)
     yield ro
     if mounted:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
+        unmount(ro)
     else:
         ro.chmod(0o700)
 

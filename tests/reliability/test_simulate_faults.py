@@ -24,7 +24,7 @@ from deepadversaries.data import load_dataset
 from deepadversaries.io import LOCK_NAME, TMP_MARK
 from deepadversaries.simulate import WORK_DIR, resolve_config
 
-from .conftest import assert_clean_error, leftovers, snapshot, wait_for
+from .conftest import assert_clean_error, leftovers, mount_tmpfs, snapshot, unmount, wait_for
 
 #: dataset.json entries that describe the run, not the data (wall time, whether it was resumed)
 VOLATILE = ("seconds", "resumed", "timings_s")
@@ -171,16 +171,14 @@ def test_resumed_dataset_equals_the_uninterrupted_run(chain, tiny_dataset):
 def small_tmpfs(tmp_path):
     """A 13 MiB tmpfs (root only) that the test can grow with ``remount(size_mib)``."""
     mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=13m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if not mount_tmpfs(mnt, "size=13m"):
         pytest.skip("cannot mount a tmpfs here (needs root); the patched-writer case covers disk full")
 
     def remount(size_mib: int) -> None:
         subprocess.run(["mount", "-o", f"remount,size={size_mib}m", str(mnt)], check=True)
 
     yield mnt, remount
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    unmount(mnt)
 
 
 def test_disk_full_on_a_tmpfs_then_rerun_after_freeing_space(chain, small_tmpfs, tiny_dataset, capsys):

@@ -27,7 +27,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU if there is one), cpu or cuda."),
         precision: str = typer.Option("fp32", "--precision", help="Arithmetic of the search: fp32 (the paper), or bf16 mixed precision (about 3x faster for ResNet18 on CPUs with AMX and on GPUs; a different rounding, successes still verified in fp32)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the search (default: torch's count, normally one per core)."),
-        adaptive_threads: bool = typer.Option(True, "--adaptive-threads/--fixed-threads", help="On a CPU, use fewer threads while other processes keep cores busy (two threads on a shared 2-core machine ran 2.2x slower than one); the numbers do not change."),
+        adaptive_threads: bool = typer.Option(True, "--adaptive-threads/--fixed-threads", help="On a CPU, use fewer threads while other processes keep cores busy (on a shared 2-core machine two fighting threads made the quick attack 3x slower); the numbers do not change."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Discard a finished (or unfinished) campaign in RUN/attack and start afresh."),
     ) -> None:
         """Attack a seeded random subsample of the Y10 test set with one-pixel attacks.
