@@ -1,13 +1,30 @@
 """DeepAdversaries: robustness testing of galaxy-morphology classifiers.
 
 Simulate LSST-like Y10/Y1 galaxy images, train ConvNet/ResNet18 with and without
-MMD domain adaptation, attack them with one-pixel attacks and measure the damage
-in accuracy and in latent space.
+domain adaptation, attack them with one-pixel attacks and measure the damage in
+accuracy and in latent space.
+
+The package's vocabulary lives here, one word per thing: every module names classes,
+domains, splits, presets, models and training methods with these constants.
 """
 
 __version__ = "0.1.0"
 
+#: galaxy classes, in label order (SPEC 3.6)
 CLASSES: tuple[str, ...] = ("spiral", "elliptical", "merger")
+#: survey depths: the labelled training domain and the shifted one
 DOMAINS: tuple[str, ...] = ("Y10", "Y1")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+#: size presets of every verb
 PRESETS: tuple[str, ...] = ("tiny", "quick", "paper")
+#: the built-in architectures (SPEC 4)
+MODELS: tuple[str, ...] = ("convnet", "resnet18")
+#: training methods: regular, and domain adaptation towards unlabelled Y1
+METHODS: tuple[str, ...] = ("regular", "mmd")
+#: the method every domain-adapted run is compared with
+REFERENCE_METHOD = "regular"
+#: how figures and reports name the models and methods
+MODEL_LABELS: dict[str, str] = {"convnet": "ConvNet", "resnet18": "ResNet18"}
+METHOD_LABELS: dict[str, str] = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)"}
+#: the short form of table columns (the paper's "Reg" and "DA")
+METHOD_SHORT: dict[str, str] = {"regular": "Reg", "mmd": "DA (MMD)"}

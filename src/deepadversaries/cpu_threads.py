@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import OptionError
+
 #: fraction of a core that other processes may use before the governor gives that core up
 SPARE = 0.3
 #: seconds between two looks at /proc/stat
@@ -117,7 +119,7 @@ class ThreadGovernor:
         if self.ceiling is None:
             self.ceiling = self._previous
         if int(self.ceiling) < 1:
-            raise ValueError(f"the thread ceiling must be at least 1, got {self.ceiling}")
+            raise OptionError(f"--threads must be at least 1, got {self.ceiling}")
         torch.set_num_threads(int(self.ceiling))
         self._start = self.clock()
         self._last = self.sample() if self.adaptive else None

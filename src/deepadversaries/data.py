@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import CLASSES, DOMAINS, SPLITS
-from .errors import DeepAdvError, file_error
+from .errors import check_choice, file_error
 from .io import read_json
 
 STRETCH_SCALE = 0.85
@@ -102,8 +102,8 @@ class GalaxyDataset:
         return self._arrays[name]
 
     def _raw(self, domain: str, split: str) -> np.ndarray:
-        _check_choice(domain, DOMAINS, "domain")
-        _check_choice(split, SPLITS, "split")
+        check_choice(domain, DOMAINS, "domain")
+        check_choice(split, SPLITS, "split")
         name = image_file(domain, split)
         arr = self._get(name)
         if name not in self._checked:
@@ -134,7 +134,7 @@ class GalaxyDataset:
 
     def one_hot(self, split: str) -> np.ndarray:
         """The one-hot label array of one split, validated."""
-        _check_choice(split, SPLITS, "split")
+        check_choice(split, SPLITS, "split")
         name = label_file(split)
         arr = self._get(name)
         if name not in self._checked:
@@ -221,11 +221,6 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[i], self.y[i]
-
-
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
-    if value not in choices:
-        raise DeepAdvError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _validate_images(path: Path, arr: np.ndarray) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DeepAdvError
+from .errors import DeepAdvError, check_choice
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -17,6 +17,5 @@ def resolve_device(device: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise DeepAdvError("--device cuda was asked for, but no CUDA GPU is available")
         return torch.device(device)
-    if device == "cpu":
-        return torch.device("cpu")
-    raise DeepAdvError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    check_choice(device, DEVICE_CHOICES, "device")
+    return torch.device("cpu")

@@ -2,7 +2,11 @@
 
 Accuracy, weighted precision / recall / F1 (scikit-learn, ``average="weighted"``: per-class
 scores weighted by the true-class counts) and the confusion matrix per domain, written to
-``RUN/metrics.json`` with one figure per domain (``confusion_Y10.png``, ``confusion_Y1.png``).
+``RUN/metrics.json`` (last: the finished marker) with one figure per domain
+(``confusion_Y10.png``, ``confusion_Y1.png``). The per-image class probabilities are kept in
+``RUN/predictions.npz`` (``labels`` (N,), ``probabilities_Y10`` and ``probabilities_Y1``
+(N, 3) float64, the same test galaxies in the same order), from which the report draws
+its per-image bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -11,47 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from . import CLASSES, DOMAINS
 from .data import image_file, load_dataset
 from .devices import resolve_device
 from .errors import file_error
-from .io import OutputLock, write_json
-from .models import GalaxyClassifier, check_input_shape, load_model
-from .progress import info, make_progress
-from .runs import TRAINING_DONE, read_run_config
-
-METRICS_NAME = "metrics.json"
-
-
-@torch.no_grad()
-def predict(model: GalaxyClassifier, images: np.ndarray | torch.Tensor, *, batch_size: int = 256,
-            device: str | torch.device = "cpu", progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, 3) and latents (N, 256) of stretched images, in eval mode, batch by batch."""
-    device = torch.device(device)
-    model = model.to(device).eval()
-    n = len(images)
-    logits_out = np.empty((n, model.output.out_features), dtype=np.float32)
-    latents_out = np.empty((n, model.output.in_features), dtype=np.float32)
-    bar = make_progress(transient=True) if progress else None
-    task = bar.add_task(progress, total=n) if bar else None
-    if bar:
-        bar.start()
-    try:
-        for start in range(0, n, batch_size):
-            chunk = images[start:start + batch_size]
-            x = torch.as_tensor(np.asarray(chunk, dtype=np.float32) if not torch.is_tensor(chunk) else chunk)
-            logits, z = model(x.to(device, torch.float32))
-            logits_out[start:start + len(x)] = logits.float().cpu().numpy()
-            latents_out[start:start + len(x)] = z.float().cpu().numpy()
-            if bar:
-                bar.advance(task, len(x))
-    finally:
-        if bar:
-            bar.stop()
-    return logits_out, latents_out
+from .inference import forward_batches
+from .io import OutputLock, write_json, write_npz
+from .models import check_input_shape, load_model
+from .plots.training import plot_confusion_matrix
+from .progress import info
+from .runs import METRICS_NAME, PREDICTIONS_NAME, TRAINING_DONE, read_run_config
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
@@ -77,31 +52,39 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
                  batch_size: int | None = None) -> dict[str, Any]:
     """Evaluate a run's kept checkpoint on the Y10 and Y1 test sets; write ``metrics.json``.
 
-    ``data=None`` uses the dataset recorded in the run's ``config.json``. Returns the
-    metrics (SPEC 6 layout: ``{"Y10": {...}, "Y1": {...}}``).
-    """
-    from .plots.training import plot_confusion_matrix
+    Args:
+        run: a run folder with a finished training.
+        data: the dataset folder [default: the one recorded in the run's ``config.json``].
+        device: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
+        batch_size: images per forward pass [default: the run's evaluation batch size, at least 64].
 
+    Returns:
+        The metrics in SPEC 6 layout, ``{"Y10": {...}, "Y1": {...}}`` (a domain the dataset
+        lacks is left out), also written to ``RUN/metrics.json`` with ``confusion_{domain}.png``.
+    """
     run = Path(run)
     config = read_run_config(run)
     if not (run / TRAINING_DONE).is_file():
         raise file_error(run, f"the training has not finished (no {TRAINING_DONE}); run 'deepadv train' first")
-    dataset = load_dataset(data if data is not None else config["data"])
+    dataset = load_dataset(data if data is not None else config.data)
     torch_device = resolve_device(device)
     model = load_model(run, device=torch_device)
     check_input_shape(model, dataset.image_shape, dataset.path / image_file("Y10", "test"))
-    batch_size = batch_size or max(int(config.get("eval_batch_size", 64)), 64)
+    batch_size = batch_size or max(config.train.eval_batch_size, 64)
     labels = dataset.labels("test")
     metrics: dict[str, Any] = {}
+    probabilities: dict[str, np.ndarray] = {}
     with OutputLock(run, "evaluate"):
         for domain in DOMAINS:
             if not dataset.has_domain(domain):
                 info(f"{dataset.path}: no {domain} images; {domain} is not evaluated")
                 continue
-            logits, _ = predict(model, dataset.images(domain, "test"), batch_size=batch_size, device=torch_device,
-                                progress=f"evaluate {domain}")
-            metrics[domain] = classification_metrics(labels, logits.argmax(axis=1))
+            outputs = forward_batches(model, dataset.images(domain, "test"), batch_size=batch_size,
+                                      device=torch_device, progress=f"evaluate {domain}")
+            metrics[domain] = classification_metrics(labels, outputs.predicted)
+            probabilities[f"probabilities_{domain}"] = outputs.probabilities
             plot_confusion_matrix(metrics[domain]["confusion"], run / f"confusion_{domain}.png",
-                                  title=f"{config['model']} {config['method']} · {domain} test")
+                                  title=f"{config.model} {config.method} · {domain} test")
+        write_npz(run / PREDICTIONS_NAME, labels=labels.astype(np.int64), **probabilities)
         write_json(run / METRICS_NAME, metrics)
     return metrics

@@ -36,6 +36,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from . import survey
+from .errors import check_choice
 
 FAMILIES: tuple[str, ...] = ("spiral", "elliptical", "merger")
 
@@ -461,7 +462,7 @@ def draw_galaxy(family: str, rng: np.random.Generator, brightness: float = 1.0,
                 size: int = survey.IMAGE_SIZE) -> Galaxy:
     """Draw one galaxy of ``family`` from its priors, using only ``rng`` for randomness."""
     if family not in _BUILDERS:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        check_choice(family, FAMILIES, "galaxy family")
     mag_r = draw_magnitude(rng, brightness)
     size_scale = size_factor(mag_r, brightness)
     jitter = rng.uniform(-0.5, 0.5, 2) * survey.PIXEL_SCALE

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import DeepAdvError
+from .errors import file_error
 
 TMP_MARK = ".tmp-"
 LOCK_NAME = ".deepadv.lock"
@@ -93,9 +93,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def _raise_write_error(path: Path, exc: OSError) -> NoReturn:
     """A full disk or a forbidden folder is the user's to fix: raise a one-line DeepAdvError; else ``exc``."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise DeepAdvError(f"{path}: no space left on device; free some space and run again") from exc
+        raise file_error(path, "no space left on device; free some space and run again") from exc
     if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        raise DeepAdvError(f"{path}: cannot write ({exc.strerror})") from exc
+        raise file_error(path, f"cannot write ({exc.strerror})") from exc
     raise exc
 
 
@@ -165,9 +165,9 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise DeepAdvError(f"{path}: file not found") from exc
+        raise file_error(path, "file not found") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DeepAdvError(f"{path}: not valid JSON ({exc})") from exc
+        raise file_error(path, f"not valid JSON ({exc})") from exc
 
 
 def remove_temporaries(folder: str | Path) -> int:
@@ -236,24 +236,24 @@ class OutputLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DeepAdvError(f"{self.folder}: cannot create output folder ({exc.strerror})") from exc
+            raise file_error(self.folder, f"cannot create output folder ({exc.strerror})") from exc
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid, starting = _lock_owner(self.path) or (0, False)
                 if starting:  # just created; its owner is writing its pid
-                    raise DeepAdvError(f"{self.folder}: in use by another deepadv process (starting up); "
+                    raise file_error(self.folder, "in use by another deepadv process (starting up); "
                                        "wait for it to finish or choose another output folder")
                 if pid and pid != os.getpid() and _pid_alive(pid):
-                    raise DeepAdvError(
-                        f"{self.folder}: in use by another deepadv process (pid {pid}); "
+                    raise file_error(
+                        self.folder, f"in use by another deepadv process (pid {pid}); "
                         "wait for it to finish or choose another output folder"
                     )
                 self.path.unlink(missing_ok=True)  # stale lock of a dead process
                 continue
             except OSError as exc:
-                raise DeepAdvError(f"{self.folder}: cannot write ({exc.strerror})") from exc
+                raise file_error(self.folder, f"cannot write ({exc.strerror})") from exc
             try:
                 with os.fdopen(fd, "w") as fh:
                     fh.write(str(os.getpid()))
@@ -262,7 +262,7 @@ class OutputLock:
                 _raise_write_error(self.path, exc)
             self._held = True
             return
-        raise DeepAdvError(f"{self.folder}: could not take the output lock")
+        raise file_error(self.folder, "could not take the output lock")
 
     def release(self) -> None:
         if self._held:

@@ -13,11 +13,12 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import DeepAdvError, file_error
+from . import CLASSES, MODELS
+from .errors import check_choice, file_error
+from .runs import best_checkpoint_path, read_run_config
 
 LATENT_DIM = 256
-N_CLASSES = 3
-MODEL_NAMES = ("convnet", "resnet18")
+N_CLASSES = len(CLASSES)
 
 
 class GalaxyClassifier(nn.Module):
@@ -86,11 +87,8 @@ class ResNet18(GalaxyClassifier):
 
 def build_model(name: str) -> GalaxyClassifier:
     """A freshly initialised model by name: ``convnet`` or ``resnet18``."""
-    if name == "convnet":
-        return ConvNet()
-    if name == "resnet18":
-        return ResNet18()
-    raise DeepAdvError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    builders = {"convnet": ConvNet, "resnet18": ResNet18}
+    return builders[check_choice(name, MODELS, "model")]()
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -125,8 +123,8 @@ def model_from_checkpoint(path: str | Path, expected_model: str | None = None,
     """Build the checkpoint's model, load its weights, move it to ``device``, eval mode."""
     ckpt = load_checkpoint(path)
     name = ckpt["model"]
-    if name not in MODEL_NAMES:
-        raise file_error(path, f"unknown model {name!r} (expected one of {', '.join(MODEL_NAMES)})")
+    if name not in MODELS:
+        raise file_error(path, f"unknown model {name!r} (expected one of {', '.join(MODELS)})")
     if expected_model is not None and name != expected_model:
         raise file_error(path, f"checkpoint holds a {name} but the run is a {expected_model}")
     state = ckpt["state_dict"]
@@ -143,8 +141,6 @@ def model_from_checkpoint(path: str | Path, expected_model: str | None = None,
 
 
 def load_model(run: str | Path, device: str | torch.device = "cpu") -> GalaxyClassifier:
-    """The kept (best Y10 validation accuracy) model of a run folder, in eval mode."""
-    from .runs import best_checkpoint_path, read_run_config
-
+    """The kept (best Y10 validation accuracy) model of a run folder, in eval mode, on ``device``."""
     config = read_run_config(run)
-    return model_from_checkpoint(best_checkpoint_path(run), expected_model=config["model"], device=device)
+    return model_from_checkpoint(best_checkpoint_path(run), expected_model=config.model, device=device)

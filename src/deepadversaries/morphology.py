@@ -285,52 +285,110 @@ def _rotate180(image: np.ndarray, xc: float, yc: float, sl: tuple[slice, slice])
     return _Rotator(image)(xc, yc, sl)
 
 
+@dataclass
+class _Stamp:
+    """The postage stamp of a source: the image with outliers masked, and the segment."""
+
+    cutout: np.ndarray  # image, bad pixels zeroed
+    valid: np.ndarray  # not a bad pixel
+    segment: np.ndarray  # the segmentation map on the stamp
+    source: np.ndarray  # cutout inside the segment, zero outside
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.cutout.shape  # type: ignore[return-value]
+
+    @property
+    def diagonal(self) -> float:
+        ny, nx = self.shape
+        return float(np.hypot(nx, ny))
+
+
 def gini_m20(image: np.ndarray, segmap: np.ndarray | None = None) -> Morphology:
     """Gini and M20 of a background-free image inside ``segmap`` (statmorph conventions).
 
-    ``segmap`` is a boolean map of the source (default: :func:`segmentation`). Invalid
-    measurements return NaN with flag 2.
+    Steps (statmorph's): postage stamp and outlier mask; centroid; circular Petrosian
+    radius; centre of minimum asymmetry; elliptical Petrosian radius; the Petrosian-based
+    Gini segmap; Gini and M20 inside it. ``flag`` is the worst of the steps' flags.
+
+    Args:
+        image: a 2-D background-free image (e.g. the noiseless r band), any units.
+        segmap: a boolean map of the source [default: :func:`segmentation` of the image].
+
+    Returns:
+        The measurement; an invalid one holds NaN with flag 2.
     """
     image = np.asarray(image, dtype=np.float64)
-    if segmap is None:
-        segmap = segmentation(image)
-    segmap = np.asarray(segmap, dtype=bool)
+    segmap = np.asarray(segmentation(image) if segmap is None else segmap, dtype=bool)
     bad = Morphology(float("nan"), float("nan"), float("nan"), 2)
     if not segmap.any():
         return bad
-    flag = 0
-    sl = _stamp_slice(segmap)
-    raw = image[sl]
-    seg = segmap[sl]
-    mask = _bad_pixels(raw)
-    valid = ~mask
-    cutout = np.where(valid, raw, 0.0)
-    cutout_no_bg = np.where(valid & seg, raw, 0.0)
-    if cutout_no_bg.sum() <= 0:
+    stamp = _postage_stamp(image, segmap)
+    if stamp.source.sum() <= 0:
         return bad
-    ny, nx = cutout.shape
-    xc, yc = _moments_center(cutout_no_bg)
-    if not (0 <= xc < nx and 0 <= yc < ny):
-        xc, yc, flag = nx / 2.0, ny / 2.0, 2
-    diagonal = float(np.hypot(nx, ny))
+    (xc, yc), flag = _centroid(stamp)
+    rpetro_circ, f = _circular_petrosian_radius(stamp, xc, yc)
+    flag = max(flag, f)
+    (xa, ya), f = _asymmetry_centre(stamp, xc, yc, rpetro_circ)
+    flag = max(flag, f)
+    rpetro, elongation, theta, f = _elliptical_petrosian_radius(stamp, xa, ya, rpetro_circ)
+    flag = max(flag, f)
+    above, f = _gini_segmap(stamp, xc, yc, rpetro, elongation, theta)
+    if above is None:
+        return Morphology(float("nan"), float("nan"), rpetro, 2)
+    flag = max(flag, f)
+    gini = _gini(stamp.cutout[above])
+    if not np.isfinite(gini):
+        return Morphology(float("nan"), float("nan"), rpetro, 2)
+    m20 = _m20(np.where(above, stamp.cutout, 0.0))
+    return Morphology(gini, m20, rpetro, flag if np.isfinite(m20) else 2)
 
-    # circular Petrosian radius about the centroid (sets the asymmetry aperture)
+
+def _postage_stamp(image: np.ndarray, segmap: np.ndarray) -> _Stamp:
+    """The stamp around the segment with the Lotz et al. (2004) outlier mask applied."""
+    sl = _stamp_slice(segmap)
+    raw, seg = image[sl], segmap[sl]
+    valid = ~_bad_pixels(raw)
+    return _Stamp(np.where(valid, raw, 0.0), valid, seg, np.where(valid & seg, raw, 0.0))
+
+
+def _centroid(stamp: _Stamp) -> tuple[tuple[float, float], int]:
+    """The source's first-moment centre (the stamp's centre, flag 2, if it falls outside)."""
+    ny, nx = stamp.shape
+    xc, yc = _moments_center(stamp.source)
+    if not (0 <= xc < nx and 0 <= yc < ny):
+        return (nx / 2.0, ny / 2.0), 2
+    return (xc, yc), 0
+
+
+def _ratio_to_eta(annulus: tuple[float, float], aperture: tuple[float, float]) -> float:
+    """Petrosian function: mean surface brightness on the annulus over that inside, minus η."""
+    (ann_flux, ann_area), (ap_flux, ap_area) = annulus, aperture
+    ann_mean = abs(ann_flux / ann_area) if ann_area else 0.0
+    ap_mean = abs(ap_flux / ap_area) if ap_area else 0.0
+    if ap_mean == 0:
+        return float(ann_mean != 0) - ETA
+    return ann_mean / ap_mean - ETA
+
+
+def _circular_petrosian_radius(stamp: _Stamp, xc: float, yc: float) -> tuple[float, int]:
+    """The circular Petrosian radius about the centroid (it sets the asymmetry aperture)."""
+    cutout, valid = stamp.cutout, stamp.valid
+
     def petro_circ(r: float) -> float:
         s_out, a_out = _circle_sum_area(cutout, valid, xc, yc, r + 0.5 * ANNULUS_WIDTH)
         s_in, a_in = _circle_sum_area(cutout, valid, xc, yc, r - 0.5 * ANNULUS_WIDTH)
-        s_ap, a_ap = _circle_sum_area(cutout, valid, xc, yc, r)
-        ann_area = a_out - a_in
-        ann_mean = abs((s_out - s_in) / ann_area) if ann_area else 0.0
-        ap_mean = abs(s_ap / a_ap) if a_ap else 0.0
-        if ap_mean == 0:
-            return float(ann_mean != 0) - ETA
-        return ann_mean / ap_mean - ETA
+        return _ratio_to_eta((s_out - s_in, a_out - a_in), _circle_sum_area(cutout, valid, xc, yc, r))
 
-    rpetro_circ, f = _petrosian_root(petro_circ, ANNULUS_WIDTH, diagonal)
-    flag = max(flag, f)
+    return _petrosian_root(petro_circ, ANNULUS_WIDTH, stamp.diagonal)
 
-    # centre of minimum asymmetry (Nelder-Mead from the centroid, as statmorph)
-    sky_asym = _skybox_asymmetry(cutout, seg)
+
+def _asymmetry_centre(stamp: _Stamp, xc: float, yc: float, rpetro_circ: float) -> tuple[tuple[float, float], int]:
+    """The centre of minimum asymmetry: Nelder–Mead from the centroid, then from the brightest
+    pixel when that drifts too far (flag 1), else the centroid (flag 2), as statmorph."""
+    cutout = stamp.cutout
+    ny, nx = cutout.shape
+    sky_asym = _skybox_asymmetry(cutout, stamp.segment)
     r_asym = PETRO_EXTENT_CAS * rpetro_circ
     rotate = _Rotator(cutout)
 
@@ -342,11 +400,10 @@ def gini_m20(image: np.ndarray, segmap: np.ndarray | None = None) -> Morphology:
         if w.size == 0:
             return 100.0
         img = cutout[wsl]
-        rot = rotate(x, y, wsl)
         abs_sum = float(np.sum(w * np.abs(img)))
         if abs_sum == 0:
             return 100.0
-        abs_diff = float(np.sum(w * np.abs(rot - img)))
+        abs_diff = float(np.sum(w * np.abs(rotate(x, y, wsl) - img)))
         if sky_asym is None:
             return abs_diff / abs_sum
         return (abs_diff - float(w.sum()) * sky_asym) / abs_sum
@@ -354,43 +411,47 @@ def gini_m20(image: np.ndarray, segmap: np.ndarray | None = None) -> Morphology:
     centroid = np.array([xc, yc])
     center = opt.fmin(asymmetry, centroid, xtol=ASYMMETRY_XTOL, disp=False)
     drift = PETRO_FRACTION_CAS * rpetro_circ
+    flag = 0
     if np.linalg.norm(center - centroid) > drift:
-        flag = max(flag, 1)
-        brightest = np.argwhere(cutout_no_bg == cutout_no_bg.max())[0]
+        flag = 1
+        brightest = np.argwhere(stamp.source == stamp.source.max())[0]
         start = np.array([brightest[1], brightest[0]], dtype=np.float64)
         center = opt.fmin(asymmetry, start, xtol=ASYMMETRY_XTOL, disp=False)
         if np.linalg.norm(center - start) > drift:
             center, flag = centroid, 2
-    xa, ya = float(center[0]), float(center[1])
+    return (float(center[0]), float(center[1])), flag
 
-    # elliptical Petrosian "radius" about the asymmetry centre
-    cov = _covariance(cutout_no_bg, xa, ya)
+
+def _elliptical_petrosian_radius(stamp: _Stamp, xa: float, ya: float,
+                                 rpetro_circ: float) -> tuple[float, float, float, int]:
+    """The elliptical Petrosian "radius" (semi-major axis) about the asymmetry centre, with the
+    source's elongation and angle; returns (radius, elongation, theta, flag)."""
+    cutout, valid = stamp.cutout, stamp.valid
+    cov = _covariance(stamp.source, xa, ya)
     eig = np.sort(np.abs(np.linalg.eigvals(cov)))[::-1]
     elongation = float(np.sqrt(eig[0]) / np.sqrt(eig[1]))
     theta = float(0.5 * np.arctan2(2.0 * cov[0, 1], cov[0, 0] - cov[1, 1]))
-    a_outer = diagonal * elongation
+    a_outer = stamp.diagonal * elongation
     cog = _CurveOfGrowth(cutout, valid, xa, ya, elongation, theta, COG_BOX * rpetro_circ * elongation + 4.0)
 
     def petro_ellip(a: float) -> float:
         f_out, ar_out = cog.inside(a + 0.5 * ANNULUS_WIDTH)
         f_in, ar_in = cog.inside(a - 0.5 * ANNULUS_WIDTH)
-        f_ap, ar_ap = cog.inside(a)
-        ann_area = ar_out - ar_in
-        ann_mean = abs((f_out - f_in) / ann_area) if ann_area else 0.0
-        ap_mean = abs(f_ap / ar_ap) if ar_ap else 0.0
-        if ap_mean == 0:
-            return float(ann_mean != 0) - ETA
-        return ann_mean / ap_mean - ETA
+        return _ratio_to_eta((f_out - f_in, ar_out - ar_in), cog.inside(a))
 
     try:
-        rpetro, f = _petrosian_root(petro_ellip, ANNULUS_WIDTH, a_outer)
+        rpetro, flag = _petrosian_root(petro_ellip, ANNULUS_WIDTH, a_outer)
     except _OutsideBox:  # a very extended source: use the whole stamp
         cog = _CurveOfGrowth(cutout, valid, xa, ya, elongation, theta)
-        rpetro, f = _petrosian_root(petro_ellip, ANNULUS_WIDTH, a_outer)
-    flag = max(flag, f)
+        rpetro, flag = _petrosian_root(petro_ellip, ANNULUS_WIDTH, a_outer)
+    return rpetro, elongation, theta, flag
 
-    # Gini segmap: smoothed image above its mean on the r_p annulus (about the centroid)
-    smooth = ndi.gaussian_filter(cutout, PETRO_FRACTION_GINI * rpetro, mode="constant", cval=0.0)
+
+def _gini_segmap(stamp: _Stamp, xc: float, yc: float, rpetro: float, elongation: float,
+                 theta: float) -> tuple[np.ndarray | None, int]:
+    """The Gini segmap: the image smoothed by 0.2 r_p above its mean on the r_p annulus (about the
+    centroid), reduced to the region of the brightest pixel (flag 1); None when empty or everything."""
+    smooth = ndi.gaussian_filter(stamp.cutout, PETRO_FRACTION_GINI * rpetro, mode="constant", cval=0.0)
     a_in, a_out = rpetro - 0.5 * ANNULUS_WIDTH, rpetro + 0.5 * ANNULUS_WIDTH
     b_out = a_out / elongation
     b_in = a_in * b_out / a_out
@@ -401,24 +462,27 @@ def gini_m20(image: np.ndarray, segmap: np.ndarray | None = None) -> Morphology:
     above = smooth >= threshold
     labels, n_regions = ndi.label(above, structure=np.ones((3, 3), dtype=bool))
     if n_regions == 0 or above.all():
-        return Morphology(float("nan"), float("nan"), rpetro, 2)
-    if n_regions > 1:
-        flag = max(flag, 1)
-        ic, jc = np.argwhere(smooth == smooth.max())[0]
-        above = labels == labels[ic, jc]
+        return None, 2
+    if n_regions == 1:
+        return above, 0
+    ic, jc = np.argwhere(smooth == smooth.max())[0]
+    return labels == labels[ic, jc], 1
 
-    # Gini (Lotz et al. 2004, eq. 3)
-    values = np.sort(np.abs(cutout[above]))
+
+def _gini(values: np.ndarray) -> float:
+    """Gini coefficient of pixel values (Lotz et al. 2004, eq. 3); NaN for one pixel or no flux."""
+    values = np.sort(np.abs(values))
     n = len(values)
     if n <= 1 or values.sum() == 0:
-        return Morphology(float("nan"), float("nan"), rpetro, 2)
-    gini = float(np.sum((2 * np.arange(1, n + 1) - n - 1) * values) / ((n - 1) * values.sum()))
+        return float("nan")
+    return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * values) / ((n - 1) * values.sum()))
 
-    # M20 (Lotz et al. 2004, eq. 7-8) on the same region
-    region = np.where(above, cutout, 0.0)
-    total = region.sum()
-    if total <= 0:
-        return Morphology(gini, float("nan"), rpetro, 2)
+
+def _m20(region: np.ndarray) -> float:
+    """M20 of a region's light (Lotz et al. 2004, eq. 7-8): log10 of the brightest 20 %'s second
+    moment over the total's, about the region's centre; NaN when undefined."""
+    if region.sum() <= 0:
+        return float("nan")
     mx, my = _moments_center(region)
     ys, xs = np.indices(region.shape)
     r2 = (xs - mx) ** 2 + (ys - my) ** 2
@@ -427,8 +491,8 @@ def gini_m20(image: np.ndarray, segmap: np.ndarray | None = None) -> Morphology:
     fraction = np.cumsum(flat) / flat.sum()
     brightest = flat[fraction >= 0.8]
     if len(brightest) == 0:
-        return Morphology(gini, float("nan"), rpetro, 2)
+        return float("nan")
     second_20 = float(np.sum(np.where(region >= brightest[0], region, 0.0) * r2))
     if second_20 <= 0 or second_tot <= 0:
-        return Morphology(gini, float("nan"), rpetro, 2)
-    return Morphology(gini, float(np.log10(second_20 / second_tot)), rpetro, flag)
+        return float("nan")
+    return float(np.log10(second_20 / second_tot))

@@ -4,7 +4,9 @@ Every galaxy slot ``k`` gets a target class from the quotas (the paper's 57/33/1
 mix, shuffled with the seed). The slot's own generator, seeded by (seed, k), draws a
 family from ``PROPOSALS[target]`` (families chosen with the quotas in mind, SPEC 3.2),
 draws the galaxy, renders its noiseless r band, measures Gini-M20 and keeps the galaxy
-only if its class is the target; otherwise it draws again. So the class counts equal
+only if the measurement is not flagged bad (statmorph's flag 2: the Petrosian radius not
+found, the centroid or the asymmetry centre lost) and its class is the target; otherwise
+it draws again. The flag (0 good, 1 suspect) is written to ``catalog_*.csv``. So the class counts equal
 the quotas exactly, each class holds every family that lands in it, and a galaxy
 depends on (seed, k) only: the arrays are bit-identical whatever the number of
 workers, and whether or not the run was interrupted.
@@ -31,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from . import CLASSES, SPLITS, __version__, galaxies, morphology, survey
-from .errors import DeepAdvError, check_preset
+from .config import SPLIT_MODES, SimulateConfig
+from .data import STRETCH_SAMPLE, image_file, label_file, stretch_constants
+from .errors import DeepAdvError, OptionError, check_choice, choice_list, file_error
 from .io import (
     LOCK_NAME,
     OutputLock,
@@ -45,16 +49,13 @@ from .io import (
 )
 from .progress import info, make_progress
 
-SIMULATOR_VERSION = 1
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"n_galaxies": 60},
-    "quick": {"n_galaxies": 2500},
-    "paper": {"n_galaxies": 25005},
-}
+#: 2: galaxies whose morphology measurement is flagged bad are rejected, the flag is catalogued
+SIMULATOR_VERSION = 2
+#: statmorph's flag of a bad measurement (0 good, 1 suspect, 2 bad): such galaxies are redrawn
+BAD_MORPHOLOGY_FLAG = 2
 #: the paper's galaxies per class before augmentation: spiral, elliptical, merger
 PAPER_COUNTS: tuple[int, int, int] = (14312, 8151, 2542)
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "valid": 0.1, "test": 0.2}
-SPLIT_MODES: tuple[str, ...] = ("galaxy", "paper")
 #: merger augmentation (SPEC 3.4): the original and four flips/rotations
 AUGMENTATIONS: tuple[str, ...] = ("none", "hflip", "vflip", "rot90", "rot180")
 #: P(family | target class), families in galaxies.FAMILIES order (spiral, elliptical, merger).
@@ -69,7 +70,7 @@ MAX_DRAWS = 2000
 SHARD_SIZE = 25
 WORK_DIR = ".work"
 CATALOG_FIELDS: tuple[str, ...] = (
-    "galaxy_id", "augmentation", "family", "label", "gini", "m20", "rpetro_arcsec", "r_half_arcsec",
+    "galaxy_id", "augmentation", "family", "label", "gini", "m20", "morphology_flag", "rpetro_arcsec", "r_half_arcsec",
     "mag_g", "mag_r", "mag_i", "r_eff_arcsec", "sersic_n", "axis_ratio", "bulge_fraction", "g_r", "r_i",
     "n_members", "separation_arcsec", "flux_ratio",
     *(f"snr_{b}_{d}" for d in survey.DEPTHS for b in survey.BANDS),
@@ -103,34 +104,28 @@ def min_galaxies() -> int:
     return n
 
 
-def resolve_config(preset: str = "quick", n_galaxies: int | None = None, seed: int = 0,
-                   split_mode: str = "galaxy", brightness: float = 1.0) -> dict[str, Any]:
-    """Validate the options and return the fully resolved configuration."""
-    config = check_preset(preset, PRESETS)
-    if n_galaxies is not None:
-        config["n_galaxies"] = int(n_galaxies)
-    n = config["n_galaxies"]
+def dataset_config(config: SimulateConfig) -> dict[str, Any]:
+    """The settings as ``dataset.json`` records them: ``config`` plus the simulator's constants.
+
+    Raises:
+        OptionError: when ``n_galaxies`` is too few for every class to reach every split.
+    """
+    n = config.n_galaxies
     if n < min_galaxies():
-        raise DeepAdvError(
+        raise OptionError(
             f"--n-galaxies {n} is too few for the class quotas: {dict(zip(CLASSES, class_quotas(n)))} leaves "
             f"a class without a galaxy in some split; use at least {min_galaxies()}")
-    if split_mode not in SPLIT_MODES:
-        raise DeepAdvError(f"unknown split mode {split_mode!r}; choose one of {', '.join(SPLIT_MODES)}")
-    if not (np.isfinite(brightness) and brightness > 0):
-        raise DeepAdvError(f"--brightness must be a positive number, got {brightness}")
-    if int(seed) < 0:
-        raise DeepAdvError(f"--seed must be a non-negative integer, got {seed}")
     return {
         "kind": "deepadv-simulate",
         "simulator_version": SIMULATOR_VERSION,
-        "preset": preset,
+        "preset": config.preset,
         "n_galaxies": n,
         "quotas": dict(zip(CLASSES, class_quotas(n))),
-        "seed": int(seed),
-        "split_mode": split_mode,
+        "seed": config.seed,
+        "split_mode": config.split_mode,
         "split_fractions": SPLIT_FRACTIONS,
-        "brightness": float(brightness),
-        "mag_r_median": galaxies.MAG_R_MEDIAN - 2.5 * float(np.log10(brightness)),
+        "brightness": float(config.brightness),
+        "mag_r_median": galaxies.MAG_R_MEDIAN - 2.5 * float(np.log10(config.brightness)),
         "mag_r_sigma": galaxies.MAG_R_SIGMA,
         "proposals": {CLASSES[c]: dict(zip(galaxies.FAMILIES, p)) for c, p in PROPOSALS.items()},
         "segmap_fraction": morphology.SEGMAP_FRACTION,
@@ -142,11 +137,10 @@ def resolve_config(preset: str = "quick", n_galaxies: int | None = None, seed: i
     }
 
 
-def target_classes(config: dict[str, Any]) -> np.ndarray:
-    """Target class of every galaxy slot: the quotas, shuffled with the seed."""
-    quotas = [config["quotas"][c] for c in CLASSES]
-    targets = np.repeat(np.arange(len(CLASSES)), quotas)
-    np.random.default_rng([config["seed"], 1]).shuffle(targets)
+def target_classes(config: SimulateConfig) -> np.ndarray:
+    """Target class of every galaxy slot, (n_galaxies,) int: the quotas, shuffled with the seed."""
+    targets = np.repeat(np.arange(len(CLASSES)), class_quotas(config.n_galaxies))
+    np.random.default_rng([config.seed, 1]).shuffle(targets)
     return targets
 
 
@@ -174,14 +168,22 @@ def _half_light_radius(image: np.ndarray) -> float:
     return float(r[order][np.searchsorted(cum, 0.5 * total)])
 
 
-def simulate_galaxy(galaxy_id: int, target: int, config: dict[str, Any],
+def simulate_galaxy(galaxy_id: int, target: int, config: SimulateConfig,
                     timings: dict[str, float] | None = None) -> SimulatedGalaxy:
     """Draw galaxies for slot ``galaxy_id`` until one has the ``target`` G-M20 class, then observe it.
 
-    Depends only on (config seed, galaxy_id, target, brightness): deterministic.
+    Args:
+        galaxy_id: the slot number; seeds the slot's generator with (seed, 0, galaxy_id).
+        target: class index the galaxy must have (0 spiral, 1 elliptical, 2 merger).
+        config: the dataset's settings (seed, brightness).
+        timings: a dict to which seconds spent rendering, measuring and adding noise are added.
+
+    Returns:
+        The accepted galaxy's Y10 and Y1 images (3, 100, 100) float32 electrons and its catalogue row.
+        Depends only on (seed, galaxy_id, target, brightness): deterministic.
     """
-    rng = np.random.default_rng([config["seed"], 0, int(galaxy_id)])
-    brightness = config["brightness"]
+    rng = np.random.default_rng([config.seed, 0, int(galaxy_id)])
+    brightness = config.brightness
     t = timings if timings is not None else {}
     for draw in range(1, MAX_DRAWS + 1):
         t0 = time.perf_counter()
@@ -194,10 +196,12 @@ def simulate_galaxy(galaxy_id: int, target: int, config: dict[str, Any],
         t["render"] = t.get("render", 0.0) + t1 - t0
         t["morphology"] = t.get("morphology", 0.0) + t2 - t1
         t["draws"] = t.get("draws", 0) + 1
-        if np.isfinite(morph.gini) and np.isfinite(morph.m20) and morph.label == target:
+        measured = np.isfinite(morph.gini) and np.isfinite(morph.m20) and morph.flag < BAD_MORPHOLOGY_FLAG
+        if measured and morph.label == target:
             break
     else:
-        raise RuntimeError(f"galaxy {galaxy_id}: no {CLASSES[target]} in {MAX_DRAWS} draws")
+        raise DeepAdvError(f"galaxy {galaxy_id}: no {CLASSES[target]} galaxy in {MAX_DRAWS} draws; the priors "
+                           "cannot fill this class's quota at this --brightness")
     t0 = time.perf_counter()
     scene = np.stack([galaxy.render("g"), r_band, galaxy.render("i")])
     t1 = time.perf_counter()
@@ -215,6 +219,7 @@ def simulate_galaxy(galaxy_id: int, target: int, config: dict[str, Any],
         "label": CLASSES[target],
         "gini": morph.gini,
         "m20": morph.m20,
+        "morphology_flag": morph.flag,
         "rpetro_arcsec": morph.rpetro_ellip * survey.PIXEL_SCALE,
         "r_half_arcsec": _half_light_radius(r_band) * survey.PIXEL_SCALE,
     }
@@ -224,7 +229,7 @@ def simulate_galaxy(galaxy_id: int, target: int, config: dict[str, Any],
         for band, snr in zip(survey.BANDS, survey.peak_snr(scene, years)):
             row[f"snr_{band}_{domain}"] = float(snr)
     row["draws"] = draw
-    row["seed"] = config["seed"]
+    row["seed"] = config.seed
     return SimulatedGalaxy(y10, y1, row)
 
 
@@ -235,7 +240,7 @@ def _shard_path(work: Path, index: int) -> Path:
     return work / f"shard_{index:05d}.npz"
 
 
-def _run_shard(task: tuple[Path, int, list[int], list[int], dict[str, Any]]) -> tuple[int, int, dict[str, float]]:
+def _run_shard(task: tuple[Path, int, list[int], list[int], SimulateConfig]) -> tuple[int, int, dict[str, float]]:
     """Simulate one shard of galaxy slots and write it atomically; return (index, size, timings)."""
     work, index, ids, targets, config = task
     timings: dict[str, float] = {}
@@ -267,7 +272,7 @@ def augment(image: np.ndarray, augmentation: str) -> np.ndarray:
         return np.rot90(image, 1, axes=(1, 2))
     if augmentation == "rot180":
         return np.rot90(image, 2, axes=(1, 2))
-    raise ValueError(f"unknown augmentation {augmentation!r}")
+    raise OptionError(f"unknown augmentation {augmentation!r}; choose one of {choice_list(AUGMENTATIONS)}")
 
 
 def plan_splits(targets: np.ndarray, seed: int, split_mode: str) -> dict[str, list[tuple[int, str]]]:
@@ -308,7 +313,7 @@ def plan_splits(targets: np.ndarray, seed: int, split_mode: str) -> dict[str, li
         for split, (a, b) in bounds.items():
             plan[split] = [everything[i] for i in sorted(order[a:b].tolist())]
     else:
-        raise DeepAdvError(f"unknown split mode {split_mode!r}; choose one of {', '.join(SPLIT_MODES)}")
+        check_choice(split_mode, SPLIT_MODES, "split mode")
     for split in SPLITS:
         perm = rng.permutation(len(plan[split]))
         plan[split] = [plan[split][i] for i in perm]
@@ -319,8 +324,6 @@ def plan_splits(targets: np.ndarray, seed: int, split_mode: str) -> dict[str, li
 
 
 def _dataset_files() -> list[str]:
-    from .data import image_file, label_file
-
     names = ["dataset.json"]
     for split in SPLITS:
         names += [image_file("Y10", split), image_file("Y1", split), label_file(split), f"catalog_{split}.csv"]
@@ -334,47 +337,46 @@ def _clear(out: Path) -> None:
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
 
-def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> bool:
+def _prepare_folder(out: Path, record: dict[str, Any], overwrite: bool) -> bool:
     """Decide between a fresh start and resumption; return True when resuming."""
     work = out / WORK_DIR
     if (out / "dataset.json").exists():
         if not overwrite:
             shutil.rmtree(work, ignore_errors=True)  # left by a run killed after writing dataset.json
-            raise DeepAdvError(f"{out}: already holds a finished dataset; use --overwrite to replace it")
+            raise file_error(out, "already holds a finished dataset; use --overwrite to replace it")
         _clear(out)
     if (work / "config.json").exists():
         try:
             previous = read_json(work / "config.json")
         except DeepAdvError:
             previous = None
-        if previous == json.loads(json.dumps(config)):
+        if previous == json.loads(json.dumps(record)):
             return True
         if not overwrite:
-            raise DeepAdvError(
-                f"{out}: holds an unfinished dataset with a different configuration; run the same command "
-                "as before to resume it, or use --overwrite to start again")
+            raise file_error(out, "holds an unfinished dataset with a different configuration; run the same "
+                                  "command as before to resume it, or use --overwrite to start again")
         _clear(out)
     others = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
     if others and not overwrite:
-        raise DeepAdvError(f"{out}: output folder is not empty ({', '.join(others[:3])}"
+        raise file_error(out, f"output folder is not empty ({', '.join(others[:3])}"
                            f"{', ...' if len(others) > 3 else ''}); choose an empty folder or use --overwrite")
     if overwrite:
         _clear(out)
     work.mkdir(parents=True, exist_ok=True)
-    write_json(work / "config.json", config)
+    write_json(work / "config.json", record)
     return False
 
 
 def _check_writable(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise DeepAdvError(f"{out}: exists and is not a folder")
+        raise file_error(out, "exists and is not a folder")
     parent = out
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise DeepAdvError(f"{out}: cannot create the output folder ({parent} is not a folder)")
+        raise file_error(out, f"cannot create the output folder ({parent} is not a folder)")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise DeepAdvError(f"{out}: cannot write there (permission denied)")
+        raise file_error(out, "cannot write there (permission denied)")
 
 
 def _iter_results(tasks: list[tuple], workers: int) -> Iterator[tuple[int, int, dict[str, float]]]:
@@ -404,18 +406,46 @@ def _reserve(path: Path) -> None:
             os.close(fd)
 
 
-def _assemble(out: Path, config: dict[str, Any], targets: np.ndarray, n_shards: int) -> dict[str, Any]:
+def _assemble(out: Path, config: SimulateConfig, record: dict[str, Any], targets: np.ndarray,
+              n_shards: int) -> dict[str, Any]:
     """Write the split arrays, labels and catalogues from the shards; return the metadata."""
-    from .data import STRETCH_SAMPLE, image_file, label_file, stretch_constants
-
-    work = out / WORK_DIR
-    size = config["image_size"]
-    plan = plan_splits(targets, config["seed"], config["split_mode"])
+    plan = plan_splits(targets, config.seed, config.split_mode)
     where: dict[int, list[tuple[str, int, str]]] = {}
     for split, items in plan.items():
         for row, (gid, aug) in enumerate(items):
             where.setdefault(gid, []).append((split, row, aug))
 
+    rows, galaxy_rows = _write_images(out, plan, where, n_shards)
+    stretch = _stretch_constants(out, config, len(plan["train"]))
+    counts: dict[str, Any] = {"galaxies": dict(zip(CLASSES, (int((targets == c).sum()) for c in range(len(CLASSES)))))}
+    for split in SPLITS:
+        labels = np.array([CLASSES.index(r["label"]) for r in rows[split]], dtype=np.int64)
+        write_npy(out / label_file(split), np.eye(len(CLASSES), dtype=np.float32)[labels])
+        write_csv(out / f"catalog_{split}.csv", rows[split], CATALOG_FIELDS)
+        counts[split] = {**{c: int((labels == i).sum()) for i, c in enumerate(CLASSES)}, "total": len(labels)}
+        counts[split]["galaxies"] = len({r["galaxy_id"] for r in rows[split]})
+    galaxy_rows.sort(key=lambda r: r["galaxy_id"])
+    return {
+        "kind": "deepadv-dataset",
+        "version": SIMULATOR_VERSION,
+        "package_version": __version__,
+        "seed": config.seed,
+        "config": record,
+        "classes": list(CLASSES),
+        "bands": list(survey.BANDS),
+        "stretch": stretch,
+        "stretch_images": min(len(plan["train"]), STRETCH_SAMPLE),
+        "counts": counts,
+        **_galaxy_statistics(galaxy_rows),
+        "sky_per_pixel": {d: {b: survey.sky_level(b, y) for b in survey.BANDS} for d, y in survey.DEPTHS.items()},
+    }
+
+
+def _write_images(out: Path, plan: dict[str, list[tuple[int, str]]], where: dict[int, list[tuple[str, int, str]]],
+                  n_shards: int) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Fill the split arrays (memory-mapped, atomically renamed) from the shards, augmenting mergers;
+    return the catalogue rows per split and one row per galaxy."""
+    work, size = out / WORK_DIR, survey.IMAGE_SIZE
     rows: dict[str, list[dict[str, Any] | None]] = {s: [None] * len(plan[s]) for s in SPLITS}
     galaxy_rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
@@ -436,22 +466,23 @@ def _assemble(out: Path, config: dict[str, Any], targets: np.ndarray, n_shards: 
                     rows[split][position] = {**row, "augmentation": aug}
         for key in list(arrays):
             arrays.pop(key).flush()  # drop each memmap before its file is renamed
-    stretch = {}
-    rng = np.random.default_rng([config["seed"], 3])
-    n_train = len(plan["train"])
+    return rows, galaxy_rows  # type: ignore[return-value]
+
+
+def _stretch_constants(out: Path, config: SimulateConfig, n_train: int) -> dict[str, list[float]]:
+    """Each domain's (p0.1, p99.9) on (a seeded sample of at most STRETCH_SAMPLE) training images."""
+    rng = np.random.default_rng([config.seed, 3])
     sample = np.arange(n_train) if n_train <= STRETCH_SAMPLE else np.sort(
         rng.choice(n_train, STRETCH_SAMPLE, replace=False))
+    stretch = {}
     for domain in survey.DEPTHS:
         train = np.load(out / image_file(domain, "train"), mmap_mode="r")
         stretch[domain] = list(stretch_constants(train[sample]))
-    counts: dict[str, Any] = {"galaxies": dict(zip(CLASSES, (int((targets == c).sum()) for c in range(len(CLASSES)))))}
-    for split in SPLITS:
-        labels = np.array([CLASSES.index(r["label"]) for r in rows[split]], dtype=np.int64)
-        write_npy(out / label_file(split), np.eye(len(CLASSES), dtype=np.float32)[labels])
-        write_csv(out / f"catalog_{split}.csv", rows[split], CATALOG_FIELDS)
-        counts[split] = {**{c: int((labels == i).sum()) for i, c in enumerate(CLASSES)}, "total": len(labels)}
-        counts[split]["galaxies"] = len({r["galaxy_id"] for r in rows[split]})
-    galaxy_rows.sort(key=lambda r: r["galaxy_id"])
+    return stretch
+
+
+def _galaxy_statistics(galaxy_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Families per class, acceptance of the quota sampling and the peak S/N distribution."""
     draws = np.array([r["draws"] for r in galaxy_rows])
     snr = {domain: {band: _summary(np.array([r[f"snr_{band}_{domain}"] for r in galaxy_rows]))
                     for band in survey.BANDS} for domain in survey.DEPTHS}
@@ -462,63 +493,59 @@ def _assemble(out: Path, config: dict[str, Any], targets: np.ndarray, n_shards: 
                   "by_class": {c: float(sum(1 for r in galaxy_rows if r["label"] == c)
                                         / max(1, sum(r["draws"] for r in galaxy_rows if r["label"] == c)))
                                for c in CLASSES}}
-    return {
-        "kind": "deepadv-dataset",
-        "version": SIMULATOR_VERSION,
-        "package_version": __version__,
-        "seed": config["seed"],
-        "config": config,
-        "classes": list(CLASSES),
-        "bands": list(survey.BANDS),
-        "stretch": stretch,
-        "stretch_images": int(len(sample)),
-        "counts": counts,
-        "families_by_class": families,
-        "acceptance": acceptance,
-        "peak_snr": snr,
-        "sky_per_pixel": {d: {b: survey.sky_level(b, y) for b in survey.BANDS} for d, y in survey.DEPTHS.items()},
-    }
+    return {"families_by_class": families, "acceptance": acceptance, "peak_snr": snr}
 
 
-def simulate_dataset(out: str | Path, preset: str = "quick", *, n_galaxies: int | None = None, seed: int = 0,
-                     workers: int = 1, split_mode: str = "galaxy", overwrite: bool = False,
-                     brightness: float = 1.0) -> Path:
-    """Simulate the Y10/Y1 mock dataset into the folder ``out`` and return its path.
+def simulate_dataset(out: str | Path, config: SimulateConfig | None = None, *, workers: int = 1,
+                     overwrite: bool = False) -> Path:
+    """Simulate the Y10/Y1 mock dataset into the folder ``out``.
 
-    Resumes an unfinished run of the same configuration found in ``out``; refuses a
-    finished or foreign non-empty folder unless ``overwrite``. ``workers`` processes
-    share the work; the result does not depend on their number.
+    Args:
+        out: the dataset folder to write (created; SPEC 3.6 layout, ``dataset.json`` last).
+        config: what to simulate [default: ``SimulateConfig.from_preset("quick")``].
+        workers: processes sharing the work; the arrays do not depend on their number [default: 1].
+        overwrite: replace a finished or different dataset in ``out`` [default: False].
+
+    Returns:
+        ``out``. An unfinished run of the same configuration in ``out`` is resumed; a finished
+        or foreign non-empty folder is refused (:class:`FileError`) unless ``overwrite``.
     """
     out = Path(out)
-    config = resolve_config(preset, n_galaxies, seed, split_mode, brightness)
-    if int(workers) < 1:
-        raise DeepAdvError(f"--workers must be at least 1, got {workers}")
+    config = config if config is not None else SimulateConfig.from_preset("quick")
+    record = dataset_config(config)
+    if isinstance(workers, bool) or int(workers) < 1:
+        raise OptionError(f"--workers must be at least 1, got {workers}")
     _check_writable(out)
     start = time.perf_counter()
     with OutputLock(out, "simulate"):
         remove_temporaries(out)
-        resumed = _prepare_folder(out, config, overwrite)
+        resumed = _prepare_folder(out, record, overwrite)
         work = out / WORK_DIR
         targets = target_classes(config)
-        n = config["n_galaxies"]
+        n = config.n_galaxies
         shards = [list(range(a, min(n, a + SHARD_SIZE))) for a in range(0, n, SHARD_SIZE)]
         done = {i for i in range(len(shards)) if _shard_path(work, i).exists()}
         tasks = [(work, i, ids, [int(targets[g]) for g in ids], config)
                  for i, ids in enumerate(shards) if i not in done]
         if resumed:
             info(f"resuming {out}: {sum(len(shards[i]) for i in done)} of {n} galaxies already simulated")
-        timings: dict[str, float] = {}
-        with make_progress() as progress:
-            bar = progress.add_task("simulating galaxies", total=n,
-                                    completed=sum(len(shards[i]) for i in done))
-            for _, count, t in _iter_results(tasks, int(workers)):
-                for k, v in t.items():
-                    timings[k] = timings.get(k, 0.0) + v
-                progress.advance(bar, count)
-        metadata = _assemble(out, config, targets, len(shards))
+        timings = _simulate_shards(tasks, int(workers), total=n, done=sum(len(shards[i]) for i in done))
+        metadata = _assemble(out, config, record, targets, len(shards))
         metadata["seconds"] = round(time.perf_counter() - start, 1)
         metadata["resumed"] = resumed
         metadata["timings_s"] = {k: round(v, 2) for k, v in timings.items() if k not in ("draws", "accepted")}
         write_json(out / "dataset.json", metadata)
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _simulate_shards(tasks: list[tuple], workers: int, *, total: int, done: int) -> dict[str, float]:
+    """Run the shard tasks with a progress bar; return the summed per-step timings."""
+    timings: dict[str, float] = {}
+    with make_progress() as progress:
+        bar = progress.add_task("simulating galaxies", total=total, completed=done)
+        for _, count, t in _iter_results(tasks, workers):
+            for k, v in t.items():
+                timings[k] = timings.get(k, 0.0) + v
+            progress.advance(bar, count)
+    return timings

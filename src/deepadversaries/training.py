@@ -18,16 +18,14 @@ accuracy is logged for information only.
 
 from __future__ import annotations
 
-import datetime
-import logging
+import csv
 import math
 import os
 import shutil
 import signal
 import time
-import warnings
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,183 +38,60 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import CLASSES, PRESETS, __version__
+from . import CLASSES, SPLITS
+from .config import TrainConfig
 from .data import GalaxyDataset, image_file, load_dataset
 from .devices import resolve_device
-from .errors import DeepAdvError, check_preset, file_error
+from .errors import DeepAdvError, OptionError, file_error
+from .formatting import nan_to_none, utc_now
 from .io import LOCK_NAME, OutputLock, atomic_path, read_json, remove_temporaries, write_csv, write_json
-from .losses import DEFAULT_SIGMAS2, ESTIMATORS, GaussianKernels, MMDLoss, class_weights
-from .models import MODEL_NAMES, build_model, check_input_shape
-from .progress import info, make_progress
-from .runs import (CONFIG_NAME, RUN_KIND, TRAINING_DONE, best_checkpoint_path, config_path,
-                   last_checkpoint_path)
+from .losses import GaussianKernels, MMDLoss, class_weights
+from .models import build_model, check_input_shape
+from .progress import info, make_progress, quiet_lightning
+from .runs import (CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME, RUN_KIND, TRAINING_DONE, RunConfig, best_checkpoint_path,
+                   config_path, last_checkpoint_path)
 
-METHODS = ("regular", "mmd")
-SCHEDULES = ("constant", "cosine")
 LOG_NAME = "log.csv"
 LOG_COLUMNS = ("epoch", "train_loss", "train_ce", "train_mmd2", "train_acc", "val_loss", "val_acc_y10",
                "val_acc_y1", "val_mmd2", "lr", "epoch_seconds", "epoch_cpu_seconds")
 #: latents per domain used for the (information-only) validation MMD²
 VAL_MMD_SAMPLE = 512
 
-_PAPER = {
-    "epochs": 100, "lr": 1e-5, "betas": (0.7, 0.8), "eps": 1e-8,
-    "weight_decay": {"regular": 1e-3, "mmd": 1e-4},
-    "batch_size": 128, "eval_batch_size": 64, "patience": 10, "schedule": "constant",
-    "mmd_weight": 0.05, "mmd_estimator": "unbiased",
-    "note": "SPEC 5 to the letter: the paper's optimiser, batch sizes and up to 100 epochs; "
-            "meant for the paper's data size on a GPU",
-}
-_QUICK_CONVNET = {
-    "epochs": 10, "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
-    "weight_decay": {"regular": 1e-3, "mmd": 1e-4},
-    "batch_size": 128, "eval_batch_size": 256, "patience": 10, "schedule": "cosine",
-    "mmd_weight": 0.05, "mmd_estimator": "unbiased",
-    "note": "faster than the paper so that it converges on a CPU: Adam lr 1e-3 (paper 1e-5) with default "
-            "betas and cosine decay over 10 epochs (paper: constant lr, up to 100 epochs); early stopping "
-            "patience = the epoch count, since the validation loss jumps until the decay settles BatchNorm",
-}
-_QUICK_RESNET = dict(_QUICK_CONVNET, epochs=10, batch_size=64, patience=10, note=(
-    "faster than the paper so that it converges on a CPU: Adam lr 1e-3 (paper 1e-5) with default betas "
-    "and cosine decay over 10 epochs, batch 64 (paper 128); early stopping patience = the epoch count"))
-_TINY = {
-    "epochs": 3, "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
-    "weight_decay": {"regular": 1e-3, "mmd": 1e-4},
-    "batch_size": 32, "eval_batch_size": 128, "patience": 3, "schedule": "constant",
-    "mmd_weight": 0.05, "mmd_estimator": "unbiased",
-    "note": "seconds-long smoke run for tests; not a trained model",
-}
-#: training settings per preset and model (SPEC 5; ``quick`` deviates from the paper and says how)
-TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {"convnet": _TINY, "resnet18": _TINY},
-    "quick": {"convnet": _QUICK_CONVNET, "resnet18": _QUICK_RESNET},
-    "paper": {"convnet": _PAPER, "resnet18": _PAPER},
-}
-assert tuple(TRAIN_PRESETS) == PRESETS
-
-#: settings a user may override, with their types
-OVERRIDABLE: dict[str, type] = {
-    "epochs": int, "lr": float, "batch_size": int, "eval_batch_size": int, "mmd_weight": float,
-    "weight_decay": float, "patience": int, "schedule": str, "mmd_estimator": str, "compile": bool,
-    "channels_last": bool, "precision": str, "devices": int, "num_nodes": int,
-}
-#: settings that must be the same when an unfinished run is continued
-RESUME_KEYS = ("model", "method", "preset", "seed", "data", "epochs", "lr", "betas", "eps", "weight_decay",
-               "batch_size", "patience", "schedule", "mmd_weight", "mmd_estimator", "mmd_sigmas2")
-
 
 # ----------------------------------------------------------------------------------------------
 # configuration
 # ----------------------------------------------------------------------------------------------
-def resolve_config(dataset: GalaxyDataset, *, model: str, method: str, preset: str, seed: int,
-                   device: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The fully resolved settings of a training run (written to ``config.json``)."""
-    if model not in MODEL_NAMES:
-        raise DeepAdvError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if method not in METHODS:
-        raise DeepAdvError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    settings = dict(check_preset(preset, TRAIN_PRESETS)[model])
-    settings["weight_decay"] = settings["weight_decay"][method]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise DeepAdvError(f"--seed must be a non-negative integer, got {seed!r}")
+def resolve_run_config(dataset: GalaxyDataset, train: TrainConfig, *, device: str = "auto") -> RunConfig:
+    """The full record of a training run (``config.json``): settings, device and dataset facts.
+
+    Args:
+        dataset: the dataset folder the run trains on.
+        train: the training settings (``TrainConfig.from_preset``).
+        device: ``auto``, ``cpu`` or ``cuda[:k]`` [default: "auto"].
+
+    Raises:
+        OptionError: a setting the device cannot run (16-mixed on a CPU, mixed precision with
+            several CPU processes).
+        FileError: a dataset that cannot serve the method (no Y1 images for domain adaptation),
+            whose images do not fit the model, or whose training split lacks a class.
+    """
     torch_device = resolve_device(device)
-    settings.update(compile=False, channels_last=_default_channels_last(model, torch_device),
-                    precision="bf16-mixed" if torch_device.type == "cuda" else "32-true",
-                    devices=1, num_nodes=1)
-    changed = []
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in OVERRIDABLE:
-            raise DeepAdvError(f"unknown training setting {key!r}; choose from {', '.join(OVERRIDABLE)}")
-        settings[key] = _check_setting(key, value)
-        changed.append(key)
-    if settings["schedule"] not in SCHEDULES:
-        raise DeepAdvError(f"unknown schedule {settings['schedule']!r}; choose one of {', '.join(SCHEDULES)}")
-    if settings["mmd_estimator"] not in ESTIMATORS:
-        raise DeepAdvError(f"unknown MMD estimator {settings['mmd_estimator']!r}; choose one of {', '.join(ESTIMATORS)}")
-    if settings["precision"] not in ("32-true", "bf16-mixed", "16-mixed"):
-        raise DeepAdvError(f"unknown precision {settings['precision']!r}; choose 32-true, bf16-mixed or 16-mixed")
-    if torch_device.type == "cpu" and settings["precision"] == "16-mixed":
-        raise DeepAdvError("precision 16-mixed needs a CUDA GPU; use 32-true or bf16-mixed on the CPU")
-
-    counts = {s: int(len(dataset.labels(s))) for s in ("train", "valid", "test")}
+    if torch_device.type == "cpu" and train.precision == "16-mixed":
+        raise OptionError("precision 16-mixed needs a CUDA GPU; use 32-true or bf16-mixed on the CPU")
+    if train.precision != "32-true" and torch_device.type == "cpu" and train.devices > 1:
+        raise OptionError("mixed precision with several CPU processes is not supported; use --device cuda")
+    if train.uses_target_domain and not dataset.has_domain("Y1"):
+        raise file_error(dataset.path, f"has no Y1 images ({image_file('Y1', 'train')} etc.); "
+                                       f"--method {train.method} needs the unlabelled Y1 domain")
+    check_input_shape(build_model(train.model), dataset.image_shape, dataset.path / image_file("Y10", "train"))
     train_labels = dataset.labels("train")
-    weights = class_weights(train_labels).tolist()
-    config: dict[str, Any] = {
-        "kind": RUN_KIND,
-        "deepadv_version": __version__,
-        "model": model,
-        "method": method,
-        "preset": preset,
-        "data": str(Path(dataset.path).resolve()),
-        "seed": int(seed),
-        "device": device,
-        "resolved_device": str(torch_device),
-        "epochs": settings["epochs"],
-        "lr": settings["lr"],
-        "betas": list(settings["betas"]),
-        "eps": settings["eps"],
-        "weight_decay": settings["weight_decay"],
-        "batch_size": settings["batch_size"],
-        "eval_batch_size": settings["eval_batch_size"],
-        "patience": settings["patience"],
-        "early_stopping_monitor": "val_loss",
-        "checkpoint_selection": "best Y10 validation accuracy",
-        "schedule": settings["schedule"],
-        "mmd_weight": settings["mmd_weight"] if method == "mmd" else 0.0,
-        "mmd_estimator": settings["mmd_estimator"],
-        "mmd_sigmas2": list(DEFAULT_SIGMAS2),
-        "compile": settings["compile"],
-        "channels_last": settings["channels_last"],
-        "precision": settings["precision"],
-        "devices": settings["devices"],
-        "num_nodes": settings["num_nodes"],
-        "class_weights": weights,
-        "class_counts": dict(zip(CLASSES, np.bincount(train_labels, minlength=len(CLASSES)).tolist())),
-        "counts": counts,
-        "image_shape": list(dataset.image_shape),
-        "domains": list(dataset.domains),
-        "stretch": {d: list(dataset.stretch(d)) for d in dataset.domains},
-        "dataset_seed": dataset.metadata.get("seed"),
-        "dataset_version": dataset.metadata.get("version"),
-        "preset_note": settings["note"],
-        "overridden": sorted(changed),
-    }
-    return config
-
-
-def _default_channels_last(model: str, device: torch.device) -> bool:
-    # measured on the 2-core CPU, alternating in one process: channels_last made ConvNet training
-    # steps 1.0-1.3x and its evaluation 1.6x faster, but ResNet18 training 2x slower; on a GPU
-    # under bf16 it is the layout the tensor-core convolutions want
-    return device.type == "cuda" or model == "convnet"
-
-
-def _check_setting(key: str, value: Any) -> Any:
-    typ = OVERRIDABLE[key]
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise DeepAdvError(f"setting {key} must be true or false, got {value!r}")
-        return value
-    if typ is str:
-        return str(value)
-    try:
-        number = typ(value)
-    except (TypeError, ValueError) as exc:
-        raise DeepAdvError(f"setting {key} must be a number, got {value!r}") from exc
-    if isinstance(value, bool) or (typ is int and number != value):
-        raise DeepAdvError(f"setting {key} must be an integer, got {value!r}")
-    if not math.isfinite(number):
-        raise DeepAdvError(f"setting {key} must be finite, got {value!r}")
-    lower = {"epochs": 1, "batch_size": 2, "eval_batch_size": 1, "patience": 1, "devices": 1, "num_nodes": 1}
-    if key in lower and number < lower[key]:
-        raise DeepAdvError(f"--{key.replace('_', '-')} must be at least {lower[key]}, got {value!r}")
-    if key == "lr" and number <= 0:
-        raise DeepAdvError(f"--lr must be positive, got {value!r}")
-    if key in ("mmd_weight", "weight_decay") and number < 0:
-        raise DeepAdvError(f"--{key.replace('_', '-')} must be non-negative, got {value!r}")
-    return number
+    return RunConfig(
+        train=train, data=str(Path(dataset.path).resolve()), device=device, resolved_device=str(torch_device),
+        class_weights=tuple(class_weights(train_labels).tolist()),
+        class_counts=dict(zip(CLASSES, np.bincount(train_labels, minlength=len(CLASSES)).tolist())),
+        counts={s: int(len(dataset.labels(s))) for s in SPLITS}, image_shape=tuple(dataset.image_shape),
+        domains=tuple(dataset.domains), stretch={d: list(dataset.stretch(d)) for d in dataset.domains},
+        dataset_seed=dataset.metadata.get("seed"), dataset_version=dataset.metadata.get("version"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,7 +175,7 @@ class TensorBatches(Dataset):
 class GalaxyDataModule(L.LightningDataModule):
     """Stretched Y10 (and Y1) training and validation images held in memory."""
 
-    def __init__(self, data: str | Path | None, config: dict[str, Any],
+    def __init__(self, data: str | Path | None, config: TrainConfig,
                  tensors: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.data_path = Path(data) if data is not None else None
@@ -313,9 +188,8 @@ class GalaxyDataModule(L.LightningDataModule):
             self.tensors = {k: _to_device(v, device) for k, v in self.tensors.items()}
             return
         ds = load_dataset(self.data_path)
-        mmd = self.config["method"] == "mmd"
         want = [("Y10", "train"), ("Y10", "valid")]
-        if mmd:
+        if self.config.uses_target_domain:
             want.append(("Y1", "train"))
         if ds.has_domain("Y1"):
             want.append(("Y1", "valid"))
@@ -332,16 +206,16 @@ class GalaxyDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         t, c = self.tensors, self.config
         rank, world = self._rank()
-        mmd = c["method"] == "mmd"
-        sampler = IndexBatches(len(t["y_train"]), c["batch_size"], shuffle=True, seed=c["seed"], drop_last=True,
-                               rank=rank, world_size=world, n_target=len(t["Y1_train"]) if mmd else None)
+        sampler = IndexBatches(len(t["y_train"]), c.batch_size, shuffle=True, seed=c.seed, drop_last=True,
+                               rank=rank, world_size=world,
+                               n_target=len(t["Y1_train"]) if c.uses_target_domain else None)
         dataset = TensorBatches(t["Y10_train"], t["y_train"], t.get("Y1_train"))
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         t, c = self.tensors, self.config
         rank, world = self._rank()
-        sampler = IndexBatches(len(t["y_valid"]), c["eval_batch_size"], shuffle=False, rank=rank, world_size=world)
+        sampler = IndexBatches(len(t["y_valid"]), c.eval_batch_size, shuffle=False, rank=rank, world_size=world)
         dataset = TensorBatches(t["Y10_valid"], t["y_valid"], t.get("Y1_valid"), pair_target=True)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
 
@@ -365,18 +239,18 @@ class GalaxyClassifierModule(L.LightningModule):
     batch of the same size and makes ONE forward pass over both.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: TrainConfig, class_weights: Sequence[float]) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config})
+        self.save_hyperparameters({"config": config.to_json(), "class_weights": list(class_weights)})
         self.config = config
-        self.method = config["method"]
-        self.mmd_weight = float(config["mmd_weight"])
-        self.model = build_model(config["model"])
-        self.channels_last = bool(config["channels_last"])
+        self.method = config.method
+        self.mmd_weight = float(config.mmd_weight)
+        self.model = build_model(config.model)
+        self.channels_last = config.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.register_buffer("ce_weight", torch.tensor(config["class_weights"], dtype=torch.float32))
-        self.mmd_loss = MMDLoss(GaussianKernels(config["mmd_sigmas2"]), estimator=config["mmd_estimator"])
+        self.register_buffer("ce_weight", torch.tensor(list(class_weights), dtype=torch.float32))
+        self.mmd_loss = MMDLoss(GaussianKernels(config.mmd_sigmas2), estimator=config.mmd_estimator)
         self.__dict__["_compiled"] = None  # kept out of the module tree: state_dict keys stay plain
         self.nan_check_every = 1
         self.epoch_metrics: dict[str, float] = {}
@@ -384,7 +258,7 @@ class GalaxyClassifierModule(L.LightningModule):
 
     # -- helpers ------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.config.get("compile") and self.__dict__["_compiled"] is None:
+        if self.config.compile and self.__dict__["_compiled"] is None:
             self.__dict__["_compiled"] = torch.compile(self.model)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -517,9 +391,9 @@ class GalaxyClassifierModule(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         c = self.config
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=c["lr"], betas=tuple(c["betas"]), eps=c["eps"],
-                                     weight_decay=c["weight_decay"])
-        if c["schedule"] == "constant":
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=tuple(c.betas), eps=c.eps,
+                                     weight_decay=c.weight_decay)
+        if c.schedule == "constant":
             return optimizer
         total = max(1, self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -574,8 +448,8 @@ class RunRecorder(Callback):
         if trainer.is_global_zero:
             write_csv(self.run / LOG_NAME, self.rows, LOG_COLUMNS)
             if improved:
-                ckpt = {"model": pl_module.config["model"], "state_dict": pl_module.best_state(), "epoch": epoch,
-                        "val_acc": float(acc), "val_loss": float(vloss), "method": pl_module.config["method"]}
+                ckpt = {"model": pl_module.config.model, "state_dict": pl_module.best_state(), "epoch": epoch,
+                        "val_acc": float(acc), "val_loss": float(vloss), "method": pl_module.config.method}
                 best = best_checkpoint_path(self.run)
                 best.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(best) as tmp:
@@ -652,13 +526,25 @@ class EpochProgress(Callback):
 # ----------------------------------------------------------------------------------------------
 # trainer factory and the stage function
 # ----------------------------------------------------------------------------------------------
-def make_trainer(run: str | Path, config: dict[str, Any], *, progress: bool = True,
-                 extra_callbacks: list[Callback] | None = None, max_steps: int = -1,
+def make_trainer(run: str | Path, config: TrainConfig, *, device: torch.device | str = "cpu",
+                 progress: bool = True, extra_callbacks: list[Callback] | None = None, max_steps: int = -1,
                  limit_val_batches: int | float | None = None) -> tuple[L.Trainer, RunRecorder]:
-    """A Lightning Trainer for one run: checkpoints (best Y10 val acc, last), early stopping on
-    the validation loss, CSV and TensorBoard logs, progress bar, precision and DDP from the config."""
+    """The one place a Lightning ``Trainer`` is built for a run (Zoobot's trainer factory).
+
+    Args:
+        run: the run folder (checkpoints, logs).
+        config: the training settings (epochs, patience, precision, DDP devices and nodes).
+        device: the resolved device [default: "cpu"].
+        progress: show the project's progress bar [default: True].
+        extra_callbacks: more Lightning callbacks (benchmarks, tests) [default: none].
+        max_steps: stop after this many optimiser steps (-1: no limit) [default: -1].
+        limit_val_batches: Lightning's limit (0 turns validation and early stopping off) [default: None].
+
+    Returns:
+        The trainer and its :class:`RunRecorder` (log.csv, best.pt, the epoch rows).
+    """
     run = Path(run)
-    device = torch.device(config["resolved_device"])
+    device = torch.device(device)
     recorder = RunRecorder(run)
     callbacks: list[Callback] = [
         recorder,
@@ -667,22 +553,22 @@ def make_trainer(run: str | Path, config: dict[str, Any], *, progress: bool = Tr
                         save_on_train_epoch_end=True, enable_version_counter=False),
     ]
     if limit_val_batches != 0:
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config["patience"],
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.patience,
                                        check_on_train_epoch_end=True))
     if progress:
-        callbacks.append(EpochProgress(f"train {config['model']} {config['method']}"))
+        callbacks.append(EpochProgress(f"train {config.model} {config.method}"))
     callbacks += extra_callbacks or []
-    devices: int | list[int] = config["devices"]
-    if device.type == "cuda" and device.index is not None and config["devices"] == 1:
+    devices: int | list[int] = config.devices
+    if device.type == "cuda" and device.index is not None and config.devices == 1:
         devices = [device.index]
-    multi = config["devices"] > 1 or config["num_nodes"] > 1
+    multi = config.devices > 1 or config.num_nodes > 1
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=devices,
-        num_nodes=config["num_nodes"],
+        num_nodes=config.num_nodes,
         strategy="ddp" if multi else "auto",
-        precision=config["precision"],
-        max_epochs=config["epochs"],
+        precision=config.precision,
+        max_epochs=config.epochs,
         max_steps=max_steps,
         callbacks=callbacks,
         logger=TensorBoardLogger(save_dir=str(run), name="tensorboard", version="", default_hp_metric=False),
@@ -710,19 +596,19 @@ def _launch_rank() -> int:
 
 
 def _run_outputs(run: Path) -> list[Path]:
-    names = [CONFIG_NAME, TRAINING_DONE, "checkpoints", LOG_NAME, "tensorboard", "metrics.json",
+    names = [CONFIG_NAME, TRAINING_DONE, "checkpoints", LOG_NAME, "tensorboard", METRICS_NAME, PREDICTIONS_NAME,
              "confusion_Y10.png", "confusion_Y1.png", "attack"]
     return [run / n for n in names]
 
 
-def _prepare_run_folder(run: Path, config: dict[str, Any], *, resume: bool, overwrite: bool) -> str:
-    """Decide between a fresh start, continuing an unfinished run, and a finished run."""
+def _prepare_run_folder(run: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> str:
+    """Decide between a fresh start (``"fresh"``), continuing an unfinished run (``"resume"``)
+    and a finished run (``"finished"``); clears the outputs of an overwritten run."""
     remove_temporaries(run)
     existing = [p for p in run.iterdir() if p.name != LOCK_NAME] if run.is_dir() else []
     if not existing:
         return "fresh"
-    has_config = config_path(run).is_file()
-    if not has_config:
+    if not config_path(run).is_file():
         raise file_error(run, "exists and is not a run folder (no config.json); choose another --out or empty it")
     if overwrite:
         for p in _run_outputs(run):
@@ -738,9 +624,10 @@ def _prepare_run_folder(run: Path, config: dict[str, Any], *, resume: bool, over
     if finished and not resume:
         raise file_error(run, "holds a finished training; use --overwrite to train again "
                               "(or --resume, which leaves it as it is)")
-    diffs = [k for k in RESUME_KEYS if _normal(stored.get(k)) != _normal(config.get(k))]
+    wanted = config.to_json()
+    diffs = [k for k in (*TrainConfig.RESUME_KEYS, "data") if _normal(stored.get(k)) != _normal(wanted.get(k))]
     if diffs:
-        detail = ", ".join(f"{k} {stored.get(k)!r} vs {config.get(k)!r}" for k in diffs[:4])
+        detail = ", ".join(f"{k} {stored.get(k)!r} vs {wanted.get(k)!r}" for k in diffs[:4])
         raise file_error(run, f"holds a run with other settings ({detail}); "
                               "repeat the original options to continue it, or use --overwrite")
     return "finished" if finished else "resume"
@@ -754,106 +641,100 @@ def _normal(value: Any) -> Any:
     return value
 
 
-@dataclass
-class _Quiet:
-    """Silence Lightning's banner lines and advice warnings during a run."""
+def train_model(data: str | Path, out: str | Path, config: TrainConfig | None = None, *, device: str = "auto",
+                resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train a classifier on a dataset folder and write the run folder ``out``.
 
-    def __enter__(self) -> "_Quiet":
-        self._levels = {}
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-            lg = logging.getLogger(name)
-            self._levels[name] = lg.level
-            lg.setLevel(logging.WARNING)
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        for pattern in (".*does not have many workers.*", ".*number of training batches.*",
-                        ".*LightningModule.log.*", ".*It is recommended to use `self.log.*", ".*on_epoch=True.*",
-                        ".*tensorboardX.*",
-                        ".*Checkpoint directory.*exists and is not empty.*",
-                        ".*`isinstance\\(treespec, LeafSpec\\)`.*", ".*val_loss.*Monitored.*",
-                        ".*has `shuffle=True`.*", ".*GPU available but not used.*"):
-            warnings.filterwarnings("ignore", message=pattern)
-        return self
+    Args:
+        data: the dataset folder (``deepadv simulate`` or the published ``.npy`` files).
+        out: the run folder to write (layout in :mod:`deepadversaries.runs`).
+        config: the training settings [default: ``TrainConfig.from_preset("quick")``: ConvNet, regular].
+            ``method="mmd"`` adds λ·MMD²(z_Y10, z_Y1) with unlabelled Y1 training images.
+        device: ``auto`` (a CUDA GPU when there is one), ``cpu`` or ``cuda`` [default: "auto"].
+        resume: continue an interrupted run; a finished run is returned unchanged [default: False].
+        overwrite: replace a finished run in ``out`` [default: False].
+        progress: show a progress bar [default: True].
 
-    def __exit__(self, *exc: object) -> None:
-        self._warnings.__exit__(*exc)
-        for name, level in self._levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def train_model(data: str | Path, out: str | Path, *, model: str = "convnet", method: str = "regular",
-                preset: str = "quick", seed: int = 0, device: str = "auto",
-                overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
-                progress: bool = True) -> Path:
-    """Train a classifier on a dataset folder and write the run folder ``out``; return its path.
-
-    ``method="mmd"`` adds λ·MMD² between the Y10 and Y1 latents (unlabelled Y1 training
-    images). An unfinished run in ``out`` with the same settings is continued; a finished
-    one is kept unless ``overwrite`` (``resume`` on a finished run returns it unchanged).
+    Returns:
+        The run folder's absolute path. An unfinished run with the same settings is continued;
+        a finished one is refused (:class:`FileError`) unless ``resume`` or ``overwrite``.
     """
     dataset = load_dataset(data)
-    config = resolve_config(dataset, model=model, method=method, preset=preset, seed=seed, device=device,
-                            overrides=overrides)
-    if method == "mmd" and not dataset.has_domain("Y1"):
-        raise file_error(dataset.path, f"has no Y1 images ({image_file('Y1', 'train')} etc.); "
-                                       "--method mmd needs the unlabelled Y1 domain")
-    check_input_shape(build_model(model), dataset.image_shape, dataset.path / image_file("Y10", "train"))
-    if config["precision"] != "32-true" and config["resolved_device"] == "cpu" and config["devices"] > 1:
-        raise DeepAdvError("mixed precision with several CPU processes is not supported; use --device cuda")
+    run_config = resolve_run_config(dataset, config if config is not None else TrainConfig(), device=device)
     run = Path(out).absolute()
     rank = _launch_rank()
     lock = OutputLock(run, "train") if rank == 0 else None
     if lock is not None:
         lock.acquire()
     try:
-        state = "fresh"
-        if rank == 0:
-            state = _prepare_run_folder(run, config, resume=resume, overwrite=overwrite)
-            if state == "finished":
-                info(f"{run}: training already finished; nothing to do")
-                return run
-            if state == "resume":
-                stored = read_json(config_path(run))
-                config = {**config, "resumed_from_epoch": _last_epoch(run), "first_started": stored.get("started")}
-            config["started"] = config.get("first_started") or _now()
-            config.pop("first_started", None)
-            write_json(config_path(run), config)
-        # rank 0 decided above (a fresh start removed old checkpoints); other DDP ranks follow the files
-        ckpt = last_checkpoint_path(run)
-        ckpt_path = str(ckpt) if ckpt.is_file() and (state == "resume" or rank != 0) else None
-        if ckpt_path is not None and not zipfile.is_zipfile(ckpt_path):
-            raise file_error(ckpt_path, "damaged checkpoint (an interrupted write?); use --overwrite to start again")
-        if state == "resume":
-            info(f"{run}: continuing the unfinished training from {ckpt.name}" if ckpt_path is not None
-                 else f"{run}: no checkpoint of a finished epoch yet; starting the training again")
-        with _Quiet():
-            L.seed_everything(seed, workers=True, verbose=False)
-            module = GalaxyClassifierModule(config)
-            datamodule = GalaxyDataModule(config["data"], config)
-            trainer, recorder = make_trainer(run, config, progress=progress)
-            _fit(trainer, module, datamodule, ckpt_path)
+        state, run_config = _start_run_folder(run, run_config, rank=rank, resume=resume, overwrite=overwrite)
+        if state == "finished":
+            info(f"{run}: training already finished; nothing to do")
+            return run
+        trainer, recorder = _fit_run(run, run_config, state=state, rank=rank, progress=progress)
         if trainer.is_global_zero:
-            rows = recorder.rows
-            if not rows:
-                raise DeepAdvError(f"{run}: training ended without finishing an epoch")
-            seconds = [r["epoch_seconds"] for r in rows]
-            cpu_seconds = [r.get("epoch_cpu_seconds", float("nan")) for r in rows]
-            summary = {
-                "epochs": len(rows), "max_epochs": config["epochs"],
-                "stopped_early": len(rows) < config["epochs"],
-                "best_epoch": recorder.best_epoch, "best_val_acc_y10": recorder.best_val_acc,
-                "best_val_loss": recorder.best_val_loss,
-                "val_acc_y1_at_best": next((r["val_acc_y1"] for r in rows if r["epoch"] == recorder.best_epoch), None),
-                "wall_time_s": recorder.wall_time(), "mean_epoch_seconds": float(np.mean(seconds)),
-                "mean_epoch_cpu_seconds": float(np.mean(cpu_seconds)),
-                "last": rows[-1], "device": config["resolved_device"], "torch": torch.__version__,
-                "lightning": L.__version__, "finished": _now(),
-            }
-            write_json(run / TRAINING_DONE, _finite_or_none(summary))
+            write_json(run / TRAINING_DONE, nan_to_none(_training_summary(run, run_config, recorder)))
         return run
     finally:
         if lock is not None:
             lock.release()
+
+
+def _start_run_folder(run: Path, config: RunConfig, *, rank: int, resume: bool,
+                      overwrite: bool) -> tuple[str, RunConfig]:
+    """Prepare the folder (rank 0 only) and write ``config.json``; return the state and the config."""
+    if rank != 0:
+        return "follower", config
+    state = _prepare_run_folder(run, config, resume=resume, overwrite=overwrite)
+    if state == "finished":
+        return state, config
+    started = None
+    if state == "resume":
+        started = read_json(config_path(run)).get("started")
+        config = config.replace(resumed_from_epoch=_last_epoch(run))
+    config = config.replace(started=started or utc_now())
+    write_json(config_path(run), config.to_json())
+    return state, config
+
+
+def _fit_run(run: Path, config: RunConfig, *, state: str, rank: int,
+             progress: bool) -> tuple[L.Trainer, "RunRecorder"]:
+    """Build the module, the data and the trainer, and fit (from ``last.ckpt`` when resuming)."""
+    # rank 0 decided (a fresh start removed old checkpoints); other DDP ranks follow the files
+    ckpt = last_checkpoint_path(run)
+    ckpt_path = str(ckpt) if ckpt.is_file() and (state == "resume" or rank != 0) else None
+    if ckpt_path is not None and not zipfile.is_zipfile(ckpt_path):
+        raise file_error(ckpt_path, "damaged checkpoint (an interrupted write?); use --overwrite to start again")
+    if state == "resume":
+        info(f"{run}: continuing the unfinished training from {ckpt.name}" if ckpt_path is not None
+             else f"{run}: no checkpoint of a finished epoch yet; starting the training again")
+    with quiet_lightning():
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        module = GalaxyClassifierModule(config.train, config.class_weights)
+        datamodule = GalaxyDataModule(config.data, config.train)
+        trainer, recorder = make_trainer(run, config.train, device=config.resolved_device, progress=progress)
+        _fit(trainer, module, datamodule, ckpt_path)
+    return trainer, recorder
+
+
+def _training_summary(run: Path, config: RunConfig, recorder: "RunRecorder") -> dict[str, Any]:
+    """The content of ``training.json``: epochs run, the kept epoch, timings, versions."""
+    rows = recorder.rows
+    if not rows:
+        raise DeepAdvError(f"{run}: training ended without finishing an epoch")
+    seconds = [r["epoch_seconds"] for r in rows]
+    cpu_seconds = [r.get("epoch_cpu_seconds", float("nan")) for r in rows]
+    return {
+        "epochs": len(rows), "max_epochs": config.train.epochs,
+        "stopped_early": len(rows) < config.train.epochs,
+        "best_epoch": recorder.best_epoch, "best_val_acc_y10": recorder.best_val_acc,
+        "best_val_loss": recorder.best_val_loss,
+        "val_acc_y1_at_best": next((r["val_acc_y1"] for r in rows if r["epoch"] == recorder.best_epoch), None),
+        "wall_time_s": recorder.wall_time(), "mean_epoch_seconds": float(np.mean(seconds)),
+        "mean_epoch_cpu_seconds": float(np.mean(cpu_seconds)),
+        "last": rows[-1], "device": config.resolved_device, "torch": torch.__version__,
+        "lightning": L.__version__, "finished": utc_now(),
+    }
 
 
 def _fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
@@ -868,27 +749,11 @@ def _fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningD
         raise
 
 
-def _finite_or_none(obj: Any) -> Any:
-    """Replace NaN/inf by None so that the JSON is strict (a regular run has no MMD term)."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _last_epoch(run: Path) -> int:
+    """The last epoch recorded in ``log.csv`` (0 when there is none)."""
     try:
-        import csv
-
         with open(run / LOG_NAME, newline="") as fh:
             rows = list(csv.DictReader(fh))
         return int(rows[-1]["epoch"]) if rows else 0
     except (OSError, KeyError, ValueError):
         return 0
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -14,6 +14,7 @@ import traceback
 import typer
 
 from ..errors import DeepAdvError
+from . import analyze, attack, evaluate, reproduce, simulate, study, train
 
 app = typer.Typer(
     name="deepadv",
@@ -21,7 +22,7 @@ app = typer.Typer(
         "DeepAdversaries: how robust are galaxy-morphology classifiers to survey noise "
         "(Y10 -> Y1) and to one-pixel corruption, with and without MMD domain adaptation?\n\n"
         "Pipeline: simulate -> train -> evaluate -> attack -> analyze, or all of it with "
-        "'deepadv reproduce --preset quick'."
+        "'deepadv reproduce --preset quick'; over several seeds with confidence intervals: 'deepadv study'."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -37,9 +38,7 @@ app.add_typer(plot_app, name="plot")
 
 
 def _register_all() -> None:
-    from . import analyze, attack, evaluate, reproduce, simulate, train
-
-    for module in (simulate, train, evaluate, attack, analyze, reproduce):
+    for module in (simulate, train, evaluate, attack, analyze, reproduce, study):
         module.register(app, plot_app)
 
 

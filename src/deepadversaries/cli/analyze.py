@@ -7,10 +7,7 @@ from pathlib import Path
 import typer
 
 from .. import PRESETS
-
-
-def _fmt(x: float) -> str:
-    return "NaN" if x != x else f"{x:.4g}"
+from ..formatting import fmt_pm, fmt_sig
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
@@ -29,8 +26,8 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     def analyze(
         regular: Path = typer.Option(..., "--regular", help="Run folder of the regularly trained model "
                                      "(with a finished attack: RUN/attack/summary.json)."),
-        da: Path = typer.Option(..., "--da", help="Run folder of the domain-adapted (e.g. MMD) model: same "
-                                "model and dataset as --regular, with a finished attack."),
+        adapted: Path = typer.Option(..., "--adapted", "--da", help="Run folder of the domain-adapted (e.g. "
+                                     "MMD) model: same model and dataset as --regular, with a finished attack."),
         out: Path = typer.Option(..., "--out", help="Output folder for the tables and figures."),
         n_isomap: int = typer.Option(250, "--n-isomap", min=0, help="Random test galaxies (each in Y10 "
                                      "and Y1) embedded in the isomaps; capped at the test-set size."),
@@ -42,19 +39,22 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo an analysis already finished in --out."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the models run."),
     ) -> None:
-        from ..analysis import PERTURBATIONS, analyze_runs
+        from ..analysis import PERTURBATIONS  # deferred for start-up time (torch)
+        from ..analyze import analyze_runs
 
-        result = analyze_runs(regular, da, out, n_isomap=n_isomap, examples=examples, seed=seed, preset=preset,
-                              overwrite=overwrite, device=device)
+        result = analyze_runs(regular, adapted, out, n_isomap=n_isomap, examples=examples, seed=seed,
+                              preset=preset, overwrite=overwrite, device=device)
+        ref, ada = result["methods"]
+        attack = result["attack"]
         typer.echo(f"images flipped under both runs: {result['n_flipped_both']} "
-                   f"(regular {result['attack']['regular']['n_flipped']}/{result['attack']['regular']['n_attacked']}, "
-                   f"DA {result['attack']['da']['n_flipped']}/{result['attack']['da']['n_attacked']})")
+                   f"({ref} {attack[ref]['n_flipped']}/{attack[ref]['n_attacked']}, "
+                   f"{ada} {attack[ada]['n_flipped']}/{attack[ada]['n_attacked']})")
         for pert in PERTURBATIONS:
             row = result["distances"]["latent"][pert]
-            typer.echo(f"{pert}: median d_E regular {_fmt(row['regular']['median'])}, DA {_fmt(row['da']['median'])}; "
-                       f"mean regular {_fmt(row['regular']['mean'])} ± {_fmt(row['regular']['stderr'])}, "
-                       f"DA {_fmt(row['da']['mean'])} ± {_fmt(row['da']['stderr'])}; "
-                       f"JS distance (base 2) {_fmt(row['js_distance'])}")
+            typer.echo(f"{pert}: median d_E {ref} {fmt_sig(row[ref]['median'])}, {ada} {fmt_sig(row[ada]['median'])}; "
+                       f"mean {ref} {fmt_sig(row[ref]['mean'])} {fmt_pm(row[ref]['stderr'])}, "
+                       f"{ada} {fmt_sig(row[ada]['mean'])} {fmt_pm(row[ada]['stderr'])}; "
+                       f"JS distance (base 2) {fmt_sig(row['js_distance'])}")
         for note in result["notes"]:
             typer.echo(f"note: {note}")
         typer.echo(f"written: {out}/distances.md, figures and analysis.json")
@@ -73,7 +73,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="PNG to write (default: RUN/attack/church_window_INDEX.png)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the model runs."),
     ) -> None:
-        from ..analysis import analyze_single_window
+        from ..analyze import analyze_single_window  # deferred for start-up time (torch)
         from ..plots.latent import save_single_church_window
 
         trip = analyze_single_window(run, index, device=device)

@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from ..config import AttackConfig
+from ..progress import info
+
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     """Add the ``attack`` command."""
@@ -15,32 +18,33 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     def attack(
         run: Path = typer.Option(..., "--run", help="Run folder made by 'deepadv train' (config.json + checkpoints/best.pt)."),
         data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder; default: the one recorded in the run's config.json."),
-        preset: str = typer.Option("quick", "--preset", help="Campaign size: tiny (seconds: 6 images, population 40, 4 iterations), quick (about 2 minutes per ConvNet on a quiet 2-core CPU: 150 images, population 400, 10 iterations), paper (150 images, population 400, 80 iterations)."),
+        preset: str = typer.Option("quick", "--preset", help="Campaign size: tiny (a smoke test: 6 images, population 40, 4 iterations), quick (150 images, population 400, 10 iterations), paper (the paper's: 150 images, population 400, 80 iterations)."),
         n_images: Optional[int] = typer.Option(None, "--n-images", help="Size of the random test subsample (paper: 150); only correctly classified images are attacked."),
         pop_size: Optional[int] = typer.Option(None, "--pop-size", help="Differential-evolution population (paper: 400; at least 4)."),
         max_iter: Optional[int] = typer.Option(None, "--max-iter", help="Iteration cap: generations evolved before giving up (paper: 80)."),
         pixels: int = typer.Option(1, "--pixels", help="Pixels changed per attack, L in ||e||_0 <= L (paper: 1)."),
         mode: str = typer.Option("targeted", "--mode", help="targeted: try the other two classes in turn, success at p(target) > 0.5; untargeted: success at p(true) < 0.05."),
         success: str = typer.Option("paper", "--success", help="paper: the probability thresholds above; top-class: success when the target becomes the predicted class (untargeted: when the true class stops being predicted), for under-confident models."),
+        keep: str = typer.Option("fittest", "--keep", help="Which candidate of a successful generation is kept: fittest (the authors' code: the generation is finished and the population's fittest member kept) or first (the first candidate over the threshold, which sits just past the decision boundary)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the subsample and of every image's search (searches are seeded by seed and test index)."),
         batch_images: Optional[int] = typer.Option(None, "--batch-images", help="Images searched at once, their candidates sharing forward passes (default: 2 on a CPU, 64 on a GPU)."),
         device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU if there is one), cpu or cuda."),
-        precision: str = typer.Option("fp32", "--precision", help="Arithmetic of the search: fp32 (the paper), or bf16 mixed precision (about 3x faster for ResNet18 on CPUs with AMX and on GPUs; a different rounding, successes still verified in fp32)."),
+        precision: str = typer.Option("fp32", "--precision", help="Arithmetic of the search: fp32 (the paper), or bf16 mixed precision (faster on GPUs and on CPUs with AMX; a different rounding, successes still verified in fp32)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the search (default: torch's count, normally one per core)."),
-        adaptive_threads: bool = typer.Option(True, "--adaptive-threads/--fixed-threads", help="On a CPU, use fewer threads while other processes keep cores busy (on a shared 2-core machine two fighting threads made the quick attack 3x slower); the numbers do not change."),
+        adaptive_threads: bool = typer.Option(True, "--adaptive-threads/--fixed-threads", help="On a CPU, use fewer threads while other processes keep cores busy, so that threads do not wait for each other; the numbers do not change."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Discard a finished (or unfinished) campaign in RUN/attack and start afresh."),
     ) -> None:
         """Attack a seeded random subsample of the Y10 test set with one-pixel attacks.
 
         Only correctly classified images are attacked; in targeted mode the other two classes are tried in turn and the first success is kept. Writes RUN/attack/results.csv, latents.npz and summary.json (last). An interrupted campaign resumes where it stopped when the same command is run again.
         """
-        from ..campaign import attack_run
-        from ..progress import info
+        from ..campaign import attack_run  # deferred for start-up time (torch)
 
-        summary = attack_run(run, data, preset=preset, n_images=n_images, pop_size=pop_size, max_iter=max_iter,
-                             pixels=pixels, mode=mode, success=success, seed=seed, batch_images=batch_images,
-                             device=device, overwrite=overwrite, precision=precision, threads=threads,
-                             adaptive_threads=adaptive_threads)
+        config = AttackConfig.from_preset(preset, n_images=n_images, pop_size=pop_size, max_iter=max_iter,
+                                          pixels=pixels, mode=mode, success=success, seed=seed, precision=precision,
+                                          keep=keep)
+        summary = attack_run(run, config, data=data, batch_images=batch_images, device=device, overwrite=overwrite,
+                             threads=threads, adaptive_threads=adaptive_threads)
         rate = summary["success_rate"]
         info(f"drew {summary['images_drawn']} test images, {summary['correctly_classified']} correctly classified; "
              f"flipped {summary['flipped']} of {summary['attacked']} attacked"

@@ -17,9 +17,8 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     def reproduce_cmd(
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: created when missing; an unfinished "
                                  "reproduction there is resumed (finished stages are skipped)."),
-        preset: str = typer.Option("quick", "--preset", "-p", help="Sizes of the whole study: 'tiny' (about a "
-                                   "minute, a smoke test), 'quick' (the main job, about 15 minutes on a 2-core "
-                                   "CPU, ConvNet only), 'paper' (the paper's sizes and both models; for a GPU)."),
+        preset: str = typer.Option("quick", "--preset", "-p", help="Sizes of the whole study: 'tiny' (a smoke "
+                                   "test), 'quick' (the main job, sized for a laptop CPU, ConvNet only), 'paper' (the paper's sizes and both models; for a GPU)."),
         seed: int = typer.Option(0, "--seed", help="Seed of every stage (data, training, attack, analysis)."),
         device: str = typer.Option("auto", "--device", help=f"Where to train and attack: {', '.join(DEVICE_CHOICES)} "
                                    "('auto' takes a CUDA GPU when there is one)."),
@@ -39,7 +38,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
         Each stage is skipped when its outputs are already finished, so an interrupted run continues where it stopped; deleting one stage's outputs re-runs that stage and the ones that depend on it. A failing stage stops the run with one line naming the stage and its log in OUT/logs/.
         """
-        from ..reproduce import reproduce
+        from ..reproduce import reproduce  # deferred for start-up time (torch, GalSim)
 
         chosen = [m for m in models.split(",")] if models else None
         path = reproduce(out, preset=preset, seed=seed, device=device, models=chosen, workers=workers, data=data)
@@ -50,9 +49,9 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="A reproduction folder made by 'deepadv reproduce'."),
     ) -> None:
         """Re-render OUT/report.md, OUT/report.html and OUT/findings.json from the stage files."""
-        from ..io import OutputLock
+        from ..io import OutputLock  # deferred for start-up time
+        from ..layout import read_manifest
         from ..report import write_report
-        from ..reproduce import read_manifest
 
         read_manifest(out)  # a clear error before taking the lock if OUT is not a reproduction
         with OutputLock(out, "report"):

@@ -7,6 +7,11 @@ from typing import Optional
 
 import typer
 
+from .. import CLASSES, SPLITS
+from ..config import SimulateConfig
+from ..errors import check_choice
+from ..io import read_json
+
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     """Add the ``simulate`` command and the ``plot gm20`` / ``plot examples`` figures."""
@@ -15,8 +20,8 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     def simulate(
         out: Path = typer.Option(..., "--out", help="Dataset folder to write (created; must be empty unless "
                                  "it holds an unfinished run of the same configuration, which is resumed)."),
-        preset: str = typer.Option("quick", "--preset", help="Size: tiny (60 galaxies, seconds), quick "
-                                   "(2,500, a few minutes on 2 cores) or paper (25,005 = 14312/8151/2542)."),
+        preset: str = typer.Option("quick", "--preset", help="Size: tiny (60 galaxies, a smoke test), quick "
+                                   "(2,500) or paper (25,005 = 14312/8151/2542)."),
         n_galaxies: Optional[int] = typer.Option(None, "--n-galaxies", help="Galaxies before merger "
                                                  "augmentation (overrides the preset); split 57/33/10 % into "
                                                  "spiral/elliptical/merger."),
@@ -40,12 +45,11 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         catalog_*.csv, dataset.json written last). An interrupted run resumes when the same
         command is run again.
         """
-        from .. import CLASSES, SPLITS
-        from ..io import read_json
-        from ..simulate import simulate_dataset
+        from ..simulate import simulate_dataset  # deferred for start-up time (GalSim)
 
-        path = simulate_dataset(out, preset, n_galaxies=n_galaxies, seed=seed, workers=workers,
-                                split_mode=split_mode, overwrite=overwrite, brightness=brightness)
+        config = SimulateConfig.from_preset(preset, n_galaxies=n_galaxies, seed=seed, split_mode=split_mode,
+                                            brightness=brightness)
+        path = simulate_dataset(out, config, workers=workers, overwrite=overwrite)
         meta = read_json(path / "dataset.json")
         counts = meta["counts"]
         typer.echo(f"dataset: {path}  ({meta['seconds']:.0f} s, acceptance {meta['acceptance']['rate']:.2f})")
@@ -64,9 +68,9 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="PNG file (default: DATA/figures/fig1_gm20.png)."),
     ) -> None:
         """Figure 1: the galaxies in the Gini-M20 plane with the merger and bulge boundaries."""
-        from ..plots.dataset import plot_gm20 as make
+        from ..plots.dataset import plot_gm20 as plot_gm20_figure  # deferred for start-up time
 
-        typer.echo(str(make(data, out)))
+        typer.echo(str(plot_gm20_figure(data, out)))
 
     @plot_app.command("examples")
     def plot_examples(
@@ -76,10 +80,6 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         split: str = typer.Option("test", "--split", help="Split to take the examples from."),
     ) -> None:
         """Figure 2: four Y10 images per class and the same galaxies at Y1 depth."""
-        from .. import SPLITS
-        from ..errors import DeepAdvError
-        from ..plots.dataset import plot_examples as make
+        from ..plots.dataset import plot_examples as plot_examples_figure  # deferred for start-up time
 
-        if split not in SPLITS:
-            raise DeepAdvError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        typer.echo(str(make(data, out, split=split)))
+        typer.echo(str(plot_examples_figure(data, out, split=check_choice(split, SPLITS, "split"))))

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASSES, SPLITS
-from ..data import STRETCH_SCALE
-from ..errors import DeepAdvError
+from ..data import STRETCH_SCALE, GalaxyDataset, load_dataset
+from ..errors import file_error
+from ..survey import BANDS
 from ..morphology import (BULGE_INTERCEPT, BULGE_SCALE, BULGE_SLOPE, MERGER_INTERCEPT, MERGER_SLOPE)
 from . import CLASS_COLORS, plt, save_figure
 
@@ -17,9 +18,7 @@ M20_0 = (BULGE_INTERCEPT / BULGE_SCALE - MERGER_INTERCEPT) / (MERGER_SLOPE - BUL
 G_0 = MERGER_SLOPE * M20_0 + MERGER_INTERCEPT
 
 
-def _dataset(data):
-    from ..data import GalaxyDataset, load_dataset
-
+def _dataset(data: GalaxyDataset | str | Path) -> GalaxyDataset:
     return data if isinstance(data, GalaxyDataset) else load_dataset(data)
 
 
@@ -28,8 +27,8 @@ def galaxy_table(data) -> dict[str, np.ndarray]:
     ds = _dataset(data)
     rows = [r for split in SPLITS for r in ds.catalog(split) if r.get("augmentation", "none") == "none"]
     if not rows or "gini" not in rows[0]:
-        raise DeepAdvError(f"{ds.path}: no catalogue with Gini and M20 (only folders made by "
-                           "'deepadv simulate' have one)")
+        raise file_error(ds.path, "no catalogue with Gini and M20 (only folders made by 'deepadv simulate' "
+                                  "have one)")
     seen: dict[int, dict[str, str]] = {}
     for r in rows:
         seen.setdefault(int(r["galaxy_id"]), r)
@@ -96,11 +95,9 @@ def example_indices(data, n_per_class: int = 4, split: str = "test") -> dict[int
 
 def plot_examples(data, out: str | Path | None = None, *, split: str = "test", band: str = "r") -> Path:
     """Figure 2: four Y10 and the same four Y1 images per class (stretched model input, one band)."""
-    from ..survey import BANDS
-
     ds = _dataset(data)
     if "Y1" not in ds.domains:
-        raise DeepAdvError(f"{ds.path}: no Y1 images; Figure 2 needs both depths")
+        raise file_error(ds.path, "no Y1 images; Figure 2 needs both depths")
     out = Path(out) if out is not None else ds.path / "figures" / "fig2_examples.png"
     b = BANDS.index(band)
     chosen = example_indices(ds, 4, split)

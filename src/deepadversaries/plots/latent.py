@@ -8,7 +8,8 @@
 - rotating 3-D isomap GIF (``save_isomap_gif``), one church window (``save_single_church_window``)
 
 The drawing functions take the objects of :mod:`deepadversaries.analysis` (``ChurchWindow``,
-``IsomapEmbedding``, ``PairedDistances``) so they can be used on any latents.
+``IsomapEmbedding``, ``PairedDistances``) so they can be used on any latents. Two runs are
+drawn in the order of the mappings they come in (reference first), labelled by method.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -27,15 +28,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from scipy import ndimage
 
-from .. import CLASSES
+from .. import CLASSES, METHOD_LABELS, METHOD_SHORT
+from ..analysis import PERTURBATIONS, SCALES, ChurchWindow, IsomapEmbedding, PairedDistances, js_distance
 from ..io import TMP_MARK
 from . import CLASS_COLORS, DPI, save_figure
-
-if TYPE_CHECKING:
-    from ..analysis import ChurchWindow, IsomapEmbedding, PairedDistances
-
-TRAINING_LABELS = {"regular": "Regular training", "da": "Domain adaptation"}
-TRAININGS = ("regular", "da")
 #: marker of each member of a triplet: Y10 image, Y1 image, one-pixel-attacked image
 #: (drawn in this order: the 1P triangle first, so the Y10 cross it often sits on stays visible)
 TRIPLET_MARKERS = {"triplet-1P": ("^", 260), "triplet-Y1": ("*", 420), "triplet-Y10": ("X", 200)}
@@ -73,7 +69,7 @@ def _message(ax: Any, text: str) -> None:
 # ----------------------------------------------------------------------------------------
 # church window
 # ----------------------------------------------------------------------------------------
-def _label_positions(window: "ChurchWindow") -> list[tuple[int, float, float, float]]:
+def _label_positions(window: ChurchWindow) -> list[tuple[int, float, float, float]]:
     """For each class region: (class, alpha, beta, clearance in grid cells) of its most interior point.
 
     Cells near the three markers are excluded, so labels do not cover them.
@@ -98,7 +94,7 @@ def _label_positions(window: "ChurchWindow") -> list[tuple[int, float, float, fl
     return out
 
 
-def draw_church_window(ax: Any, window: "ChurchWindow", true: int | None, target: int | None, *,
+def draw_church_window(ax: Any, window: ChurchWindow, true: int | None, target: int | None, *,
                        success: bool = True, label_regions: bool = True, title: str | None = None,
                        fontsize: float = 11) -> None:
     """One church window: class regions, axes through the origin, ×/▲/★ markers, 'true → target' title."""
@@ -142,7 +138,7 @@ def _colors(classes: np.ndarray) -> np.ndarray:
     return np.array(CLASS_COLORS)[np.asarray(classes, int)]
 
 
-def draw_isomap2d(ax: Any, emb: "IsomapEmbedding | None", example_number: int = 0, *, title: str | None = None) -> None:
+def draw_isomap2d(ax: Any, emb: IsomapEmbedding | None, example_number: int = 0, *, title: str | None = None) -> None:
     """2-D isomap: Y10 sample filled, Y1 sample empty circles coloured by predicted class; the triplet on top."""
     if title:
         ax.set_title(title, loc="right", fontsize=15)
@@ -214,7 +210,7 @@ def _triangulate_surface(ax: Any, xyz: np.ndarray, cmap: str) -> bool:
         return False
 
 
-def draw_isomap3d(ax: Any, emb: "IsomapEmbedding | None", example_number: int = 0, *, elev: float = 20,
+def draw_isomap3d(ax: Any, emb: IsomapEmbedding | None, example_number: int = 0, *, elev: float = 20,
                   azim: float = -60, point_size: float = 8) -> None:
     """3-D isomap: translucent Y10 (Oranges) and Y1 (Blues) surfaces, class-coloured points, the triplet."""
     if emb is None:
@@ -243,13 +239,21 @@ def draw_isomap3d(ax: Any, emb: "IsomapEmbedding | None", example_number: int = 
 # whole figures
 # ----------------------------------------------------------------------------------------
 def save_church_isomap_figure(path: str | Path, panel: dict[str, Any] | None,
-                              isomaps: dict[str, "IsomapEmbedding | None"], *, example_number: int = 0,
+                              isomaps: dict[str, IsomapEmbedding | None], *, example_number: int = 0,
                               note: str | None = None, dpi: int = DPI) -> Path:
-    """Figure 3: church window + 2-D isomap of one example; regular on top, domain adaptation below."""
+    """Figure 3: church window + 2-D isomap of one example; the reference run on top, the adapted one below.
+
+    Args:
+        path: the PNG to write.
+        panel: ``{"example": Example, "runs": {method: triplet with "window"}}``, or None.
+        isomaps: method → embedding (or None), reference first.
+        example_number: the triplet of the isomaps to mark [default: 0].
+        note: a red line under the title [default: none].
+    """
     fig = plt.figure(figsize=(13.5, 10))
     gs = fig.add_gridspec(2, 2, width_ratios=[1.0, 1.9], hspace=0.32, wspace=0.14, left=0.06, right=0.98,
                           top=0.9, bottom=0.13)
-    for r, tr in enumerate(TRAININGS):
+    for r, tr in enumerate(list(isomaps)[:2]):
         ax_cw = fig.add_subplot(gs[r, 0])
         ax_iso = fig.add_subplot(gs[r, 1])
         trip = panel["runs"].get(tr) if panel else None
@@ -258,7 +262,7 @@ def save_church_isomap_figure(path: str | Path, panel: dict[str, Any] | None,
         else:
             draw_church_window(ax_cw, trip["window"], trip["true"], trip["target"], success=trip["success"])
         draw_isomap2d(ax_iso, isomaps.get(tr), example_number if trip is not None else -1,
-                      title=TRAINING_LABELS[tr])
+                      title=METHOD_LABELS.get(tr, tr))
     if panel:
         ex = panel["example"]
         fig.suptitle(f"Church windows and isomaps of test image {ex.test_index}", fontsize=13, x=0.06,
@@ -270,11 +274,12 @@ def save_church_isomap_figure(path: str | Path, panel: dict[str, Any] | None,
 
 
 def save_church_windows_figure(path: str | Path, panels: Sequence[dict[str, Any]], dpi: int = DPI) -> Path:
-    """Figure 5: K church windows, regular training (top row) and domain adaptation (bottom row)."""
+    """Figure 5: K church windows, the reference run (top row) and the adapted run (bottom row)."""
     k = max(1, len(panels))
+    methods = list(panels[0]["runs"]) if panels else ["", ""]
     fig, axes = plt.subplots(2, k, figsize=(3.7 * k + 0.8, 8.4), squeeze=False)
     fig.subplots_adjust(left=0.1 if k > 1 else 0.22, right=0.98, top=0.9, bottom=0.16, hspace=0.4, wspace=0.35)
-    for r, tr in enumerate(TRAININGS):
+    for r, tr in enumerate(methods):
         for c in range(k):
             ax = axes[r, c]
             if not panels:
@@ -289,7 +294,7 @@ def save_church_windows_figure(path: str | Path, panels: Sequence[dict[str, Any]
                 if c > 0:
                     ax.set_ylabel("")
         pos = axes[r, 0].get_position()
-        fig.text(0.015, pos.y0 + pos.height / 2, TRAINING_LABELS[tr], rotation=90, va="center", ha="left",
+        fig.text(0.015, pos.y0 + pos.height / 2, METHOD_LABELS.get(tr, tr), rotation=90, va="center", ha="left",
                  fontsize=13, fontweight="bold")
     if panels:
         status = [p["example"].status for p in panels]
@@ -304,18 +309,18 @@ def save_church_windows_figure(path: str | Path, panels: Sequence[dict[str, Any]
     return save_figure(fig, path, dpi=dpi)
 
 
-def save_isomap3d_figure(path: str | Path, isomaps: dict[str, "IsomapEmbedding | None"], *, example_number: int = 0,
+def save_isomap3d_figure(path: str | Path, isomaps: dict[str, IsomapEmbedding | None], *, example_number: int = 0,
                          views: Sequence[tuple[float, float]] = VIEWS, dpi: int = DPI) -> Path:
-    """Figure 4: 3-D isomaps from four view angles, regular training (top) and domain adaptation (bottom)."""
+    """Figure 4: 3-D isomaps from four view angles, the reference run (top) and the adapted run (bottom)."""
     n = len(views)
     fig = plt.figure(figsize=(3.6 * n + 0.6, 8.2))
     fig.subplots_adjust(left=0.05, right=0.99, top=0.9, bottom=0.12, wspace=0.02, hspace=0.12)
-    for r, tr in enumerate(TRAININGS):
+    for r, tr in enumerate(list(isomaps)[:2]):
         for c, (elev, azim) in enumerate(views):
             ax = fig.add_subplot(2, n, r * n + c + 1, projection="3d")
             draw_isomap3d(ax, isomaps.get(tr), example_number, elev=elev, azim=azim)
             ax.set_title(f"elevation {elev:g}°, azimuth {azim:g}°", fontsize=9, pad=0)
-        fig.text(0.012, 0.72 - 0.39 * r, TRAINING_LABELS[tr], rotation=90, va="center", fontsize=13,
+        fig.text(0.012, 0.72 - 0.39 * r, METHOD_LABELS.get(tr, tr), rotation=90, va="center", fontsize=13,
                  fontweight="bold")
     fig.suptitle("3-D isomaps of the latent space: Y10 (orange surface) and Y1 (blue surface)", fontsize=13)
     _add_legend(fig, _legend_handles(surfaces=True), rows=2, fontsize=9.5)
@@ -328,7 +333,7 @@ def _gif_temp(path: Path) -> Path:
     return Path(tmp)
 
 
-def save_isomap_gif(path: str | Path, emb: "IsomapEmbedding | None", *, title: str, frames: int = 24, dpi: int = 60,
+def save_isomap_gif(path: str | Path, emb: IsomapEmbedding | None, *, title: str, frames: int = 24, dpi: int = 60,
                     fps: int = 8, example_number: int = 0, elev: float = 20) -> Path:
     """A rotating 3-D isomap (azimuth 0-360°), matplotlib animation saved with the Pillow writer, atomically."""
     path = Path(path)
@@ -354,13 +359,13 @@ def save_isomap_gif(path: str | Path, emb: "IsomapEmbedding | None", *, title: s
     return path
 
 
-def save_distances_figure(path: str | Path, paired: "PairedDistances", tables: dict[str, Any], dpi: int = DPI) -> Path:
-    """Figure 6: d_E histograms per perturbation, regular vs DA, mean/median lines, JS distance in each panel.
+def save_distances_figure(path: str | Path, paired: PairedDistances, tables: dict[str, Any], dpi: int = DPI) -> Path:
+    """Figure 6: d_E histograms per perturbation, reference vs adapted run, mean/median lines, JS distance.
 
-    Top row: distances in each latent space; bottom row: divided by each model's median ||z(Y10)||.
+    Top row: distances in each latent space; bottom row: divided by each model's latent scale.
     """
-    from ..analysis import PERTURBATIONS, SCALES, js_distance
-
+    ref, ada = paired.methods
+    ref_label, ada_label = METHOD_SHORT.get(ref, ref), METHOD_SHORT.get(ada, ada)
     fig, axes = plt.subplots(2, 2, figsize=(12, 9), squeeze=False)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.14, hspace=0.42, wspace=0.22)
     xlabels = {("latent", "Y10-Y1"): "d_E = ‖z(Y10) − z(Y1)‖₂",
@@ -380,13 +385,13 @@ def save_distances_figure(path: str | Path, paired: "PairedDistances", tables: d
                         transform=ax.transAxes, fontsize=11, color="#b00020")
                 _hide_ticks(ax)
                 continue
-            reg = paired.values("regular", pert, scale)
-            da = paired.values("da", pert, scale)
+            reg = paired.values(ref, pert, scale)
+            da = paired.values(ada, pert, scale)
             js = js_distance(reg, da)
             ax.hist(reg, bins=js.edges, weights=np.full(len(reg), 1 / len(reg)), color=REGULAR_HIST, alpha=0.6,
-                    label="regular")
+                    label=METHOD_LABELS.get(ref, ref))
             ax.hist(da, bins=js.edges, weights=np.full(len(da), 1 / len(da)), color=DA_HIST, alpha=0.6,
-                    label="domain adaptation")
+                    label=METHOD_LABELS.get(ada, ada))
             for values, style in ((reg, "--"), (da, "-")):  # the thinner mean on top: visible when equal
                 ax.axvline(np.median(values), color=MEDIAN_COLOR, ls=style, lw=3)
                 ax.axvline(np.mean(values), color=MEAN_COLOR, ls=style, lw=1.5)
@@ -394,18 +399,18 @@ def save_distances_figure(path: str | Path, paired: "PairedDistances", tables: d
             ax.set_ylim(0, ymax * 1.55)
             row = tables[scale][pert]
             text = (f"JS distance = {row['js_distance']:.3f} (base 2)\n"
-                    f"regular: median {row['regular']['median']:.3g}, mean {row['regular']['mean']:.3g}\n"
-                    f"DA: median {row['da']['median']:.3g}, mean {row['da']['mean']:.3g}\nn = {n}")
+                    f"{ref_label}: median {row[ref]['median']:.3g}, mean {row[ref]['mean']:.3g}\n"
+                    f"{ada_label}: median {row[ada]['median']:.3g}, mean {row[ada]['mean']:.3g}\nn = {n}")
             ax.text(0.98, 0.97, text, ha="right", va="top", transform=ax.transAxes, fontsize=9, zorder=5,
                     bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.95})
     fig.suptitle(f"Latent distances d_E of the {n} images flipped under both runs" if n else
                  "No image was flipped under both runs: no distances to compare", fontsize=13)
-    handles = [Patch(facecolor=REGULAR_HIST, alpha=0.6, label="regular training"),
-               Patch(facecolor=DA_HIST, alpha=0.6, label="domain adaptation"),
-               Line2D([], [], color=MEAN_COLOR, ls="--", lw=1.5, label="mean, regular"),
-               Line2D([], [], color=MEDIAN_COLOR, ls="--", lw=3, label="median, regular"),
-               Line2D([], [], color=MEAN_COLOR, ls="-", lw=1.5, label="mean, DA"),
-               Line2D([], [], color=MEDIAN_COLOR, ls="-", lw=3, label="median, DA")]
+    handles = [Patch(facecolor=REGULAR_HIST, alpha=0.6, label=METHOD_LABELS.get(ref, ref)),
+               Patch(facecolor=DA_HIST, alpha=0.6, label=METHOD_LABELS.get(ada, ada)),
+               Line2D([], [], color=MEAN_COLOR, ls="--", lw=1.5, label=f"mean, {ref_label}"),
+               Line2D([], [], color=MEDIAN_COLOR, ls="--", lw=3, label=f"median, {ref_label}"),
+               Line2D([], [], color=MEAN_COLOR, ls="-", lw=1.5, label=f"mean, {ada_label}"),
+               Line2D([], [], color=MEDIAN_COLOR, ls="-", lw=3, label=f"median, {ada_label}")]
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=9.5, frameon=False)
     return save_figure(fig, path, dpi=dpi)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import CLASSES
+from ..errors import OptionError
 from . import DPI, plt, save_figure
 
 
@@ -21,7 +22,7 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]] | np.ndarray, path:
     """
     cm = np.asarray(confusion, dtype=np.int64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(classes):
-        raise ValueError(f"expected a {len(classes)}x{len(classes)} confusion matrix, got shape {cm.shape}")
+        raise OptionError(f"expected a {len(classes)}x{len(classes)} confusion matrix, got shape {cm.shape}")
     row_sums = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, row_sums, out=np.zeros(cm.shape, dtype=float), where=row_sums > 0)
     fig, ax = plt.subplots(figsize=(4.8, 4.2))

@@ -1,0 +1,48 @@
+"""`deepadv study`: the experiment grid over seeds on Dask, every finding with a confidence interval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..devices import DEVICE_CHOICES
+
+
+def register(app: typer.Typer, plot_app: typer.Typer) -> None:
+    """Add the ``study`` command."""
+
+    @app.command("study")
+    def study_cmd(
+        out: Path = typer.Option(..., "--out", "-o", help="Study folder: created when missing; an unfinished study "
+                                 "there is resumed (finished stages are skipped). A folder holding a study of "
+                                 "another grid is refused."),
+        preset: str = typer.Option("quick", "--preset", "-p", help="Sizes of every cell: tiny (a smoke test), "
+                                   "quick (sized for a laptop CPU, ConvNet) or paper (the paper's; for GPUs)."),
+        seeds: str = typer.Option("0-4", "--seeds", help="Training and attack seeds: a range '0-4', a list "
+                                  "'0,2,5' or both '0-2,7'. One cell per (model, method, seed)."),
+        models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models (default: the "
+                                             "preset's: convnet; paper: convnet,resnet18)."),
+        methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training methods; regular "
+                                    "is the reference every other method is compared with."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Use this existing dataset folder instead of "
+                                            "simulating one (ours, or the published Zenodo files)."),
+        data_seeds: bool = typer.Option(False, "--data-seeds", help="Simulate one dataset per seed (with that "
+                                        "seed), so that the intervals include the dataset's variation too."),
+        scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler, "
+                                                "e.g. tcp://10.0.0.5:8786 (its workers must see --out at the same "
+                                                "path). Default: a LocalCluster on this machine."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster worker processes (default: "
+                                              "one per CPU); each task gets CPUs / workers torch threads."),
+        device: str = typer.Option("auto", "--device", help=f"Where to train and attack: {', '.join(DEVICE_CHOICES)}."),
+    ) -> None:
+        """Train, evaluate and attack every (model, method, seed) cell on Dask, then pool the seeds.
+
+        Writes DIR/cells/<model>_<method>_s<seed>/ (run folders), DIR/analysis/, DIR/report.html, DIR/report.md and, last, DIR/study.json: each of the paper's findings with its effect, 95 % confidence interval, per-seed effects and a verdict (held, contradicted, inconclusive). A killed study resumes when the same command is run again.
+        """
+        from ..study import study  # deferred for start-up time (torch, Dask)
+
+        path = study(out, preset, seeds=seeds, models=models.split(",") if models else None, methods=methods,
+                     data=data, vary_data=data_seeds, scheduler=scheduler, workers=workers, device=device)
+        typer.echo(str(path))

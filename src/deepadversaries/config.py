@@ -1,0 +1,423 @@
+"""Typed settings of the three long stages: simulate, train and attack.
+
+Each is a frozen dataclass that owns its defaults, its presets (``tiny``, ``quick``,
+``paper``), its validation (in ``__post_init__``: a bad value raises
+:class:`~deepadversaries.errors.OptionError` with the option's name) and its JSON form
+(``to_json`` / ``from_json``). Stage functions take these objects; the command line builds
+them from its options with ``from_preset(preset, **overrides)``, where an override of
+``None`` means "the preset's value".
+
+Contract: ``from_json(to_json(c)) == c``, and the JSON keys are those the stages have
+always written (``dataset.json``'s ``config``, a run's ``config.json``, an attack's
+``summary.json`` ``settings``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from . import METHODS, MODELS, PRESETS
+from .errors import OptionError, check_choice
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(f"{_flag(name)} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise OptionError(f"{_flag(name)} must be at least {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, *, positive: bool = False, non_negative: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise OptionError(f"{_flag(name)} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise OptionError(f"{_flag(name)} must be positive, got {value!r}")
+    if non_negative and value < 0:
+        raise OptionError(f"{_flag(name)} must be non-negative, got {value!r}")
+
+
+def _check_overrides(cls: type, overrides: Mapping[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = [k for k in given if k not in allowed]
+    if unknown:
+        raise OptionError(f"unknown {cls.__name__} setting {unknown[0]!r}; choose from {', '.join(allowed)}")
+    return given
+
+
+# --------------------------------------------------------------------------------------
+# simulate
+# --------------------------------------------------------------------------------------
+SPLIT_MODES: tuple[str, ...] = ("galaxy", "paper")
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """Settings of ``deepadv simulate`` (SPEC 3).
+
+    Attributes:
+        preset: size preset [default: "quick"].
+        n_galaxies: galaxies before merger augmentation [default: the preset's: tiny 60,
+            quick 2,500, paper 25,005].
+        seed: random seed; the same seed gives bit-identical arrays [default: 0].
+        split_mode: ``galaxy`` (split by galaxy, then augment) or ``paper`` (augment, then
+            split images at random) [default: "galaxy"].
+        brightness: factor on every galaxy's flux; 1 puts the median Y10 r-band peak S/N
+            per pixel near 20 [default: 1.0].
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"n_galaxies": 60},
+        "quick": {"n_galaxies": 2500},
+        "paper": {"n_galaxies": 25005},
+    }
+    OVERRIDABLE: ClassVar[tuple[str, ...]] = ("n_galaxies", "seed", "split_mode", "brightness")
+
+    preset: str = "quick"
+    n_galaxies: int = 2500
+    seed: int = 0
+    split_mode: str = "galaxy"
+    brightness: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice(self.preset, PRESETS, "preset")
+        _check_int("n_galaxies", self.n_galaxies, 1)
+        _check_int("seed", self.seed, 0)
+        check_choice(self.split_mode, SPLIT_MODES, "split mode")
+        _check_number("brightness", self.brightness, positive=True)
+
+    @classmethod
+    def from_preset(cls, preset: str = "quick", **overrides: Any) -> "SimulateConfig":
+        """The preset's settings with ``overrides`` (None = keep the preset's value)."""
+        check_choice(preset, PRESETS, "preset")
+        given = _check_overrides(cls, overrides, cls.OVERRIDABLE)
+        if "brightness" in given:
+            given["brightness"] = float(given["brightness"])
+        return cls(preset=preset, **{**cls.PRESETS[preset], **given})
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "SimulateConfig":
+        return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if f.name in obj})
+
+
+# --------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+MMD_ESTIMATORS: tuple[str, ...] = ("unbiased", "biased")
+PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
+#: the published code's kernel widths, as σ² in k(a, b) = exp(−‖a − b‖² / (2σ²)) (SPEC 5)
+MMD_SIGMAS2: tuple[float, ...] = (
+    1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0,
+    100.0, 1e3, 1e4, 1e5, 1e6,
+)
+
+_PAPER_TRAINING = {
+    "epochs": 100, "lr": 1e-5, "betas": (0.7, 0.8), "eps": 1e-8,
+    "batch_size": 128, "eval_batch_size": 64, "patience": 10, "schedule": "constant",
+    "note": "SPEC 5 to the letter: the paper's optimiser, batch sizes and up to 100 epochs, in float32; "
+            "meant for the paper's data size on a GPU",
+}
+_QUICK_CONVNET = {
+    "epochs": 10, "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+    "batch_size": 128, "eval_batch_size": 256, "patience": 10, "schedule": "cosine",
+    "note": "faster than the paper so that it converges on a CPU: Adam lr 1e-3 (paper 1e-5) with default "
+            "betas and cosine decay over 10 epochs (paper: constant lr, up to 100 epochs); early stopping "
+            "patience = the epoch count, since the validation loss jumps until the decay settles BatchNorm",
+}
+_QUICK_RESNET = dict(_QUICK_CONVNET, batch_size=64, note=(
+    "faster than the paper so that it converges on a CPU: Adam lr 1e-3 (paper 1e-5) with default betas "
+    "and cosine decay over 10 epochs, batch 64 (paper 128); early stopping patience = the epoch count"))
+_TINY = {
+    "epochs": 3, "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+    "batch_size": 32, "eval_batch_size": 128, "patience": 3, "schedule": "constant",
+    "note": "seconds-long smoke run for tests; not a trained model",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of ``deepadv train`` (SPEC 5): what a preset sets and a user may override.
+
+    Attributes:
+        model: ``convnet`` or ``resnet18`` [default: "convnet"].
+        method: ``regular`` or ``mmd`` [default: "regular"].
+        preset: the preset the other values came from [default: "quick"].
+        seed: seed of weights and batch order [default: 0].
+        epochs: maximum number of epochs [default: the preset's].
+        lr: Adam learning rate [default: the preset's; paper 1e-5].
+        betas, eps: Adam's (β₁, β₂) and ε [default: the preset's; paper (0.7, 0.8), 1e-8].
+        weight_decay: Adam weight decay [default: paper's 1e-3 regular, 1e-4 with domain adaptation].
+        batch_size: training images per step (per domain with domain adaptation).
+        eval_batch_size: images per validation step.
+        patience: early stopping: epochs without a lower validation loss.
+        schedule: ``constant`` or ``cosine`` learning rate.
+        mmd_weight: λ of the λ·MMD² term [default: 0.05, the paper; 0 for other methods].
+        mmd_estimator: ``unbiased`` (paper eq. 2) or ``biased`` (the published code).
+        mmd_sigmas2: kernel widths σ² of the multi-kernel MMD.
+        compile: ``torch.compile`` the model [default: False].
+        channels_last: NHWC memory layout [default: on for the ConvNet and on GPUs].
+        precision: Lightning precision: ``32-true`` (the paper), ``bf16-mixed`` or ``16-mixed``
+            (GPU only) [default: "32-true"].
+        devices, num_nodes: Lightning DDP processes per node and nodes [default: 1, 1].
+        note: how the preset departs from the paper.
+        overridden: the settings the user changed from the preset.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "tiny": {"convnet": _TINY, "resnet18": _TINY},
+        "quick": {"convnet": _QUICK_CONVNET, "resnet18": _QUICK_RESNET},
+        "paper": {"convnet": _PAPER_TRAINING, "resnet18": _PAPER_TRAINING},
+    }
+    #: weight decay by method (the paper: 1e-3 regular, 1e-4 with domain adaptation)
+    WEIGHT_DECAY: ClassVar[dict[str, float]] = {"regular": 1e-3, "mmd": 1e-4}
+    #: λ of MMD² (the paper's 0.05; the published code used 0.01)
+    MMD_WEIGHT: ClassVar[float] = 0.05
+    OVERRIDABLE: ClassVar[tuple[str, ...]] = (
+        "epochs", "lr", "batch_size", "eval_batch_size", "mmd_weight", "weight_decay", "patience", "schedule",
+        "mmd_estimator", "compile", "channels_last", "precision", "devices", "num_nodes")
+    #: settings that must be the same when an unfinished run is continued
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = (
+        "model", "method", "preset", "seed", "epochs", "lr", "betas", "eps", "weight_decay", "batch_size",
+        "patience", "schedule", "mmd_weight", "mmd_estimator", "mmd_sigmas2")
+
+    model: str = "convnet"
+    method: str = "regular"
+    preset: str = "quick"
+    seed: int = 0
+    epochs: int = 10
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-3
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    patience: int = 10
+    schedule: str = "cosine"
+    mmd_weight: float = 0.0
+    mmd_estimator: str = "unbiased"
+    mmd_sigmas2: tuple[float, ...] = MMD_SIGMAS2
+    compile: bool = False
+    channels_last: bool = True
+    precision: str = "32-true"
+    devices: int = 1
+    num_nodes: int = 1
+    note: str = ""
+    overridden: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_choice(self.model, MODELS, "model")
+        check_choice(self.method, METHODS, "method")
+        check_choice(self.preset, PRESETS, "preset")
+        _check_int("seed", self.seed, 0)
+        for name, minimum in (("epochs", 1), ("batch_size", 2), ("eval_batch_size", 1), ("patience", 1),
+                              ("devices", 1), ("num_nodes", 1)):
+            _check_int(name, getattr(self, name), minimum)
+        _check_number("lr", self.lr, positive=True)
+        _check_number("eps", self.eps, positive=True)
+        for name in ("mmd_weight", "weight_decay"):
+            _check_number(name, getattr(self, name), non_negative=True)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise OptionError(f"Adam betas must be two numbers in [0, 1), got {self.betas!r}")
+        check_choice(self.schedule, SCHEDULES, "schedule")
+        check_choice(self.mmd_estimator, MMD_ESTIMATORS, "MMD estimator")
+        check_choice(self.precision, PRECISIONS, "precision")
+        if not self.mmd_sigmas2 or not all(s > 0 for s in self.mmd_sigmas2):
+            raise OptionError("MMD kernel widths sigma^2 must be a non-empty list of positive numbers")
+        for name in ("compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"setting {name} must be true or false, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_preset(cls, preset: str = "quick", *, model: str = "convnet", method: str = "regular", seed: int = 0,
+                    device_type: str = "cpu", **overrides: Any) -> "TrainConfig":
+        """The preset's settings for ``model`` and ``method`` with ``overrides`` (None = the preset's).
+
+        Args:
+            preset: ``tiny``, ``quick`` or ``paper``.
+            model, method, seed: the run's identity.
+            device_type: ``cpu`` or ``cuda``; sets the default memory layout [default: "cpu"].
+            **overrides: any of :attr:`OVERRIDABLE`; numbers are converted to the field's type.
+        """
+        check_choice(preset, PRESETS, "preset")
+        check_choice(model, MODELS, "model")
+        check_choice(method, METHODS, "method")
+        given = _check_overrides(cls, overrides, cls.OVERRIDABLE)
+        base = dict(cls.PRESETS[preset][model])
+        base.update(weight_decay=cls.WEIGHT_DECAY[method], mmd_weight=cls.MMD_WEIGHT if method == "mmd" else 0.0,
+                    channels_last=device_type == "cuda" or model == "convnet")
+        # measured on the 2-core CPU: channels_last made ConvNet training steps 1.0-1.3x and its evaluation
+        # 1.6x faster, but ResNet18 training 2x slower; on a GPU it is the layout tensor cores want
+        for key, value in given.items():
+            given[key] = _coerce(key, value, type(base.get(key, getattr(cls, key, value))))
+        if method != "mmd":
+            given.pop("mmd_weight", None)
+        return cls(model=model, method=method, preset=preset, seed=seed, **{**base, **given},
+                   overridden=tuple(sorted(given)))
+
+    @property
+    def uses_target_domain(self) -> bool:
+        """Whether training draws unlabelled Y1 batches (domain adaptation)."""
+        return self.method == "mmd"
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as ``config.json`` stores them (``note`` as ``preset_note``)."""
+        out = dataclasses.asdict(self)
+        out["betas"] = list(self.betas)
+        out["mmd_sigmas2"] = list(self.mmd_sigmas2)
+        out["overridden"] = list(self.overridden)
+        out["preset_note"] = out.pop("note")
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "TrainConfig":
+        values = {f.name: obj[f.name] for f in dataclasses.fields(cls) if f.name in obj}
+        if "preset_note" in obj:
+            values["note"] = obj["preset_note"]
+        for key in ("betas", "mmd_sigmas2", "overridden"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def _coerce(key: str, value: Any, typ: type) -> Any:
+    """An override converted to its setting's type, with a clear error."""
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise OptionError(f"setting {key} must be true or false, got {value!r}")
+        return value
+    if typ is str:
+        return str(value)
+    if typ in (int, float):
+        try:
+            number = typ(value)
+        except (TypeError, ValueError) as exc:
+            raise OptionError(f"{_flag(key)} must be a number, got {value!r}") from exc
+        if isinstance(value, bool) or (typ is int and number != value):
+            raise OptionError(f"{_flag(key)} must be an integer, got {value!r}")
+        return number
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# attack
+# --------------------------------------------------------------------------------------
+ATTACK_MODES: tuple[str, ...] = ("targeted", "untargeted")
+SUCCESS_RULES: tuple[str, ...] = ("paper", "top-class")
+ATTACK_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: which candidate of a successful generation is kept: the population's fittest (the
+#: authors' code) or the first over the threshold in index order
+KEEP_RULES: tuple[str, ...] = ("fittest", "first")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Settings of ``deepadv attack``: the one-pixel attack campaign (SPEC 7).
+
+    Attributes:
+        preset: size preset [default: "quick"].
+        n_images: test images in the seeded random subsample [default: the preset's; paper 150].
+        pop_size: differential-evolution population [default: the preset's; paper 400; at least 4].
+        max_iter: generations evolved before giving up [default: the preset's; paper 80].
+        pixels: pixels changed per candidate, L in ‖e‖₀ ≤ L [default: 1].
+        mode: ``targeted`` (p(target) > 0.5) or ``untargeted`` (p(true) < 0.05) [default: "targeted"].
+        success: ``paper`` (the thresholds) or ``top-class`` [default: "paper"].
+        seed: seed of the subsample and of every image's search [default: 0].
+        precision: ``fp32`` (the paper) or ``bf16`` search, successes verified in fp32 [default: "fp32"].
+        keep: ``fittest`` (the authors' code: finish the generation in which a success appears
+            and keep the population's fittest member) or ``first`` (the first candidate over the
+            threshold) [default: "fittest"].
+        F: the differential weight of the mutation x₁ + F (x₂ − x₃) [default: 0.5].
+        split, domain: the images attacked [default: the Y10 test split].
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, int]]] = {
+        "tiny": {"n_images": 6, "pop_size": 40, "max_iter": 4},
+        "quick": {"n_images": 150, "pop_size": 400, "max_iter": 10},
+        "paper": {"n_images": 150, "pop_size": 400, "max_iter": 80},
+    }
+    OVERRIDABLE: ClassVar[tuple[str, ...]] = ("n_images", "pop_size", "max_iter", "pixels", "mode", "success",
+                                              "seed", "precision", "keep")
+
+    preset: str = "quick"
+    n_images: int = 150
+    pop_size: int = 400
+    max_iter: int = 10
+    pixels: int = 1
+    mode: str = "targeted"
+    success: str = "paper"
+    seed: int = 0
+    precision: str = "fp32"
+    keep: str = "fittest"
+    F: float = 0.5
+    split: str = "test"
+    domain: str = "Y10"
+
+    def __post_init__(self) -> None:
+        check_choice(self.preset, PRESETS, "preset")
+        _check_int("n_images", self.n_images, 1)
+        _check_int("pop_size", self.pop_size)
+        if self.pop_size < 4:
+            raise OptionError(f"--pop-size must be at least 4 (mutation needs three other members), "
+                              f"got {self.pop_size}")
+        _check_int("max_iter", self.max_iter, 0)
+        _check_int("pixels", self.pixels, 1)
+        check_choice(self.mode, ATTACK_MODES, "--mode")
+        check_choice(self.success, SUCCESS_RULES, "--success")
+        _check_int("seed", self.seed, 0)
+        check_choice(self.precision, ATTACK_PRECISIONS, "--precision")
+        check_choice(self.keep, KEEP_RULES, "--keep")
+        _check_number("F", self.F, positive=True)
+
+    @classmethod
+    def from_preset(cls, preset: str = "quick", **overrides: Any) -> "AttackConfig":
+        """The preset's campaign sizes with ``overrides`` (None = the preset's value)."""
+        check_choice(preset, PRESETS, "preset")
+        given = _check_overrides(cls, overrides, cls.OVERRIDABLE)
+        for key in ("n_images", "pop_size", "max_iter", "pixels", "seed"):
+            if key in given:
+                given[key] = _coerce(key, given[key], int)
+        return cls(preset=preset, **{**cls.PRESETS[preset], **given})
+
+    @property
+    def paper(self) -> "AttackConfig":
+        """The paper's campaign (the ``paper`` preset's sizes, one pixel, targeted)."""
+        return AttackConfig.from_preset("paper")
+
+    def departures_from_paper(self) -> list[str]:
+        """Plain statements of every setting that differs from the paper's campaign."""
+        paper = self.paper
+        out = []
+        for key, what in (("n_images", "images in the subsample"), ("pop_size", "population size"),
+                          ("max_iter", "iteration cap")):
+            if getattr(self, key) != getattr(paper, key):
+                out.append(f"{what} {getattr(self, key)} (paper: {getattr(paper, key)})")
+        if self.pixels != 1:
+            out.append(f"{self.pixels}-pixel attack (paper: one pixel)")
+        if self.mode != "targeted":
+            out.append("untargeted attack, success at p(true) < 0.05 (paper: targeted, p(target) > 0.5)")
+        if self.success != "paper":
+            out.append("success when the target becomes the top class (paper: p(target) > 0.5)")
+        if self.keep != "fittest":
+            out.append("the first successful candidate kept (the authors' code keeps the fittest member of the "
+                       "successful generation)")
+        if self.precision != "fp32":
+            out.append("search in bfloat16 mixed precision, successes verified in float32 (paper: float32)")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "AttackConfig":
+        return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if f.name in obj})

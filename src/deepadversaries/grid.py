@@ -1,0 +1,295 @@
+"""The experiment grid as a stage graph: what ``reproduce`` and ``study`` run.
+
+A :class:`Grid` is models × methods × seeds (and, in a study, dataset seeds) at one preset;
+:func:`build_stages` turns it into the :class:`~deepadversaries.pipeline.Stage` list:
+
+    simulate (or check an existing dataset) → per cell (model, method, seed):
+    train → evaluate, attack → per (model, adapted method, seed): analyze (regular vs
+    method) → report
+
+in an order that respects the dependencies. Every stage's action is a
+``functools.partial`` of a module-level function of this module, so a Dask worker can run
+it (:mod:`deepadversaries.study`); the same stages run in order in ``reproduce``.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import DOMAINS, METHODS, MODELS, PRESETS, REFERENCE_METHOD, SPLITS
+from .analyze import analyze_runs
+from .campaign import attack_run
+from .config import AttackConfig, SimulateConfig, TrainConfig
+from .data import image_file, label_file, load_dataset
+from .devices import resolve_device
+from .errors import OptionError, check_choice, file_error
+from .evaluation import evaluate_run
+from .formatting import utc_now
+from .io import read_json, write_json
+from .layout import PRESET_MODELS, Layout
+from .pipeline import Stage
+from .report import write_report
+from .runs import last_checkpoint_path
+from .simulate import simulate_dataset
+from .training import train_model
+
+#: Expected seconds per stage kind, for the ETA: tiny and quick measured on an idle 2-core
+#: CPU (quick: a fresh-clone run, 2026-11-29); paper: rough GPU estimates, not yet measured.
+#: Keys ``train_<method>``, ``train_<model>`` and ``train_<model>_<method>`` refine ``train``.
+EXPECTED_SECONDS: dict[str, dict[str, float]] = {
+    "tiny": {"simulate": 4, "train": 2, "evaluate": 1, "attack": 1, "analyze": 5, "report": 1},
+    "quick": {"simulate": 80, "train": 90, "train_mmd": 180, "evaluate": 4, "attack": 133, "analyze": 12,
+              "report": 3},
+    "paper": {"simulate": 900, "train": 900, "train_resnet18": 3600, "evaluate": 60, "attack": 600,
+              "analyze": 180, "report": 30},
+}
+
+
+def expected_train_seconds(preset: str, model: str, method: str) -> float:
+    """Expected seconds of one training run (the most specific key of EXPECTED_SECONDS)."""
+    table = EXPECTED_SECONDS[preset]
+    for key in (f"train_{model}_{method}", f"train_{model}", f"train_{method}", "train"):
+        if key in table:
+            return float(table[key])
+    return 60.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The experiments of a reproduction or study.
+
+    Attributes:
+        preset: the size preset of every stage.
+        models: the architectures [default: the preset's].
+        methods: the training methods; ``regular`` is always among them (the reference).
+        seeds: training and attack seeds, one cell per seed [default: (0,)].
+        data_seed: the simulated dataset's seed [default: 0].
+        vary_data: simulate one dataset per seed, with that seed (a study's ``--data-seeds``)
+            [default: False: one dataset for every seed].
+        attack: overrides of the preset's attack settings (e.g. a study's larger campaign).
+        threads: CPU threads of each stage (None: torch's default) [default: None].
+        figures: draw the analysis figures of every seed (False: the first seed only) [default: True].
+        device: where to train and attack: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
+        workers: processes simulating the dataset [default: 1].
+    """
+
+    preset: str = "quick"
+    models: tuple[str, ...] = ("convnet",)
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0,)
+    data_seed: int = 0
+    vary_data: bool = False
+    attack: tuple[tuple[str, Any], ...] = ()
+    threads: int | None = None
+    figures: bool = True
+    device: str = "auto"
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        check_choice(self.preset, PRESETS, "preset")
+        if not self.models:
+            raise OptionError("--models is empty; choose from " + ", ".join(MODELS))
+        for m in self.models:
+            check_choice(m, MODELS, "model")
+        for m in self.methods:
+            check_choice(m, METHODS, "method")
+        if REFERENCE_METHOD not in self.methods:
+            raise OptionError(f"--methods must include {REFERENCE_METHOD!r}: every other method is compared with it")
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise OptionError(f"seeds must be non-negative integers, got {self.seeds!r}")
+
+    @property
+    def adapted_methods(self) -> tuple[str, ...]:
+        """The methods compared with the reference (every method but ``regular``)."""
+        return tuple(m for m in self.methods if m != REFERENCE_METHOD)
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        """Every (model, method, seed)."""
+        return [(model, method, seed) for seed in self.seeds for model in self.models for method in self.methods]
+
+
+def resolve_models(preset: str, models: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """The preset's models, or the user's list (order kept, duplicates dropped), validated."""
+    if models is None:
+        return PRESET_MODELS[preset]
+    chosen = tuple(dict.fromkeys(m.strip().lower() for m in models if m.strip()))
+    if not chosen:
+        raise OptionError("--models is empty; choose from " + ", ".join(MODELS))
+    for m in chosen:
+        check_choice(m, MODELS, "model")
+    return chosen
+
+
+# --------------------------------------------------------------------------------------
+# stage actions: module-level, so that Dask can ship them to a worker
+# --------------------------------------------------------------------------------------
+def simulate_action(fresh: bool, *, out: Path, config: SimulateConfig, workers: int) -> Any:
+    return simulate_dataset(out, config, workers=workers, overwrite=fresh)
+
+
+def check_data_action(fresh: bool, *, layout: Layout) -> Any:
+    return check_external_dataset(layout)
+
+
+def train_action(fresh: bool, *, data: Path, run_dir: Path, config: TrainConfig, device: str) -> Any:
+    resume = not fresh and last_checkpoint_path(run_dir).is_file()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # an earlier attempt that left nothing to resume from
+    return train_model(data, run_dir, config, device=device, resume=resume)
+
+
+def evaluate_action(fresh: bool, *, run_dir: Path, data: Path, device: str) -> Any:
+    return evaluate_run(run_dir, data, device=device)
+
+
+def attack_action(fresh: bool, *, run_dir: Path, data: Path, config: AttackConfig, device: str,
+                  threads: int | None = None) -> Any:
+    return attack_run(run_dir, config, data=data, device=device, threads=threads,
+                      adaptive_threads=threads is None)
+
+
+def analyze_action(fresh: bool, *, regular: Path, adapted: Path, out: Path, seed: int, preset: str,
+                   device: str, figures: bool = True) -> Any:
+    if out.exists():
+        shutil.rmtree(out)  # analysis has nothing to resume; start clean
+    return analyze_runs(regular, adapted, out, seed=seed, preset=preset, device=device, figures=figures)
+
+
+def report_action(fresh: bool, *, root: Path) -> Any:
+    return write_report(root)
+
+
+# --------------------------------------------------------------------------------------
+# the graph
+# --------------------------------------------------------------------------------------
+def build_stages(layout: Layout, grid: Grid) -> list[Stage]:
+    """The data and cell stages of a grid (no report), in an order that respects every dependency.
+
+    With ``grid.vary_data`` each seed trains on its own simulated dataset (``data_s{seed}``).
+    """
+    stages: list[Stage] = []
+    data_seeds = grid.seeds if grid.vary_data else (None,)
+    data_stage = {}
+    for data_seed in data_seeds:
+        stage = _data_stage(layout, grid, data_seed)
+        stages.append(stage)
+        data_stage[data_seed] = stage
+    for seed in grid.seeds:
+        key = seed if grid.vary_data else None
+        for model in grid.models:
+            stages += _cell_stages(layout, grid, model, seed, layout.data(key), data_stage[key].name)
+    return stages
+
+
+def report_stage(layout: Layout, grid: Grid, upstream: list[Stage]) -> Stage:
+    """The reproduction report, after every other stage."""
+    return Stage("report", "report", layout.report_html, tuple(s.name for s in upstream),
+                 (layout.report_md, layout.report_html, layout.findings, layout.figures),
+                 functools.partial(report_action, root=layout.root), EXPECTED_SECONDS[grid.preset]["report"])
+
+
+def cell_tag(layout: Layout, model: str, method: str, seed: int) -> str:
+    """The name of a cell in stage names: ``convnet_mmd`` (reproduce) or ``convnet_mmd_s0`` (study)."""
+    return f"{model}_{method}" if layout.kind != "study" else f"{model}_{method}_s{seed}"
+
+
+def _data_stage(layout: Layout, grid: Grid, data_seed: int | None = None) -> Stage:
+    """Simulate the dataset (of one data seed), or check the user's existing dataset folder."""
+    expected = EXPECTED_SECONDS[grid.preset]
+    if layout.dataset is None:
+        seed = grid.data_seed if data_seed is None else data_seed
+        out = layout.data(data_seed)
+        config = SimulateConfig.from_preset(grid.preset, seed=seed)
+        name = "simulate" if data_seed is None else f"simulate:s{data_seed}"
+        return Stage(name, "simulate", out / "dataset.json", (), (out,),
+                     functools.partial(simulate_action, out=out, config=config, workers=grid.workers),
+                     expected["simulate"],
+                     adopt_check=adopt_check(out / "dataset.json", {"config.preset": grid.preset, "seed": seed}))
+    return Stage("data", "data", layout.data_check, (), (layout.data_check,),
+                 functools.partial(check_data_action, layout=layout), 5.0, external_dataset_files(layout.data()))
+
+
+def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, data_stage: str) -> list[Stage]:
+    """train, evaluate and attack of every method of one (model, seed), then the analyses."""
+    expected = EXPECTED_SECONDS[grid.preset]
+    device_type = resolve_device(grid.device).type
+    stages: list[Stage] = []
+    attack_config = AttackConfig.from_preset(grid.preset, seed=seed, **dict(grid.attack))
+    for method in grid.methods:
+        run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
+        config = TrainConfig.from_preset(grid.preset, model=model, method=method, seed=seed, device_type=device_type)
+        stages.append(Stage(f"train:{tag}", "train", run_dir / "training.json", (data_stage,), (run_dir,),
+                            functools.partial(train_action, data=data, run_dir=run_dir, config=config,
+                                              device=grid.device),
+                            expected_train_seconds(grid.preset, model, method),
+                            adopt_check=adopt_check(run_dir / "config.json", {
+                                "model": model, "method": method, "preset": grid.preset, "seed": seed,
+                                "data": str(data.resolve())})))
+    for method in grid.methods:
+        run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
+        stages.append(Stage(f"evaluate:{tag}", "evaluate", run_dir / "metrics.json", (f"train:{tag}",),
+                            (run_dir / "metrics.json", run_dir / "predictions.npz"),
+                            functools.partial(evaluate_action, run_dir=run_dir, data=data, device=grid.device),
+                            expected["evaluate"]))
+    for method in grid.methods:
+        run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
+        stages.append(Stage(f"attack:{tag}", "attack", run_dir / "attack" / "summary.json", (f"train:{tag}",),
+                            (run_dir / "attack",),
+                            functools.partial(attack_action, run_dir=run_dir, data=data, config=attack_config,
+                                              device=grid.device, threads=grid.threads),
+                            expected["attack"],
+                            adopt_check=adopt_check(run_dir / "attack" / "summary.json",
+                                                    {"settings.preset": grid.preset, "settings.seed": seed})))
+    for method in grid.adapted_methods:
+        out = layout.analysis(model, method, seed)
+        pair = (cell_tag(layout, model, REFERENCE_METHOD, seed), cell_tag(layout, model, method, seed))
+        stages.append(Stage(f"analyze:{cell_tag(layout, model, method, seed)}", "analyze", out / "analysis.json",
+                            tuple(f"{k}:{t}" for k in ("train", "attack") for t in pair), (out,),
+                            functools.partial(analyze_action, regular=layout.run(model, REFERENCE_METHOD, seed),
+                                              adapted=layout.run(model, method, seed), out=out, seed=seed,
+                                              preset=grid.preset, device=grid.device,
+                                              figures=grid.figures or seed == grid.seeds[0]),
+                            expected["analyze"]))
+    return stages
+
+
+def adopt_check(path: Path, expected: dict[str, Any]) -> Callable[[], None]:
+    """A check that finished outputs found in the folder (not made by this pipeline) fit it."""
+    return functools.partial(_check_adopted, path=path, expected=expected)
+
+
+def _check_adopted(*, path: Path, expected: dict[str, Any]) -> None:
+    record = read_json(path)
+    for dotted, want in expected.items():
+        have: Any = record
+        for part in dotted.split("."):
+            have = have.get(part) if isinstance(have, dict) else None
+        if have != want:
+            raise file_error(path, f"{dotted} is {have!r} but this reproduction needs {want!r}; remove the "
+                                   "folder or choose another --out")
+
+
+def external_dataset_files(path: Path) -> tuple[Path, ...]:
+    """The files of a dataset folder whose change invalidates everything trained on it."""
+    names = [label_file(s) for s in SPLITS] + [image_file(d, s) for d in DOMAINS for s in SPLITS] + ["dataset.json"]
+    return tuple(path / n for n in names)
+
+
+def check_external_dataset(layout: Layout) -> dict[str, Any]:
+    """Validate an existing dataset folder (every file, both domains) and record what it holds."""
+    ds = load_dataset(layout.data())
+    if not ds.has_domain("Y1"):
+        raise file_error(layout.data(), "has no Y1 images (images_Y1_{train,valid,test}.npy); the study needs "
+                                        "both domains")
+    ds.validate()
+    record = {"kind": "deepadv-data-check", "data": str(layout.data()), "image_shape": list(ds.image_shape),
+              "counts": {s: int(len(ds.labels(s))) for s in SPLITS}, "domains": list(ds.domains),
+              "stretch": {d: list(ds.stretch(d)) for d in ds.domains},
+              "has_metadata": bool(ds.metadata), "has_catalog": bool(ds.catalog("train")), "checked": utc_now()}
+    write_json(layout.data_check, record)
+    return record

@@ -1,0 +1,331 @@
+"""``deepadv study``: the experiment grid over seeds, run on Dask, every verdict with an interval.
+
+A study trains, evaluates and attacks every (model, method, seed) cell, analyses every
+(model, adapted method, seed) pair against the regular run of the same seed, then pools
+the seeds (:mod:`deepadversaries.findings`, :mod:`deepadversaries.stats`) into
+``DIR/study.json`` and a report. The stage graph is ``reproduce``'s
+(:func:`deepadversaries.grid.build_stages`); only the grid (several seeds) and the
+executor differ. Layout (:mod:`deepadversaries.layout`, ``kind="study"``)::
+
+    DIR/study-manifest.json                the grid (written once; another grid is refused)
+    DIR/data/ (or DIR/data_s<seed>/)       the simulated dataset(s)
+    DIR/cells/<model>_<method>_s<seed>/    run folders: every verb works on a cell
+    DIR/analysis/<model>_<method>_s<seed>/ regular-vs-method analyses (figures for the first seed)
+    DIR/timings.json, DIR/logs/            stage records and logs
+    DIR/study.json                         the findings with intervals (written last)
+    DIR/report.md, DIR/report.html         the report
+
+Executor. The dataset stages run first, in this process, with every CPU (GalSim work).
+The cell stages are submitted to a ``dask.distributed`` cluster as one task graph: without
+``scheduler``, a ``LocalCluster`` of ``workers`` processes with one task each and
+``max(1, cores // workers)`` torch threads per task, so that workers × threads never
+exceed the cores; with ``scheduler`` (``tcp://host:8786``), an existing cluster whose
+workers see ``DIR`` at the same path and run the same package version (docs/study.md shows
+SLURM and Kubernetes). The report stage runs in this process at the end.
+
+Contracts. Every task is a stage of the pipeline: idempotent, writing atomically, its
+finished marker last; a worker lost mid-task costs only a re-run of that task (Dask
+re-schedules it; the stage resumes or restarts from its files). A killed study, run again
+with the same command, skips every finished stage (fingerprints in ``timings.json``) and
+ends with the same ``study.json`` as an uninterrupted one, timings aside.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import torch
+from distributed import Client, Future, LocalCluster, as_completed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import METHODS, PRESETS, REFERENCE_METHOD, __version__
+from .devices import resolve_device
+from .errors import OptionError, StageFailed, check_choice, file_error
+from .formatting import first_line, fmt_clock, utc_now
+from .grid import Grid, build_stages, resolve_models
+from .io import LOCK_NAME, OutputLock, remove_stale_locks, remove_temporaries, write_json
+from .layout import STUDY_MANIFEST_KIND, TIMINGS_KIND, Layout, read_manifest, read_timings
+from .pipeline import Decision, Recorder, Stage, environment, execute_stage, plan, run_recorded
+from .progress import console, info
+from .study_report import aggregate_action
+
+#: the preset's one-pixel attack in a study, where it differs from ``reproduce``'s: a study
+#: needs enough images flipped under both models per seed for finding (d) (see docs/study.md)
+STUDY_ATTACK: dict[str, dict[str, Any]] = {"tiny": {}, "quick": {}, "paper": {}}
+#: seconds to wait for an existing scheduler
+CONNECT_TIMEOUT_S = 10
+#: what a folder may hold before it becomes a study
+ADOPTABLE = {LOCK_NAME, "data", "cells", "analysis", "figures", "logs"}
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Seeds from ``"0-4"``, ``"0,2,5"`` or ``"0-2,7"``: sorted, without duplicates.
+
+    Raises:
+        OptionError: an empty or malformed range.
+    """
+    seeds: set[int] = set()
+    for part in (p.strip() for p in str(text).split(",")):
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not match:
+            raise OptionError(f"--seeds {text!r}: expected numbers and ranges such as 0-4 or 0,2,5")
+        lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
+        if hi < lo:
+            raise OptionError(f"--seeds {text!r}: the range {part} is empty (write the smaller seed first)")
+        seeds.update(range(lo, hi + 1))
+    return tuple(sorted(seeds))
+
+
+def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Training methods from ``"regular,mmd"`` (order kept); ``regular`` must be among them."""
+    items = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    if not items:
+        raise OptionError("--methods is empty; choose from " + ", ".join(METHODS))
+    for m in items:
+        check_choice(m, METHODS, "method")
+    if REFERENCE_METHOD not in items:
+        raise OptionError(f"--methods must include {REFERENCE_METHOD!r}: every other method is compared with it")
+    return tuple(dict.fromkeys([REFERENCE_METHOD] + items))
+
+
+def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str = (0, 1, 2, 3, 4),
+          models: Sequence[str] | None = None, methods: Sequence[str] | str = METHODS,
+          data: str | Path | None = None, vary_data: bool = False, scheduler: str | None = None,
+          workers: int | None = None, device: str = "auto") -> Path:
+    """Run (or resume) a study into ``out`` and write ``study.json`` and its report.
+
+    Args:
+        out: the study folder (created when missing).
+        preset: ``tiny``, ``quick`` or ``paper`` [default: "quick"].
+        seeds: training and attack seeds, or a string like ``"0-4"`` [default: 0–4].
+        models: the architectures [default: the preset's].
+        methods: the training methods, ``regular`` among them [default: regular, mmd].
+        data: an existing dataset folder instead of simulating one [default: simulate].
+        vary_data: simulate one dataset per seed (``--data-seeds``) [default: one dataset].
+        scheduler: the address of an existing Dask scheduler [default: a LocalCluster].
+        workers: LocalCluster worker processes [default: the number of CPUs].
+        device: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        OptionError: a bad option, or a scheduler that cannot be reached.
+        FileError: ``out`` holds a study of another grid, or something else.
+        StageFailed: a stage failed (one line naming it and its log); the others finished.
+    """
+    check_choice(preset, PRESETS, "preset")
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else tuple(sorted(set(int(s) for s in seeds)))
+    if not seed_list:
+        raise OptionError("--seeds is empty; give seeds such as 0-4")
+    n_workers = _check_workers(workers)
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    resolve_device(device)
+    layout = _layout(out, data)
+    if data is not None and vary_data:
+        raise OptionError("--data-seeds simulates one dataset per seed; it cannot be used with --data")
+    grid = Grid(preset=preset, models=resolve_models(preset, models), methods=parse_methods(methods),
+                seeds=seed_list, data_seed=seed_list[0], vary_data=vary_data, device=device,
+                workers=os.cpu_count() or 1, attack=tuple(STUDY_ATTACK[preset].items()), threads=threads,
+                figures=False)
+    with OutputLock(layout.root, "study"):
+        remove_temporaries(layout.root)
+        remove_stale_locks(layout.root)
+        _check_or_write_manifest(layout, grid)
+        stages = build_stages(layout, grid)
+        final = Stage("study", "study", layout.root / "study.json", tuple(s.name for s in stages),
+                      (layout.root / "study.json", layout.report_md, layout.report_html, layout.figures),
+                      functools.partial(aggregate_action, root=layout.root), 5.0)
+        stages.append(final)
+        timings = read_timings(layout.root)
+        timings.update({"kind": TIMINGS_KIND, "preset": preset, "seeds": list(seed_list),
+                        "models": list(grid.models), "methods": list(grid.methods)})
+        recorder = Recorder(layout.timings, timings, stages, environment(device))
+        planned = plan(stages, timings)
+        n_run = sum(d.runs for _, d in planned)
+        info(f"study: preset {preset}, seeds {','.join(map(str, seed_list))}, models {','.join(grid.models)}, "
+             f"methods {','.join(grid.methods)} -> {layout.root}; {n_run} of {len(stages)} stages to run")
+        local = [(s, d) for s, d in planned if s.kind in ("simulate", "data")]
+        remote = [(s, d) for s, d in planned if s.kind not in ("simulate", "data", "study")]
+        _run_locally(local, recorder, layout)
+        if any(d.runs for _, d in remote):
+            with _dask_client(scheduler, n_workers, threads) as client:
+                info(f"study: Dask dashboard {client.dashboard_link}" if client.dashboard_link
+                     else "study: Dask dashboard not available")
+                run_on_dask(client, remote, recorder, root=layout.root, logs=layout.logs, threads=threads)
+        else:
+            for stage, _ in remote:
+                recorder.skipped(stage)
+        _run_locally([(s, d) for s, d in planned if s.kind == "study"], recorder, layout)
+        wall = recorder.close()
+    info(f"study: finished in {fmt_clock(wall)}; {layout.root / 'study.json'}, report: {layout.report_html}")
+    return layout.report_html
+
+
+def _check_workers(workers: int | None) -> int:
+    if workers is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or int(workers) < 1:
+        raise OptionError(f"--workers must be at least 1, got {workers}")
+    return int(workers)
+
+
+def _layout(out: str | Path, data: str | Path | None) -> Layout:
+    external = None
+    if data is not None:
+        external = Path(data).expanduser().resolve()
+        if not external.is_dir():
+            raise file_error(external, "dataset folder not found")
+    layout = Layout(Path(out).expanduser().resolve(), external, kind="study")
+    if external is not None and (external == layout.root or layout.root in external.parents):
+        raise file_error(external, "the dataset folder must not lie inside the output folder")
+    return layout
+
+
+def _grid_record(layout: Layout, grid: Grid) -> dict[str, Any]:
+    return {"preset": grid.preset, "seeds": list(grid.seeds), "models": list(grid.models),
+            "methods": list(grid.methods), "data": str(layout.dataset) if layout.dataset is not None else None,
+            "vary_data": grid.vary_data, "attack": dict(grid.attack)}
+
+
+def _check_or_write_manifest(layout: Layout, grid: Grid) -> None:
+    """Refuse a folder holding a study of another grid (or anything else); write a new manifest."""
+    mine = _grid_record(layout, grid)
+    if layout.manifest.is_file():
+        manifest = read_manifest(layout.root)
+        theirs = {k: manifest.get(k) for k in mine}
+        if theirs != mine:
+            diff = ", ".join(f"{k} {theirs[k]!r}" for k in mine if theirs[k] != mine[k])
+            raise file_error(layout.manifest, f"this folder holds a study of another grid ({diff}); run with its "
+                                              "options to resume it, or choose another --out")
+        return
+    others = [p.name for p in layout.root.iterdir() if p.name not in ADOPTABLE] if layout.root.is_dir() else []
+    if others:
+        raise file_error(layout.root, f"folder is not empty ({others[0]}) and is not a study folder; choose a new "
+                                      "or empty --out")
+    write_json(layout.manifest, {"kind": STUDY_MANIFEST_KIND, "version": __version__, **mine,
+                                 "seed": grid.seeds[0], "created": utc_now()})
+
+
+def _run_locally(planned: list[tuple[Stage, Decision]], recorder: Recorder, layout: Layout) -> None:
+    """Run stages in this process, in order (the dataset first, the study's report last)."""
+    for stage, decision in planned:
+        if not decision.runs:
+            recorder.skipped(stage)
+            continue
+        info(f"study: {stage.name.replace(':', ' ')} ({decision.why})")
+        wall = run_recorded(stage, decision.fresh, recorder, layout.root, layout.logs)
+        info(f"    {stage.name.replace(':', ' ')}: done in {fmt_clock(wall)}")
+
+
+# --------------------------------------------------------------------------------------
+# the Dask executor
+# --------------------------------------------------------------------------------------
+class _dask_client:
+    """A client on an existing scheduler, or on a LocalCluster sized to this machine."""
+
+    def __init__(self, scheduler: str | None, workers: int, threads: int) -> None:
+        self.scheduler, self.workers, self.threads = scheduler, workers, threads
+        self.cluster: LocalCluster | None = None
+        self.client: Client | None = None
+
+    def __enter__(self) -> Client:
+        if self.scheduler:
+            try:
+                self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError) as exc:
+                raise OptionError(f"--scheduler {self.scheduler}: cannot reach the Dask scheduler "
+                                  f"({first_line(exc)})") from exc
+            return self.client
+        env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        with dask.config.set({"distributed.worker.daemon": False, "distributed.nanny.pre-spawn-environ": env,
+                              "distributed.scheduler.work-stealing": False}):
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0", silence_logs=40)
+        self.client = Client(self.cluster)
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def run_stage_task(stage: Stage, fresh: bool, log_path: Path, threads: int, *upstream: Any) -> tuple[float, str]:
+    """A stage as a Dask task: run it with ``threads`` torch threads; return (wall seconds, where).
+
+    ``upstream`` holds the results of the stages it depends on (unused: passing them makes
+    Dask wait for them).
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    wall = execute_stage(stage, fresh, log_path)
+    return wall, f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_on_dask(client: Client, planned: list[tuple[Stage, Decision]], recorder: Recorder, *, root: Path,
+                logs: Path, threads: int) -> list[str]:
+    """Submit the stages that must run as one task graph; record each as it finishes.
+
+    Independent stages go on when one fails; the first failure is raised at the end as
+    :class:`StageFailed` (its dependents are recorded as not run).
+    """
+    futures: dict[str, Future] = {}
+    stage_of: dict[str, Stage] = {}
+    for stage, decision in planned:
+        if not decision.runs:
+            recorder.skipped(stage)
+            continue
+        deps = [futures[d] for d in stage.depends if d in futures]
+        log_path = logs / stage.log_name
+        fut = client.submit(run_stage_task, stage, decision.fresh, log_path, threads, *deps, pure=False)
+        futures[stage.name] = fut
+        stage_of[fut.key] = stage
+        recorder.started(stage, log_path, root)
+    failures: list[BaseException] = []
+    ran: list[str] = []
+    progress = Progress(TextColumn("[bold]study[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, disable=not sys.stderr.isatty())
+    started = time.perf_counter()
+    try:
+        with progress:
+            task = progress.add_task("running on Dask", total=len(futures) or 1)
+            for fut in as_completed(list(futures.values())):
+                stage = stage_of[fut.key]
+                if fut.status == "error":
+                    exc = fut.exception()
+                    recorder.failed(stage, exc)
+                    if not failures or not _is_upstream_failure(exc, failures):
+                        failures.append(exc)
+                    info(f"    {stage.name}: failed ({first_line(exc)})")
+                else:
+                    wall, where = fut.result()
+                    recorder.finished(stage, wall, device=f"{recorder.env['device']} ({where})")
+                    ran.append(stage.name)
+                    info(f"    {stage.name.replace(':', ' ')}: done in {fmt_clock(wall)} "
+                         f"[{len(ran)}/{len(futures)}, {fmt_clock(time.perf_counter() - started)}]")
+                progress.advance(task)
+    except KeyboardInterrupt:
+        for fut in futures.values():
+            fut.cancel()
+        raise
+    if failures:
+        first = failures[0]
+        raise first if isinstance(first, StageFailed) else StageFailed(f"a study stage failed: {first_line(first)}", 1)
+    return ran
+
+
+def _is_upstream_failure(exc: BaseException, failures: list[BaseException]) -> bool:
+    """Whether ``exc`` is a failure already counted (Dask hands a dependent its upstream's exception)."""
+    return any(exc is f or (type(exc) is type(f) and str(exc) == str(f)) for f in failures)
+
+
