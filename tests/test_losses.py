@@ -1,4 +1,5 @@
-"""Class weights and the multi-kernel MMD² (SPEC 5) against plain references."""
+"""Class weights, the multi-kernel MMD² (SPEC 5), Deep CORAL, the DANN pieces and the method registry,
+against plain references (float64 formulas written here, autograd, hand computations)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 from sklearn.utils.class_weight import compute_class_weight
 
-from deepadversaries.errors import DeepAdvError
-from deepadversaries.losses import (DEFAULT_SIGMAS2, GaussianKernels, MMDLoss, class_weights, mmd2,
-                                    pairwise_sq_distances)
+from deepadversaries.errors import DeepAdvError, OptionError
+from deepadversaries.losses import (ALIGNMENT_MEASURES, DEFAULT_SIGMAS2, METHOD_SPECS, METHODS, AlignmentLoss,
+                                    CORALLoss, DANNLoss, DomainClassifier, GaussianKernels, GradientReversal,
+                                    MMDLoss, alignment_loss, alignment_measure, class_weights, coral_distance,
+                                    dann_lambda, gradient_reversal, method_spec, mmd2, pairwise_sq_distances,
+                                    proxy_a_distance)
 
 
 def test_class_weights_formula():
@@ -117,3 +122,257 @@ def test_mmd_loss_module_matches_function_and_has_gradients():
         MMDLoss(estimator="median")
     with pytest.raises(ValueError, match="equal size"):
         loss_fn(x[:5], y[:6])
+
+
+def test_mmd_errors_are_option_errors():
+    with pytest.raises(OptionError, match="unknown MMD estimator 'median'; choose one of unbiased, biased"):
+        MMDLoss(estimator="median")
+    with pytest.raises(OptionError, match="equal size"):
+        mmd2(torch.zeros(5, 3), torch.zeros(6, 3))
+    with pytest.raises(OptionError, match="same D"):
+        mmd2(torch.zeros(5, 3), torch.zeros(5, 4))
+    with pytest.raises(OptionError, match="positive"):
+        GaussianKernels([1.0, -2.0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Deep CORAL
+# ----------------------------------------------------------------------------------------------
+def _coral_loops(xs, xt):
+    """Sun & Saenko's CORAL loss written out with loops in float64 (Python floats)."""
+    def cov(rows):
+        n, d = len(rows), len(rows[0])
+        mean = [sum(r[i] for r in rows) / n for i in range(d)]
+        return [[sum((r[i] - mean[i]) * (r[j] - mean[j]) for r in rows) / (n - 1) for j in range(d)]
+                for i in range(d)]
+    cs, ct = cov(xs), cov(xt)
+    d = len(cs)
+    return sum((cs[i][j] - ct[i][j]) ** 2 for i in range(d) for j in range(d)) / (4.0 * d * d)
+
+
+@pytest.mark.parametrize("n_s,n_t,d,scale", [(6, 6, 3, 1.0), (9, 5, 4, 0.2), (12, 20, 5, 3.0)])
+def test_coral_equals_the_formula(n_s, n_t, d, scale):
+    rng = np.random.default_rng(n_s * 100 + d)
+    xs = rng.normal(0.3, scale, size=(n_s, d))
+    xt = rng.normal(-0.1, 1.7 * scale, size=(n_t, d)) @ rng.normal(size=(d, d))
+    expected = _coral_loops(xs.tolist(), xt.tolist())
+    assert coral_distance(torch.from_numpy(xs), torch.from_numpy(xt)).item() == pytest.approx(expected, rel=1e-12)
+    # the module computes in float64 even for float32 input, and returns float32
+    got = CORALLoss()(torch.from_numpy(xs).float(), torch.from_numpy(xt).float())
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_coral_hand_case_in_one_dimension():
+    # d = 1: the loss is (var_s - var_t)^2 / 4, with var(0, 2) = 2 and var(0, 1, 2) = 1
+    xs, xt = torch.tensor([[0.0], [2.0]]), torch.tensor([[0.0], [1.0], [2.0]])
+    assert coral_distance(xs, xt).item() == pytest.approx((2.0 - 1.0) ** 2 / 4)
+
+
+def test_coral_gradient_is_the_analytic_one_of_sun_and_saenko():
+    rng = np.random.default_rng(3)
+    n_s, n_t, d = 7, 9, 4
+    xs, xt = rng.normal(size=(n_s, d)), rng.normal(1.0, 2.0, size=(n_t, d))
+    ts, tt = torch.tensor(xs, requires_grad=True), torch.tensor(xt, requires_grad=True)
+    coral_distance(ts, tt).backward()
+    cs, ct = np.cov(xs, rowvar=False), np.cov(xt, rowvar=False)
+    # dL/dD_S = (D_S - 1 mean_S)(C_S - C_T) / (d^2 (n_S - 1)); the target's with the opposite sign
+    grad_s = (xs - xs.mean(0)) @ (cs - ct) / (d * d * (n_s - 1))
+    grad_t = -(xt - xt.mean(0)) @ (cs - ct) / (d * d * (n_t - 1))
+    np.testing.assert_allclose(ts.grad.numpy(), grad_s, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(tt.grad.numpy(), grad_t, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda a, b: CORALLoss()(a, b),
+                                    (ts.detach().requires_grad_(), tt.detach().requires_grad_()))
+
+
+def test_coral_under_autocast_and_bad_input():
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(32, 16, generator=gen), torch.randn(24, 16, generator=gen) * 2
+    exact = coral_distance(x.double(), y.double()).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v = CORALLoss()(x.bfloat16(), y.bfloat16())
+    assert v.dtype == torch.float32 and v.item() == pytest.approx(exact, rel=0.05)
+    with pytest.raises(OptionError, match="at least 2"):
+        CORALLoss()(x[:1], y)
+    with pytest.raises(OptionError, match="same width"):
+        CORALLoss()(x, y[:, :8])
+
+
+# ----------------------------------------------------------------------------------------------
+# DANN: gradient reversal, schedule, domain loss
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("coeff", [0.0, 0.3, 1.0, 2.5])
+def test_gradient_reversal_is_identity_forward_and_flips_and_scales_backward(coeff):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = gradient_reversal(x, coeff)
+    assert torch.equal(y, x)
+    w = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    (y * w).sum().backward()
+    assert torch.equal(x.grad, -coeff * w)
+    # through a nonlinear function: the gradient is -coeff times the one without the layer
+    layer = GradientReversal()
+    layer.coeff = coeff
+    def f(t):
+        return (torch.tanh(t) ** 2 * w).sum()
+
+    (plain,) = torch.autograd.grad(f(x), x)
+    (reversed_,) = torch.autograd.grad(f(layer(x)), x)
+    torch.testing.assert_close(reversed_, -coeff * plain, rtol=0, atol=0)
+
+
+def test_dann_lambda_schedule():
+    # 2 / (1 + exp(-g p)) - 1 = tanh(g p / 2): an independent closed form
+    for p in np.linspace(0, 1, 11):
+        assert dann_lambda(p) == pytest.approx(math.tanh(5.0 * p), abs=1e-15)
+        assert dann_lambda(p, gamma=4.0) == pytest.approx(math.tanh(2.0 * p), abs=1e-15)
+    assert dann_lambda(0.0) == 0.0
+    assert dann_lambda(1.0) == pytest.approx(0.9999092042625951, rel=1e-12)
+    for bad in (-0.01, 1.01, float("nan")):
+        with pytest.raises(OptionError, match=r"progress must be in \[0, 1\]"):
+            dann_lambda(bad)
+
+
+def _softplus(v):
+    return np.log1p(np.exp(v))
+
+
+def test_dann_loss_value_accuracy_and_reversed_gradient():
+    torch.manual_seed(6)
+    disc = DomainClassifier(latent_dim=8, hidden=16).double()
+    dann = DANNLoss(disc)
+    dann.set_progress(0.3)
+    lam = math.tanh(1.5)
+    gen = torch.Generator().manual_seed(6)
+    zs = torch.randn(5, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    zt = (torch.randn(7, 8, dtype=torch.float64, generator=gen) + 0.5).requires_grad_()
+    loss, acc = dann(zs, zt)
+    with torch.no_grad():
+        hs, ht = disc(zs).numpy(), disc(zt).numpy()
+    # -log(1 - sigmoid(h)) = softplus(h) for the source (label 0), -log sigmoid(h) = softplus(-h) for the target
+    expected = _softplus(hs).mean() + _softplus(-ht).mean()
+    assert loss.item() == pytest.approx(expected, rel=1e-6)  # the loss is taken in float32
+    assert acc.item() == pytest.approx(0.5 * ((hs < 0).mean() + (ht > 0).mean()))
+    loss.backward()
+    # the latents' gradient is -lambda_p times the one of the same loss without the reversal
+    zs2, zt2 = zs.detach().clone().requires_grad_(), zt.detach().clone().requires_grad_()
+    (F.softplus(disc(zs2)).mean() + F.softplus(-disc(zt2)).mean()).backward()
+    torch.testing.assert_close(zs.grad, -lam * zs2.grad, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(zt.grad, -lam * zt2.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_domain_classifier_sees_both_domains_in_each_step():
+    torch.manual_seed(7)
+    dann = DANNLoss(latent_dim=6)
+    dann.set_progress(0.5)
+    seen = []
+    dann.discriminator.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+    gen = torch.Generator().manual_seed(7)
+    zs, zt = torch.randn(4, 6, generator=gen), torch.randn(3, 6, generator=gen) + 1.0
+    loss, _ = dann(zs, zt)
+    assert len(seen) == 1 and torch.equal(seen[0], torch.cat([zs, zt]))  # one pass over both domains
+    params = list(dann.discriminator.parameters())
+    full = torch.autograd.grad(loss, params)
+    # the classifier's gradient is a source part plus a target part, both non-zero
+    h = dann.discriminator(torch.cat([zs, zt]))
+    g_source = torch.autograd.grad(F.softplus(h[:4]).mean(), params, retain_graph=True)
+    g_target = torch.autograd.grad(F.softplus(-h[4:]).mean(), params)
+    for g, a, b in zip(full, g_source, g_target):
+        torch.testing.assert_close(g, a + b, rtol=1e-5, atol=1e-7)
+    assert sum(float(a.abs().sum()) for a in g_source) > 0 and sum(float(b.abs().sum()) for b in g_target) > 0
+    with pytest.raises(OptionError, match="both domains"):
+        dann(zs, zt[:0])
+
+
+# ----------------------------------------------------------------------------------------------
+# the registry
+# ----------------------------------------------------------------------------------------------
+def test_methods_and_their_cited_defaults():
+    assert METHODS == ("regular", "mmd", "dann", "coral", "adabn")
+    weights = {m: (s.weight_setting, s.default_weight) for m, s in METHOD_SPECS.items()}
+    assert weights == {"regular": (None, None), "mmd": ("mmd_weight", 0.05), "dann": ("dann_weight", 1.0),
+                       "coral": ("coral_weight", 1.0), "adabn": (None, None)}
+    assert [m for m in METHODS if METHOD_SPECS[m].adapts_in_training] == ["mmd", "dann", "coral"]
+    assert [m for m in METHODS if METHOD_SPECS[m].adapts_before_inference] == ["adabn"]
+    for spec in METHOD_SPECS.values():
+        assert spec.measure in ALIGNMENT_MEASURES and spec.reference
+        assert "Y10 validation accuracy" in spec.checkpoint_criterion and "no Y1 label" in spec.checkpoint_criterion
+        assert (spec.weight_setting is None) == (spec.default_weight is None) == (not spec.weight_source)
+    assert alignment_loss("regular") is None and alignment_loss("adabn") is None
+
+
+def test_bad_methods_and_weights_are_option_errors():
+    with pytest.raises(OptionError, match="unknown method 'cdan'; choose one of regular, mmd, dann, coral, adabn"):
+        alignment_loss("cdan")
+    with pytest.raises(OptionError, match="unknown method"):
+        method_spec("MMD")
+    for method, key in (("mmd", "mmd_weight"), ("coral", "coral_weight"), ("dann", "dann_weight")):
+        for bad in (-0.1, float("nan"), float("inf"), "heavy", True):
+            with pytest.raises(OptionError, match=key.replace("_", "-")) as info:
+                alignment_loss(method, **{key: bad})
+            assert info.value.exit_code == 2 and "\n" not in str(info.value)
+        assert alignment_loss(method, **{key: 0.0}).weight == 0.0
+    with pytest.raises(OptionError, match="unknown alignment setting 'mmd_wieght'"):
+        alignment_loss("mmd", mmd_wieght=0.1)
+    with pytest.raises(OptionError, match="unknown MMD estimator"):
+        alignment_loss("mmd", mmd_estimator="median")
+
+
+def test_mmd_alignment_is_the_paper_term_bit_for_bit():
+    gen = torch.Generator().manual_seed(8)
+    zs, zt = torch.randn(16, 256, generator=gen), torch.randn(16, 256, generator=gen) * 1.3
+    align = alignment_loss("mmd", mmd_weight=0.05, coral_weight=3.0, dann_weight=None)  # others' settings ignored
+    term, logs = align(zs, zt)
+    value = MMDLoss(GaussianKernels(DEFAULT_SIGMAS2), estimator="unbiased")(zs, zt)
+    assert torch.equal(term, 0.05 * value) and torch.equal(logs["mmd2"], value)
+    assert alignment_loss("mmd", mmd_estimator="biased").loss.estimator == "biased"
+
+
+@pytest.mark.parametrize("method", ["mmd", "coral", "dann"])
+def test_every_alignment_has_the_common_call(method):
+    torch.manual_seed(9)
+    align = alignment_loss(method, latent_dim=12)
+    assert isinstance(align, AlignmentLoss) and align.method == method
+    assert align.weight == METHOD_SPECS[method].default_weight
+    gen = torch.Generator().manual_seed(9)
+    zs = torch.randn(10, 12, generator=gen, requires_grad=True)
+    zt = torch.randn(10, 12, generator=gen) + 0.5
+    align.set_progress(0.4)
+    term, logs = align(zs, zt)
+    assert term.ndim == 0 and term.dtype == torch.float32 and term.requires_grad
+    assert logs and all(v.ndim == 0 and not v.requires_grad for v in logs.values())
+    term.backward()
+    assert zs.grad is not None and zs.grad.abs().sum() > 0
+    with pytest.raises(OptionError, match="progress"):
+        align.set_progress(1.5)
+    doubled = alignment_loss(method, latent_dim=12, **{f"{method}_weight": 2.0})
+    doubled.load_state_dict(align.state_dict())
+    doubled.set_progress(0.4)
+    assert doubled(zs, zt)[0].item() == pytest.approx(2.0 * term.item() / align.weight, rel=1e-6)
+
+
+def test_dann_alignment_logs_the_schedule_and_owns_the_classifier():
+    align = alignment_loss("dann", latent_dim=4)
+    assert sum(p.numel() for p in align.parameters()) == (4 * 256 + 256) + (256 * 256 + 256) + (256 + 1)
+    gen = torch.Generator().manual_seed(10)
+    zs, zt = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
+    for p in (0.0, 0.25, 1.0):
+        align.set_progress(p)
+        _, logs = align(zs, zt)
+        assert logs["dann_lambda"].item() == pytest.approx(math.tanh(5 * p), abs=1e-6)
+        assert set(logs) == {"dann_domain_loss", "dann_domain_acc", "dann_lambda"}
+
+
+def test_alignment_measures_against_references():
+    rng = np.random.default_rng(11)
+    zs, zt = rng.normal(size=(20, 5)), rng.normal(0.5, 2.0, size=(20, 5))
+    assert alignment_measure("coral", zs, zt) == pytest.approx(_coral_loops(zs.tolist(), zt.tolist()), rel=1e-10)
+    # equal sizes below the sample cap: every row, kept paired
+    assert alignment_measure("mmd", zs, zt) == pytest.approx(_mmd2_loops(zs.tolist(), zt.tolist(), "unbiased"),
+                                                             rel=1e-8)
+    assert alignment_measure("regular", zs, zt) == alignment_measure("mmd", zs, zt)
+    # proxy A-distance: 2 for separable domains (probe error 0), about 0 for one distribution
+    far = rng.normal(size=(200, 5)) + np.array([12.0, 0, 0, 0, 0])
+    assert alignment_measure("dann", rng.normal(size=(200, 5)), far) == 2.0
+    assert abs(proxy_a_distance(rng.normal(size=(400, 5)), rng.normal(size=(400, 5)))) < 0.4
+    with pytest.raises(OptionError, match="at least 2"):
+        proxy_a_distance(zs[:1], zt)

@@ -19,12 +19,18 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 PRESETS: tuple[str, ...] = ("tiny", "quick", "paper")
 #: the built-in architectures (SPEC 4)
 MODELS: tuple[str, ...] = ("convnet", "resnet18")
-#: training methods: regular, and domain adaptation towards unlabelled Y1
-METHODS: tuple[str, ...] = ("regular", "mmd")
+#: training methods: regular, and domain adaptation towards unlabelled Y1 (mmd, the paper's;
+#: dann, coral, adabn); their specs: :mod:`deepadversaries.methods`
+METHODS: tuple[str, ...] = ("regular", "mmd", "dann", "coral", "adabn")
+#: the paper's grid of methods (reproduce's default)
+PAPER_METHODS: tuple[str, ...] = ("regular", "mmd")
 #: the method every domain-adapted run is compared with
 REFERENCE_METHOD = "regular"
 #: how figures and reports name the models and methods
 MODEL_LABELS: dict[str, str] = {"convnet": "ConvNet", "resnet18": "ResNet18"}
-METHOD_LABELS: dict[str, str] = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)"}
+METHOD_LABELS: dict[str, str] = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)",
+                                 "dann": "Domain adaptation (DANN)", "coral": "Domain adaptation (CORAL)",
+                                 "adabn": "Domain adaptation (AdaBN)"}
 #: the short form of table columns (the paper's "Reg" and "DA")
-METHOD_SHORT: dict[str, str] = {"regular": "Reg", "mmd": "DA (MMD)"}
+METHOD_SHORT: dict[str, str] = {"regular": "Reg", "mmd": "DA (MMD)", "dann": "DA (DANN)", "coral": "DA (CORAL)",
+                                "adabn": "DA (AdaBN)"}

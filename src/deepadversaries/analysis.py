@@ -183,7 +183,20 @@ def _grid_workspace(rows: int, dim: int, device: torch.device) -> torch.Tensor:
 def church_window_grid(head: Callable[[torch.Tensor], torch.Tensor], z_y10: np.ndarray | torch.Tensor,
                        z_y1: np.ndarray | torch.Tensor, z_1p: np.ndarray | torch.Tensor, *,
                        extent: float = CHURCH_EXTENT, step: float = CHURCH_STEP) -> ChurchWindow:
-    """Classify the whole church-window grid with ONE batched call of ``head``."""
+    """Classify the whole church-window grid with ONE batched call of ``head``.
+
+    Args:
+        head: the model's latent-to-logits map (``model.head``), taking (B, D) and giving (B, C).
+        z_y10: (D,) latent of the Y10 image: the origin.
+        z_y1: (D,) latent of the same galaxy at Y1: the vertical direction z(Y1) − z(Y10).
+        z_1p: (D,) latent of the one-pixel-attacked image: the horizontal direction z(1P) − z(Y10).
+        extent: the grid spans [−extent, extent] in units of each direction [default: 1.1].
+        step: the grid step in the same units [default: 0.01: a 221 × 221 grid].
+
+    Returns:
+        The window: ``classes[j, i]`` (int8, (n, n)) is the class of
+        z0 + alphas[i] (z1p − z0) + betas[j] (zy1 − z0).
+    """
     device = _head_device(head)
     z0 = _as_tensor(z_y10, device)
     u = _as_tensor(z_1p, device) - z0  # horizontal: adversarial (one-pixel) direction

@@ -356,8 +356,9 @@ def analyze_runs(regular: str | Path, adapted: str | Path, out: str | Path, *, n
             models = {m: load_model(d.run, device=device_t) for m, d in runs.items()}
             panels = _example_panels(runs, models, examples, seed, notes)
             lap("church_windows")
+            y1_models = {m: load_model(d.run, device=device_t, domain="Y1") for m, d in runs.items()}
             isomaps, sample_index, sample_stats = _isomaps(runs[ref].config.data, models, panels, n_isomap, seed,
-                                                           runs[ref].z_y10.shape[1], notes)
+                                                           runs[ref].z_y10.shape[1], notes, y1_models)
             lap("isomaps")
             drawn = _figures(out, runs, paired, tables, panels, isomaps, sizes, lap)
         else:
@@ -506,10 +507,12 @@ def _windowed_triplet(data: AttackData, model: torch.nn.Module, row: int | None)
 
 
 def _isomaps(data_path: str, models: dict[str, torch.nn.Module], panels: list[dict[str, Any]], n_isomap: int,
-             seed: int, latent_dim: int, notes: list[str]) -> tuple[dict[str, IsomapEmbedding | None], np.ndarray,
-                                                                     dict[str, Any]]:
+             seed: int, latent_dim: int, notes: list[str],
+             y1_models: dict[str, torch.nn.Module] | None = None) -> tuple[dict[str, IsomapEmbedding | None],
+                                                                          np.ndarray, dict[str, Any]]:
     """Step 3: 3-D isomaps (first two axes = the 2-D isomap) of each run: a seeded test sample in Y10
-    and Y1, plus the example triplets."""
+    and Y1 (Y1 through each run's Y1 model: an AdaBN run's adapted statistics), plus the example triplets."""
+    y1_models = y1_models or {}
     dataset = load_dataset(data_path)
     if not dataset.has_domain("Y1"):
         raise file_error(dataset.path, "dataset has no Y1 images; the isomaps need both domains")
@@ -524,7 +527,7 @@ def _isomaps(data_path: str, models: dict[str, torch.nn.Module], panels: list[di
     stats: dict[str, Any] = {}
     for method, model in models.items():
         y10 = forward_batches(model, images["Y10"], batch_size=EMBED_BATCH)
-        y1 = forward_batches(model, images["Y1"], batch_size=EMBED_BATCH)
+        y1 = forward_batches(y1_models.get(method, model), images["Y1"], batch_size=EMBED_BATCH)
         z10, p10, z1, p1 = y10.latents, y10.predicted, y1.latents, y1.predicted
         if not len(sample_index):
             z10 = z1 = np.zeros((0, latent_dim), np.float32)

@@ -193,7 +193,7 @@ def attack_run(run: str | Path, config: AttackConfig | None = None, *, data: str
                             batch_images=batch_images, chunk_size=chunk_size, bf16=config.precision == "bf16",
                             keep=config.keep, threads=governor)
         _search(attack, sample, todo, records, out / PROGRESS_NAME, governor, session=sessions, t_start=t_start)
-        success = _write_results(out, model, dataset, sample, records, config, dev)
+        success = _write_results(run, out, model, dataset, sample, records, config, dev)
         wall = wall_before + time.perf_counter() - t_start
         summary = _summary(run, run_config, dataset, sample, records, success, config, timing={
             "wall_time_s": round(wall, 3), "sessions": sessions + 1,
@@ -278,8 +278,8 @@ def _search(attack: OnePixelDE, sample: Subsample, todo: np.ndarray, records: di
             progress.update(task, advance=1, flipped=flips)
 
 
-def _write_results(out: Path, model: Any, dataset: GalaxyDataset, sample: Subsample, records: dict[int, dict],
-                   config: AttackConfig, device: Any) -> np.ndarray:
+def _write_results(run: Path, out: Path, model: Any, dataset: GalaxyDataset, sample: Subsample,
+                   records: dict[int, dict], config: AttackConfig, device: Any) -> np.ndarray:
     """Re-verify every kept pixel, compute the latents and write results.csv and latents.npz.
 
     Returns the (n_attacked,) success flags: a claimed success counts only when the plain
@@ -292,7 +292,8 @@ def _write_results(out: Path, model: Any, dataset: GalaxyDataset, sample: Subsam
     z_y10 = forward_batches(model, sample.images[rows_sub], batch_size=EVAL_BATCH, device=device).latents
     if dataset.has_domain("Y1"):
         y1 = apply_stretch(np.asarray(dataset.images("Y1", "test", stretched=False)[index]), *dataset.stretch("Y1"))
-        z_y1 = forward_batches(model, y1, batch_size=EVAL_BATCH, device=device).latents
+        model_y1 = load_model(run, device, domain="Y1")  # an AdaBN run's Y1 statistics; else the same model
+        z_y1 = forward_batches(model_y1, y1, batch_size=EVAL_BATCH, device=device).latents
     else:
         z_y1 = np.full_like(z_y10, np.nan)
     p_1p = one_pixel.probabilities

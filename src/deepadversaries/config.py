@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from . import METHODS, MODELS, PRESETS
 from .errors import OptionError, check_choice
+from .methods import METHOD_SPECS
 
 
 def _flag(name: str) -> str:
@@ -163,6 +164,9 @@ class TrainConfig:
         patience: early stopping: epochs without a lower validation loss.
         schedule: ``constant`` or ``cosine`` learning rate.
         mmd_weight: λ of the λ·MMD² term [default: 0.05, the paper; 0 for other methods].
+        coral_weight: weight of the Deep CORAL term [default: 1 with ``coral``, else 0].
+        dann_weight: weight of the DANN domain loss [default: 1 with ``dann``, else 0]; the
+            reversal strength follows Ganin et al.'s schedule λ_p = 2/(1 + exp(−10p)) − 1.
         mmd_estimator: ``unbiased`` (paper eq. 2) or ``biased`` (the published code).
         mmd_sigmas2: kernel widths σ² of the multi-kernel MMD.
         compile: ``torch.compile`` the model [default: False].
@@ -179,17 +183,15 @@ class TrainConfig:
         "quick": {"convnet": _QUICK_CONVNET, "resnet18": _QUICK_RESNET},
         "paper": {"convnet": _PAPER_TRAINING, "resnet18": _PAPER_TRAINING},
     }
-    #: weight decay by method (the paper: 1e-3 regular, 1e-4 with domain adaptation)
-    WEIGHT_DECAY: ClassVar[dict[str, float]] = {"regular": 1e-3, "mmd": 1e-4}
-    #: λ of MMD² (the paper's 0.05; the published code used 0.01)
-    MMD_WEIGHT: ClassVar[float] = 0.05
+    #: weight decay (the paper: 1e-3 regular, 1e-4 with domain adaptation during training)
+    WEIGHT_DECAY: ClassVar[dict[bool, float]] = {False: 1e-3, True: 1e-4}
     OVERRIDABLE: ClassVar[tuple[str, ...]] = (
-        "epochs", "lr", "batch_size", "eval_batch_size", "mmd_weight", "weight_decay", "patience", "schedule",
-        "mmd_estimator", "compile", "channels_last", "precision", "devices", "num_nodes")
+        "epochs", "lr", "batch_size", "eval_batch_size", "mmd_weight", "coral_weight", "dann_weight", "weight_decay",
+        "patience", "schedule", "mmd_estimator", "compile", "channels_last", "precision", "devices", "num_nodes")
     #: settings that must be the same when an unfinished run is continued
     RESUME_KEYS: ClassVar[tuple[str, ...]] = (
         "model", "method", "preset", "seed", "epochs", "lr", "betas", "eps", "weight_decay", "batch_size",
-        "patience", "schedule", "mmd_weight", "mmd_estimator", "mmd_sigmas2")
+        "patience", "schedule", "mmd_weight", "mmd_estimator", "mmd_sigmas2", "coral_weight", "dann_weight")
 
     model: str = "convnet"
     method: str = "regular"
@@ -207,6 +209,8 @@ class TrainConfig:
     mmd_weight: float = 0.0
     mmd_estimator: str = "unbiased"
     mmd_sigmas2: tuple[float, ...] = MMD_SIGMAS2
+    coral_weight: float = 0.0
+    dann_weight: float = 0.0
     compile: bool = False
     channels_last: bool = True
     precision: str = "32-true"
@@ -225,7 +229,7 @@ class TrainConfig:
             _check_int(name, getattr(self, name), minimum)
         _check_number("lr", self.lr, positive=True)
         _check_number("eps", self.eps, positive=True)
-        for name in ("mmd_weight", "weight_decay"):
+        for name in ("mmd_weight", "coral_weight", "dann_weight", "weight_decay"):
             _check_number(name, getattr(self, name), non_negative=True)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise OptionError(f"Adam betas must be two numbers in [0, 1), got {self.betas!r}")
@@ -253,22 +257,33 @@ class TrainConfig:
         check_choice(model, MODELS, "model")
         check_choice(method, METHODS, "method")
         given = _check_overrides(cls, overrides, cls.OVERRIDABLE)
+        spec = METHOD_SPECS[method]
         base = dict(cls.PRESETS[preset][model])
-        base.update(weight_decay=cls.WEIGHT_DECAY[method], mmd_weight=cls.MMD_WEIGHT if method == "mmd" else 0.0,
+        base.update(weight_decay=cls.WEIGHT_DECAY[spec.adapts_in_training],
                     channels_last=device_type == "cuda" or model == "convnet")
+        if spec.weight_setting is not None:
+            base[spec.weight_setting] = spec.default_weight
         # measured on the 2-core CPU: channels_last made ConvNet training steps 1.0-1.3x and its evaluation
         # 1.6x faster, but ResNet18 training 2x slower; on a GPU it is the layout tensor cores want
         for key, value in given.items():
             given[key] = _coerce(key, value, type(base.get(key, getattr(cls, key, value))))
-        if method != "mmd":
-            given.pop("mmd_weight", None)
+        for setting in sorted({m.weight_setting for m in METHOD_SPECS.values()} - {spec.weight_setting, None}):
+            if setting in given:
+                raise OptionError(f"{_flag(setting)} belongs to another method; --method {method} has "
+                                  + (f"{_flag(spec.weight_setting)}" if spec.weight_setting else "no weight"))
         return cls(model=model, method=method, preset=preset, seed=seed, **{**base, **given},
                    overridden=tuple(sorted(given)))
 
     @property
     def uses_target_domain(self) -> bool:
-        """Whether training draws unlabelled Y1 batches (domain adaptation)."""
-        return self.method == "mmd"
+        """Whether training draws unlabelled Y1 batches (domain adaptation during training)."""
+        return METHOD_SPECS[self.method].adapts_in_training
+
+    @property
+    def alignment_settings(self) -> dict[str, Any]:
+        """The settings of the method's alignment term (:func:`deepadversaries.losses.alignment_loss`)."""
+        return {"mmd_weight": self.mmd_weight, "mmd_sigmas2": self.mmd_sigmas2, "mmd_estimator": self.mmd_estimator,
+                "coral_weight": self.coral_weight, "dann_weight": self.dann_weight}
 
     def to_json(self) -> dict[str, Any]:
         """The settings as ``config.json`` stores them (``note`` as ``preset_note``)."""

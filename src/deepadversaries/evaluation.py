@@ -6,7 +6,11 @@ scores weighted by the true-class counts) and the confusion matrix per domain, w
 (``confusion_Y10.png``, ``confusion_Y1.png``). The per-image class probabilities are kept in
 ``RUN/predictions.npz`` (``labels`` (N,), ``probabilities_Y10`` and ``probabilities_Y1``
 (N, 3) float64, the same test galaxies in the same order), from which the report draws
-its per-image bootstrap intervals.
+its per-image bootstrap intervals. Calibration (:mod:`deepadversaries.calibration`): the
+expected calibration error (15 equal-width bins), Brier score and negative log-likelihood per
+domain in ``metrics.json`` (``ece``, ``brier``, ``nll``, ``mean_confidence``, ``reliability``)
+and the reliability diagram ``reliability.png``. A run adapted before inference (``adabn``)
+is evaluated on Y1 with its Y1 model (``checkpoints/best_y1.pt``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from .errors import file_error
 from .inference import forward_batches
 from .io import OutputLock, write_json, write_npz
 from .models import check_input_shape, load_model
+from .calibration import calibration_metrics_from_logits
+from .plots.calibration import plot_reliability_diagram
 from .plots.training import plot_confusion_matrix
 from .progress import info
-from .runs import METRICS_NAME, PREDICTIONS_NAME, TRAINING_DONE, read_run_config
+from .runs import METRICS_NAME, PREDICTIONS_NAME, RELIABILITY_NAME, TRAINING_DONE, read_run_config
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
@@ -60,7 +66,8 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
 
     Returns:
         The metrics in SPEC 6 layout, ``{"Y10": {...}, "Y1": {...}}`` (a domain the dataset
-        lacks is left out), also written to ``RUN/metrics.json`` with ``confusion_{domain}.png``.
+        lacks is left out), also written to ``RUN/metrics.json`` with ``confusion_{domain}.png``
+        and ``reliability.png``.
     """
     run = Path(run)
     config = read_run_config(run)
@@ -68,8 +75,8 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
         raise file_error(run, f"the training has not finished (no {TRAINING_DONE}); run 'deepadv train' first")
     dataset = load_dataset(data if data is not None else config.data)
     torch_device = resolve_device(device)
-    model = load_model(run, device=torch_device)
-    check_input_shape(model, dataset.image_shape, dataset.path / image_file("Y10", "test"))
+    check_input_shape(load_model(run, device=torch_device), dataset.image_shape,
+                      dataset.path / image_file("Y10", "test"))
     batch_size = batch_size or max(config.train.eval_batch_size, 64)
     labels = dataset.labels("test")
     metrics: dict[str, Any] = {}
@@ -79,12 +86,15 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
             if not dataset.has_domain(domain):
                 info(f"{dataset.path}: no {domain} images; {domain} is not evaluated")
                 continue
+            model = load_model(run, device=torch_device, domain=domain)  # AdaBN runs: Y1 statistics for Y1
             outputs = forward_batches(model, dataset.images(domain, "test"), batch_size=batch_size,
                                       device=torch_device, progress=f"evaluate {domain}")
             metrics[domain] = classification_metrics(labels, outputs.predicted)
+            metrics[domain].update(calibration_metrics_from_logits(outputs.logits, labels))
             probabilities[f"probabilities_{domain}"] = outputs.probabilities
             plot_confusion_matrix(metrics[domain]["confusion"], run / f"confusion_{domain}.png",
                                   title=f"{config.model} {config.method} · {domain} test")
+        plot_reliability_diagram(metrics, run / RELIABILITY_NAME, title=f"{config.model} {config.method} · test")
         write_npz(run / PREDICTIONS_NAME, labels=labels.astype(np.int64), **probabilities)
         write_json(run / METRICS_NAME, metrics)
     return metrics

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import DOMAINS, METHODS, MODELS, PRESETS, REFERENCE_METHOD, SPLITS
+from . import DOMAINS, METHODS, MODELS, PAPER_METHODS, PRESETS, REFERENCE_METHOD, SPLITS
 from .analyze import analyze_runs
 from .campaign import attack_run
 from .config import AttackConfig, SimulateConfig, TrainConfig
@@ -34,6 +34,7 @@ from .io import read_json, write_json
 from .layout import PRESET_MODELS, Layout
 from .pipeline import Stage
 from .report import write_report
+from .robustness import robustness_run
 from .runs import last_checkpoint_path
 from .simulate import simulate_dataset
 from .training import train_model
@@ -42,12 +43,15 @@ from .training import train_model
 #: CPU (quick: a fresh-clone run, 2026-11-29); paper: rough GPU estimates, not yet measured.
 #: Keys ``train_<method>``, ``train_<model>`` and ``train_<model>_<method>`` refine ``train``.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "tiny": {"simulate": 4, "train": 2, "evaluate": 1, "attack": 1, "analyze": 5, "report": 1},
-    "quick": {"simulate": 80, "train": 90, "train_mmd": 180, "evaluate": 4, "attack": 133, "analyze": 12,
-              "report": 3},
+    "tiny": {"simulate": 4, "train": 2, "evaluate": 1, "attack": 1, "robustness": 2, "analyze": 5, "report": 1},
+    "quick": {"simulate": 80, "train": 90, "train_mmd": 180, "evaluate": 4, "attack": 133, "robustness": 40,
+              "analyze": 12, "report": 3},
     "paper": {"simulate": 900, "train": 900, "train_resnet18": 3600, "evaluate": 60, "attack": 600,
-              "analyze": 180, "report": 30},
+              "robustness": 300, "analyze": 180, "report": 30},
 }
+#: the survey-corruption benchmark's severities in each preset's pipeline (every corruption;
+#: ``quick`` trims to three severities to stay in its budget; ``deepadv robustness`` runs all five)
+ROBUSTNESS_SEVERITIES: dict[str, tuple[int, ...]] = {"tiny": (1, 5), "quick": (1, 3, 5), "paper": (1, 2, 3, 4, 5)}
 
 
 def expected_train_seconds(preset: str, model: str, method: str) -> float:
@@ -74,19 +78,21 @@ class Grid:
         attack: overrides of the preset's attack settings (e.g. a study's larger campaign).
         threads: CPU threads of each stage (None: torch's default) [default: None].
         figures: draw the analysis figures of every seed (False: the first seed only) [default: True].
+        robustness: run the survey-corruption benchmark on every cell [default: True].
         device: where to train and attack: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
         workers: processes simulating the dataset [default: 1].
     """
 
     preset: str = "quick"
     models: tuple[str, ...] = ("convnet",)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = PAPER_METHODS
     seeds: tuple[int, ...] = (0,)
     data_seed: int = 0
     vary_data: bool = False
     attack: tuple[tuple[str, Any], ...] = ()
     threads: int | None = None
     figures: bool = True
+    robustness: bool = True
     device: str = "auto"
     workers: int = 1
 
@@ -125,6 +131,18 @@ def resolve_models(preset: str, models: tuple[str, ...] | list[str] | None) -> t
     return chosen
 
 
+def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Training methods from ``"regular,mmd"`` (order kept); ``regular`` must be among them."""
+    items = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    if not items:
+        raise OptionError("--methods is empty; choose from " + ", ".join(METHODS))
+    for m in items:
+        check_choice(m, METHODS, "method")
+    if REFERENCE_METHOD not in items:
+        raise OptionError(f"--methods must include {REFERENCE_METHOD!r}: every other method is compared with it")
+    return tuple(dict.fromkeys([REFERENCE_METHOD] + items))
+
+
 # --------------------------------------------------------------------------------------
 # stage actions: module-level, so that Dask can ship them to a worker
 # --------------------------------------------------------------------------------------
@@ -151,6 +169,12 @@ def attack_action(fresh: bool, *, run_dir: Path, data: Path, config: AttackConfi
                   threads: int | None = None) -> Any:
     return attack_run(run_dir, config, data=data, device=device, threads=threads,
                       adaptive_threads=threads is None)
+
+
+def robustness_action(fresh: bool, *, run_dir: Path, data: Path, baseline: Path | None, severities: tuple[int, ...],
+                      seed: int, device: str) -> Any:
+    return robustness_run(run_dir, data, severities=severities, seed=seed, baseline=baseline, device=device,
+                          overwrite=True)
 
 
 def analyze_action(fresh: bool, *, regular: Path, adapted: Path, out: Path, seed: int, preset: str,
@@ -233,7 +257,7 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
     for method in grid.methods:
         run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
         stages.append(Stage(f"evaluate:{tag}", "evaluate", run_dir / "metrics.json", (f"train:{tag}",),
-                            (run_dir / "metrics.json", run_dir / "predictions.npz"),
+                            (run_dir / "metrics.json", run_dir / "predictions.npz", run_dir / "reliability.png"),
                             functools.partial(evaluate_action, run_dir=run_dir, data=data, device=grid.device),
                             expected["evaluate"]))
     for method in grid.methods:
@@ -245,6 +269,8 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
                             expected["attack"],
                             adopt_check=adopt_check(run_dir / "attack" / "summary.json",
                                                     {"settings.preset": grid.preset, "settings.seed": seed})))
+    if grid.robustness:
+        stages += _robustness_stages(layout, grid, model, seed, data)
     for method in grid.adapted_methods:
         out = layout.analysis(model, method, seed)
         pair = (cell_tag(layout, model, REFERENCE_METHOD, seed), cell_tag(layout, model, method, seed))
@@ -255,6 +281,26 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
                                               preset=grid.preset, device=grid.device,
                                               figures=grid.figures or seed == grid.seeds[0]),
                             expected["analyze"]))
+    return stages
+
+
+def _robustness_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path) -> list[Stage]:
+    """The corruption benchmark of each method's run; every other method's errors are relative to
+    the regular run of the same seed (mCE), whose benchmark runs first so that they reuse it."""
+    stages = []
+    regular = layout.run(model, REFERENCE_METHOD, seed)
+    for method in grid.methods:
+        run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
+        reference = method == REFERENCE_METHOD
+        regular_tag = cell_tag(layout, model, REFERENCE_METHOD, seed)
+        depends = (f"train:{tag}",) + (() if reference else (f"robustness:{regular_tag}",))
+        stages.append(Stage(f"robustness:{tag}", "robustness", run_dir / "robustness" / "summary.json", depends,
+                            (run_dir / "robustness",),
+                            functools.partial(robustness_action, run_dir=run_dir, data=data,
+                                              baseline=None if reference else regular,
+                                              severities=ROBUSTNESS_SEVERITIES[grid.preset], seed=seed,
+                                              device=grid.device),
+                            EXPECTED_SECONDS[grid.preset]["robustness"]))
     return stages
 
 

@@ -30,10 +30,14 @@ LOCK_NAME = ".deepadv.lock"
 #: DEEPADV_FAULT_AFTER=n SIGKILLs itself right after its n-th atomic write is renamed into
 #: place; with DEEPADV_FAULT_DURING=n, after the n-th temporary file is written but before
 #: it is renamed. Writes are counted per process from 1. The value may also be a file name
-#: (the first atomic write of a file of that name) or NAME#k (its k-th write). Unset, the
-#: hooks do nothing.
+#: (the first atomic write of a file of that name) or NAME#k (its k-th write). With
+#: DEEPADV_FAULT_ONCE=path as well, a fault by name fires at any write of that name, but only
+#: while ``path`` does not exist, and creates it first: one death among many processes (a
+#: Dask worker killed mid-task, then restarted with the same environment). Unset, the hooks
+#: do nothing.
 FAULT_AFTER_ENV = "DEEPADV_FAULT_AFTER"
 FAULT_DURING_ENV = "DEEPADV_FAULT_DURING"
+FAULT_ONCE_ENV = "DEEPADV_FAULT_ONCE"
 _atomic_writes = 0
 _writes_by_name: dict[str, int] = {}
 #: an empty lock file younger than this is being created by a starting process (not stale)
@@ -55,6 +59,15 @@ def _fault_point(env: str, count: int, name: str, nth_of_name: int) -> None:
     if not value:
         return
     target, _, k = value.partition("#")
+    once = os.environ.get(FAULT_ONCE_ENV, "").strip()
+    if once and not value.isdigit():
+        if target != name:
+            return
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))  # the first process wins
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
     if (value == str(count)) if value.isdigit() else (target == name and (int(k) if k else 1) == nth_of_name):
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import CLASSES, MODELS
 from .errors import check_choice, file_error
-from .runs import best_checkpoint_path, read_run_config
+from .runs import best_checkpoint_path, read_run_config, target_checkpoint_path
 
 LATENT_DIM = 256
 N_CLASSES = len(CLASSES)
@@ -140,7 +140,17 @@ def model_from_checkpoint(path: str | Path, expected_model: str | None = None,
     return model.to(device).eval()
 
 
-def load_model(run: str | Path, device: str | torch.device = "cpu") -> GalaxyClassifier:
-    """The kept (best Y10 validation accuracy) model of a run folder, in eval mode, on ``device``."""
+def load_model(run: str | Path, device: str | torch.device = "cpu", domain: str = "Y10") -> GalaxyClassifier:
+    """The kept (best Y10 validation accuracy) model of a run folder, in eval mode, on ``device``.
+
+    Args:
+        run: a run folder.
+        device: where to put the model [default: "cpu"].
+        domain: the images it will see [default: "Y10"]. For ``Y1`` a run adapted before
+            inference (``adabn``) gives its Y1 model (``checkpoints/best_y1.pt``); every other
+            run gives the same model for both domains.
+    """
     config = read_run_config(run)
-    return model_from_checkpoint(best_checkpoint_path(run), expected_model=config.model, device=device)
+    path = target_checkpoint_path(run) if domain == "Y1" and target_checkpoint_path(run).is_file() else \
+        best_checkpoint_path(run)
+    return model_from_checkpoint(path, expected_model=config.model, device=device)

@@ -150,8 +150,9 @@ def plan(stages: list[Stage], timings: dict[str, Any]) -> list[tuple[Stage, Deci
 # running one stage
 # --------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def stage_log(path: Path) -> Iterator[Any]:
-    """Send the stage's stdout, warnings and library logging (Lightning's too) to ``path``."""
+def stage_log(path: Path, capture_stderr: bool = False) -> Iterator[Any]:
+    """Send the stage's stdout, warnings and library logging (Lightning's too) to ``path``;
+    with ``capture_stderr`` its stderr too (the status lines of a stage run on a Dask worker)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", buffering=1) as fh:
         handler = logging.StreamHandler(fh)
@@ -166,7 +167,8 @@ def stage_log(path: Path) -> Iterator[Any]:
         root.addHandler(handler)
         logging.captureWarnings(True)
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(fh):
+            stderr = contextlib.redirect_stderr(fh) if capture_stderr else contextlib.nullcontext()
+            with warnings.catch_warnings(), contextlib.redirect_stdout(fh), stderr:
                 warnings.simplefilter("default")
                 yield fh
         finally:
@@ -178,7 +180,7 @@ def stage_log(path: Path) -> Iterator[Any]:
                 lg.propagate = propagate
 
 
-def execute_stage(stage: Stage, fresh: bool, log_path: Path) -> float:
+def execute_stage(stage: Stage, fresh: bool, log_path: Path, capture_stderr: bool = False) -> float:
     """Run one stage with its log; return its wall time in seconds.
 
     A fresh run first deletes the stage's outputs. Runs in any process (a Dask worker
@@ -196,7 +198,7 @@ def execute_stage(stage: Stage, fresh: bool, log_path: Path) -> float:
             elif path.exists():
                 path.unlink()
     t0 = time.perf_counter()
-    with stage_log(log_path) as log:
+    with stage_log(log_path, capture_stderr) as log:
         log.write(f"# deepadv {__version__}: stage {stage.name} ({'from scratch' if fresh else 'resuming if possible'}), "
                   f"started {utc_now()}\n")
         try:

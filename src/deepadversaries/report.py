@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import METHOD_SHORT, MODEL_LABELS, REFERENCE_METHOD, __version__
 from .config import AttackConfig
 from .data import load_dataset
@@ -23,7 +25,9 @@ from .io import write_json, write_text
 from .layout import DROPPED_MODEL_REASON
 from .paper import PAPER_DISTANCES, PAPER_METRICS, PAPER_SIZES
 from .plots import dataset as dataset_plots
-from .results import ReportInputs, RunFiles, get_path, load_inputs, n_test_images
+from .plots.robustness import plot_accuracy_curves
+from .results import ReportInputs, RunFiles, get_path, load_inputs, n_test_images, need_json
+from .stats import t_interval
 
 METRIC_LABEL = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1 score"}
 PERT_LABEL = {"Y10-Y1": "Y10–Y1", "Y10-1P": "Y10–1P"}
@@ -272,6 +276,11 @@ def build_document(inp: ReportInputs, findings: list[dict[str, Any]], figures: d
                  "One run has one seed: its intervals are bootstraps over the test images (`deepadv study` adds "
                  "seeds). Rules: " + "; ".join(f"({k}) {v}" for k, v in TESTS.items()) + "."))
     doc.add(findings_table(findings, "table_findings"))
+    if len(inp.methods) > 2:
+        doc.add(Heading("Training methods compared", 2, "methods"))
+        for model in inp.models:
+            doc.add(method_table(model, {m: [run_numbers(inp.layout.run(model, m))] for m in inp.methods}, findings,
+                                 f"table_methods_{model}"))
     doc.add(Heading("Where this run departs from the paper", 2, "departures"))
     doc.add(Bullets(_departures(inp)))
     doc.add(Heading("Classification metrics (Tables 2 and 4)", 2, "metrics"))
@@ -284,6 +293,7 @@ def build_document(inp: ReportInputs, findings: list[dict[str, Any]], figures: d
             doc.add(Para(f"Note ({MODEL_LABELS[model]}, regular vs {method} analysis): {note}"))
     doc.add(Heading("One-pixel attack", 2, "attack"))
     doc.add(_attack_table(inp))
+    _add_robustness(doc, inp)
     doc.add(*_figure_blocks(inp, figures))
     _add_run_record(doc, inp)
     return doc
@@ -316,6 +326,92 @@ def findings_table(findings: list[dict[str, Any]], name: str) -> Table:
                  rows, None, name)
 
 
+def run_numbers(run: Path) -> dict[str, float | None]:
+    """A run's accuracy on Y10 and Y1, Y1 expected calibration error and one-pixel flip rate."""
+    metrics = need_json(run / "metrics.json")
+    summary = need_json(run / "attack" / "summary.json")
+    return {"Y10 accuracy": metrics["Y10"]["accuracy"], "Y1 accuracy": metrics.get("Y1", {}).get("accuracy"),
+            "Y1 ECE": metrics.get("Y1", {}).get("ece"), "flip rate": summary.get("success_rate")}
+
+
+def method_table(model: str, numbers: dict[str, list[dict[str, float | None]]],
+                 findings: list[dict[str, Any]], name: str) -> Table:
+    """Every method of one model side by side: accuracies, Y1 ECE, flip rate (a mean ± 95 % t-interval
+    over seeds when there are several) and the finding-(d) ratio with its interval.
+
+    Args:
+        model: the model.
+        numbers: method → one :func:`run_numbers` dict per seed.
+        findings: the findings (the (d) entries give the d_E ratios).
+        name: the HTML table's id.
+    """
+    ratio = {f["method"]: f for f in findings if f["id"] == "d" and f["model"] == model}
+    rows = []
+    for method, per_seed in numbers.items():
+        row = [METHOD_SHORT.get(method, method)]
+        for key in ("Y10 accuracy", "Y1 accuracy", "Y1 ECE", "flip rate"):
+            values = [v[key] for v in per_seed if v[key] is not None]
+            if len(values) > 1:
+                iv = t_interval(values)
+                row.append(f"{fmt_fixed(iv.estimate)} [{fmt_fixed(iv.low)}, {fmt_fixed(iv.high)}]")
+            else:
+                row.append(fmt_fixed(values[0]) if values else "n/a")
+        d = ratio.get(method)
+        row.append("—" if d is None else f"{fmt_sig(d['effect'])} [{fmt_sig(d['ci_low'])}, {fmt_sig(d['ci_high'])}]"
+                   f" ({d['verdict']})")
+        rows.append(row)
+    n = max(len(v) for v in numbers.values())
+    how = f"mean over {n} seeds [95 % t-interval]" if n > 1 else "one seed"
+    return Table(["Method", "Y10 accuracy", "Y1 accuracy", "Y1 ECE (15 bins)", "One-pixel flip rate",
+                  "d_E(Y10–1P) ratio vs regular [95 % CI]"], rows,
+                 f"{MODEL_LABELS[model]}: every training method on the same data and attack ({how}). The d_E ratio "
+                 "is finding (d)'s: adapted over regular median distance of the flipped images, on the common "
+                 "scale.", name)
+
+
+def robustness_blocks(model: str, summaries: dict[str, list[dict[str, Any]]], flip_rates: dict[str, list[float]],
+                      figure: Path, root: Path, name: str) -> list[Any]:
+    """The survey-corruption benchmark of one model's methods: a table, the curves, and whether the
+    one-pixel flip rate ranks the methods as the natural corruptions do.
+
+    Args:
+        model: the model.
+        summaries: method → each seed's ``robustness/summary.json``.
+        flip_rates: method → each seed's one-pixel flip rate.
+        figure: where to draw the accuracy-versus-severity curves (first seed).
+        root: the report's folder (figures are embedded relative to it).
+        name: the HTML table's id.
+    """
+    rows, mean_error, rate = [], {}, {}
+    for method, per_seed in summaries.items():
+        mean_error[method] = float(np.mean([s["mean_error"] for s in per_seed if s.get("mean_error") is not None]))
+        rate[method] = float(np.mean([r for r in flip_rates[method] if r is not None]))
+        mces = [s["mce"] for s in per_seed if s.get("mce") is not None]
+        clean = float(np.mean([s["clean"]["accuracy"] for s in per_seed]))
+        rows.append([METHOD_SHORT.get(method, method), fmt_fixed(clean), fmt_fixed(1 - mean_error[method]),
+                     fmt_fixed(float(np.mean(mces))) if mces else "reference", fmt_fixed(rate[method])])
+    blocks: list[Any] = [Table(["Method", "Clean Y10 accuracy", "Mean accuracy under the corruptions",
+                                "mCE vs regular", "One-pixel flip rate"], rows,
+                               f"{MODEL_LABELS[model]}: the corruption benchmark (every corruption of "
+                               "docs/robustness.md at the pipeline's severities, Y10 test set; mCE as ImageNet-C: "
+                               "summed errors over severities relative to the regular run, averaged over "
+                               "corruptions; below 1 = more robust than regular).", name)]
+    plot_accuracy_curves({METHOD_SHORT.get(m, m): v[0] for m, v in summaries.items()}, figure,
+                         title=f"{MODEL_LABELS[model]}: accuracy under survey corruptions")
+    blocks.append(Figure(figure, f"{MODEL_LABELS[model]}: accuracy against severity per corruption and method.", root))
+    if len(summaries) > 1:
+        by_error = sorted(summaries, key=lambda m: mean_error[m])
+        by_rate = sorted(summaries, key=lambda m: rate[m])
+        same = by_error == by_rate
+        blocks.append(Para(
+            f"Does the one-pixel attack rank the methods as the natural corruptions do? From most to least robust, "
+            f"by mean corruption error: {', '.join(METHOD_SHORT.get(m, m) for m in by_error)}; by one-pixel flip "
+            f"rate: {', '.join(METHOD_SHORT.get(m, m) for m in by_rate)} — "
+            + ("the same order." if same else "**a different order**: the one-pixel flip rate is not a proxy for "
+                                               "these survey defects here.")))
+    return blocks
+
+
 def _add_overview(doc: Document, inp: ReportInputs) -> None:
     m = inp.manifest
     env = inp.timings.get("environment", {})
@@ -330,6 +426,19 @@ def _add_overview(doc: Document, inp: ReportInputs) -> None:
     if "resnet18" not in inp.models:
         doc.add(Para(DROPPED_MODEL_REASON.get(m["preset"], "ResNet18 was not part of this run's grid.")
                      + " Tables 2 and 3 show the paper's numbers only."))
+
+
+def _add_robustness(doc: Document, inp: ReportInputs) -> None:
+    """The corruption benchmark's section, when the runs have one."""
+    have = {m: inp.layout.run(model, m) / "robustness" / "summary.json" for model in inp.models for m in inp.methods}
+    if not all(p.is_file() for p in have.values()):
+        return
+    doc.add(Heading("Survey corruptions", 2, "robustness"))
+    for model in inp.models:
+        summaries = {m: [need_json(inp.layout.run(model, m) / "robustness" / "summary.json")] for m in inp.methods}
+        rates = {m: [inp.run(model, m).summary.get("success_rate")] for m in inp.methods}
+        doc.add(*robustness_blocks(model, summaries, rates, inp.layout.figures / f"robustness_{model}.png", inp.root,
+                                   f"table_robustness_{model}"))
 
 
 def _add_run_record(doc: Document, inp: ReportInputs) -> None:

@@ -15,14 +15,15 @@ itself can (simulate, train, attack).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import METHODS, PRESETS, __version__
+from . import PAPER_METHODS, PRESETS, __version__
 from .devices import resolve_device
 from .errors import check_choice, file_error
 from .formatting import fmt_clock, utc_now
-from .grid import Grid, build_stages, report_stage, resolve_models
+from .grid import Grid, build_stages, parse_methods, report_stage, resolve_models
 from .io import LOCK_NAME, OutputLock, remove_stale_locks, remove_temporaries, write_json
 from .layout import MANIFEST_KIND, TIMINGS_KIND, Layout, read_manifest, read_timings
 from .pipeline import Recorder, environment, plan, run_in_order
@@ -34,8 +35,8 @@ ADOPTABLE = {LOCK_NAME, "data", "runs", "analysis", "figures", "logs"}
 
 
 def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: str = "auto",
-              models: tuple[str, ...] | list[str] | None = None, workers: int | None = None,
-              data: str | Path | None = None) -> Path:
+              models: tuple[str, ...] | list[str] | None = None, methods: Sequence[str] | str = PAPER_METHODS,
+              workers: int | None = None, data: str | Path | None = None) -> Path:
     """Run the whole study into ``out`` (resuming what is there) and write its report.
 
     Args:
@@ -44,6 +45,7 @@ def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: 
         seed: the seed of every stage: data, training, attack, analysis [default: 0].
         device: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
         models: the architectures [default: the preset's: ConvNet; both for ``paper``].
+        methods: the training methods, ``regular`` among them [default: the paper's regular and mmd].
         workers: processes simulating the dataset [default: the number of CPUs].
         data: an existing dataset folder (ours, or the published Zenodo files) to use instead
             of simulating one [default: None, simulate].
@@ -57,7 +59,7 @@ def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: 
     check_choice(preset, PRESETS, "preset")
     resolve_device(device)  # refuse --device cuda without a GPU before any work
     layout = _layout(out, data)
-    grid = Grid(preset=preset, models=resolve_models(preset, models), methods=METHODS, seeds=(seed,),
+    grid = Grid(preset=preset, models=resolve_models(preset, models), methods=parse_methods(methods), seeds=(seed,),
                 data_seed=seed, device=device, workers=max(1, os.cpu_count() or 1) if workers is None else workers)
     with OutputLock(layout.root, "reproduce"):
         remove_temporaries(layout.root)
@@ -101,13 +103,15 @@ def _check_or_write_manifest(layout: Layout, grid: Grid) -> dict[str, Any]:
     seed = grid.seeds[0]
     if layout.manifest.is_file():
         manifest = read_manifest(layout.root)
-        mine = (manifest["preset"], manifest["seed"], tuple(manifest["models"]), manifest.get("data"))
-        if mine != (grid.preset, seed, grid.models, data):
+        mine = (manifest["preset"], manifest["seed"], tuple(manifest["models"]), manifest.get("data"),
+                tuple(manifest.get("methods") or PAPER_METHODS))
+        if mine != (grid.preset, seed, grid.models, data, grid.methods):
             where = f"data {mine[3]}" if mine[3] else "simulated data"
             raise file_error(
                 layout.manifest,
                 f"this folder holds a reproduction with preset {mine[0]!r}, seed {mine[1]}, models "
-                f"{','.join(mine[2])}, {where}; run with those to resume it, or choose another --out")
+                f"{','.join(mine[2])}, methods {','.join(mine[4])}, {where}; run with those to resume it, or "
+                "choose another --out")
         return manifest
     others = [p.name for p in layout.root.iterdir() if p.name not in ADOPTABLE] if layout.root.is_dir() else []
     if others:

@@ -4,6 +4,7 @@ Layout (docs/architecture.md)::
 
     RUN/config.json            RunConfig: the training settings and the dataset facts
     RUN/checkpoints/best.pt    the kept weights (best Y10 validation accuracy)
+    RUN/checkpoints/best_y1.pt the same weights adapted for Y1 inference (adabn runs only)
     RUN/checkpoints/last.ckpt  Lightning's checkpoint of the last epoch (resuming)
     RUN/training.json          written last by ``train``: marks a finished training
     RUN/metrics.json           ``evaluate`` (and RUN/predictions.npz: per-image probabilities)
@@ -25,12 +26,14 @@ from . import __version__
 from .config import TrainConfig
 from .errors import DeepAdvError, file_error
 from .io import read_json
+from .methods import CHECKPOINT_CRITERION
 
 RUN_KIND = "deepadv-run"
 CONFIG_NAME = "config.json"
 TRAINING_DONE = "training.json"
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.npz"
+RELIABILITY_NAME = "reliability.png"
 #: keys every config.json must have, with their types
 REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "kind": str, "model": str, "method": str, "data": str, "seed": int,
@@ -103,7 +106,7 @@ class RunConfig:
         out.update(data=self.data, seed=train.pop("seed"), device=self.device, resolved_device=self.resolved_device)
         out.update({k: train[k] for k in ("epochs", "lr", "betas", "eps", "weight_decay", "batch_size",
                                           "eval_batch_size", "patience")})
-        out.update(early_stopping_monitor="val_loss", checkpoint_selection="best Y10 validation accuracy")
+        out.update(early_stopping_monitor="val_loss", checkpoint_selection=CHECKPOINT_CRITERION)
         out.update({k: v for k, v in train.items() if k not in out})
         out.update(class_weights=list(self.class_weights), class_counts=dict(self.class_counts),
                    counts=dict(self.counts), image_shape=list(self.image_shape), domains=list(self.domains),
@@ -149,6 +152,11 @@ def config_path(run: str | Path) -> Path:
 def best_checkpoint_path(run: str | Path) -> Path:
     """``RUN/checkpoints/best.pt``: the kept weights."""
     return Path(run) / "checkpoints" / "best.pt"
+
+
+def target_checkpoint_path(run: str | Path) -> Path:
+    """``RUN/checkpoints/best_y1.pt``: the kept weights adapted for Y1 inference (``adabn`` runs only)."""
+    return Path(run) / "checkpoints" / "best_y1.pt"
 
 
 def last_checkpoint_path(run: str | Path) -> Path:

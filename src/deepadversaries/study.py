@@ -38,6 +38,7 @@ import re
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,12 @@ import torch
 from distributed import Client, Future, LocalCluster, as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import METHODS, PRESETS, REFERENCE_METHOD, __version__
+from . import PAPER_METHODS, PRESETS, __version__
 from .devices import resolve_device
 from .errors import OptionError, StageFailed, check_choice, file_error
 from .formatting import first_line, fmt_clock, utc_now
-from .grid import Grid, build_stages, resolve_models
-from .io import LOCK_NAME, OutputLock, remove_stale_locks, remove_temporaries, write_json
+from .grid import Grid, build_stages, parse_methods, resolve_models
+from .io import LOCK_NAME, OutputLock, remove_stale_locks, remove_temporaries, write_json, write_text
 from .layout import STUDY_MANIFEST_KIND, TIMINGS_KIND, Layout, read_manifest, read_timings
 from .pipeline import Decision, Recorder, Stage, environment, execute_stage, plan, run_recorded
 from .progress import console, info
@@ -60,11 +61,13 @@ from .study_report import aggregate_action
 
 #: the preset's one-pixel attack in a study, where it differs from ``reproduce``'s: a study
 #: needs enough images flipped under both models per seed for finding (d) (see docs/study.md)
-STUDY_ATTACK: dict[str, dict[str, Any]] = {"tiny": {}, "quick": {}, "paper": {}}
+STUDY_ATTACK: dict[str, dict[str, Any]] = {"tiny": {}, "quick": {"n_images": 500}, "paper": {}}
 #: seconds to wait for an existing scheduler
 CONNECT_TIMEOUT_S = 10
+#: the current invocation's token: tasks of an earlier (killed) invocation do not run
+INVOCATION_NAME = ".invocation"
 #: what a folder may hold before it becomes a study
-ADOPTABLE = {LOCK_NAME, "data", "cells", "analysis", "figures", "logs"}
+ADOPTABLE = {LOCK_NAME, INVOCATION_NAME, "data", "cells", "analysis", "figures", "logs"}
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -85,20 +88,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(sorted(seeds))
 
 
-def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
-    """Training methods from ``"regular,mmd"`` (order kept); ``regular`` must be among them."""
-    items = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
-    if not items:
-        raise OptionError("--methods is empty; choose from " + ", ".join(METHODS))
-    for m in items:
-        check_choice(m, METHODS, "method")
-    if REFERENCE_METHOD not in items:
-        raise OptionError(f"--methods must include {REFERENCE_METHOD!r}: every other method is compared with it")
-    return tuple(dict.fromkeys([REFERENCE_METHOD] + items))
-
-
 def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str = (0, 1, 2, 3, 4),
-          models: Sequence[str] | None = None, methods: Sequence[str] | str = METHODS,
+          models: Sequence[str] | None = None, methods: Sequence[str] | str = PAPER_METHODS,
           data: str | Path | None = None, vary_data: bool = False, scheduler: str | None = None,
           workers: int | None = None, device: str = "auto") -> Path:
     """Run (or resume) a study into ``out`` and write ``study.json`` and its report.
@@ -108,7 +99,7 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
         preset: ``tiny``, ``quick`` or ``paper`` [default: "quick"].
         seeds: training and attack seeds, or a string like ``"0-4"`` [default: 0–4].
         models: the architectures [default: the preset's].
-        methods: the training methods, ``regular`` among them [default: regular, mmd].
+        methods: the training methods, ``regular`` among them [default: the paper's regular, mmd].
         data: an existing dataset folder instead of simulating one [default: simulate].
         vary_data: simulate one dataset per seed (``--data-seeds``) [default: one dataset].
         scheduler: the address of an existing Dask scheduler [default: a LocalCluster].
@@ -261,15 +252,27 @@ class _dask_client:
             self.cluster.close()
 
 
-def run_stage_task(stage: Stage, fresh: bool, log_path: Path, threads: int, *upstream: Any) -> tuple[float, str]:
+def run_stage_task(stage: Stage, fresh: bool, log_path: Path, threads: int, token: str,
+                   *upstream: Any) -> tuple[float, str]:
     """A stage as a Dask task: run it with ``threads`` torch threads; return (wall seconds, where).
 
-    ``upstream`` holds the results of the stages it depends on (unused: passing them makes
-    Dask wait for them).
+    ``token`` is the submitting invocation's; a task whose study has since been started
+    again (a killed driver's task that the cluster still ran) does nothing and returns
+    where ``"superseded"``. ``upstream`` holds the results of the stages it depends on
+    (unused: passing them makes Dask wait for them).
     """
+    if _current_token(log_path.parent.parent) != token:
+        return 0.0, "superseded"
     torch.set_num_threads(max(1, int(threads)))
-    wall = execute_stage(stage, fresh, log_path)
+    wall = execute_stage(stage, fresh, log_path, capture_stderr=True)
     return wall, f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _current_token(root: Path) -> str | None:
+    try:
+        return (root / INVOCATION_NAME).read_text().strip()
+    except OSError:
+        return None
 
 
 def run_on_dask(client: Client, planned: list[tuple[Stage, Decision]], recorder: Recorder, *, root: Path,
@@ -281,13 +284,15 @@ def run_on_dask(client: Client, planned: list[tuple[Stage, Decision]], recorder:
     """
     futures: dict[str, Future] = {}
     stage_of: dict[str, Stage] = {}
+    token = uuid.uuid4().hex
+    write_text(root / INVOCATION_NAME, token + "\n")
     for stage, decision in planned:
         if not decision.runs:
             recorder.skipped(stage)
             continue
         deps = [futures[d] for d in stage.depends if d in futures]
         log_path = logs / stage.log_name
-        fut = client.submit(run_stage_task, stage, decision.fresh, log_path, threads, *deps, pure=False)
+        fut = client.submit(run_stage_task, stage, decision.fresh, log_path, threads, token, *deps, pure=False)
         futures[stage.name] = fut
         stage_of[fut.key] = stage
         recorder.started(stage, log_path, root)

@@ -26,7 +26,7 @@ from .formatting import fmt_fixed, fmt_pm, fmt_seconds, fmt_sig, nan_to_none, ut
 from .io import read_json, write_json, write_text
 from .layout import Layout, read_manifest, read_timings
 from .plots.study import forest_plot
-from .report import findings_table
+from .report import findings_table, method_table, robustness_blocks, run_numbers
 
 STUDY_KIND = "deepadv-study"
 STUDY_NAME = "study.json"
@@ -129,6 +129,11 @@ def _document(manifest: dict[str, Any], findings: list[dict[str, Any]],
                  "Hartung–Knapp); (e) sums the discordant pairs over seeds (stratified McNemar). Rules: "
                  + "; ".join(f"({k}) {v}" for k, v in TESTS.items()) + "."))
     doc.add(findings_table(findings, "table_findings"))
+    doc.add(Heading("Training methods compared", 2, "methods"))
+    layout = Layout.of(root)
+    for model in manifest["models"]:
+        numbers = {m: [run_numbers(layout.run(model, m, seed)) for seed in seeds] for m in manifest["methods"]}
+        doc.add(method_table(model, numbers, findings, f"table_methods_{model}"))
     doc.add(Heading("Forest plots", 2, "forest"))
     for f in findings:
         doc.add(Figure(forests[(f["model"], f["method"], f["id"])],
@@ -137,6 +142,16 @@ def _document(manifest: dict[str, Any], findings: list[dict[str, Any]],
                        f"verdict: {f['verdict']}).", root))
     doc.add(Heading("Accuracy per seed", 2, "accuracy"))
     doc.add(_accuracy_table(cells))
+    if all((layout.run(m, method, seed) / "robustness" / "summary.json").is_file()
+           for m in manifest["models"] for method in manifest["methods"] for seed in seeds):
+        doc.add(Heading("Survey corruptions", 2, "robustness"))
+        for model in manifest["models"]:
+            summaries = {m: [read_json(layout.run(model, m, seed) / "robustness" / "summary.json") for seed in seeds]
+                         for m in manifest["methods"]}
+            rates = {m: [read_json(layout.run(model, m, seed) / "attack" / "summary.json").get("success_rate")
+                         for seed in seeds] for m in manifest["methods"]}
+            doc.add(*robustness_blocks(model, summaries, rates, layout.figures / f"robustness_{model}.png", root,
+                                       f"table_robustness_{model}"))
     doc.add(Heading("Latent distances, all seeds pooled", 2, "distances"))
     for (model, method), evidence in pairs.items():
         doc.add(_distance_table(model, method, evidence))

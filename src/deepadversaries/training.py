@@ -45,14 +45,19 @@ from .devices import resolve_device
 from .errors import DeepAdvError, OptionError, file_error
 from .formatting import nan_to_none, utc_now
 from .io import LOCK_NAME, OutputLock, atomic_path, read_json, remove_temporaries, write_csv, write_json
-from .losses import GaussianKernels, MMDLoss, class_weights
-from .models import build_model, check_input_shape
+from .adabn import adapt_batchnorm, batchnorm_layers, check_adabn_model
+from .losses import GaussianKernels, MMDLoss, alignment_loss, class_weights
+from .methods import method_spec
+from .models import build_model, check_input_shape, load_checkpoint, model_from_checkpoint
 from .progress import info, make_progress, quiet_lightning
-from .runs import (CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME, RUN_KIND, TRAINING_DONE, RunConfig, best_checkpoint_path,
-                   config_path, last_checkpoint_path)
+from .runs import (CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME, RELIABILITY_NAME, RUN_KIND, TRAINING_DONE, RunConfig, best_checkpoint_path,
+                   config_path, last_checkpoint_path, target_checkpoint_path)
 
 LOG_NAME = "log.csv"
-LOG_COLUMNS = ("epoch", "train_loss", "train_ce", "train_mmd2", "train_acc", "val_loss", "val_acc_y10",
+#: the alignment terms' epoch means in log.csv (NaN for methods without them)
+ALIGNMENT_COLUMNS = ("train_mmd2", "train_coral", "train_dann_domain_loss", "train_dann_domain_acc",
+                     "train_dann_lambda")
+LOG_COLUMNS = ("epoch", "train_loss", "train_ce", *ALIGNMENT_COLUMNS, "train_acc", "val_loss", "val_acc_y10",
                "val_acc_y1", "val_mmd2", "lr", "epoch_seconds", "epoch_cpu_seconds")
 #: latents per domain used for the (information-only) validation MMD²
 VAL_MMD_SAMPLE = 512
@@ -84,6 +89,11 @@ def resolve_run_config(dataset: GalaxyDataset, train: TrainConfig, *, device: st
         raise file_error(dataset.path, f"has no Y1 images ({image_file('Y1', 'train')} etc.); "
                                        f"--method {train.method} needs the unlabelled Y1 domain")
     check_input_shape(build_model(train.model), dataset.image_shape, dataset.path / image_file("Y10", "train"))
+    if method_spec(train.method).adapts_before_inference:
+        check_adabn_model(build_model(train.model))
+        if not dataset.has_domain("Y1"):
+            raise file_error(dataset.path, f"has no Y1 images; --method {train.method} re-estimates batch-norm "
+                                           "statistics on the unlabelled Y1 training images")
     train_labels = dataset.labels("train")
     return RunConfig(
         train=train, data=str(Path(dataset.path).resolve()), device=device, resolved_device=str(torch_device),
@@ -233,10 +243,14 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 # the LightningModule
 # ----------------------------------------------------------------------------------------------
 class GalaxyClassifierModule(L.LightningModule):
-    """Weighted cross-entropy on labelled Y10, plus λ·MMD²(z_Y10, z_Y1) for domain adaptation.
+    """Weighted cross-entropy on labelled Y10, plus the method's alignment term for domain adaptation.
 
-    For ``method="mmd"`` each step concatenates the labelled Y10 batch and an unlabelled Y1
-    batch of the same size and makes ONE forward pass over both.
+    A method that adapts during training (``mmd``, ``dann``, ``coral``:
+    :mod:`deepadversaries.methods`) concatenates each labelled Y10 batch with an unlabelled Y1
+    batch of the same size, makes ONE forward pass over both and adds
+    ``term, logs = alignment(z_Y10, z_Y1)`` (:func:`deepadversaries.losses.alignment_loss`)
+    to the loss; DANN's domain classifier is a submodule trained by the same optimiser. The
+    validation MMD² (the paper's kernels) is logged for every method, for information.
     """
 
     def __init__(self, config: TrainConfig, class_weights: Sequence[float]) -> None:
@@ -244,15 +258,16 @@ class GalaxyClassifierModule(L.LightningModule):
         self.save_hyperparameters({"config": config.to_json(), "class_weights": list(class_weights)})
         self.config = config
         self.method = config.method
-        self.mmd_weight = float(config.mmd_weight)
         self.model = build_model(config.model)
         self.channels_last = config.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.register_buffer("ce_weight", torch.tensor(list(class_weights), dtype=torch.float32))
         self.mmd_loss = MMDLoss(GaussianKernels(config.mmd_sigmas2), estimator=config.mmd_estimator)
+        self.alignment = alignment_loss(config.method, **config.alignment_settings)
         self.__dict__["_compiled"] = None  # kept out of the module tree: state_dict keys stay plain
         self.nan_check_every = 1
+        self._total_steps = 1
         self.epoch_metrics: dict[str, float] = {}
         self._reset_sums()
 
@@ -285,6 +300,7 @@ class GalaxyClassifierModule(L.LightningModule):
         return dict(zip(names, stacked.cpu().tolist()))
 
     def on_fit_start(self) -> None:
+        self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         self.nan_check_every = 1 if self.device.type == "cpu" else 25
         self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._step_counter = torch.zeros((), dtype=torch.long, device=self.device)
@@ -294,7 +310,7 @@ class GalaxyClassifierModule(L.LightningModule):
         self._reset_sums()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.method == "mmd":
+        if self.alignment is not None:
             x_source, y, x_target = batch
             x = torch.cat([x_source, x_target], dim=0)
         else:
@@ -305,10 +321,12 @@ class GalaxyClassifierModule(L.LightningModule):
         source_logits = logits[:n].float()
         ce = F.cross_entropy(source_logits, y, weight=self.ce_weight)
         loss = ce
-        if self.method == "mmd":
-            mmd = self.mmd_loss(z[:n], z[n:])
-            loss = ce + self.mmd_weight * mmd
-            self._add("mmd2", mmd * n)
+        if self.alignment is not None:
+            self.alignment.set_progress(min(1.0, self.global_step / self._total_steps))  # DANN's λ_p schedule
+            term, logs = self.alignment(z[:n], z[n:])
+            loss = ce + term
+            for key, value in logs.items():
+                self._add(key, value * n)
         self._add("loss", loss * n)
         self._add("ce", ce * n)
         self._add("correct", (source_logits.argmax(1) == y).sum())
@@ -380,7 +398,8 @@ class GalaxyClassifierModule(L.LightningModule):
         s = self._reduced()
         n = s.get("n", 0.0) or float("nan")
         train = {"train_loss": s.get("loss", float("nan")) / n, "train_ce": s.get("ce", float("nan")) / n,
-                 "train_mmd2": s["mmd2"] / n if "mmd2" in s else float("nan"),
+                 **{col: s[col[len("train_"):]] / n if col[len("train_"):] in s else float("nan")
+                    for col in ALIGNMENT_COLUMNS},
                  "train_acc": s.get("correct", float("nan")) / n}
         self.epoch_metrics.update(train)
         for key, value in train.items():
@@ -391,8 +410,8 @@ class GalaxyClassifierModule(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         c = self.config
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=tuple(c.betas), eps=c.eps,
-                                     weight_decay=c.weight_decay)
+        params = list(self.model.parameters()) + (list(self.alignment.parameters()) if self.alignment else [])
+        optimizer = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
         if c.schedule == "constant":
             return optimizer
         total = max(1, self.trainer.estimated_stepping_batches)
@@ -597,7 +616,7 @@ def _launch_rank() -> int:
 
 def _run_outputs(run: Path) -> list[Path]:
     names = [CONFIG_NAME, TRAINING_DONE, "checkpoints", LOG_NAME, "tensorboard", METRICS_NAME, PREDICTIONS_NAME,
-             "confusion_Y10.png", "confusion_Y1.png", "attack"]
+             "confusion_Y10.png", "confusion_Y1.png", RELIABILITY_NAME, "attack"]
     return [run / n for n in names]
 
 
@@ -673,7 +692,10 @@ def train_model(data: str | Path, out: str | Path, config: TrainConfig | None = 
             return run
         trainer, recorder = _fit_run(run, run_config, state=state, rank=rank, progress=progress)
         if trainer.is_global_zero:
-            write_json(run / TRAINING_DONE, nan_to_none(_training_summary(run, run_config, recorder)))
+            summary = _training_summary(run, run_config, recorder)
+            if method_spec(run_config.method).adapts_before_inference:
+                summary["target_adaptation"] = adapt_for_target(run, run_config)
+            write_json(run / TRAINING_DONE, nan_to_none(summary))
         return run
     finally:
         if lock is not None:
@@ -735,6 +757,28 @@ def _training_summary(run: Path, config: RunConfig, recorder: "RunRecorder") -> 
         "last": rows[-1], "device": config.resolved_device, "torch": torch.__version__,
         "lightning": L.__version__, "finished": utc_now(),
     }
+
+
+def adapt_for_target(run: Path, config: RunConfig) -> dict[str, Any]:
+    """AdaBN (Li et al. 2016): re-estimate the kept model's batch-norm statistics on the
+    unlabelled Y1 training images and save the result as ``checkpoints/best_y1.pt``.
+
+    Only the batch-norm running means and variances change; no Y1 label is read.
+
+    Returns:
+        What was done, for ``training.json``.
+    """
+    dataset = load_dataset(config.data)
+    ckpt = load_checkpoint(best_checkpoint_path(run))
+    model = model_from_checkpoint(best_checkpoint_path(run), expected_model=config.model)
+    images = dataset.images("Y1", "train")
+    adapted = adapt_batchnorm(model, images, batch_size=config.train.eval_batch_size,
+                              device=config.resolved_device)
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in adapted.state_dict().items()}
+    with atomic_path(target_checkpoint_path(run)) as tmp:
+        torch.save({**ckpt, "state_dict": state, "adapted_on": "Y1 train (unlabelled)"}, tmp)
+    return {"method": "adabn", "checkpoint": target_checkpoint_path(run).name, "images": int(len(images)),
+            "batch_norm_layers": len(batchnorm_layers(adapted))}
 
 
 def _fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,

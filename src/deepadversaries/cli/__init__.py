@@ -14,13 +14,13 @@ import traceback
 import typer
 
 from ..errors import DeepAdvError
-from . import analyze, attack, evaluate, reproduce, simulate, study, train
+from . import analyze, attack, evaluate, import_data, reproduce, robustness, simulate, study, train
 
 app = typer.Typer(
     name="deepadv",
     help=(
         "DeepAdversaries: how robust are galaxy-morphology classifiers to survey noise "
-        "(Y10 -> Y1) and to one-pixel corruption, with and without MMD domain adaptation?\n\n"
+        "(Y10 -> Y1), to survey defects and to one-pixel corruption, with and without domain adaptation?\n\n"
         "Pipeline: simulate -> train -> evaluate -> attack -> analyze, or all of it with "
         "'deepadv reproduce --preset quick'; over several seeds with confidence intervals: 'deepadv study'."
     ),
@@ -38,7 +38,7 @@ app.add_typer(plot_app, name="plot")
 
 
 def _register_all() -> None:
-    for module in (simulate, train, evaluate, attack, analyze, reproduce, study):
+    for module in (simulate, import_data, train, evaluate, attack, robustness, analyze, reproduce, study):
         module.register(app, plot_app)
 
 

@@ -25,6 +25,9 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models to run instead of the "
                                              "preset's grid, e.g. 'convnet,resnet18' (quick and tiny run ConvNet "
                                              "only; paper runs both)."),
+        methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training methods (regular, "
+                                    "mmd, dann, coral, adabn); regular is the reference the others are compared "
+                                    "with. Default: the paper's regular and mmd."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes for simulating the "
                                               "dataset (default: the number of CPUs)."),
         data: Optional[Path] = typer.Option(None, "--data", help="Use this existing dataset folder instead of "
@@ -41,7 +44,8 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         from ..reproduce import reproduce  # deferred for start-up time (torch, GalSim)
 
         chosen = [m for m in models.split(",")] if models else None
-        path = reproduce(out, preset=preset, seed=seed, device=device, models=chosen, workers=workers, data=data)
+        path = reproduce(out, preset=preset, seed=seed, device=device, models=chosen, methods=methods, workers=workers,
+                         data=data)
         typer.echo(str(path))
 
     @app.command("report")

@@ -24,8 +24,9 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
                                   "'0,2,5' or both '0-2,7'. One cell per (model, method, seed)."),
         models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models (default: the "
                                              "preset's: convnet; paper: convnet,resnet18)."),
-        methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training methods; regular "
-                                    "is the reference every other method is compared with."),
+        methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training methods (regular, "
+                                    "mmd, dann, coral, adabn); regular is the reference every other method is "
+                                    "compared with."),
         data: Optional[Path] = typer.Option(None, "--data", help="Use this existing dataset folder instead of "
                                             "simulating one (ours, or the published Zenodo files)."),
         data_seeds: bool = typer.Option(False, "--data-seeds", help="Simulate one dataset per seed (with that "

@@ -19,14 +19,16 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Run folder to write (config.json, checkpoints/, log.csv, training.json)."),
         model: str = typer.Option("convnet", "--model", help="Architecture: convnet (paper Table 1) or resnet18."),
         method: str = typer.Option("regular", "--method",
-                                   help="regular (Y10 labels only) or mmd (adds lambda*MMD^2 between Y10 and unlabelled Y1 latents)."),
+                                   help="regular (Y10 labels only); domain adaptation towards the unlabelled Y1 images: mmd (the paper: + lambda*MMD^2 of the Y10 and Y1 latents), dann (a domain classifier behind a gradient-reversal layer, Ganin et al. 2016), coral (Deep CORAL: the latent covariances aligned, Sun & Saenko 2016), adabn (regular training, then batch-norm statistics re-estimated on Y1 for Y1 inference, Li et al. 2016)."),
         preset: str = typer.Option("quick", "--preset",
                                    help="tiny (a smoke test), quick (sized for a CPU: lr 1e-3, cosine decay over 10 epochs) or paper (SPEC 5 exactly: lr 1e-5, up to 100 epochs)."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum number of epochs (overrides the preset)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (overrides the preset)."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size; with mmd, per domain."),
         mmd_weight: Optional[float] = typer.Option(None, "--mmd-weight", help="lambda of the MMD^2 term (paper 0.05; the authors' code 0.01)."),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Adam weight decay (paper 1e-3 regular, 1e-4 mmd)."),
+        coral_weight: Optional[float] = typer.Option(None, "--coral-weight", help="Weight of the Deep CORAL term (default 1, DomainBed's; Sun & Saenko balance it with the cross-entropy at the end of training: see log.csv)."),
+        dann_weight: Optional[float] = typer.Option(None, "--dann-weight", help="Weight of the DANN domain loss (default 1, Ganin et al.; the reversal strength follows their schedule)."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Adam weight decay (paper 1e-3 regular, 1e-4 with domain adaptation)."),
         patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: epochs without a lower validation loss."),
         seed: int = typer.Option(0, "--seed", help="Random seed (weights, batch order); the same seed repeats a CPU run exactly."),
         device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu or cuda."),
@@ -39,7 +41,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from checkpoints/last.ckpt (a finished run is left as it is)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
     ) -> None:
-        """Train a classifier on the Y10 training set (labels) and, with --method mmd, the unlabelled Y1 set.
+        """Train a classifier on the Y10 training set (labels) and, with domain adaptation, the unlabelled Y1 set.
 
         Keeps the checkpoint with the best Y10 validation accuracy (checkpoints/best.pt) and stops early when the validation loss stops improving. Running the same command again continues an interrupted run.
         """
@@ -48,7 +50,8 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
         config = TrainConfig.from_preset(
             preset, model=model, method=method, seed=seed, device_type=resolve_device(device).type,
-            epochs=epochs, lr=lr, batch_size=batch_size, mmd_weight=mmd_weight, weight_decay=weight_decay,
+            epochs=epochs, lr=lr, batch_size=batch_size, mmd_weight=mmd_weight, coral_weight=coral_weight,
+            dann_weight=dann_weight, weight_decay=weight_decay,
             patience=patience, precision=precision, devices=devices, num_nodes=num_nodes,
             compile=True if compile_ else None)
         run = train_model(data, out, config, device=device, resume=resume, overwrite=overwrite)

@@ -3,6 +3,9 @@
 - ``plots.dataset``: Figure 1 (G–M20 plane), Figure 2 (example images)
 - ``plots.training``: confusion matrices
 - ``plots.latent``: Figures 3–6 (church windows, isomaps, distance histograms)
+- ``plots.calibration``: reliability diagrams
+- ``plots.robustness``: the corruption grid and accuracy-versus-severity curves
+- ``plots.study``: a study's forest plots
 """
 
 from __future__ import annotations

@@ -1,0 +1,324 @@
+"""robustness: mCE against a hand computation; the stage's table, summary, pairing, baseline and
+refusals; the CLI; the figures' content."""
+
+from __future__ import annotations
+
+import csv
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from deepadversaries.corruptions import CORRUPTIONS, corrupt
+from deepadversaries.data import load_dataset
+from deepadversaries.errors import DeepAdvError, FileError, OptionError
+from deepadversaries.inference import forward_batches
+from deepadversaries.io import read_json, write_json
+from deepadversaries.models import build_model
+from deepadversaries.plots.robustness import (
+    accuracy_curves_figure,
+    corruption_grid_figure,
+)
+from deepadversaries.robustness import (
+    CHUNK,
+    FIELDS,
+    corrupted_chunk,
+    mean_corruption_error,
+    parse_corruptions,
+    parse_severities,
+    relative_mean_corruption_error,
+    robustness_run,
+)
+from deepadversaries.runs import RUN_KIND
+
+
+# --- mCE -------------------------------------------------------------------------------------------------
+def test_mean_corruption_error_against_a_hand_computation():
+    errors = {("a", 1): 0.2, ("a", 2): 0.4, ("b", 1): 0.1, ("b", 2): 0.3, ("a", 0): 0.9}
+    base = {("a", 1): 0.4, ("a", 2): 0.6, ("b", 1): 0.2, ("b", 2): 0.2, ("c", 1): 0.5}
+    ce, mce = mean_corruption_error(errors, base)
+    # by hand: CE_a = (0.2 + 0.4) / (0.4 + 0.6) = 0.6; CE_b = (0.1 + 0.3) / (0.2 + 0.2) = 1.0; severity 0 ignored
+    assert ce == pytest.approx({"a": 0.6, "b": 1.0})
+    assert mce == pytest.approx(0.8)
+    # relative: clean errors 0.1 (model) and 0.1 (baseline):
+    # a: (0.1 + 0.3) / (0.3 + 0.5) = 0.5; b: (0.0 + 0.2) / (0.1 + 0.1) = 1.0; mean 0.75
+    rce, rmce = relative_mean_corruption_error(errors, 0.1, base, 0.1)
+    assert rce == pytest.approx({"a": 0.5, "b": 1.0}) and rmce == pytest.approx(0.75)
+    with pytest.raises(OptionError, match="no error for b at severity 3"):
+        mean_corruption_error({("b", 3): 0.1}, base)
+    assert math.isinf(mean_corruption_error({("x", 1): 0.1}, {("x", 1): 0.0})[0]["x"])
+    assert mean_corruption_error({("x", 1): 0.0}, {("x", 1): 0.0})[0]["x"] == 1.0  # both perfect: as good
+
+
+def test_option_parsing():
+    assert parse_severities("1-5") == (1, 2, 3, 4, 5)
+    assert parse_severities("5,1,3,1") == (1, 3, 5)
+    assert parse_severities("0,2") == (0, 2)
+    assert parse_severities([3, 1]) == (1, 3)
+    for bad in ("0-7", "6", "-1", "a", "3-1", "", [1, 9]):
+        with pytest.raises(OptionError) as err:
+            parse_severities(bad)
+        assert "\n" not in str(err.value)
+    assert parse_corruptions("all") == tuple(CORRUPTIONS)
+    assert parse_corruptions("depth, seeing") == ("seeing", "depth")  # table order
+    with pytest.raises(OptionError, match="unknown corruption 'blur'"):
+        parse_corruptions("seeing,blur")
+
+
+# --- fixtures: finished run folders ----------------------------------------------------------------------------
+def _probe_model(dataset_path: Path, seed: int) -> torch.nn.Module:
+    """A ConvNet whose output layer is a least-squares probe of its random latents: varied,
+    better-than-chance predictions without a training loop."""
+    torch.manual_seed(seed)
+    model = build_model("convnet")
+    ds = load_dataset(dataset_path)
+    x = torch.from_numpy(ds.images("Y10", "train"))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        model.train()(x)
+        z = model.eval().embed(x).double()
+        design = torch.cat([z, torch.ones(len(z), 1, dtype=torch.float64)], dim=1)
+        target = torch.nn.functional.one_hot(torch.from_numpy(ds.labels("train")), 3).double()
+        coef = torch.linalg.lstsq(design, target).solution
+        model.output.weight.copy_(coef[:-1].T)
+        model.output.bias.copy_(coef[-1])
+    return model.eval()
+
+
+def _write_run(folder: Path, model: torch.nn.Module, method: str, data: Path, finished: bool = True) -> Path:
+    (folder / "checkpoints").mkdir(parents=True)
+    write_json(folder / "config.json", {"kind": RUN_KIND, "model": "convnet", "method": method,
+                                        "data": str(data.resolve()), "seed": 0})
+    torch.save({"model": "convnet", "state_dict": model.state_dict(), "epoch": 1, "val_acc": 0.0},
+               folder / "checkpoints" / "best.pt")
+    if finished:
+        write_json(folder / "training.json", {"epochs": 1})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, toy_dataset):
+    """runs/convnet_regular and runs/convnet_mmd with identical weights, runs/other with other weights."""
+    root = tmp_path_factory.mktemp("robustness") / "runs"
+    model = _probe_model(toy_dataset, 0)
+    regular = _write_run(root / "convnet_regular", model, "regular", toy_dataset)
+    mmd = _write_run(root / "convnet_mmd", model, "mmd", toy_dataset)
+    other = _write_run(root.parent / "other" / "convnet_regular", _probe_model(toy_dataset, 1), "regular", toy_dataset)
+    return {"regular": regular, "mmd": mmd, "other": other, "model": model}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+SEVERITIES = "1,3,5"
+
+
+# --- the stage --------------------------------------------------------------------------------------------------
+def test_stage_writes_the_table_and_the_summary_last(runs, toy_dataset):
+    summary = robustness_run(runs["regular"], severities=SEVERITIES, device="cpu", batch_size=16)
+    out = runs["regular"] / "robustness"
+    rows = _read_csv(out / "robustness.csv")
+    assert tuple(rows[0].keys()) == FIELDS
+    assert (rows[0]["corruption"], rows[0]["severity"]) == ("none", "0")
+    assert [(r["corruption"], int(r["severity"])) for r in rows[1:]] == [(c, s) for c in CORRUPTIONS for s in (1, 3, 5)]
+    # the clean accuracy equals the plain model's on the stretched Y10 test set
+    ds = load_dataset(toy_dataset)
+    labels = ds.labels("test")
+    clean = forward_batches(runs["model"], ds.images("Y10", "test"), batch_size=16)
+    assert float(rows[0]["accuracy"]) == pytest.approx(np.mean(clean.predicted == labels))
+    assert float(rows[0]["flip_rate"]) == 0.0
+    assert float(rows[0]["mean_p_true"]) == pytest.approx(np.mean(clean.probabilities[np.arange(len(labels)), labels]),
+                                                          abs=1e-6)
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1 and 0 <= float(r["flip_rate"]) <= 1 and int(r["n"]) == len(labels)
+    # a corrupted row recomputed here from the documented seed derivation
+    raw = ds.images("Y10", "test", stretched=False)
+    rng = np.random.default_rng([0, zlib.crc32(b"sky_error"), 5, 0])
+    images = corrupt(np.asarray(raw[:CHUNK]), "sky_error", 5, rng)
+    from deepadversaries.data import apply_stretch
+    pred = forward_batches(runs["model"], apply_stretch(images, *ds.stretch("Y10")), batch_size=16).predicted
+    row = next(r for r in rows if r["corruption"] == "sky_error" and r["severity"] == "5")
+    assert float(row["accuracy"]) == pytest.approx(np.mean(pred == labels))
+    assert float(row["flip_rate"]) == pytest.approx(np.mean(pred != clean.predicted))
+    # summary: written last, no baseline for a regular run, unnormalised mean errors
+    assert summary == read_json(out / "summary.json")
+    assert summary["kind"] == "deepadv-robustness" and summary["n"] == len(labels)
+    assert summary["mce"] is None and summary["baseline"]["run"] is None
+    assert "regular run" in summary["baseline"]["chosen_by"]
+    errors = [1 - float(r["accuracy"]) for r in rows[1:]]
+    assert summary["mean_error"] == pytest.approx(np.mean(errors))
+    last = (out / "summary.json").stat().st_mtime_ns
+    for name in ("robustness.csv", "accuracy.png", "corruption_grid.png"):
+        assert (out / name).stat().st_mtime_ns <= last
+
+
+def test_paired_images_and_the_default_baseline(runs):
+    if not (runs["regular"] / "robustness" / "summary.json").is_file():
+        robustness_run(runs["regular"], severities=SEVERITIES, device="cpu", batch_size=16, figures=False)
+    # the DA run (same weights here) finds the regular run beside it and reuses its benchmark
+    summary = robustness_run(runs["mmd"], severities="5", device="cpu", batch_size=16, figures=False)
+    assert Path(summary["baseline"]["run"]).name == "convnet_regular"
+    assert "its own benchmark" in summary["baseline"]["errors_from"]
+    regular_rows = _read_csv(runs["regular"] / "robustness" / "robustness.csv")
+    mmd_rows = _read_csv(runs["mmd"] / "robustness" / "robustness.csv")
+    # same model, same corrupted images (for every corruption): the same table
+    assert mmd_rows == [r for r in regular_rows if r["severity"] in ("0", "5")]
+    assert all(v == pytest.approx(1.0) for v in summary["corruption_errors"].values())
+    assert summary["mce"] == pytest.approx(1.0)
+    # without the baseline's own result, the baseline is evaluated on the same images: same answer
+    again = robustness_run(runs["mmd"], severities="5", device="cpu", batch_size=16, overwrite=True,
+                           baseline=runs["regular"], figures=False)
+    assert again["mce"] == pytest.approx(summary["mce"])
+    (runs["regular"] / "robustness" / "summary.json").rename(runs["regular"] / "robustness" / "hidden.json")
+    try:
+        fresh = robustness_run(runs["mmd"], severities="5", device="cpu", batch_size=16, overwrite=True,
+                               figures=False)
+    finally:
+        (runs["regular"] / "robustness" / "hidden.json").rename(runs["regular"] / "robustness" / "summary.json")
+    assert fresh["baseline"]["errors_from"].startswith("evaluated here")
+    assert fresh["mce"] == pytest.approx(summary["mce"])
+
+
+def test_corruption_errors_against_the_two_tables(runs, tmp_path):
+    summary = robustness_run(runs["mmd"], corruptions="seeing,depth,satellite", severities="2,4", device="cpu",
+                             batch_size=16, overwrite=True, baseline=runs["other"], figures=False)
+    assert summary["baseline"]["errors_from"].startswith("evaluated here")
+    ours = {(r["corruption"], int(r["severity"])): 1 - float(r["accuracy"])
+            for r in _read_csv(runs["mmd"] / "robustness" / "robustness.csv")[1:]}
+    theirs = {(r["corruption"], r["severity"]): r["error"] for r in summary["baseline"]["errors"]}
+    for c in ("seeing", "depth", "satellite"):
+        num = ours[(c, 2)] + ours[(c, 4)]
+        den = theirs[(c, 2)] + theirs[(c, 4)]
+        expected = num / den if den else (1.0 if num == 0 else math.inf)
+        assert summary["corruption_errors"][c] == pytest.approx(expected)
+
+
+def test_corrupted_images_depend_only_on_seed_and_chunk(toy_dataset):
+    raw = load_dataset(toy_dataset).images("Y10", "test", stretched=False)
+    a = corrupted_chunk(raw, "cosmic_rays", 5, 0, seed=3)
+    b = corrupted_chunk(raw, "cosmic_rays", 5, 0, seed=3)
+    assert np.array_equal(a, b)
+    expected = corrupt(np.asarray(raw[:CHUNK]), "cosmic_rays", 5,
+                       np.random.default_rng([3, zlib.crc32(b"cosmic_rays"), 5, 0]))
+    assert np.array_equal(a, expected)
+    assert not np.array_equal(corrupted_chunk(raw, "depth", 5, 0, seed=3), corrupted_chunk(raw, "depth", 5, 0, seed=4))
+
+
+def test_bad_input_is_refused_with_one_line(runs, toy_dataset, tmp_path):
+    cases = [
+        ({"run": runs["regular"], "corruptions": "blur"}, OptionError, "unknown corruption 'blur'"),
+        ({"run": runs["regular"], "severities": "1-7"}, OptionError, "outside 0-5"),
+        ({"run": _write_run(tmp_path / "unfinished", runs["model"], "mmd", toy_dataset, finished=False)},
+         FileError, "training has not finished"),
+    ]
+    no_ckpt = _write_run(tmp_path / "nockpt", runs["model"], "mmd", toy_dataset)
+    (no_ckpt / "checkpoints" / "best.pt").unlink()
+    cases.append(({"run": no_ckpt}, FileError, "checkpoint not found"))
+    cases.append(({"run": runs["mmd"], "baseline": no_ckpt}, FileError, "checkpoint"))
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message) as err:
+            robustness_run(device="cpu", **kwargs)
+        assert "\n" not in str(err.value) and err.value.exit_code == 2
+    if not (runs["regular"] / "robustness" / "summary.json").is_file():
+        robustness_run(runs["regular"], severities=SEVERITIES, device="cpu", batch_size=16, figures=False)
+    with pytest.raises(FileError, match="--overwrite"):
+        robustness_run(runs["regular"], device="cpu")
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def cli():
+    from deepadversaries.cli.robustness import register
+
+    app = typer.Typer()
+    plot_app = typer.Typer()
+    app.add_typer(plot_app, name="plot")
+    register(app, plot_app)
+    return app
+
+
+def test_cli_help_and_errors(cli, runs):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["robustness", "--help"])
+    assert result.exit_code == 0
+    for option in ("--run", "--corruptions", "--severities", "--seed", "--baseline", "--overwrite"):
+        assert option in result.output
+    result = runner.invoke(cli, ["robustness", "--run", str(runs["regular"]), "--severities", "0-9"])
+    assert isinstance(result.exception, DeepAdvError) and result.exception.exit_code == 2
+    assert "\n" not in str(result.exception)
+
+
+def test_cli_figures(cli, runs, toy_dataset, tmp_path):
+    runner = CliRunner()
+    if not (runs["regular"] / "robustness" / "summary.json").is_file():
+        robustness_run(runs["regular"], severities=SEVERITIES, device="cpu", batch_size=16, figures=False)
+    out = tmp_path / "curves.png"
+    result = runner.invoke(cli, ["plot", "robustness-curves", "--run", str(runs["regular"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0
+    grid = tmp_path / "grid.png"
+    result = runner.invoke(cli, ["plot", "robustness-grid", "--data", str(toy_dataset), "--index", "2",
+                                 "--corruptions", "seeing,satellite", "--out", str(grid)])
+    assert result.exit_code == 0, result.output
+    assert grid.stat().st_size > 0
+    result = runner.invoke(cli, ["plot", "robustness-grid", "--data", str(toy_dataset), "--index", "999"])
+    assert isinstance(result.exception, OptionError)
+
+
+# --- figures ----------------------------------------------------------------------------------------------------------
+def _summary(clean: float, accuracies: dict[tuple[str, int], float]) -> dict:
+    return {"clean": {"accuracy": clean},
+            "results": [{"corruption": c, "severity": s, "accuracy": a} for (c, s), a in accuracies.items()]}
+
+
+def test_accuracy_curves_plot_the_accuracies():
+    a = _summary(0.9, {("seeing", 1): 0.8, ("seeing", 3): 0.6, ("depth", 1): 0.7, ("depth", 3): 0.5})
+    b = _summary(0.85, {("seeing", 1): 0.84, ("seeing", 3): 0.8, ("depth", 1): 0.8, ("depth", 3): 0.75})
+    fig = accuracy_curves_figure({"regular": a, "mmd": b})
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["seeing", "depth", "mean over corruptions"]
+    for ax in axes:
+        assert ax.get_xlabel() == "severity" and ax.get_ylabel() == "accuracy"
+        assert [line.get_label() for line in ax.lines] == ["regular", "mmd"]
+    seeing_regular = axes[0].lines[0]
+    assert list(seeing_regular.get_xdata()) == [0, 1, 3]
+    assert list(seeing_regular.get_ydata()) == pytest.approx([0.9, 0.8, 0.6])
+    assert list(axes[1].lines[1].get_ydata()) == pytest.approx([0.85, 0.8, 0.75])
+    assert list(axes[2].lines[0].get_ydata()) == pytest.approx([0.9, 0.75, 0.55])  # mean over corruptions
+
+
+def test_corruption_grid_shows_every_corruption_and_severity(toy_dataset):
+    from deepadversaries.data import apply_stretch
+    from deepadversaries.plots.robustness import GRID_GAP
+
+    ds = load_dataset(toy_dataset)
+    image = np.asarray(ds.images("Y10", "test", stretched=False)[0])
+    lo, hi = ds.stretch("Y10")
+    fig = corruption_grid_figure(image, lo, hi, corruptions=["seeing", "dead_pixels"], seed=0)
+    (ax,) = fig.get_axes()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["seeing", "dead pixels"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"severity {s}" for s in range(6)]
+    labels = [t.get_text() for t in ax.texts]
+    assert len(labels) == 12 and labels[0] == "clean" and labels[5] == '1.4"' and labels[11] == "1 %"
+    mosaic = np.asarray(ax.get_images()[0].get_array())
+    step = 100 + GRID_GAP
+    assert mosaic.shape == (2 * step - GRID_GAP, 6 * step - GRID_GAP, 3)
+    # panel (0, 0) is the clean image stretched as the model sees it (i, r, g as RGB), y axis up
+    s = apply_stretch(image, lo, hi)
+    vmin = apply_stretch(np.array([lo], np.float32), lo, hi)[0]
+    vmax = apply_stretch(np.array([hi], np.float32), lo, hi)[0]
+    assert np.allclose(mosaic[:100, :100, 0], np.clip((s[2] - vmin) / (vmax - vmin), 0, 1)[::-1])
+    assert np.allclose(mosaic[:100, :100, 2], np.clip((s[0] - vmin) / (vmax - vmin), 0, 1)[::-1])
+    # dead pixels at severity 5 (1 % of the pixels) show as black: the stretch's floor in every band
+    dead_panel = mosaic[step:step + 100, 5 * step:5 * step + 100]
+    assert 30 < (dead_panel.max(axis=-1) == 0).sum() < 200
+    assert (mosaic[100:step] == 1).all()  # a white gap between the rows

@@ -1,0 +1,226 @@
+"""``deepadv study``: seeds and methods parsing, bad input, and a tiny study on a real Dask
+LocalCluster — uninterrupted, then with a worker killed mid-task and the driver killed
+mid-way and run again: the same ``study.json`` (timings aside)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deepadversaries.cli import main
+from deepadversaries.errors import OptionError
+from deepadversaries.stats import VERDICTS
+from deepadversaries.study import parse_methods, parse_seeds, study
+
+SEEDS = "0-1"
+FINDING_KEYS = {"id", "model", "method", "effect", "ci_low", "ci_high", "ci_level", "verdict", "threshold",
+                "per_seed", "n_seeds", "how"}
+
+
+# --------------------------------------------------------------------------------------
+# parsing and bad input
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, seeds", [("0-4", (0, 1, 2, 3, 4)), ("0,2,5", (0, 2, 5)), ("0-2,7", (0, 1, 2, 7)),
+                                         ("3", (3,)), ("2,1,2", (1, 2)), (" 0 - 1 ", (0, 1))])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "1-", "3-1", "1,,2", "-1", "0.5"])
+def test_parse_seeds_refuses_malformed_ranges(text):
+    with pytest.raises(OptionError):
+        parse_seeds(text)
+
+
+def test_parse_methods_puts_the_reference_first_and_checks_names():
+    assert parse_methods("mmd,regular") == ("regular", "mmd")
+    for bad in ("", "mmd", "regular,magic"):
+        with pytest.raises(OptionError):
+            parse_methods(bad)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--models", "vgg"], "unknown model"),
+    (["--methods", "regular,magic"], "unknown method"),
+    (["--seeds", ""], "--seeds"),
+    (["--seeds", "4-1"], "empty"),
+    (["--workers", "0"], "--workers"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, args, words):
+    out = tmp_path / "study"
+    code = main(["study", "--preset", "tiny", "--out", str(out), "--device", "cpu", *args])
+    assert code == 2
+    assert words in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_unreachable_scheduler_is_one_line_and_exit_2(tmp_path, capsys, tiny_dataset):
+    out = tmp_path / "study"
+    code = main(["study", "--preset", "tiny", "--seeds", "0", "--out", str(out), "--data", str(tiny_dataset),
+                 "--device", "cpu", "--scheduler", "tcp://127.0.0.1:9"])
+    assert code == 2
+    assert "cannot reach the Dask scheduler" in _one_error_line(capsys)
+
+
+def test_a_folder_holding_another_grid_is_refused_untouched(tmp_path, capsys):
+    out = tmp_path / "study"
+    out.mkdir()
+    manifest = {"kind": "deepadv-study-manifest", "preset": "tiny", "seed": 0, "seeds": [0, 1, 2],
+                "models": ["convnet"], "methods": ["regular", "mmd"], "data": None, "vary_data": False, "attack": {}}
+    (out / "study-manifest.json").write_text(json.dumps(manifest))
+    before = sorted(p.name for p in out.iterdir())
+    code = main(["study", "--preset", "tiny", "--seeds", "0-1", "--out", str(out), "--device", "cpu"])
+    assert code == 2
+    assert "another grid" in _one_error_line(capsys)
+    assert sorted(p.name for p in out.iterdir() if p.name != ".deepadv.lock") == before
+    assert json.loads((out / "study-manifest.json").read_text()) == manifest
+
+
+# --------------------------------------------------------------------------------------
+# a real LocalCluster
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fault_marker(tmp_path_factory) -> Path:
+    """The once-only fault's marker: present = disarmed; delete it to arm a worker's death."""
+    marker = tmp_path_factory.mktemp("fault") / "fired"
+    marker.touch()
+    return marker
+
+
+@pytest.fixture(scope="module")
+def cluster(fault_marker):
+    """A LocalCluster of two one-thread workers whose processes carry the fault hooks."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    env = {"DEEPADV_FAULT_DURING": "training.json", "DEEPADV_FAULT_ONCE": str(fault_marker),
+           "OMP_NUM_THREADS": "1"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env, "distributed.worker.daemon": False}):
+        local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                             silence_logs=50)
+    client = Client(local)
+    yield local.scheduler_address, client
+    client.close()
+    local.close()
+
+
+@pytest.fixture(scope="module")
+def baseline(cluster, tmp_path_factory) -> Path:
+    """An uninterrupted tiny study (seeds 0-1) on the cluster."""
+    out = tmp_path_factory.mktemp("study") / "baseline"
+    study(out, "tiny", seeds=SEEDS, device="cpu", scheduler=cluster[0])
+    return out
+
+
+def _comparable(path: Path) -> dict:
+    record = json.loads((path / "study.json").read_text())
+    record.pop("written")
+    for cell in record["cells"]:
+        cell.pop("seconds")
+    return record
+
+
+@pytest.mark.slow
+def test_tiny_study_writes_findings_with_intervals_and_cells(baseline):
+    record = json.loads((baseline / "study.json").read_text())
+    assert record["kind"] == "deepadv-study" and record["seeds"] == [0, 1]
+    ids = [f["id"] for f in record["findings"]]
+    assert ids == ["a", "b", "c", "d", "e"]
+    for f in record["findings"]:
+        assert FINDING_KEYS <= set(f), f.keys()
+        assert f["verdict"] in VERDICTS and f["n_seeds"] == 2 and f["ci_level"] == 0.95
+        assert [s["seed"] for s in f["per_seed"]] == [0, 1]
+    assert {c["cell"] for c in record["cells"]} == {f"convnet_{m}_s{s}" for m in ("regular", "mmd") for s in (0, 1)}
+    for cell in record["cells"]:
+        assert (baseline / "cells" / cell["cell"] / "training.json").is_file()
+    html = (baseline / "report.html").read_text()
+    assert "DeepAdversaries study report" in html and "table_findings" in html
+    assert len(list((baseline / "figures").glob("forest_*.png"))) == 5
+    # study.json is the last file written
+    newest = max((p for p in baseline.rglob("*") if p.is_file() and ".deepadv.lock" not in p.name
+                  and "logs" not in p.parts and p.name != "timings.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert newest.name == "study.json"
+
+
+def _ran(path: Path) -> int:
+    try:
+        stages = json.loads((path / "timings.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(1 for r in stages.values() if r.get("status") == "ran")
+
+
+def _wait_idle(client, timeout: float = 120.0) -> None:
+    """Until the scheduler holds no task of the killed driver (running or waiting)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the cluster did not go idle")
+
+
+@pytest.mark.slow
+def test_worker_and_driver_killed_then_rerun_give_the_same_study_json(cluster, baseline, fault_marker, tmp_path):
+    address, client = cluster
+    out = tmp_path / "study"
+    fault_marker.unlink()  # arm: the first worker to write a training.json dies right before renaming it
+    code = ("from deepadversaries.study import study; "
+            f"study({str(out)!r}, 'tiny', seeds={SEEDS!r}, device='cpu', scheduler={address!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while _ran(out) < 5 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the study finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-way
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert fault_marker.exists(), "no worker was killed"
+    assert not (out / "study.json").exists()
+    _wait_idle(client)  # tasks already running on the workers finish before the rerun
+    study(out, "tiny", seeds=SEEDS, device="cpu", scheduler=address)
+    assert _comparable(out) == _comparable(baseline)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_study_report_renders_in_chromium(baseline, tmp_path):
+    """The study's report.html opens in headless Chromium: every forest plot decodes, the tables are there."""
+    from reproduce_support import parse_html
+    from test_report_browser import CHROMIUM, chromium
+
+    if CHROMIUM is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("headless Chromium is missing under CI=true (.ci/run installs it: apt-get install chromium)")
+        pytest.skip("headless Chromium is not installed (apt-get install chromium runs this test)")
+    report = baseline / "report.html"
+    n_images = len(parse_html(report.read_text()).images)
+    assert n_images == 5
+    result = chromium(["--virtual-time-budget=10000", "--run-all-compositor-stages-before-draw", "--dump-dom",
+                       report.as_uri()], tmp_path / "profile")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = parse_html(result.stdout)
+    assert dom.body_attrs.get("data-images-rendered") == f"{n_images}/{n_images}", dom.body_attrs
+    for table in ("table_findings", "table_accuracy_per_seed", "table_cells", "table_methods_convnet",
+                  "table_distances_convnet_mmd"):
+        assert dom.tables.get(table), table
+    verdicts = [row[4] for row in dom.tables["table_findings"]]  # header rows are dropped by the parser
+    assert len(verdicts) == 5 and set(verdicts) <= set(VERDICTS)
+    assert len(dom.tables["table_accuracy_per_seed"]) == 4
