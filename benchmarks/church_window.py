@@ -19,7 +19,12 @@ import time
 import numpy as np
 import torch
 
-from deepadversaries.analysis import church_window_grid, church_window_loop, grid_coordinates, load_attack
+from deepadversaries.analysis import (
+    church_window_grid,
+    church_window_loop,
+    grid_coordinates,
+)
+from deepadversaries.analyze import load_attack
 from deepadversaries.models import build_model, load_model
 
 

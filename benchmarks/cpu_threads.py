@@ -7,7 +7,8 @@ beside it. Prints evaluations per second and, per load, the ratios adaptive / fi
 fixed-1 / fixed-N measured side by side, and checks that every variant found the same
 pixels. The last line is one JSON object.
 
-    python benchmarks/cpu_threads.py [--data DIR] [--threads 2] [--images 6] [--iters 4] [--rounds 3]
+    python benchmarks/cpu_threads.py [--data DIR] [--workdir DIR] [--threads 2] [--images 6] [--iters 4]
+                                     [--rounds 3] [--fit-steps 300]
 """
 
 from __future__ import annotations
@@ -52,16 +53,19 @@ def timed(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, threads: int, ad
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="dataset folder (default: the simulator's quick dataset, else toy data)")
+    parser.add_argument("--data", help="dataset folder (default: 400 galaxies simulated once into --workdir)")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "deepadv-bench"),
+                        help="folder for the simulated dataset and the fitted model (kept between runs)")
+    parser.add_argument("--fit-steps", type=int, default=300, help="Adam steps of the attacked ConvNet")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="the fixed and ceiling thread count")
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per load; the best is kept")
     parser.add_argument("--max-load", type=int, default=None, help="most busy processes beside it (default: --threads)")
-    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "deepadv-bench-models"))
     args = parser.parse_args(argv)
-    data = find_data(args.data)
-    model = fitted_model("convnet", data, torch.device("cpu"), 300, Path(args.cache))
+    workdir = Path(args.workdir)
+    data = find_data(args.data, workdir)
+    model = fitted_model("convnet", data, torch.device("cpu"), args.fit_steps, workdir / "models")
     ds = load_dataset(data)
     x = np.ascontiguousarray(ds.images("Y10", "test")[: args.images])
     y = ds.labels("test")[: args.images]

@@ -6,7 +6,8 @@ population 400 against a per-candidate reference loop on the same images and see
 Prints training images/s, attack model evaluations/s, the engine's speed-up and an
 estimate of the `paper` preset's wall time; last line one JSON object.
 
-    python benchmarks/gpu_paper.py [--train-images 8000] [--device cuda]
+    python benchmarks/gpu_paper.py [--train-images 8000] [--device cuda] [--workdir DIR]
+    python benchmarks/gpu_paper.py --device cpu --train-images 64 --attack-images 2 --models convnet  # smoke run
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -24,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepadversaries import SPLITS  # noqa: E402
 from deepadversaries.attacks import OnePixelDE, reference_attack  # noqa: E402
+from deepadversaries.config import TrainConfig  # noqa: E402
 from deepadversaries.data import image_file, label_file, load_dataset  # noqa: E402
 from deepadversaries.models import load_model  # noqa: E402
 from deepadversaries.training import train_model  # noqa: E402
@@ -66,10 +68,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--attack-images", type=int, default=32)
     ap.add_argument("--models", default="convnet,resnet18")
+    ap.add_argument("--workdir", default=None, help="folder for the dataset and the runs [default: a new temporary "
+                    "folder]")
+    ap.add_argument("--reference-images", type=int, default=2, help="images of the per-candidate reference loop")
     args = ap.parse_args()
     dev = torch.device(args.device)
     print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="deepadv-gpu-paper-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     data = make_dataset(tmp / "data", args.train_images)
     ds = load_dataset(data)
     result: dict[str, float] = {}
@@ -77,8 +83,9 @@ def main() -> None:
         for method in ("regular", "mmd"):
             run = tmp / f"{model}_{method}"
             t0 = time.perf_counter()
-            train_model(data, run, model=model, method=method, preset="paper", seed=0,
-                        device=args.device, overrides={"epochs": 2}, progress=False)
+            config = TrainConfig.from_preset("paper", model=model, method=method, seed=0, device_type=dev.type,
+                                             epochs=2)
+            train_model(data, run, config, device=args.device, overwrite=True, progress=False)
             sec = epoch_seconds(run)
             ips = args.train_images / sec
             result[f"train_images_per_s_{model}_{method}"] = round(ips, 1)
@@ -102,7 +109,7 @@ def main() -> None:
             torch.cuda.synchronize()
         t_engine = time.perf_counter() - t0
         evals = sum(r.evaluations for r in res)
-        n_ref = 2
+        n_ref = min(args.reference_images, len(x))
         t0 = time.perf_counter()
         ref_evals = 0
         for i in range(n_ref):
@@ -118,6 +125,8 @@ def main() -> None:
         print(f"attack {model:8s}: engine {eps_engine:10.0f} evals/s, reference {eps_ref:8.0f} evals/s, "
               f"speed-up {eps_engine / eps_ref:.1f}x; success {np.mean([r.success for r in res]):.2f}; "
               f"150-image paper campaign <= {150 * full_image_s / 60:.1f} min")
+    if not args.workdir:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
 
 

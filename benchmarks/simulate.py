@@ -31,11 +31,12 @@ import numpy as np
 
 from deepadversaries import data as _data  # noqa: F401  (import torch before timing: assembly needs it)
 from deepadversaries import galaxies, morphology
-from deepadversaries.simulate import resolve_config, simulate_dataset, simulate_galaxy, target_classes
+from deepadversaries.config import SimulateConfig
+from deepadversaries.simulate import simulate_dataset, simulate_galaxy, target_classes
 
 
 def stage_shares(n: int) -> dict[str, float]:
-    config = resolve_config("paper", seed=123)
+    config = SimulateConfig.from_preset("paper", seed=123)
     targets = target_classes(config)
     # warm GalSim's Sérsic tables first (each worker does this once, ~0.3 s)
     for k in range(20):
@@ -94,7 +95,8 @@ def throughput(n: int, workers: int) -> tuple[float, float]:
     folder = Path(tempfile.mkdtemp(prefix="deepadv-bench-"))
     try:
         t0, c0 = time.perf_counter(), _cpu_seconds()
-        simulate_dataset(folder / "data", "paper", n_galaxies=n, seed=workers, workers=workers)
+        simulate_dataset(folder / "data", SimulateConfig.from_preset("paper", n_galaxies=n, seed=workers),
+                         workers=workers)
         return n / (time.perf_counter() - t0), (_cpu_seconds() - c0) / n
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -104,10 +106,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small samples (about a minute)")
     parser.add_argument("--n-galaxies", type=int, default=None, help="galaxies per throughput run")
+    parser.add_argument("--stage-sample", type=int, default=None, help="galaxies timed stage by stage "
+                        "[default: 60 with --quick, else 300]")
     args = parser.parse_args()
     n = args.n_galaxies or (200 if args.quick else 1000)
 
-    shares = stage_shares(60 if args.quick else 300)
+    shares = stage_shares(args.stage_sample or (60 if args.quick else 300))
     print(f"acceptance rate of drawn galaxies: {shares['acceptance_rate']:.3f} "
           f"({shares['accepted']} accepted of {shares['draws']} draws)")
     print(f"time per accepted galaxy (1 process): {1e3 * shares['seconds_per_galaxy_1_process']:.1f} ms wall, "

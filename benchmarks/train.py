@@ -7,7 +7,7 @@ process (bare, project, bare, project, ...) and each side's best repetition is k
 machine noise hits both alike. Timed: the optimisation steps after a warm-up, inside one
 epoch (per-epoch validation and checkpointing are left out of both).
 
-    python benchmarks/train.py [--quick] [--device auto|cpu|cuda]
+    python benchmarks/train.py [--quick] [--device auto|cpu|cuda] [--models convnet,resnet18]
 
 The last line printed is one JSON object with ``ratio_<model>_<method>`` = project images/s
 divided by bare images/s (goal: every ratio >= 0.9).
@@ -30,11 +30,16 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
+from deepadversaries.config import TrainConfig
 from deepadversaries.devices import resolve_device
 from deepadversaries.losses import GaussianKernels, MMDLoss
 from deepadversaries.models import build_model
-from deepadversaries.training import (GalaxyClassifierModule, GalaxyDataModule, _default_channels_last, _Quiet,
-                                      make_trainer)
+from deepadversaries.progress import quiet_lightning
+from deepadversaries.training import (
+    GalaxyClassifierModule,
+    GalaxyDataModule,
+    make_trainer,
+)
 
 CLASS_WEIGHTS = [0.58, 1.02, 3.3]
 
@@ -55,36 +60,31 @@ def make_tensors(n: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def make_config(model: str, method: str, batch: int, device: torch.device) -> dict:
-    return {
-        "kind": "deepadv-run", "model": model, "method": method, "seed": 0, "resolved_device": str(device),
-        "epochs": 1, "lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-4,
-        "batch_size": batch, "eval_batch_size": 8, "patience": 10, "schedule": "cosine",
-        "mmd_weight": 0.05 if method == "mmd" else 0.0, "mmd_estimator": "unbiased",
-        "mmd_sigmas2": list(GaussianKernels().sigmas2), "compile": False,
-        "channels_last": _default_channels_last(model, device),
-        "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
-        "devices": 1, "num_nodes": 1, "class_weights": CLASS_WEIGHTS,
-    }
+def make_config(model: str, method: str, batch: int, device: torch.device) -> TrainConfig:
+    """The quick preset's settings with this benchmark's batch and a warm-up-sized schedule."""
+    return TrainConfig.from_preset(
+        "quick", model=model, method=method, seed=0, device_type=device.type, epochs=1, lr=1e-4,
+        batch_size=batch, eval_batch_size=8, weight_decay=1e-4, schedule="cosine",
+        precision="bf16-mixed" if device.type == "cuda" else "32-true")
 
 
 def bare_loop(config: dict, tensors: dict, device: torch.device, warmup: int, steps: int) -> float:
     """Images per second of a plain PyTorch loop doing the same work."""
     torch.manual_seed(0)
-    model = build_model(config["model"]).to(device)
-    channels_last = config["channels_last"]
+    model = build_model(config.model).to(device)
+    channels_last = config.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=tuple(config["betas"]),
-                                 weight_decay=config["weight_decay"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+                                 weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=warmup + steps)
     weight = torch.tensor(CLASS_WEIGHTS, device=device)
-    mmd_loss = MMDLoss(GaussianKernels(config["mmd_sigmas2"])).to(device)
+    mmd_loss = MMDLoss(GaussianKernels(config.mmd_sigmas2), estimator=config.mmd_estimator).to(device)
     x10, y, x1 = (tensors[k].to(device) for k in ("Y10_train", "y_train", "Y1_train"))
-    b = config["batch_size"]
+    b = config.batch_size
     rng = np.random.default_rng(0)
     order, order_t = rng.permutation(len(y)), rng.permutation(len(y))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config["precision"] == "bf16-mixed"
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.precision == "bf16-mixed"
                 else contextlib.nullcontext())
     model.train()
     start = 0.0
@@ -94,7 +94,7 @@ def bare_loop(config: dict, tensors: dict, device: torch.device, warmup: int, st
             start = time.perf_counter()
         idx = torch.as_tensor(order[step * b:(step + 1) * b], device=device)
         xs, ys = x10[idx], y[idx]
-        if config["method"] == "mmd":
+        if config.method == "mmd":
             xb = torch.cat([xs, x1[torch.as_tensor(order_t[step * b:(step + 1) * b], device=device)]])
         else:
             xb = xs
@@ -103,8 +103,8 @@ def bare_loop(config: dict, tensors: dict, device: torch.device, warmup: int, st
         with autocast:
             logits, z = model(xb)
             loss = F.cross_entropy(logits[:b].float(), ys, weight=weight)
-            if config["method"] == "mmd":
-                loss = loss + config["mmd_weight"] * mmd_loss(z[:b], z[b:])
+            if config.method == "mmd":
+                loss = loss + config.mmd_weight * mmd_loss(z[:b], z[b:])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -135,11 +135,11 @@ class _StepTimer(Callback):
 def project_loop(config: dict, tensors: dict, device: torch.device, warmup: int, steps: int) -> float:
     """Images per second of the project's loop (the LightningModule and trainer of train_model)."""
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp, _Quiet():
-        module = GalaxyClassifierModule(config)
+    with tempfile.TemporaryDirectory() as tmp, quiet_lightning():
+        module = GalaxyClassifierModule(config, CLASS_WEIGHTS)
         datamodule = GalaxyDataModule(None, config, tensors=tensors)
-        timer = _StepTimer(warmup, steps, config["batch_size"], device)
-        trainer, _ = make_trainer(Path(tmp), config, progress=False, extra_callbacks=[timer],
+        timer = _StepTimer(warmup, steps, config.batch_size, device)
+        trainer, _ = make_trainer(Path(tmp), config, device=device, progress=False, extra_callbacks=[timer],
                                   max_steps=warmup + steps, limit_val_batches=0)
         trainer.fit(module, datamodule=datamodule)
         return timer.images_per_second()
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--repeats", type=int, default=None, help="alternating repetitions per side")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (CPU runs)")
+    parser.add_argument("--models", default="convnet,resnet18", help="comma-separated models to time")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if device.type == "cpu":
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         sizes = {"convnet": (128, 2, 10), "resnet18": (32, 2, 6)}
         repeats = args.repeats or 3
     result: dict[str, float | str] = {"device": str(device), "torch_threads": torch.get_num_threads()}
-    for model in ("convnet", "resnet18"):
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         batch, warmup, steps = sizes[model]
         tensors = make_tensors(batch * (warmup + steps) + batch, 100)
         for method in ("regular", "mmd"):

@@ -1,28 +1,34 @@
 """Support for the reproduce/report tests: fake stage functions and table readers.
 
-``FakePipeline`` installs stand-ins for the five stage functions that write the stage
-files of the architecture contracts (markers last) with fabricated but well-formed
-numbers, and records which stages ran. ``tiny_reproduction`` runs the real ``tiny``
-preset once per test session (shared by test_reproduce.py and test_report_browser.py).
+``FakePipeline`` installs stand-ins for the five stage functions that the stage graph calls
+(``deepadversaries.grid``'s names) and for the report's dataset figures. They take the
+stages' real arguments (typed configs) and write the files of the architecture contracts
+(markers last) with fabricated but self-consistent numbers: ``metrics.json`` from the
+fabricated per-image ``predictions.npz``, ``summary.json`` from the ``results.csv`` rows,
+``analysis.json`` and ``distances_per_image.csv`` from per-image distances of the images
+flipped under both fabricated campaigns. They record which stages ran.
+``tiny_reproduction`` runs the real ``tiny`` preset once per test session (shared by
+test_reproduce.py, test_report_browser.py and the reliability tests).
 """
 
 from __future__ import annotations
 
+import csv
 import html.parser
-import importlib
 import re
-import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deepadversaries import CLASSES
 from deepadversaries.analysis import js_distance, summarize
 from deepadversaries.io import write_csv, write_json, write_npz
+from deepadversaries.runs import RunConfig
 
 MODELS_METHODS = (("convnet", "regular"), ("convnet", "mmd"))
+N_TEST = 40
 
 
 # --------------------------------------------------------------------------------------
@@ -42,117 +48,159 @@ def _gif(path: Path) -> None:
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
-def fake_metrics(rng: np.random.Generator) -> dict[str, Any]:
-    out = {}
-    for dom in ("Y10", "Y1"):
-        conf = rng.integers(1, 30, size=(3, 3))
-        acc = float(np.trace(conf) / conf.sum())
-        out[dom] = {"accuracy": acc, "precision": float(rng.uniform(0.3, 0.9)), "recall": acc,
-                    "f1": float(rng.uniform(0.3, 0.9)), "confusion": conf.tolist()}
-    return out
-
-
-def fake_analysis(rng: np.random.Generator, model: str) -> dict[str, Any]:
-    n = int(rng.integers(5, 20))
-    tables: dict[str, Any] = {}
-    scale = {"regular": float(rng.uniform(5, 10)), "da": float(rng.uniform(5, 10))}
-    for sc in ("latent", "normalised"):
-        tables[sc] = {}
-        for pert in ("Y10-Y1", "Y10-1P"):
-            reg = rng.gamma(3.0, 1.0, n)
-            da = rng.gamma(3.0, 1.3, n)
-            if sc == "normalised":
-                reg, da = reg / scale["regular"], da / scale["da"]
-            js = js_distance(reg, da)
-            tables[sc][pert] = {"regular": summarize(reg), "da": summarize(da), "js_distance": js.distance,
-                                "js_base": 2, "ratio_median_da_over_regular": float(np.median(da) / np.median(reg)),
-                                "ratio_mean_da_over_regular": float(np.mean(da) / np.mean(reg))}
-    return {"kind": "deepadv-analysis", "model": model, "n_flipped_both": n, "n_attacked_both": n + 3,
-            "attack": {tr: {"n_attacked": n + 3, "n_flipped": n, "flip_rate": n / (n + 3),
-                            "median_latent_norm_Y10": scale[tr]} for tr in ("regular", "da")},
-            "distances": tables, "js_base": 2, "notes": ["a fabricated analysis"]}
-
-
-def fake_summary(rng: np.random.Generator) -> dict[str, Any]:
-    attacked = int(rng.integers(8, 15))
-    flipped = int(rng.integers(1, attacked))
-    return {"kind": "deepadv-attack", "images_drawn": 20, "correctly_classified": attacked, "attacked": attacked,
-            "flipped": flipped, "success_rate": flipped / attacked, "mean_iterations": float(rng.uniform(5, 10)),
-            "median_iterations": float(rng.integers(0, 10)), "mean_iterations_flipped": float(rng.uniform(0, 5)),
-            "median_iterations_flipped": float(rng.integers(0, 5)), "flipped_in_initial_population": 1,
-            "settings": {"n_images": 20, "pop_size": 40, "max_iter": 10, "seed": 0, "mode": "targeted"},
-            "departures_from_paper": ["images in the subsample 20 (paper: 150)"]}
+def _read_results(run: Path) -> dict[int, dict[str, str]]:
+    with open(run / "attack" / "results.csv", newline="") as fh:
+        return {int(r["test_index"]): r for r in csv.DictReader(fh)}
 
 
 class FakePipeline:
-    """Fake stage modules (installed into sys.modules by ``install``) recording what ran."""
+    """Fake stage functions (installed into ``deepadversaries.grid`` by ``install``) recording what ran."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.fail: dict[str, BaseException] = {}
         self.rng = np.random.default_rng(1)
+        self.labels = np.arange(N_TEST) % 3
 
     def _maybe_fail(self, name: str) -> None:
         if name in self.fail:
             raise self.fail[name]
 
-    # the stage functions, with the signatures of docs/architecture.md
-    def simulate_dataset(self, out, preset="quick", *, n_galaxies=None, seed=0, workers=1, split_mode="galaxy",
-                         overwrite=False):
+    # the stage functions, with the signatures the stage actions call
+    def simulate_dataset(self, out, config=None, *, workers=1, overwrite=False, **options):
         self.calls.append("simulate")
         self._maybe_fail("simulate")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "dataset.json", {"version": 1, "seed": seed, "counts": {"train": 70, "valid": 10,
-                                                                                 "test": 20},
-                                          "config": {"preset": preset, "split_mode": split_mode}})
+        write_json(out / "dataset.json", {
+            "kind": "deepadv-dataset", "version": 1, "seed": config.seed,
+            "counts": {"train": {"total": 70}, "valid": {"total": 10}, "test": {"total": N_TEST},
+                       "galaxies": {"spiral": 40, "elliptical": 25, "merger": 8}},
+            "config": {"preset": config.preset, "split_mode": config.split_mode, "seed": config.seed}})
         return out
 
-    def train_model(self, data, out, *, model="convnet", method="regular", preset="quick", seed=0, device="auto",
-                    overrides=None, resume=False):
-        name = f"train:{model}_{method}"
+    def train_model(self, data, out, config=None, *, device="auto", resume=False, overwrite=False, progress=True,
+                    **options):
+        name = f"train:{config.model}_{config.method}"
         self.calls.append(name)
         self._maybe_fail(name)
         out = Path(out)
-        write_json(out / "config.json", {"kind": "deepadv-run", "model": model, "method": method, "preset": preset,
-                                         "data": str(Path(data).resolve()), "seed": seed, "lr": 1e-3, "epochs": 2})
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", RunConfig(train=config, data=str(Path(data).resolve())).to_json())
         write_json(out / "training.json", {"epochs": 2, "best_epoch": 1})
         return out
 
-    def evaluate_run(self, run, data=None, *, device="auto"):
+    def evaluate_run(self, run, data=None, *, device="auto", **options):
         name = f"evaluate:{Path(run).name}"
         self.calls.append(name)
         self._maybe_fail(name)
-        metrics = fake_metrics(self.rng)
+        metrics, probabilities = {}, {}
+        for domain, skill in (("Y10", 0.8), ("Y1", 0.5)):
+            right = self.rng.random(N_TEST) < skill
+            predicted = np.where(right, self.labels, (self.labels + 1 + self.rng.integers(0, 2, N_TEST)) % 3)
+            p = np.full((N_TEST, 3), 0.1)
+            p[np.arange(N_TEST), predicted] = 0.8
+            probabilities[f"probabilities_{domain}"] = p
+            confusion = np.zeros((3, 3), int)
+            for t, q in zip(self.labels, predicted):
+                confusion[t, q] += 1
+            metrics[domain] = {"accuracy": float(np.mean(predicted == self.labels)),
+                               "precision": float(self.rng.uniform(0.3, 0.9)), "recall": float(np.mean(right)),
+                               "f1": float(self.rng.uniform(0.3, 0.9)), "confusion": confusion.tolist(),
+                               "n": N_TEST}
+        write_npz(Path(run) / "predictions.npz", labels=self.labels.astype(np.int64), **probabilities)
         write_json(Path(run) / "metrics.json", metrics)
         return metrics
 
-    def attack_run(self, run, data=None, *, preset="quick", n_images=None, pop_size=None, max_iter=None, pixels=1,
-                   mode="targeted", seed=0, batch_images=None, device="auto"):
+    def attack_run(self, run, config=None, *, data=None, device="auto", **kwargs):
         name = f"attack:{Path(run).name}"
         self.calls.append(name)
         self._maybe_fail(name)
-        a = Path(run) / "attack"
-        write_csv(a / "results.csv", [{"test_index": 0, "success": True}])
-        write_npz(a / "latents.npz", test_index=np.zeros(1, np.int64))
-        summary = fake_summary(self.rng)
-        write_json(a / "summary.json", summary)
+        folder = Path(run) / "attack"
+        drawn = np.arange(20)
+        attacked = drawn[self.rng.random(20) < 0.7]
+        success = self.rng.random(len(attacked)) < 0.6
+        iterations = np.where(success, self.rng.integers(0, config.max_iter, len(attacked)), config.max_iter)
+        rows = [{"test_index": int(t), "galaxy_id": int(t), "true": CLASSES[self.labels[t]],
+                 "predicted": CLASSES[self.labels[t]], "target": CLASSES[(self.labels[t] + 1) % 3],
+                 "success": bool(ok), "iterations": int(it), "evaluations": int(config.pop_size * (it + 1))}
+                for t, ok, it in zip(attacked, success, iterations)]
+        write_csv(folder / "results.csv", rows)
+        write_npz(folder / "latents.npz", test_index=attacked.astype(np.int64))
+        flipped = iterations[success]
+        summary = {"kind": "deepadv-attack", "model": "convnet", "method": Path(run).name.split("_")[-1],
+                   "images_drawn": len(drawn), "correctly_classified": len(attacked), "attacked": len(attacked),
+                   "flipped": int(success.sum()), "success_rate": float(success.mean()),
+                   "mean_iterations": float(iterations.mean()), "median_iterations": float(np.median(iterations)),
+                   "mean_iterations_flipped": float(flipped.mean()) if len(flipped) else None,
+                   "median_iterations_flipped": float(np.median(flipped)) if len(flipped) else None,
+                   "flipped_in_initial_population": int((flipped == 0).sum()), "settings": config.to_json(),
+                   "departures_from_paper": config.departures_from_paper()}
+        write_json(folder / "summary.json", summary)
         return summary
 
-    def analyze_runs(self, regular, da, out, *, n_isomap=250, examples=4, seed=0, preset="quick",
-                     overwrite=False, device="auto"):
+    def robustness_run(self, run, data=None, *, baseline=None, seed=0, device="auto", **options):
+        name = f"robustness:{Path(run).name}"
+        self.calls.append(name)
+        self._maybe_fail(name)
+        from deepadversaries.corruptions import CORRUPTIONS
+
+        corruption = next(iter(CORRUPTIONS))
+        accuracy = [float(a) for a in self.rng.uniform(0.3, 0.8, 2)]
+        summary = {"kind": "deepadv-robustness", "clean": {"accuracy": 0.8},
+                   "results": [{"corruption": corruption, "severity": s, "accuracy": a}
+                               for s, a in zip((1, 3), accuracy)],
+                   "mean_error": 1 - sum(accuracy) / 2, "mce": None if baseline is None else 1.1}
+        write_json(Path(run) / "robustness" / "summary.json", summary)
+        return summary
+
+    def analyze_runs(self, regular, adapted, out, *, seed=0, preset="quick", device="auto", **options):
         out = Path(out)
         name = f"analyze:{out.name}"
         self.calls.append(name)
         self._maybe_fail(name)
         for i, fig in enumerate(("fig3_church_isomap", "fig4_isomap3d", "fig5_church_windows", "fig6_distances")):
             _png(out / f"{fig}.png", (40 * i, 100, 200))
-        for tr in ("regular", "da"):
-            _gif(out / f"isomap3d_{tr}.gif")
-        write_text_files = {"distances.csv": "perturbation\n", "distances.md": "# d\n"}
-        for k, v in write_text_files.items():
-            (out / k).write_text(v)
-        result = fake_analysis(self.rng, Path(regular).name.split("_")[0])
+        methods = ("regular", Path(adapted).name.split("_")[-1])
+        for method in methods:
+            _gif(out / f"isomap3d_{method}.gif")
+        results = {m: _read_results(Path(run)) for m, run in zip(methods, (regular, adapted))}
+        both = sorted(t for t in set(results[methods[0]]) & set(results[methods[1]])
+                      if results[methods[0]][t]["success"] == "True" and results[methods[1]][t]["success"] == "True")
+        n = len(both)
+        scale = {m: float(self.rng.uniform(5, 10)) for m in methods}
+        per_image = {m: {p: self.rng.gamma(3.0, 1.0 + 0.3 * k, n) for p in ("Y10-Y1", "Y10-1P")}
+                     for k, m in enumerate(methods)}
+        tables: dict[str, Any] = {}
+        for sc in ("latent", "normalised"):
+            tables[sc] = {}
+            for pert in ("Y10-Y1", "Y10-1P"):
+                a, b = (per_image[m][pert] / (scale[m] if sc == "normalised" else 1.0) for m in methods)
+                js = js_distance(a, b)
+                tables[sc][pert] = {methods[0]: summarize(a), methods[1]: summarize(b), "js_distance": js.distance,
+                                    "js_base": 2, "ratio_median": float(np.median(b) / np.median(a)) if n else None,
+                                    "ratio_mean": float(np.mean(b) / np.mean(a)) if n else None}
+        rows = []
+        for k, t in enumerate(both):
+            row = {"test_index": t}
+            for m in methods:
+                for pert in ("Y10-Y1", "Y10-1P"):
+                    key = pert.lower().replace("-", "_")
+                    row[f"d_{key}_{m}"] = float(per_image[m][pert][k])
+                    row[f"d_{key}_{m}_normalised"] = float(per_image[m][pert][k] / scale[m])
+            rows.append(row)
+        write_csv(out / "distances_per_image.csv", rows,
+                  ["test_index"] + [f"d_{p}_{m}{s}" for s in ("", "_normalised") for m in methods
+                                    for p in ("y10_y1", "y10_1p")])
+        (out / "distances.csv").write_text("perturbation\n")
+        (out / "distances.md").write_text("# d\n")
+        attacked_both = len(set(results[methods[0]]) & set(results[methods[1]]))
+        result = {"kind": "deepadv-analysis", "model": Path(regular).name.split("_")[0], "methods": list(methods),
+                  "n_flipped_both": n, "n_attacked_both": attacked_both,
+                  "attack": {m: {"n_attacked": len(results[m]),
+                                 "n_flipped": sum(r["success"] == "True" for r in results[m].values()),
+                                 "median_latent_norm_Y10": scale[m]} for m in methods},
+                  "distances": tables, "js_base": 2, "notes": ["a fabricated analysis"]}
         write_json(out / "analysis.json", result)
         return result
 
@@ -165,17 +213,11 @@ class FakePipeline:
         return {"fig1": root / "figures" / "fig1_gini_m20.png", "fig2": root / "figures" / "fig2_examples.png"}
 
     def install(self, monkeypatch) -> "FakePipeline":
-        for modname, fn in (("simulate", "simulate_dataset"), ("training", "train_model"),
-                            ("evaluation", "evaluate_run"), ("campaign", "attack_run"),
-                            ("analysis", "analyze_runs")):
-            try:
-                mod = importlib.import_module(f"deepadversaries.{modname}")
-            except ImportError:  # not written yet: a stand-in module
-                mod = types.ModuleType(f"deepadversaries.{modname}")
-                monkeypatch.setitem(sys.modules, f"deepadversaries.{modname}", mod)
-            monkeypatch.setattr(mod, fn, getattr(self, fn), raising=False)
+        import deepadversaries.grid as grid
         import deepadversaries.report as report
 
+        for fn in ("simulate_dataset", "train_model", "evaluate_run", "attack_run", "robustness_run", "analyze_runs"):
+            monkeypatch.setattr(grid, fn, getattr(self, fn))
         monkeypatch.setattr(report, "_dataset_figures", self.dataset_figures)
         return self
 
@@ -286,6 +328,13 @@ def tiny_reproduction(tmp_path_factory) -> dict[str, Any]:
 
         out = tmp_path_factory.mktemp("tiny_reproduce") / "out"
         t0 = time.perf_counter()
-        reproduce(out, preset="tiny", seed=0, device="cpu")
+        import torch
+
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny batches: one thread, and immune to a loaded machine
+        try:
+            reproduce(out, preset="tiny", seed=0, device="cpu")
+        finally:
+            torch.set_num_threads(n)
         _TINY.update(out=out, seconds=time.perf_counter() - t0)
     return _TINY

@@ -1,172 +1,197 @@
-"""Latent-space analysis: distances, JS distance, church windows, isomaps, figures, CLI."""
+"""Latent-space analysis: distances, JS distance, church windows, isomaps, the stage and its CLI.
+
+The numbers are checked against references written here (norms and the JS distance by hand,
+an Isomap built from a hand graph-shortest-path and classical MDS) on the files of real
+attack campaigns: the toy campaign (hand-built models that one pixel flips,
+tests/campaign_support.py) and the tiny campaign (real three-epoch trainings, which one
+pixel does not flip).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from campaign_support import LATENT_SCALE, write_run
 from PIL import Image
-from scipy.spatial.distance import jensenshannon
-from sklearn.manifold import Isomap
 
 from deepadversaries import CLASSES
 from deepadversaries.analysis import (
-    ANALYZE_PRESETS,
-    AttackData,
-    choose_examples,
     IsomapEmbedding,
-    analyze_runs,
     church_window_grid,
     church_window_loop,
+    distance_tables,
     grid_coordinates,
     isomap_embedding,
     isomap_projection,
     isomap_sample_indices,
     js_distance,
-    load_attack,
     paired_distances,
     summarize,
 )
+from deepadversaries.analyze import (
+    ANALYZE_PRESETS,
+    AttackData,
+    analyze_runs,
+    check_comparable,
+    choose_examples,
+    load_attack,
+)
 from deepadversaries.cli import main
+from deepadversaries.config import TrainConfig
 from deepadversaries.data import load_dataset
-from deepadversaries.errors import DeepAdvError
-from deepadversaries.io import write_csv, write_json, write_npz
-from deepadversaries.models import build_model, load_model
+from deepadversaries.errors import DeepAdvError, OptionError
+from deepadversaries.runs import RunConfig, read_run_config
 
-N_ATTACKED = 24
-
-
-def _fit(data: Path, seed: int, steps: int = 3) -> torch.nn.Module:
-    """A ConvNet fitted a few plain-torch steps on the toy data (Y10, plus Y1 for odd seeds)."""
-    torch.manual_seed(seed)
-    ds = load_dataset(data)
-    x10 = torch.from_numpy(ds.images("Y10", "train"))
-    x1 = torch.from_numpy(ds.images("Y1", "train"))
-    y = torch.from_numpy(ds.labels("train"))
-    model = build_model("convnet")
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (16,), generator=g)
-        xb = torch.cat([x10[idx], x1[idx]]) if seed % 2 else x10[idx]
-        yb = torch.cat([y[idx], y[idx]]) if seed % 2 else y[idx]
-        loss = torch.nn.functional.cross_entropy(model(xb)[0], yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def _perturbed(x: torch.Tensor) -> torch.Tensor:
-    """A strong stand-in for the attacked image (a bright 15x15 patch): the analysis only needs its latent."""
-    xp = x.clone()
-    xp[:, :, 35:50, 55:70] = 1.0
-    return xp
-
-
-def _write_run(root: Path, name: str, data: Path, model: torch.nn.Module, *, method: str, seed: int,
-               success: np.ndarray, model_name: str = "convnet") -> Path:
-    run = root / name
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model_name, "state_dict": model.state_dict(), "epoch": 0, "val_acc": 0.0},
-               run / "checkpoints" / "best.pt")
-    write_json(run / "config.json", {"kind": "deepadv-run", "model": model_name, "method": method,
-                                     "data": str(Path(data).resolve()), "seed": seed})
-    ds = load_dataset(data)
-    idx = np.arange(N_ATTACKED)
-    x10 = torch.from_numpy(ds.images("Y10", "test")[idx])
-    x1 = torch.from_numpy(ds.images("Y1", "test")[idx])
-    labels = ds.labels("test")[idx]
-    with torch.no_grad():
-        logits, z10 = model(x10)
-        _, z1 = model(x1)
-        logits_p, zp = model(_perturbed(x10))
-    pred_p = logits_p.argmax(1).numpy()
-    prob = torch.softmax(logits_p, 1).numpy()
-    rows = []
-    for k, i in enumerate(idx):
-        target = int(pred_p[k]) if pred_p[k] != labels[k] else int((labels[k] + 1) % 3)
-        rows.append({"test_index": int(i), "galaxy_id": 1000 + int(i), "true": CLASSES[labels[k]],
-                     "predicted": CLASSES[int(logits[k].argmax())], "target": CLASSES[target],
-                     "success": bool(success[k]), "iterations": 3 + k, "x": 62, "y": 42,
-                     "value_g": 1.0, "value_r": 1.0, "value_i": 1.0, "p_spiral": float(prob[k, 0]),
-                     "p_elliptical": float(prob[k, 1]), "p_merger": float(prob[k, 2])})
-    write_csv(run / "attack" / "results.csv", rows)
-    write_npz(run / "attack" / "latents.npz", test_index=idx.astype(np.int64), z_y10=z10.numpy(),
-              z_y1=z1.numpy(), z_1p=zp.numpy(), success=np.asarray(success, bool))
-    write_json(run / "attack" / "summary.json", {"n_attacked": N_ATTACKED, "n_success": int(np.sum(success))})
-    return run
-
-
-@pytest.fixture(scope="module")
-def runs(toy_dataset, tmp_path_factory):
-    """A regular and a 'DA' run (same model, same data) with attack files; flips: even / not-multiple-of-3."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    root = tmp_path_factory.mktemp("analysis_runs")
-    k = np.arange(N_ATTACKED)
-    reg_model, da_model = _fit(toy_dataset, 0), _fit(toy_dataset, 1)
-    regular = _write_run(root, "regular", toy_dataset, reg_model, method="regular", seed=0, success=k % 2 == 0)
-    da = _write_run(root, "da", toy_dataset, da_model, method="mmd", seed=1, success=k % 3 != 0)
-    return {"root": root, "regular": regular, "da": da, "data": toy_dataset}
-
-
-@pytest.fixture(scope="module")
-def analysis(runs):
-    out = runs["root"] / "analysis"
-    result = analyze_runs(runs["regular"], runs["da"], out, n_isomap=30, examples=3, seed=0, preset="tiny")
-    return out, result
+STRETCH_SCALE = 0.85  # SPEC 3.5: (arcsinh(0.85 x / p99.9) + 1) / 2
 
 
 # ---------------------------------------------------------------------------------------------
-# numbers
+# references written here
 # ---------------------------------------------------------------------------------------------
-def test_distances_equal_numpy_norm_on_images_flipped_under_both(runs):
-    reg, da = load_attack(runs["regular"]), load_attack(runs["da"])
-    paired = paired_distances(reg, da)
-    k = np.arange(N_ATTACKED)
-    expected_index = k[(k % 2 == 0) & (k % 3 != 0)]
-    assert paired.test_index.tolist() == expected_index.tolist()
-    for name, data in (("regular", reg), ("da", da)):
-        rows = [int(np.flatnonzero(data.test_index == t)[0]) for t in expected_index]
-        np.testing.assert_allclose(paired.distances[name]["Y10-Y1"],
-                                   np.linalg.norm(data.z_y10[rows] - data.z_y1[rows], axis=1), rtol=1e-6)
-        np.testing.assert_allclose(paired.distances[name]["Y10-1P"],
-                                   np.linalg.norm(data.z_y10[rows] - data.z_1p[rows], axis=1), rtol=1e-6)
-        scale = np.median(np.linalg.norm(data.z_y10, axis=1))
-        np.testing.assert_allclose(paired.normalised(name, "Y10-1P"),
-                                   np.linalg.norm(data.z_y10[rows] - data.z_1p[rows], axis=1) / scale, rtol=1e-6)
+def norm_by_hand(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each row pair, as a sum of squares in float64."""
+    return np.array([math.sqrt(sum((float(x) - float(y)) ** 2 for x, y in zip(ra, rb))) for ra, rb in zip(a, b)])
 
 
-def test_summary_standard_error_is_std_over_sqrt_n():
-    v = np.random.default_rng(3).gamma(2.0, 3.0, size=37)
+def js_by_hand(p: list[float], q: list[float]) -> float:
+    """Jensen-Shannon distance, base 2: sqrt((KL(P||M) + KL(Q||M)) / 2) with M = (P + Q) / 2."""
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+    kl_p = sum(a * math.log2(a / c) for a, c in zip(p, m) if a > 0)
+    kl_q = sum(b * math.log2(b / c) for b, c in zip(q, m) if b > 0)
+    return math.sqrt((kl_p + kl_q) / 2)
+
+
+def histogram_by_hand(values: np.ndarray, edges: np.ndarray) -> list[float]:
+    """Fractions per bin; bins half-open [a, b) except the last, which is closed (numpy's rule)."""
+    counts = [0] * (len(edges) - 1)
+    for v in values:
+        for k in range(len(edges) - 1):
+            last = k == len(edges) - 2
+            if edges[k] <= v < edges[k + 1] or (last and v == edges[k + 1]):
+                counts[k] += 1
+                break
+    return [c / len(values) for c in counts]
+
+
+def stretched(raw: np.ndarray, hi: float, lo: float) -> np.ndarray:
+    x = np.clip(raw.astype(np.float32), lo, hi)
+    return ((np.arcsinh(STRETCH_SCALE * x / np.float32(hi)) + 1) / 2).astype(np.float32)
+
+
+def read_results(run: Path) -> list[dict[str, str]]:
+    with open(run / "attack" / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def flipped_under_both_by_hand(a: Path, b: Path) -> list[int]:
+    flipped = [{int(r["test_index"]) for r in read_results(run) if r["success"] == "True"} for run in (a, b)]
+    return sorted(flipped[0] & flipped[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the campaign's latents
+# ---------------------------------------------------------------------------------------------
+def test_campaign_latents_are_the_models_latents(toy_campaign):
+    """latents.npz holds each model's z of the stretched Y10 and Y1 test images, in results.csv order."""
+    ds = load_dataset(toy_campaign["data"])
+    for method in ("regular", "mmd"):
+        run, model = toy_campaign[method], toy_campaign["models"][method]
+        index = np.array([int(r["test_index"]) for r in read_results(run)])
+        lat = np.load(run / "attack" / "latents.npz")
+        assert lat["test_index"].tolist() == index.tolist()
+        for domain, key in (("Y10", "z_y10"), ("Y1", "z_y1")):
+            lo, hi = ds.stretch(domain)
+            x = stretched(np.asarray(ds.images(domain, "test", stretched=False))[index], hi, lo)
+            with torch.no_grad():
+                z = model.bottleneck(torch.flatten(model.features(torch.from_numpy(x)), 1)).numpy()
+            np.testing.assert_allclose(lat[key], z, rtol=1e-5, atol=1e-6)
+
+
+def test_distances_on_the_images_flipped_under_both(toy_campaign):
+    reg, ada = load_attack(toy_campaign["regular"]), load_attack(toy_campaign["mmd"])
+    paired = paired_distances({"regular": reg, "mmd": ada})
+    expected = flipped_under_both_by_hand(toy_campaign["regular"], toy_campaign["mmd"])
+    assert len(expected) >= 5, "the toy campaign must flip several images under both runs"
+    assert paired.methods == ("regular", "mmd")
+    assert paired.test_index.tolist() == expected
+    for method, data in (("regular", reg), ("mmd", ada)):
+        rows = [data.test_index.tolist().index(t) for t in expected]
+        assert paired.rows[method].tolist() == rows
+        np.testing.assert_allclose(paired.distances[method]["Y10-Y1"], norm_by_hand(data.z_y10[rows], data.z_y1[rows]),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(paired.distances[method]["Y10-1P"], norm_by_hand(data.z_y10[rows], data.z_1p[rows]),
+                                   rtol=1e-6)
+        # each run's scale: its median ||z(Y10)|| over the images attacked under both runs
+        attacked = sorted(set(reg.test_index.tolist()) & set(ada.test_index.tolist()))
+        norms = [math.sqrt(sum(float(v) ** 2 for v in data.z_y10[data.test_index.tolist().index(t)]))
+                 for t in attacked]
+        assert paired.scale[method] == pytest.approx(float(np.median(norms)), rel=1e-6)
+        scale = paired.scale[method]
+        np.testing.assert_allclose(paired.normalised(method, "Y10-1P"), paired.distances[method]["Y10-1P"] / scale,
+                                   rtol=1e-6)
+    # the mmd toy model is the regular one with its latent space scaled by 2
+    np.testing.assert_allclose(paired.distances["mmd"]["Y10-Y1"], LATENT_SCALE * paired.distances["regular"]["Y10-Y1"],
+                               rtol=1e-5)
+    # ... so on the scale-free axis (both divided by a median over the same images) they are equal
+    assert paired.scale["mmd"] == pytest.approx(LATENT_SCALE * paired.scale["regular"], rel=1e-5)
+    np.testing.assert_allclose(paired.normalised("mmd", "Y10-Y1"), paired.normalised("regular", "Y10-Y1"), rtol=1e-5)
+
+
+def test_distance_tables_and_ratios(toy_campaign):
+    reg, ada = load_attack(toy_campaign["regular"]), load_attack(toy_campaign["mmd"])
+    paired = paired_distances({"regular": reg, "mmd": ada})
+    tables = distance_tables(paired)
+    for scale in ("latent", "normalised"):
+        for pert in ("Y10-Y1", "Y10-1P"):
+            row = tables[scale][pert]
+            a, b = paired.values("regular", pert, scale), paired.values("mmd", pert, scale)
+            assert row["regular"]["median"] == pytest.approx(float(np.median(a)))
+            assert row["mmd"]["mean"] == pytest.approx(sum(b) / len(b))
+            assert row["ratio_median"] == pytest.approx(float(np.median(b) / np.median(a)))
+            assert row["ratio_mean"] == pytest.approx(float(np.mean(b) / np.mean(a)))
+            edges = np.histogram_bin_edges(np.concatenate([a, b]), bins="auto")
+            assert row["js_bins"] == len(edges) - 1 and row["js_base"] == 2
+            assert row["js_distance"] == pytest.approx(js_by_hand(histogram_by_hand(a, edges),
+                                                                  histogram_by_hand(b, edges)), abs=1e-12)
+    assert tables["latent"]["Y10-Y1"]["ratio_median"] == pytest.approx(LATENT_SCALE, rel=1e-5)
+
+
+def test_summary_standard_error_is_the_population_std_over_sqrt_n():
+    v = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]  # population std exactly 2
     s = summarize(v)
-    assert s["n"] == 37
-    assert s["median"] == pytest.approx(np.median(v))
-    assert s["mean"] == pytest.approx(np.mean(v))
-    assert s["stderr"] == pytest.approx(np.std(v) / np.sqrt(37))
+    assert (s["n"], s["median"], s["mean"], s["std"]) == (8, 4.5, 5.0, 2.0)
+    assert s["stderr"] == pytest.approx(2.0 / math.sqrt(8))
     empty = summarize([])
-    assert empty["n"] == 0 and np.isnan(empty["median"]) and np.isnan(empty["stderr"])
+    assert empty["n"] == 0 and math.isnan(empty["median"]) and math.isnan(empty["stderr"])
 
 
-def test_js_distance_equals_scipy_on_the_same_histograms():
+def test_js_distance_by_hand():
     rng = np.random.default_rng(0)
     a, b = rng.normal(10, 2, 120), rng.normal(13, 3, 90)
     res = js_distance(a, b)
     edges = np.histogram_bin_edges(np.concatenate([a, b]), bins="auto")
     np.testing.assert_allclose(res.edges, edges)
-    p = np.histogram(a, edges)[0] / len(a)
-    q = np.histogram(b, edges)[0] / len(b)
-    assert res.p.sum() == pytest.approx(1.0) and res.q.sum() == pytest.approx(1.0)
-    assert res.distance == pytest.approx(jensenshannon(p, q, base=2), rel=1e-12)
-    assert res.base == 2
+    p, q = histogram_by_hand(a, edges), histogram_by_hand(b, edges)
+    np.testing.assert_allclose(res.p, p, atol=1e-15)
+    np.testing.assert_allclose(res.q, q, atol=1e-15)
+    assert res.distance == pytest.approx(js_by_hand(p, q), abs=1e-12) and res.base == 2
+    assert js_distance(b, a).distance == pytest.approx(res.distance, abs=1e-15)  # symmetric
     assert js_distance(a, a).distance == pytest.approx(0.0, abs=1e-7)
-    assert js_distance(np.zeros(5), np.full(5, 10.0)).distance == pytest.approx(1.0)  # disjoint, base 2
-    assert np.isnan(js_distance(a, []).distance)
+    assert js_distance(np.zeros(5), np.full(5, 10.0)).distance == pytest.approx(1.0)  # disjoint: 1 in base 2
+    # two bins, P = (1, 0), Q = (1/2, 1/2), M = (3/4, 1/4), written out
+    two = js_distance([0.0, 0.1, 0.2, 0.3], [0.0, 0.1, 0.9, 1.0], bins=2)
+    assert two.p.tolist() == [1.0, 0.0] and two.q.tolist() == [0.5, 0.5]
+    m = (0.75, 0.25)
+    expected = math.sqrt((1.0 * math.log2(1 / m[0]) + 0.5 * math.log2(0.5 / m[0]) + 0.5 * math.log2(0.5 / m[1])) / 2)
+    assert two.distance == pytest.approx(expected, abs=1e-12)
+    assert math.isnan(js_distance(a, []).distance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,29 +215,36 @@ def test_church_window_axes_on_a_known_head():
     assert w.classes.shape == (221, 221)
     assert (w.class_at(0, 0), w.class_at(1, 0), w.class_at(0, 1)) == (0, 1, 2)
     assert w.class_at(-1, -1) == 0 and w.class_at(1.0, 0.4) == 1 and w.class_at(0.4, 1.0) == 2
+    # the class regions by hand: class 1 where a > 0.5 and a > b, class 2 where b > 0.5 and b > a
+    g = grid_coordinates()
+    a, b = np.meshgrid(g, g)  # rows: beta, columns: alpha
+    hand = np.where((a > 0.5) & (a >= b), 1, np.where((b > 0.5) & (b > a), 2, 0))
+    agree = (w.classes == hand) | np.isclose(np.maximum(a, b), 0.5) | np.isclose(a, b)
+    assert agree.all()
+    assert w.fractions() == pytest.approx([float((w.classes == c).mean()) for c in range(3)])
 
 
-def test_church_window_landmarks_match_model_classes(runs):
-    model = load_model(runs["regular"])
-    ds = load_dataset(runs["data"])
-    x10 = torch.from_numpy(ds.images("Y10", "test")[:6])
-    x1 = torch.from_numpy(ds.images("Y1", "test")[:6])
-    xp = _perturbed(x10)
-    with torch.no_grad():
-        (l10, z10), (l1, z1), (lp, zp) = model(x10), model(x1), model(xp)
-    for i in range(6):
-        w = church_window_grid(model.head, z10[i], z1[i], zp[i])
-        assert w.class_at(0, 0) == int(l10[i].argmax())
-        assert w.class_at(1, 0) == int(lp[i].argmax())
-        assert w.class_at(0, 1) == int(l1[i].argmax())
+def test_church_window_landmarks_are_the_campaigns_predictions(toy_campaign):
+    """At (0, 0), (1, 0) and (0, 1) the window has the model's class of the Y10, 1P and Y1 images."""
+    for method in ("regular", "mmd"):
+        data = load_attack(toy_campaign[method])
+        model = toy_campaign["models"][method]
+        rows = read_results(toy_campaign[method])
+        for k, r in enumerate(rows[:6]):
+            w = church_window_grid(model.head, data.z_y10[k], data.z_y1[k], data.z_1p[k])
+            assert CLASSES[w.class_at(0, 0)] == r["true"] == r["predicted"]  # only correct images are attacked
+            p1p = [float(r[f"p_{c}"]) for c in CLASSES]
+            assert w.class_at(1, 0) == int(np.argmax(p1p))
+            with torch.no_grad():
+                assert w.class_at(0, 1) == int(model.output(torch.from_numpy(data.z_y1[k][None])).argmax())
 
 
-def test_batched_grid_equals_per_point_loop(runs):
-    data = load_attack(runs["da"])
-    model = load_model(runs["da"])
+def test_batched_grid_equals_the_per_point_loop(toy_campaign):
+    data = load_attack(toy_campaign["mmd"])
+    model = toy_campaign["models"]["mmd"]
     coords = grid_coordinates()
     pick = coords[::20]  # 12 x 12 points spread over the window
-    for row in (0, 5):
+    for row in (0, 3):
         z = (data.z_y10[row], data.z_y1[row], data.z_1p[row])
         batched = church_window_grid(model.head, *z)
         loop = church_window_loop(model.head, *z, alphas=pick, betas=pick)
@@ -223,7 +255,56 @@ def test_batched_grid_equals_per_point_loop(runs):
 # ---------------------------------------------------------------------------------------------
 # isomaps
 # ---------------------------------------------------------------------------------------------
-def test_isomap_shape_determinism_and_reference():
+def isomap_by_hand(x: np.ndarray, k: int, d: int) -> np.ndarray:
+    """k-nearest-neighbour graph (symmetrised), Floyd-Warshall geodesics, classical MDS."""
+    n = len(x)
+    euclid = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    graph = np.full((n, n), np.inf)
+    np.fill_diagonal(graph, 0.0)
+    for i in range(n):
+        for j in np.argsort(euclid[i], kind="stable")[1:k + 1]:
+            graph[i, j] = graph[j, i] = euclid[i, j]
+    for m in range(n):
+        graph = np.minimum(graph, graph[:, m:m + 1] + graph[m:m + 1, :])
+    h = np.eye(n) - np.ones((n, n)) / n
+    b = -0.5 * h @ (graph**2) @ h
+    values, vectors = np.linalg.eigh(b)
+    top = np.argsort(values)[::-1][:d]
+    return vectors[:, top] * np.sqrt(np.maximum(values[top], 0.0))
+
+
+def pairwise(y: np.ndarray) -> np.ndarray:
+    return np.sqrt(((y[:, None, :] - y[None, :, :]) ** 2).sum(-1))
+
+
+def test_isomap_equals_a_hand_geodesic_mds():
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0, 1.5 * np.pi, 25))  # a noisy spiral arc in 5-D: the graph is connected
+    x = np.c_[np.cos(t) * (1 + t), np.sin(t) * (1 + t), 0.3 * t, rng.normal(0, 0.05, (25, 2))]
+    ours = isomap_projection(x, 2, n_neighbors=5)
+    hand = isomap_by_hand(x, 5, 2)
+    assert ours.shape == (25, 2)
+    # the same embedding up to a rotation or reflection: the same pairwise distances
+    np.testing.assert_allclose(pairwise(ours), pairwise(hand), atol=1e-8)
+
+
+def test_isomap_unrolls_a_line_and_a_circle_arc():
+    steps = np.arange(12, dtype=float)
+    line = np.c_[steps, 2 * steps, -steps] / np.sqrt(6)  # unit spacing along a direction in 3-D
+    y = isomap_projection(line, 2, n_neighbors=3)
+    np.testing.assert_allclose(pairwise(y), np.abs(steps[:, None] - steps[None, :]), atol=1e-8)
+    # points on a half circle: the first axis unrolls the arc, in order, as the hand geodesic MDS does
+    angle = np.linspace(0, np.pi, 30)
+    arc = np.c_[np.cos(angle), np.sin(angle), np.zeros(30)]
+    y = isomap_projection(arc, 2, n_neighbors=2)
+    np.testing.assert_allclose(pairwise(y), pairwise(isomap_by_hand(arc, 2, 2)), atol=1e-8)
+    first = y[:, 0] * np.sign(y[-1, 0] - y[0, 0])
+    assert (np.diff(first) > 0).all()
+    chord = 2 * np.sin((angle[1] - angle[0]) / 2)
+    assert first[-1] - first[0] == pytest.approx(29 * chord, rel=0.02)  # close to the arc length, not the diameter
+
+
+def test_isomap_embedding_stacks_the_sample_and_the_triplets():
     rng = np.random.default_rng(1)
     z10, z1 = rng.normal(size=(40, 16)), rng.normal(0.5, 1.0, size=(40, 16))
     trip = [{"z_y10": z10[0], "z_y1": z1[0], "z_1p": z10[0] + 0.1, "pred_y10": 0, "pred_y1": 1, "pred_1p": 2}, None]
@@ -232,62 +313,85 @@ def test_isomap_shape_determinism_and_reference():
     assert isinstance(e1, IsomapEmbedding) and e1.coords.shape == (83, 3)
     np.testing.assert_array_equal(e1.coords, e2.coords)
     assert e1.select("triplet-1P", 0).sum() == 1 and e1.select("triplet-Y10", 1).sum() == 0
+    assert e1.predicted[e1.select("triplet-1P", 0)].tolist() == [2]
     stacked = np.concatenate([z10, z1, [z10[0], z1[0], z10[0] + 0.1]])
-    ref = Isomap(n_neighbors=5, n_components=2, eigen_solver="dense").fit_transform(stacked)
-    two = isomap_projection(stacked, 2)
-    assert two.shape == (83, 2)
-    np.testing.assert_allclose(two, ref, atol=1e-8)
-    np.testing.assert_allclose(e1.coords[:, :2], ref, atol=1e-8)  # the 2-D map is the 3-D map's first two axes
+    np.testing.assert_allclose(pairwise(e1.coords), pairwise(isomap_by_hand(stacked, 5, 3)), atol=1e-7)
+    with pytest.raises(OptionError, match="at least 4"):
+        isomap_projection(stacked[:3], 2)
 
 
 def test_isomap_sample_is_deterministic_for_a_seed():
     a, b, c = isomap_sample_indices(500, 250, 7), isomap_sample_indices(500, 250, 7), isomap_sample_indices(500, 250, 8)
-    assert len(a) == 250 and len(np.unique(a)) == 250 and a.max() < 500
+    assert len(a) == 250 and len(np.unique(a)) == 250 and a.max() < 500 and (np.diff(a) > 0).all()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert len(isomap_sample_indices(20, 250, 0)) == 20
 
 
-def _attack_data(test_index, success, true) -> AttackData:
+# ---------------------------------------------------------------------------------------------
+# examples and comparability
+# ---------------------------------------------------------------------------------------------
+def _attack_data(method: str, test_index, success, true) -> AttackData:
     n = len(test_index)
     z = np.zeros((n, 4), np.float32)
-    return AttackData(run=Path("."), config={}, test_index=np.asarray(test_index), z_y10=z, z_y1=z, z_1p=z,
+    config = RunConfig(train=TrainConfig(method=method, preset="tiny"), data="/data")
+    return AttackData(run=Path(method), config=config, test_index=np.asarray(test_index), z_y10=z, z_y1=z, z_1p=z,
                       success=np.asarray(success, bool), true=list(true), target=[None] * n,
                       galaxy_id=[""] * n, iterations=[""] * n)
 
 
 def test_examples_prefer_images_flipped_under_both_and_vary_the_class():
-    reg = _attack_data([0, 1, 2, 3, 4, 5], [1, 1, 1, 1, 0, 1], [0, 0, 1, 2, 0, 2])
-    da = _attack_data([0, 1, 2, 3, 4, 6], [1, 0, 1, 1, 1, 1], [0, 0, 1, 2, 0, 1])
-    chosen = choose_examples(reg, da, 3, seed=0)
+    reg = _attack_data("regular", [0, 1, 2, 3, 4, 5], [1, 1, 1, 1, 0, 1], [0, 0, 1, 2, 0, 2])
+    ada = _attack_data("mmd", [0, 1, 2, 3, 4, 6], [1, 0, 1, 1, 1, 1], [0, 0, 1, 2, 0, 1])
+    chosen = choose_examples(reg, ada, 3, seed=0)
     assert sorted(e.test_index for e in chosen) == [0, 2, 3]  # flipped under both, one of each class
     assert all(e.flipped_under_both for e in chosen)
-    more = choose_examples(reg, da, 5, seed=0)
-    assert [e.status for e in more[3:]] == ["flipped under DA only", "flipped under regular only"] or \
-        [e.status for e in more[3:]] == ["flipped under regular only", "flipped under DA only"]
-    assert choose_examples(reg, da, 5, seed=0) == more  # deterministic for a seed
+    assert chosen[0].rows == {"regular": reg.row(chosen[0].test_index), "mmd": ada.row(chosen[0].test_index)}
+    more = choose_examples(reg, ada, 5, seed=0)
+    assert sorted(e.status for e in more[3:]) == ["flipped under mmd only", "flipped under regular only"]
+    assert choose_examples(reg, ada, 5, seed=0) == more  # deterministic for a seed
+
+
+def test_runs_are_comparable_only_with_the_same_model_data_and_different_methods():
+    def config(model="convnet", method="regular", data="/data"):
+        return RunConfig(train=TrainConfig(model=model, method=method, preset="tiny"), data=data)
+
+    check_comparable(config(), config(method="mmd"), Path("r"), Path("a"))
+    for other, words in ((config(model="resnet18", method="mmd"), "model"), (config(method="mmd", data="/else"),
+                                                                            "dataset"),
+                         (config(), "both runs were trained with method 'regular'")):
+        with pytest.raises(OptionError, match=words):
+            check_comparable(config(), other, Path("r"), Path("a"))
 
 
 # ---------------------------------------------------------------------------------------------
-# the whole analysis
+# the whole analysis of the toy campaign
 # ---------------------------------------------------------------------------------------------
 FILES = ("distances.csv", "distances.md", "distances_per_image.csv", "fig3_church_isomap.png",
          "fig4_isomap3d.png", "fig5_church_windows.png", "fig6_distances.png", "isomap3d_regular.gif",
-         "isomap3d_da.gif", "analysis.json")
+         "isomap3d_mmd.gif", "analysis.json")
 
 
-def test_analyze_writes_every_file_and_marker_last(analysis):
-    out, result = analysis
+def test_analyze_writes_every_file_and_the_marker_last(toy_analysis, toy_campaign):
+    out, result = toy_analysis["out"], toy_analysis["result"]
     for name in FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     marker = (out / "analysis.json").stat().st_mtime_ns
     assert all((out / n).stat().st_mtime_ns <= marker for n in FILES)
-    assert json.loads((out / "analysis.json").read_text())["n_flipped_both"] == result["n_flipped_both"]
     assert not list(out.glob("*.tmp-*"))
+    stored = json.loads((out / "analysis.json").read_text())
+    assert stored["methods"] == ["regular", "mmd"] and result["methods"] == ["regular", "mmd"]
+    assert stored["runs"] == {m: str(toy_campaign[m]) for m in ("regular", "mmd")}
+    assert stored["n_flipped_both"] == len(flipped_under_both_by_hand(toy_campaign["regular"], toy_campaign["mmd"]))
+    for method in ("regular", "mmd"):
+        rows = read_results(toy_campaign[method])
+        assert stored["attack"][method]["n_attacked"] == len(rows)
+        assert stored["attack"][method]["n_flipped"] == sum(r["success"] == "True" for r in rows)
 
 
-def test_figures_have_the_stated_size_and_resolution(analysis):
-    out, result = analysis
+def test_figures_have_the_stated_size_and_resolution(toy_analysis):
+    out, result = toy_analysis["out"], toy_analysis["result"]
+    assert set(result["figures"]) == {"fig3", "fig4", "fig5", "fig6", "gif_regular", "gif_mmd"}
     for key, fig in result["figures"].items():
         with Image.open(out / fig["file"]) as im:
             assert (im.width, im.height) == (fig["width_px"], fig["height_px"]), key
@@ -298,84 +402,163 @@ def test_figures_have_the_stated_size_and_resolution(analysis):
                 assert getattr(im, "n_frames", 1) == fig["frames"] == ANALYZE_PRESETS["tiny"]["gif_frames"]
 
 
-def test_distance_tables_agree_with_per_image_file(analysis, runs):
-    out, result = analysis
-    k = np.arange(N_ATTACKED)
-    n_both = int(((k % 2 == 0) & (k % 3 != 0)).sum())
-    assert result["n_flipped_both"] == n_both
+def test_distance_files_agree_with_the_latents(toy_analysis, toy_campaign):
+    """distances.csv / distances_per_image.csv / distances.md against norms and JS computed here."""
+    out = toy_analysis["out"]
+    both = flipped_under_both_by_hand(toy_campaign["regular"], toy_campaign["mmd"])
+    lat = {m: np.load(toy_campaign[m] / "attack" / "latents.npz") for m in ("regular", "mmd")}
     with open(out / "distances_per_image.csv") as fh:
         per_image = list(csv.DictReader(fh))
     with open(out / "distances.csv") as fh:
-        table = {(r["perturbation"], r["training"], r["scale"]): r for r in csv.DictReader(fh)}
-    assert len(per_image) == n_both
-    for pert, col in (("Y10-Y1", "d_y10_y1"), ("Y10-1P", "d_y10_1p")):
-        values = {tr: np.array([float(r[f"{col}_{tr}"]) for r in per_image]) for tr in ("regular", "da")}
-        for tr in ("regular", "da"):
-            row = table[(pert, tr, "latent")]
-            assert int(row["n"]) == n_both
-            assert float(row["median"]) == pytest.approx(np.median(values[tr]))
-            assert float(row["stderr"]) == pytest.approx(np.std(values[tr]) / np.sqrt(n_both))
-        assert float(table[(pert, "regular", "latent")]["js_distance_base2"]) == pytest.approx(
-            js_distance(values["regular"], values["da"]).distance)
+        table = {(r["perturbation"], r["method"], r["scale"]): r for r in csv.DictReader(fh)}
+    assert [int(r["test_index"]) for r in per_image] == both
+    values: dict[tuple[str, str], np.ndarray] = {}
+    for method in ("regular", "mmd"):
+        rows = [lat[method]["test_index"].tolist().index(t) for t in both]
+        z10 = lat[method]["z_y10"]
+        values["Y10-Y1", method] = norm_by_hand(z10[rows], lat[method]["z_y1"][rows])
+        values["Y10-1P", method] = norm_by_hand(z10[rows], lat[method]["z_1p"][rows])
+        for pert, col in (("Y10-Y1", "d_y10_y1"), ("Y10-1P", "d_y10_1p")):
+            np.testing.assert_allclose([float(r[f"{col}_{method}"]) for r in per_image], values[pert, method],
+                                       rtol=1e-6)
+    for pert in ("Y10-Y1", "Y10-1P"):
+        for method in ("regular", "mmd"):
+            row = table[(pert, method, "latent")]
+            v = sorted(values[pert, method])
+            n = len(v)
+            median = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+            mean = sum(v) / n
+            std = math.sqrt(sum((x - mean) ** 2 for x in v) / n)
+            assert int(row["n"]) == n
+            assert float(row["median"]) == pytest.approx(median, rel=1e-6)
+            assert float(row["mean"]) == pytest.approx(mean, rel=1e-6)
+            assert float(row["stderr"]) == pytest.approx(std / math.sqrt(n), rel=1e-6)
+        a, b = values[pert, "regular"], values[pert, "mmd"]
+        edges = np.histogram_bin_edges(np.concatenate([a, b]), bins="auto")
+        assert float(table[(pert, "mmd", "latent")]["js_distance_base2"]) == pytest.approx(
+            js_by_hand(histogram_by_hand(a, edges), histogram_by_hand(b, edges)), abs=1e-6)
     md = (out / "distances.md").read_text()
-    assert f"n = {n_both}" in md and "base 2" in md and "| Y10–1P |" in md
+    assert f"n = {len(both)}" in md and "base 2" in md and "| Y10–1P |" in md and "| DA (MMD) |" in md
 
 
-def test_analyze_with_no_image_flipped_under_both(runs, tmp_path):
-    none_run = runs["root"] / "da_none"
-    if not none_run.exists():
-        _write_run(runs["root"], "da_none", runs["data"], load_model(runs["da"]), method="mmd", seed=1,
-                   success=np.zeros(N_ATTACKED, bool))
-    result = analyze_runs(runs["regular"], none_run, tmp_path / "out", n_isomap=10, examples=1, preset="tiny")
+def test_analyze_refuses_to_overwrite_a_finished_analysis(toy_analysis, toy_campaign):
+    with pytest.raises(DeepAdvError, match="--overwrite"):
+        analyze_runs(toy_campaign["regular"], toy_campaign["mmd"], toy_analysis["out"], preset="tiny")
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiny campaign: real trainings, nothing flipped
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def no_flip_analysis(tiny_campaign, tmp_path_factory) -> dict:
+    regular, adapted = tiny_campaign["regular"], tiny_campaign["mmd"]
+    assert flipped_under_both_by_hand(regular, adapted) == [], "precondition: the tiny campaign flips nothing"
+    out = tmp_path_factory.mktemp("no_flip") / "out"
+    result = analyze_runs(regular, adapted, out, n_isomap=10, examples=1, preset="tiny", device="cpu")
+    return {"out": out, "result": result}
+
+
+def test_analyze_with_no_image_flipped_under_both(no_flip_analysis):
+    out, result = no_flip_analysis["out"], no_flip_analysis["result"]
     assert result["n_flipped_both"] == 0
     row = result["distances"]["latent"]["Y10-1P"]
-    assert row["regular"]["n"] == 0 and np.isnan(row["regular"]["median"]) and np.isnan(row["js_distance"])
+    undefined = [row["regular"]["median"], row["mmd"]["mean"], row["js_distance"], row["ratio_median"]]
+    assert row["regular"]["n"] == 0 and all(v is None or math.isnan(v) for v in undefined)
     assert any("no image was flipped under both runs" in n for n in result["notes"])
-    assert result["examples"][0]["status"] == "flipped under regular only"
-    md = (tmp_path / "out" / "distances.md").read_text()
-    assert "n = 0" in md and "NaN" in md
+    assert result["examples"][0]["status"].startswith("attacked under")
+    md = (out / "distances.md").read_text()
+    assert "n = 0" in md and "n/a" in md
     for name in FILES:
-        assert (tmp_path / "out" / name).stat().st_size > 0
+        assert (out / name).stat().st_size > 0
 
 
-def test_analyze_refuses_to_overwrite_a_finished_analysis(analysis, runs):
-    out, _ = analysis
-    with pytest.raises(DeepAdvError, match="--overwrite"):
-        analyze_runs(runs["regular"], runs["da"], out, preset="tiny")
+def test_analysis_json_is_strict_json_when_nothing_flipped(no_flip_analysis):
+    """formatting.py: undefined numbers are stored as null, so every JSON file is strict JSON."""
+    text = (no_flip_analysis["out"] / "analysis.json").read_text()
+    stored = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in analysis.json (not strict JSON)"))
+    assert stored["distances"]["latent"]["Y10-1P"]["regular"]["median"] is None
 
 
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def test_cli_refuses_runs_of_different_models_or_datasets(runs, tmp_path, capsys):
-    other = tmp_path / "other_model"
-    shutil.copytree(runs["da"], other)
+def _copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+def test_cli_refuses_runs_of_different_models_datasets_or_the_same_method(toy_campaign, tmp_path, capsys):
+    regular = toy_campaign["regular"]
+    other = _copy_run(toy_campaign["mmd"], tmp_path / "other")
     config = json.loads((other / "config.json").read_text())
-    write_json(other / "config.json", {**config, "model": "resnet18"})
-    code = main(["analyze", "--regular", str(runs["regular"]), "--da", str(other), "--out", str(tmp_path / "a")])
-    assert code == 2
-    assert "differs from the regular run" in capsys.readouterr().err
-    write_json(other / "config.json", {**config, "data": str(tmp_path)})
-    code = main(["analyze", "--regular", str(runs["regular"]), "--da", str(other), "--out", str(tmp_path / "a")])
-    assert code == 2
-    assert "dataset" in capsys.readouterr().err
+    for change, words in (({"model": "resnet18"}, "differs from the regular run"), ({"data": str(tmp_path)}, "dataset"),
+                          ({"method": "regular"}, "both runs were trained with method 'regular'")):
+        (other / "config.json").write_text(json.dumps({**config, **change}))
+        code = main(["analyze", "--regular", str(regular), "--adapted", str(other), "--out", str(tmp_path / "a")])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "a" / "analysis.json").exists()
 
 
-def test_cli_plot_church_window(runs, tmp_path, capsys):
+def test_cli_analyze_passes_its_options_and_prints_the_tables(toy_campaign, toy_analysis, tmp_path, capsys,
+                                                              monkeypatch):
+    import deepadversaries.analyze as analyze
+
+    calls = []
+
+    def stand_in(regular, adapted, out, **kwargs):
+        calls.append((Path(regular), Path(adapted), Path(out), kwargs))
+        return toy_analysis["result"]
+
+    monkeypatch.setattr(analyze, "analyze_runs", stand_in)
+    out = tmp_path / "a"
+    code = main(["analyze", "--regular", str(toy_campaign["regular"]), "--da", str(toy_campaign["mmd"]),
+                 "--out", str(out), "--n-isomap", "8", "--examples", "2", "--preset", "tiny", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert calls == [(toy_campaign["regular"], toy_campaign["mmd"], out,
+                      {"n_isomap": 8, "examples": 2, "seed": 0, "preset": "tiny", "overwrite": False, "device": "cpu"})]
+    result = toy_analysis["result"]
+    n = result["n_flipped_both"]
+    assert f"images flipped under both runs: {n}" in printed
+    row = result["distances"]["latent"]["Y10-1P"]
+    assert f"median d_E regular {row['regular']['median']:.3g}"[:25] in printed
+
+
+def test_cli_plot_church_window(toy_campaign, tmp_path, capsys):
+    run = toy_campaign["regular"]
+    index = int(read_results(run)[0]["test_index"])
     out = tmp_path / "cw.png"
-    assert main(["plot", "church-window", "--run", str(runs["regular"]), "--index", "4", "--out", str(out)]) == 0
+    assert main(["plot", "church-window", "--run", str(run), "--index", str(index), "--out", str(out),
+                 "--device", "cpu"]) == 0
     with Image.open(out) as im:
         assert im.info["dpi"][0] >= 149.5
-    assert main(["plot", "church-window", "--run", str(runs["regular"]), "--index", "999"]) == 2
+    assert main(["plot", "church-window", "--run", str(run), "--index", "999"]) == 2
     assert "test image 999 was not attacked" in capsys.readouterr().err
     assert main(["plot", "church-window", "--run", str(tmp_path), "--index", "0"]) == 2
 
 
-def test_analyze_needs_finished_attacks(runs, tmp_path, capsys):
-    unattacked = tmp_path / "unattacked"
-    shutil.copytree(runs["da"], unattacked)
+def test_analyze_needs_finished_attacks(toy_campaign, tmp_path, capsys):
+    unattacked = _copy_run(toy_campaign["mmd"], tmp_path / "unattacked")
     (unattacked / "attack" / "summary.json").unlink()
-    code = main(["analyze", "--regular", str(runs["regular"]), "--da", str(unattacked), "--out", str(tmp_path / "o")])
+    code = main(["analyze", "--regular", str(toy_campaign["regular"]), "--adapted", str(unattacked),
+                 "--out", str(tmp_path / "o")])
     assert code == 2
     assert "no finished attack" in capsys.readouterr().err
+
+
+def test_load_attack_reads_the_run_config(toy_campaign):
+    data = load_attack(toy_campaign["mmd"])
+    assert data.method == "mmd" and data.config == read_run_config(toy_campaign["mmd"])
+    assert data.summary["kind"] == "deepadv-attack" and data.summary["method"] == "mmd"
+    rows = read_results(toy_campaign["mmd"])
+    assert [CLASSES[t] for t in data.true] == [r["true"] for r in rows]
+    assert [CLASSES[t] if t is not None else "" for t in data.target] == [r["target"] for r in rows]
+
+
+def test_write_run_helper_gives_a_loadable_run(toy_dataset, tmp_path):
+    from deepadversaries.models import build_model, load_model
+
+    torch.manual_seed(0)
+    run = write_run(tmp_path / "run", toy_dataset, build_model("convnet"), "mmd")
+    assert read_run_config(run).method == "mmd" and not load_model(run).training

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from attack_support import LEVEL, bright_pixel_convnet, make_run
 
 from deepadversaries import CLASSES
 from deepadversaries.campaign import attack_run, result_columns
 from deepadversaries.cli import main as cli_main
+from deepadversaries.config import AttackConfig
 from deepadversaries.data import apply_stretch, load_dataset
 from deepadversaries.errors import DeepAdvError
 
-from attack_support import LEVEL, bright_pixel_convnet, make_run
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -49,7 +46,7 @@ def run_dir(tmp_path, model_and_data):
     return make_run(tmp_path / "run", data, model)
 
 
-SMALL = dict(preset="tiny", n_images=24, pop_size=30, max_iter=3, device="cpu")
+SMALL = AttackConfig.from_preset("tiny", n_images=24, pop_size=30, max_iter=3)
 
 
 def read_results(run: Path) -> list[dict[str, str]]:
@@ -59,7 +56,7 @@ def read_results(run: Path) -> list[dict[str, str]]:
 
 def test_campaign_files_are_complete_consistent_and_true(run_dir, model_and_data):
     model, data = model_and_data
-    summary = attack_run(run_dir, **SMALL)
+    summary = attack_run(run_dir, SMALL, device="cpu")
     out = run_dir / "attack"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "latents.npz", "results.csv", "summary.json"]
@@ -121,7 +118,7 @@ def test_campaign_files_are_complete_consistent_and_true(run_dir, model_and_data
 def test_interrupted_campaign_resumes_to_identical_files(tmp_path, model_and_data, monkeypatch):
     model, data = model_and_data
     whole = make_run(tmp_path / "whole", data, model)
-    attack_run(whole, **SMALL)
+    attack_run(whole, SMALL, device="cpu")
     broken = make_run(tmp_path / "broken", data, model)
     import deepadversaries.campaign as campaign
 
@@ -138,13 +135,13 @@ def test_interrupted_campaign_resumes_to_identical_files(tmp_path, model_and_dat
 
     monkeypatch.setattr(campaign, "_append_line", dying_append)
     with pytest.raises(KeyboardInterrupt):  # first session on one fixed thread, the second on two, adaptive
-        attack_run(broken, **SMALL, batch_images=3, threads=1, adaptive_threads=False)
+        attack_run(broken, SMALL, device="cpu", batch_images=3, threads=1, adaptive_threads=False)
     monkeypatch.setattr(campaign, "_append_line", real_append)
     assert not (broken / "attack" / "summary.json").exists()
     assert (broken / "attack" / "progress.jsonl").exists()
     with pytest.raises(DeepAdvError, match="other settings"):
-        attack_run(broken, **{**SMALL, "max_iter": 4})
-    summary = attack_run(broken, **SMALL, batch_images=1, threads=2)
+        attack_run(broken, dataclasses.replace(SMALL, max_iter=4), device="cpu")
+    summary = attack_run(broken, SMALL, device="cpu", batch_images=1, threads=2)
     assert summary["timing"]["images_resumed"] == 3
     assert summary["timing"]["cpu_threads"]["ceiling"] == 2 and summary["timing"]["cpu_threads"]["adaptive"]
     a, b = whole / "attack", broken / "attack"
@@ -161,16 +158,16 @@ def test_interrupted_campaign_resumes_to_identical_files(tmp_path, model_and_dat
 
 
 def test_finished_campaign_is_kept_unless_overwrite(run_dir):
-    first = attack_run(run_dir, **SMALL)
+    first = attack_run(run_dir, SMALL, device="cpu")
     with pytest.raises(DeepAdvError, match="--overwrite"):
-        attack_run(run_dir, **SMALL)
-    again = attack_run(run_dir, **{**SMALL, "seed": 1}, overwrite=True)
+        attack_run(run_dir, SMALL, device="cpu")
+    again = attack_run(run_dir, dataclasses.replace(SMALL, seed=1), device="cpu", overwrite=True)
     assert again["subsample_test_index"] != first["subsample_test_index"]
 
 
 def test_untargeted_two_pixel_campaign(run_dir):
-    summary = attack_run(run_dir, preset="tiny", n_images=10, pop_size=20, max_iter=2, pixels=2,
-                         mode="untargeted", device="cpu")
+    config = AttackConfig.from_preset("tiny", n_images=10, pop_size=20, max_iter=2, pixels=2, mode="untargeted")
+    summary = attack_run(run_dir, config, device="cpu")
     rows = read_results(run_dir)
     cols = list(rows[0].keys())
     assert cols == result_columns(2) and "x_2" in cols and "value_i_1" in cols and "x" not in cols
@@ -200,31 +197,4 @@ def test_cli_attack_and_bad_inputs_exit_2(run_dir, tmp_path, capsys):
     assert (run_dir / "attack" / "summary.json").is_file()
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, model_and_data):
-    model, data = model_and_data
-    args = ["--preset", "tiny", "--n-images", "24", "--pop-size", "60", "--max-iter", "6", "--device", "cpu",
-            "--batch-images", "1"]
-    whole = make_run(tmp_path / "whole", data, model)
-    killed = make_run(tmp_path / "killed", data, model)
-    exe = [sys.executable, "-c", "from deepadversaries.cli import main; main()", "attack"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(exe + ["--run", str(whole)] + args, check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(exe + ["--run", str(killed)] + args, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    progress = killed / "attack" / "progress.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if progress.is_file() and progress.read_text().count("\n") >= 3:  # header + two images
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the campaign finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "attack" / "summary.json").exists()
-    subprocess.run(exe + ["--run", str(killed)] + args, check=True, env=env, capture_output=True)
-    assert (whole / "attack" / "results.csv").read_bytes() == (killed / "attack" / "results.csv").read_bytes()
-    la, lb = np.load(whole / "attack" / "latents.npz"), np.load(killed / "attack" / "latents.npz")
-    for key in la.files:
-        np.testing.assert_array_equal(la[key], lb[key])
-    assert json.loads((killed / "attack" / "summary.json").read_text())["timing"]["images_resumed"] >= 2
+# SIGKILL at any point, then a resume to identical files: tests/reliability/test_attack_faults.py

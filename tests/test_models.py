@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
-
-import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from deepadversaries.errors import DeepAdvError
 from deepadversaries.io import write_json
-from deepadversaries.models import (LATENT_DIM, build_model, check_input_shape, count_parameters, load_model)
+from deepadversaries.models import (
+    LATENT_DIM,
+    build_model,
+    check_input_shape,
+    count_parameters,
+    load_model,
+)
 from deepadversaries.runs import RUN_KIND, best_checkpoint_path
 
 
@@ -30,19 +34,85 @@ def test_convnet_layers_follow_table_1():
     assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
 
 
-@pytest.mark.parametrize("name", ["convnet", "resnet18"])
-def test_head_of_embed_equals_forward_logits(name):
+def _trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """Random, non-trivial BatchNorm statistics and biases, so that eval mode is really tested."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            if isinstance(m, torch.nn.Linear):
+                m.bias.copy_(torch.randn(m.out_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def test_convnet_forward_equals_table_1_written_with_functional_ops():
+    """conv5x5(8) -> BN -> ReLU -> pool, conv3x3(16) ..., conv3x3(32) ..., flatten 4608, dense 256, dense 3:
+    computed here from the state dict with torch.nn.functional, in float64."""
     torch.manual_seed(0)
-    model = build_model(name).eval()
-    size = 100 if name == "convnet" else 64  # ResNet18 takes any size; keep the test fast
-    x = torch.rand(3, 3, size, size)
+    model = _trained_like(build_model("convnet"))
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    x = torch.rand(3, 3, 100, 100)
+    h = x.double()
+    for layer, pad in ((0, 2), (4, 1), (8, 1)):
+        h = F.conv2d(h, sd[f"features.{layer}.weight"], sd[f"features.{layer}.bias"], padding=pad)
+        bn = f"features.{layer + 1}"
+        h = (h - sd[f"{bn}.running_mean"][:, None, None]) / torch.sqrt(sd[f"{bn}.running_var"][:, None, None] + 1e-5)
+        h = h * sd[f"{bn}.weight"][:, None, None] + sd[f"{bn}.bias"][:, None, None]
+        h = F.max_pool2d(F.relu(h), 2)
+    assert h.shape == (3, 32, 12, 12)
+    z_ref = h.flatten(1) @ sd["bottleneck.weight"].T + sd["bottleneck.bias"]
+    logits_ref = z_ref @ sd["output.weight"].T + sd["output.bias"]
     with torch.no_grad():
         logits, z = model(x)
-        z2 = model.embed(x)
-        logits2 = model.head(z2)
     assert z.shape == (3, LATENT_DIM) and logits.shape == (3, 3)
-    torch.testing.assert_close(z2, z, rtol=0, atol=0)
-    torch.testing.assert_close(logits2, logits, rtol=0, atol=0)
+    torch.testing.assert_close(z.double(), z_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits.double(), logits_ref, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(x).double(), z_ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.head(z_ref.float()).double(), logits_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet18_forward_equals_torchvisions_trunk_with_the_papers_head():
+    """torchvision's ResNet18 (same weights) up to global pooling, then dense 512 -> 256 -> 3."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = _trained_like(build_model("resnet18"))
+    trunk = torchvision.models.resnet18(weights=None)
+    trunk.fc = torch.nn.Identity()
+    sd = model.state_dict()
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    index = {n: i for i, n in enumerate(names)}
+    mapped = {}
+    for key, value in sd.items():
+        if key.startswith("features."):
+            _, i, rest = key.split(".", 2)
+            mapped[f"{names[int(i)]}.{rest}"] = value
+    trunk.load_state_dict(mapped)
+    assert index["layer4"] == 7
+    trunk.eval()
+    x = torch.rand(2, 3, 64, 64)  # any size: global average pooling
+    with torch.no_grad():
+        pooled = trunk(x)  # (2, 512): conv1 ... layer4, adaptive average pool, flatten
+        z_ref = F.linear(pooled, sd["bottleneck.weight"], sd["bottleneck.bias"])
+        logits_ref = F.linear(z_ref, sd["output.weight"], sd["output.bias"])
+        logits, z = model(x)
+    torch.testing.assert_close(z, z_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(x), z_ref, rtol=1e-4, atol=1e-5)  # the embed / head split
+        torch.testing.assert_close(model.head(z_ref), logits_ref, rtol=1e-4, atol=1e-5)
+    # dropout 0.5 before pooling: active in training mode only (BatchNorm kept in eval mode here)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[1], z)
 
 
 def test_head_initialisation_as_the_authors():

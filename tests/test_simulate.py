@@ -14,17 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepadversaries import CLASSES, SPLITS, survey
+from deepadversaries import CLASSES, SPLITS
 from deepadversaries.cli import main
+from deepadversaries.config import SimulateConfig
 from deepadversaries.data import load_dataset, stretch_constants
-from deepadversaries.errors import DeepAdvError
+from deepadversaries.errors import OptionError
 from deepadversaries.simulate import (
     AUGMENTATIONS,
     WORK_DIR,
     augment,
     class_quotas,
+    dataset_config,
     plan_splits,
-    resolve_config,
     simulate_dataset,
     simulate_galaxy,
     target_classes,
@@ -117,8 +118,8 @@ def test_signal_to_noise_regime(tiny_dataset):
 
 
 def test_brightness_scales_flux_but_not_the_label():
-    base = resolve_config("tiny", seed=3)
-    bright = resolve_config("tiny", seed=3, brightness=2.0)
+    base = SimulateConfig.from_preset("tiny", seed=3)
+    bright = SimulateConfig.from_preset("tiny", seed=3, brightness=2.0)
     for gid, target in ((0, 0), (1, 2)):
         a = simulate_galaxy(gid, target, base).row
         b = simulate_galaxy(gid, target, bright).row
@@ -128,7 +129,7 @@ def test_brightness_scales_flux_but_not_the_label():
 
 
 def test_split_modes():
-    config = resolve_config("tiny", n_galaxies=300, seed=1)
+    config = SimulateConfig.from_preset("tiny", n_galaxies=300, seed=1)
     targets = target_classes(config)
     assert np.bincount(targets).tolist() == list(class_quotas(300))
     galaxy = plan_splits(targets, 1, "galaxy")
@@ -157,7 +158,8 @@ def test_resume_after_kill_with_two_workers_is_bit_identical(tiny_dataset, tmp_p
     """SIGKILL a run after its first shard, resume it with 2 workers through the CLI: same arrays as 1 worker."""
     out = tmp_path / "data"
     code = ("from deepadversaries.simulate import simulate_dataset; "
-            f"simulate_dataset({str(out)!r}, preset='tiny', seed=0, workers=1)")
+            "from deepadversaries.config import SimulateConfig; "
+            f"simulate_dataset({str(out)!r}, SimulateConfig.from_preset('tiny', seed=0), workers=1)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = out / WORK_DIR
     deadline = time.time() + 60
@@ -214,15 +216,19 @@ def test_bad_output_folders_exit_2_and_stay_untouched(tmp_path, capsys, tiny_dat
 
     other = tmp_path / "other"
     (other / WORK_DIR).mkdir(parents=True)
-    (other / WORK_DIR / "config.json").write_text(json.dumps(resolve_config("tiny", seed=9)))
+    record = dataset_config(SimulateConfig.from_preset("tiny", seed=9))
+    (other / WORK_DIR / "config.json").write_text(json.dumps(record))
     assert "different configuration" in _error(capsys, ["simulate", "--preset", "tiny", "--out", str(other)])
 
 
-def test_api_errors_are_deepadv_errors(tmp_path):
-    with pytest.raises(DeepAdvError, match="unknown preset"):
-        simulate_dataset(tmp_path / "x", preset="medium")
-    with pytest.raises(DeepAdvError, match="too few"):
-        simulate_dataset(tmp_path / "x", preset="quick", n_galaxies=10)
+def test_api_errors_are_option_errors(tmp_path):
+    with pytest.raises(OptionError, match="unknown preset"):
+        SimulateConfig.from_preset("medium")
+    with pytest.raises(OptionError, match="too few"):
+        simulate_dataset(tmp_path / "x", SimulateConfig.from_preset("quick", n_galaxies=10))
+    with pytest.raises(OptionError, match="--workers"):
+        simulate_dataset(tmp_path / "x", SimulateConfig.from_preset("tiny"), workers=0)
+    assert not (tmp_path / "x").exists()
 
 
 def test_dataset_figures(tiny_dataset, tmp_path, capsys):
@@ -241,8 +247,24 @@ def test_gm20_figure_needs_a_catalogue(toy_dataset, capsys):
     assert "no catalogue" in _error(capsys, ["plot", "gm20", "--data", str(toy_dataset)])
 
 
-def test_sky_levels_recorded(tiny_dataset):
+#: SPEC 3.1, written out: zero point (e-/s at m = 24), sky (mag/arcsec^2), exposure per year (s)
+SPEC_BANDS = {"g": (50.70, 22.3, 240.0), "r": (43.70, 21.2, 552.0), "i": (32.36, 20.5, 552.0)}
+
+
+def test_sky_levels_recorded_are_the_spec_formula(tiny_dataset):
+    """electrons per pixel = t · zp · 10^(-0.4 (m_sky - 24)) · 0.2², t = years x exposure per year."""
     meta = json.loads((tiny_dataset / "dataset.json").read_text())
-    for domain, years in survey.DEPTHS.items():
-        for band in survey.BANDS:
-            assert meta["sky_per_pixel"][domain][band] == pytest.approx(survey.sky_level(band, years))
+    for domain, years in (("Y10", 10), ("Y1", 1)):
+        for band, (zp, sky_mag, per_year) in SPEC_BANDS.items():
+            expected = years * per_year * zp * 10 ** (-0.4 * (sky_mag - 24)) * 0.2**2
+            assert meta["sky_per_pixel"][domain][band] == pytest.approx(expected, rel=1e-9), (domain, band)
+    assert meta["sky_per_pixel"]["Y10"]["r"] == pytest.approx(127198.07, rel=1e-6)  # 5520 s x 43.70 x 10^1.12 x 0.04
+
+
+def test_dataset_json_records_the_config(tiny_dataset):
+    meta = json.loads((tiny_dataset / "dataset.json").read_text())
+    config = SimulateConfig.from_preset("tiny", seed=0)
+    assert meta["config"] == json.loads(json.dumps(dataset_config(config)))
+    assert meta["config"]["n_galaxies"] == 60 and meta["config"]["quotas"] == {"spiral": 34, "elliptical": 20,
+                                                                                "merger": 6}
+    assert SimulateConfig.from_json(meta["config"]) == config

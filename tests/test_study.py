@@ -212,7 +212,7 @@ def test_study_report_renders_in_chromium(baseline, tmp_path):
         pytest.skip("headless Chromium is not installed (apt-get install chromium runs this test)")
     report = baseline / "report.html"
     n_images = len(parse_html(report.read_text()).images)
-    assert n_images == 5
+    assert n_images == 5 + 1  # one forest plot per finding, and the corruption benchmark's curves
     result = chromium(["--virtual-time-budget=10000", "--run-all-compositor-stages-before-draw", "--dump-dom",
                        report.as_uri()], tmp_path / "profile")
     assert result.returncode == 0, result.stderr[-2000:]

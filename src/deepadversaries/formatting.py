@@ -14,6 +14,8 @@ import datetime as _dt
 import math
 from typing import Any
 
+import numpy as np
+
 MISSING = "n/a"
 
 
@@ -79,8 +81,8 @@ def fmt_clock(s: float | None) -> str:
 
 
 def nan_to_none(obj: Any) -> Any:
-    """A copy of a JSON-like structure with NaN and ±inf floats replaced by ``None``."""
-    if isinstance(obj, float) and not math.isfinite(obj):
+    """A copy of a JSON-like structure with NaN and ±inf floats (numpy's too) replaced by ``None``."""
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
         return None
     if isinstance(obj, dict):
         return {k: nan_to_none(v) for k, v in obj.items()}

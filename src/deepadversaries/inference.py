@@ -84,7 +84,7 @@ def forward_batches(model: nn.Module, images: np.ndarray | torch.Tensor, *, batc
     try:
         for start in range(0, n, batch_size):
             chunk = images[start:start + batch_size]
-            x = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+            x = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.require(chunk, np.float32, ["C", "W"]))
             logits, z = model(x.to(device, torch.float32))
             logits_parts.append(logits.float().cpu().numpy())
             latent_parts.append(z.float().cpu().numpy())

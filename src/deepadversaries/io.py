@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .errors import file_error
+from .formatting import nan_to_none
 
 TMP_MARK = ".tmp-"
 LOCK_NAME = ".deepadv.lock"
@@ -124,8 +125,9 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as indented, strict JSON (NaN and ±inf become ``null``), atomically."""
+    write_text(path, json.dumps(nan_to_none(obj), indent=2, sort_keys=False, default=_json_default,
+                                allow_nan=False) + "\n")
 
 
 def _json_default(obj: Any) -> Any:

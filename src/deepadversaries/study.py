@@ -124,6 +124,8 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
     layout = _layout(out, data)
     if data is not None and vary_data:
         raise OptionError("--data-seeds simulates one dataset per seed; it cannot be used with --data")
+    if scheduler:
+        _check_scheduler(scheduler)  # before anything is written
     grid = Grid(preset=preset, models=resolve_models(preset, models), methods=parse_methods(methods),
                 seeds=seed_list, data_seed=seed_list[0], vary_data=vary_data, device=device,
                 workers=os.cpu_count() or 1, attack=tuple(STUDY_ATTACK[preset].items()), threads=threads,
@@ -160,6 +162,18 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
         wall = recorder.close()
     info(f"study: finished in {fmt_clock(wall)}; {layout.root / 'study.json'}, report: {layout.report_html}")
     return layout.report_html
+
+
+def _connect(scheduler: str) -> Client:
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise OptionError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({first_line(exc)})") from exc
+
+
+def _check_scheduler(scheduler: str) -> None:
+    """A clear error, before any work, when the scheduler cannot be reached."""
+    _connect(scheduler).close()
 
 
 def _check_workers(workers: int | None) -> int:
@@ -231,11 +245,7 @@ class _dask_client:
 
     def __enter__(self) -> Client:
         if self.scheduler:
-            try:
-                self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT_S)
-            except (OSError, TimeoutError) as exc:
-                raise OptionError(f"--scheduler {self.scheduler}: cannot reach the Dask scheduler "
-                                  f"({first_line(exc)})") from exc
+            self.client = _connect(self.scheduler)
             return self.client
         env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         with dask.config.set({"distributed.worker.daemon": False, "distributed.nanny.pre-spawn-environ": env,

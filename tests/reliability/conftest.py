@@ -198,7 +198,7 @@ def attack_forkserver(forkserver) -> ForkServer:
 @pytest.fixture(scope="session")
 def warm_forkserver(attack_forkserver) -> ForkServer:
     """The fork server with every stage imported (Lightning, scikit-learn, matplotlib) before forking."""
-    attack_forkserver.preload("deepadversaries.training", "deepadversaries.evaluation", "deepadversaries.analysis",
+    attack_forkserver.preload("deepadversaries.training", "deepadversaries.evaluation", "deepadversaries.analyze",
                               "deepadversaries.reproduce", "deepadversaries.report")
     return attack_forkserver
 

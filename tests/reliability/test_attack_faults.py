@@ -164,7 +164,8 @@ def test_disk_full_mid_campaign_from_a_patched_writer(attack_template, reference
 def full_tmpfs(tmp_path):
     mnt = tmp_path / "disk"
     if not mount_tmpfs(mnt, "size=8m"):
-        pytest.skip("cannot mount a tmpfs here (needs root); the patched-writer case covers disk full")
+        pytest.skip("cannot mount a tmpfs here: runs as root where 'mount -t tmpfs' works (a privileged "
+                    "container); the patched-writer case covers disk full meanwhile")
     yield mnt
     unmount(mnt)
 

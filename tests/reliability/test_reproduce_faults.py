@@ -24,8 +24,9 @@ from .conftest import leftovers, snapshot, wait_for
 ATTACK = Path("runs/convnet_regular/attack")
 #: files that must come out bit-identical (the others hold paths, dates or wall times; the
 #: isomap figures also move with the last bits of latents computed with other thread counts)
-IDENTICAL = [ATTACK / "results.csv", ATTACK / "latents.npz", Path("analysis/convnet/distances.csv"),
-             Path("analysis/convnet/distances_per_image.csv"), Path("findings.json")]
+ANALYSIS = Path("analysis/convnet_mmd")
+IDENTICAL = [ATTACK / "results.csv", ATTACK / "latents.npz", ANALYSIS / "distances.csv",
+             ANALYSIS / "distances_per_image.csv", Path("findings.json")]
 
 pytestmark = pytest.mark.slow
 
@@ -57,13 +58,13 @@ def chain(warm_forkserver, reference, tmp_path_factory) -> dict:
     seen["after_marker"] = server.run(argv(out), env={"DEEPADV_FAULT_AFTER": "summary.json"})
     # 2. by time: 0.5 s into the analysis stage (figures take seconds)
     child = server.start(argv(out))
-    seen["analysis_started"] = wait_for(lambda: (out / "analysis/convnet" / LOCK_NAME).exists(), child)
+    seen["analysis_started"] = wait_for(lambda: (out / ANALYSIS / LOCK_NAME).exists(), child)
     time.sleep(0.5)
     seen["time"] = server.kill(child)
-    seen["time_marker"] = (out / "analysis/convnet/analysis.json").exists()
+    seen["time_marker"] = (out / ANALYSIS / "analysis.json").exists()
     # 3. in the middle of the analysis: after its first table, before analysis.json
     seen["mid_analysis"] = server.run(argv(out), env={"DEEPADV_FAULT_AFTER": "distances.csv"})
-    seen["mid_analysis_marker"] = (out / "analysis/convnet/analysis.json").exists()
+    seen["mid_analysis_marker"] = (out / ANALYSIS / "analysis.json").exists()
     # 4. while writing the report
     seen["during_report"] = server.run(argv(out), env={"DEEPADV_FAULT_DURING": "report.html"})
     seen["during_report_temporaries"] = [p.name for p in out.iterdir() if TMP_MARK in p.name]

@@ -20,15 +20,23 @@ import pytest
 
 from deepadversaries import SPLITS
 from deepadversaries.cli import main
+from deepadversaries.config import SimulateConfig
 from deepadversaries.data import load_dataset
 from deepadversaries.io import LOCK_NAME, TMP_MARK
-from deepadversaries.simulate import WORK_DIR, resolve_config
+from deepadversaries.simulate import SHARD_SIZE, WORK_DIR
 
-from .conftest import assert_clean_error, leftovers, mount_tmpfs, snapshot, unmount, wait_for
+from .conftest import (
+    assert_clean_error,
+    leftovers,
+    mount_tmpfs,
+    snapshot,
+    unmount,
+    wait_for,
+)
 
 #: dataset.json entries that describe the run, not the data (wall time, whether it was resumed)
 VOLATILE = ("seconds", "resumed", "timings_s")
-N_SHARDS = -(-resolve_config("tiny")["n_galaxies"] // resolve_config("tiny")["shard_size"])
+N_SHARDS = -(-SimulateConfig.from_preset("tiny").n_galaxies // SHARD_SIZE)
 N_IMAGE_FILES = 6
 N_FINAL = N_IMAGE_FILES + 2 * len(SPLITS) + 1  # images, labels + catalogues, dataset.json
 
@@ -172,7 +180,8 @@ def small_tmpfs(tmp_path):
     """A 13 MiB tmpfs (root only) that the test can grow with ``remount(size_mib)``."""
     mnt = tmp_path / "disk"
     if not mount_tmpfs(mnt, "size=13m"):
-        pytest.skip("cannot mount a tmpfs here (needs root); the patched-writer case covers disk full")
+        pytest.skip("cannot mount a tmpfs here: runs as root where 'mount -t tmpfs' works (a privileged "
+                    "container); the patched-writer case covers disk full meanwhile")
 
     def remount(size_mib: int) -> None:
         subprocess.run(["mount", "-o", f"remount,size={size_mib}m", str(mnt)], check=True)
