@@ -1,10 +1,13 @@
-"""Test helpers for the attack tests: a ConvNet with known behaviour, run folders."""
+"""Test helpers for the attack tests: models with known answers, plain (unbatched)
+forward passes to check claims against, run folders."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,6 +55,70 @@ def bright_pixel_convnet(split: float = 0.0) -> ConvNet:
         model.output.weight[2, 1] = 40.0
         model.output.bias[2] = -40.0 * split
     return model.eval()
+
+
+class PixelModel(nn.Module):
+    """Known behaviour: class ``target`` wins only when band ``band`` at (row, col) is bright.
+
+    logits = (1 for ``true``, gain (v - level) for ``target``, 0 for the third class),
+    v = x[band, row, col]; p(target) > 0.5 needs gain (v - level) > ln(e + 1) = 1.31.
+    With ``second`` = (band, row, col), v is the sum of both pixels (an L = 2 attack when
+    one bright pixel cannot reach ``level`` + 1.31 / gain). ``calls`` (shared by copies)
+    counts the images that went through ``forward``.
+    """
+
+    calls: ClassVar[list[int]] = [0]
+
+    def __init__(self, row: int = 3, col: int = 7, band: int = 0, true: int = 0, target: int = 2,
+                 gain: float = 30.0, level: float = 0.8, second: tuple[int, int, int] | None = None) -> None:
+        super().__init__()
+        self.row, self.col, self.band, self.true, self.target = row, col, band, true, target
+        self.gain, self.level, self.second = gain, level, second
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        PixelModel.calls[0] += len(x)
+        v = x[:, self.band, self.row, self.col]
+        if self.second is not None:
+            b, r, c = self.second
+            v = v + x[:, b, r, c]
+        logits = torch.zeros(len(x), 3, dtype=x.dtype, device=x.device)
+        logits[:, self.true] = 1.0
+        logits[:, self.target] = self.gain * (v - self.level)
+        return logits, x.flatten(1)[:, :4]
+
+
+def flat_images(n: int, size: int = 10, value: float = 0.3) -> np.ndarray:
+    return np.full((n, 3, size, size), value, dtype=np.float32)
+
+
+def plain_probabilities(model: nn.Module, image: np.ndarray, changes=()) -> np.ndarray:
+    """Softmax of one plain forward pass of ``model`` on ``image`` (3, H, W) with the pixel
+    changes [((row, col), (v_g, v_r, v_i)), ...] applied, in the image's precision."""
+    x = torch.from_numpy(np.array(image, copy=True))
+    for (r, c), v in changes:
+        x[:, r, c] = torch.as_tensor(np.asarray(v, dtype=np.float64), dtype=x.dtype)
+    with torch.no_grad():
+        return torch.softmax(model(x[None])[0], dim=1)[0].double().numpy()
+
+
+def check_claims(model: nn.Module, images: np.ndarray, results, pixels: int, targeted: bool = True,
+                 low: float = 0.0, high: float = 1.0, atol: float = 1e-6) -> None:
+    """Independent check of every result: at most L changed positions, values in
+    [low, high], the reported probabilities are the plain model's, and every claimed
+    success holds for it (p(target) > 0.5, or p(true) < 0.05)."""
+    for res in results:
+        assert res.image is not None
+        img = res.image
+        changed = np.any(img != images[res.index], axis=0)
+        assert changed.sum() <= pixels
+        assert img[:, changed].min() >= np.float32(low) and img[:, changed].max() <= np.float32(high)
+        p = plain_probabilities(model, img)
+        np.testing.assert_allclose(p, res.probabilities, atol=atol)
+        if res.success:
+            if targeted:
+                assert p[res.target] > 0.5
+            else:
+                assert p[res.label] < 0.05
 
 
 def make_run(path: Path, data: Path, model: nn.Module) -> Path:

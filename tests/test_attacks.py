@@ -1,6 +1,9 @@
-"""The differential-evolution attack engine (SPEC 7): rules, batching, determinism, success."""
+"""The attack engine (SPEC 7): the success rule, value ranges, the DE rules, the keep rule,
+batching, determinism, and every claimed success re-checked by a plain forward pass."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pytest
@@ -8,19 +11,26 @@ import torch
 from torch import nn
 
 from deepadversaries.attacks import (
+    FULL_WELL_ELECTRONS,
     CandidateEvaluator,
     LocalConvNetEvaluator,
     OnePixelDE,
+    ValueRange,
     candidate_pixels,
     distinct_triples,
+    input_range,
+    is_success,
+    make_value_range,
     optimized_for_inference,
     perturb,
+    physical_range,
     reference_attack,
 )
-from deepadversaries.errors import DeepAdvError
+from deepadversaries.data import apply_stretch, invert_stretch
+from deepadversaries.errors import OptionError
 from deepadversaries.models import build_model
 
-from attack_support import bright_pixel_convnet
+from attack_support import PixelModel, bright_pixel_convnet, check_claims, flat_images, plain_probabilities
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,55 +41,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-class PixelModel(nn.Module):
-    """Known behaviour: class ``target`` wins only when band ``band`` at (row, col) is bright.
-
-    logits = (1 for ``true``, gain (v - level) for ``target``, 0 for the third class),
-    v = x[band, row, col]; p(target) > 0.5 needs gain (v - level) > ln(e + 1) = 1.31.
-    With ``second`` = (band, row, col), v is the sum of both pixels (an L = 2 attack when
-    one bright pixel cannot reach ``level`` + 1.31 / gain).
-    """
-
-    def __init__(self, row: int = 3, col: int = 7, band: int = 0, true: int = 0, target: int = 2,
-                 gain: float = 30.0, level: float = 0.8, second: tuple[int, int, int] | None = None) -> None:
-        super().__init__()
-        self.row, self.col, self.band, self.true, self.target = row, col, band, true, target
-        self.gain, self.level, self.second = gain, level, second
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = x[:, self.band, self.row, self.col]
-        if self.second is not None:
-            b, r, c = self.second
-            v = v + x[:, b, r, c]
-        logits = torch.zeros(len(x), 3, dtype=x.dtype, device=x.device)
-        logits[:, self.true] = 1.0
-        logits[:, self.target] = self.gain * (v - self.level)
-        return logits, x.flatten(1)[:, :4]
-
-
-def flat_images(n: int, size: int = 10, value: float = 0.3) -> np.ndarray:
-    return np.full((n, 3, size, size), value, dtype=np.float32)
-
-
-def check_claims(model: nn.Module, images: np.ndarray, results, pixels: int, targeted: bool = True) -> None:
-    """Independent check of every claimed success: at most L changed positions, values in
-    [0, 1], and the plain model gives p(target) > 0.5 (or p(true) < 0.05)."""
-    for res in results:
-        assert res.image is not None
-        img = res.image
-        assert img.min() >= 0.0 and img.max() <= 1.0
-        changed = np.any(img != images[res.index], axis=0)
-        assert changed.sum() <= pixels
-        with torch.no_grad():
-            p = torch.softmax(model(torch.from_numpy(img[None]))[0], dim=1)[0].numpy()
-        np.testing.assert_allclose(p, res.probabilities, atol=1e-6)
-        if res.success:
-            if targeted:
-                assert p[res.target] > 0.5
-            else:
-                assert p[res.label] < 0.05
 
 
 # --------------------------------------------------------------------------------------
@@ -191,11 +152,17 @@ def test_batched_local_and_per_candidate_evaluation_agree():
     full, local = _evaluators(model, images, torch.float32)
     p_full = full.evaluate(slots, rows, cols, values)
     np.testing.assert_allclose(local.evaluate(slots, rows, cols, values), p_full, rtol=0, atol=2e-6)
-    # float64: batched, local and one plain forward pass per candidate agree to rounding
+    # float64: local and batched agree to rounding at every row and every column (both
+    # orders, the diagonal too), and one plain forward pass per candidate on a sample
     model64 = model.double()
+    full, local = _evaluators(model64, images.double(), torch.float64)
+    diag = np.arange(100)[:, None]
+    all_rows, all_cols = np.r_[rows, diag], np.r_[cols, diag]
+    all_slots, all_values = np.r_[slots, rng.integers(0, 2, 100)], np.r_[values, rng.random((100, 1, 3))]
+    np.testing.assert_allclose(local.evaluate(all_slots, all_rows, all_cols, all_values),
+                               full.evaluate(all_slots, all_rows, all_cols, all_values), rtol=0, atol=1e-13)
     pick = np.r_[0:3, 97:100, rng.choice(np.arange(3, 97), 10, replace=False)]
     rows, cols, slots, values = rows[pick], cols[pick], slots[pick], values[pick]
-    full, local = _evaluators(model64, images.double(), torch.float64)
     p_full = full.evaluate(slots, rows, cols, values)
     with torch.no_grad():
         p_loop = np.stack([
@@ -274,14 +241,15 @@ def test_targets_tried_in_turn_first_success_kept():
     assert res.iterations_total == 20 + res.iterations
 
 
-def test_seeded_determinism_and_independence_from_batching():
+@pytest.mark.parametrize("keep", ["fittest", "first"])
+def test_seeded_determinism_and_independence_from_batching(keep):
     model = PixelModel(row=2, col=4, gain=12.0)
     images = flat_images(5, size=8) + np.random.default_rng(0).random((5, 3, 8, 8)).astype(np.float32) * 0.1
     labels = [0] * 5
 
     def run(**kw):
-        res = OnePixelDE(model, pop_size=24, max_iter=10, seed=7, device="cpu", dtype=torch.float64, **kw)(
-            images, labels)
+        res = OnePixelDE(model, pop_size=24, max_iter=10, seed=7, device="cpu", dtype=torch.float64, keep=keep,
+                         **kw)(images, labels)
         return [(r.success, r.target, r.iterations, r.evaluations, r.pixels.tolist(), r.values.tolist(),
                  r.probabilities.tolist()) for r in res]
 
@@ -311,21 +279,28 @@ def test_local_convnet_engine_matches_full_evaluation():
     assert run(local=False, chunk_size=32, batch_images=1) == ("CandidateEvaluator", local)
 
 
-def test_engine_reaches_the_decisions_of_the_published_loop():
+@pytest.mark.parametrize("keep", ["fittest", "first"])
+def test_engine_reaches_the_decisions_of_the_published_loop(keep):
     model = PixelModel(row=2, col=4, gain=12.0)
-    images = flat_images(4, size=6) + np.random.default_rng(5).random((4, 3, 6, 6)).astype(np.float32) * 0.2
-    engine = OnePixelDE(model, pop_size=20, max_iter=12, seed=3, device="cpu", dtype=torch.float64)(
-        images, [0] * 4, targets=[2] * 4)
-    loop = [reference_attack(model, images[i], 0, 2, pop_size=20, max_iter=12, seed=3, key=i, dtype=torch.float64)
-            for i in range(4)]
-    assert [(r.success, r.iterations) for r in engine] == [(r.success, r.iterations) for r in loop]
+    images = flat_images(6, size=6) + np.random.default_rng(5).random((6, 3, 6, 6)).astype(np.float32) * 0.2
+    engine = OnePixelDE(model, pop_size=20, max_iter=12, seed=3, device="cpu", dtype=torch.float64, keep=keep,
+                        chunk_size=7, batch_images=3)(images, [0] * 6, targets=[2] * 6)
+    loop = [reference_attack(model, images[i], 0, 2, pop_size=20, max_iter=12, seed=3, key=i, dtype=torch.float64,
+                             keep=keep) for i in range(6)]
     assert {r.success for r in loop} == {True, False}  # both outcomes occur
-    for e, r in zip(engine, loop):
-        if r.success:  # the engine's first successful child is the loop's first successful member
-            assert e.pixels.tolist() == r.pixels.tolist() and np.allclose(e.values, r.values)
-            assert e.evaluations <= r.evaluations
+    for e, r in zip(engine, loop):  # the same search, candidate for candidate
+        assert (e.success, e.iterations, e.evaluations) == (r.success, r.iterations, r.evaluations)
+        assert e.pixels.tolist() == r.pixels.tolist()
+        np.testing.assert_allclose(e.values, r.values, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(e.probabilities, r.probabilities, rtol=0, atol=1e-15)
+        assert e.fitness == pytest.approx(r.fitness, abs=1e-15)
+        if r.success:
+            assert e.p_target == pytest.approx(r.probabilities[2], abs=1e-15) and e.p_target > 0.5
+            assert e.queries_to_success == e.evaluations
         else:
-            np.testing.assert_allclose(e.fitness, r.fitness, rtol=0, atol=1e-15)
+            assert e.queries_to_success is None
+    if keep == "fittest":  # the whole success generation is evaluated
+        assert all(r.evaluations % 20 == 0 for r in engine)
 
 
 def test_bf16_search_stays_close_and_its_successes_are_verified_in_float32():
@@ -360,13 +335,182 @@ def test_bf16_search_stays_close_and_its_successes_are_verified_in_float32():
 
 def test_bad_settings_are_refused():
     model = PixelModel()
-    with pytest.raises(DeepAdvError, match="population"):
-        OnePixelDE(model, pop_size=3)
-    with pytest.raises(DeepAdvError, match="pixels"):
-        OnePixelDE(model, pixels=0)
-    with pytest.raises(DeepAdvError, match="mode"):
-        OnePixelDE(model, mode="sideways")
-    with pytest.raises(DeepAdvError, match="success"):
-        OnePixelDE(model, success="often")
-    with pytest.raises(DeepAdvError, match="targets"):
+    for kwargs, what in (({"pop_size": 3}, "population"), ({"pixels": 0}, "pixels"), ({"mode": "sideways"}, "mode"),
+                         ({"success": "often"}, "success"), ({"keep": "best"}, "keep rule"),
+                         ({"seed": -1}, "seed"), ({"chunk_size": 0}, "chunk"), ({"dtype": torch.float16}, "dtype"),
+                         ({"value_range": (0, 1)}, "ValueRange")):
+        with pytest.raises(OptionError, match=what):
+            OnePixelDE(model, device="cpu", **kwargs)
+    with pytest.raises(OptionError, match="targets"):
         OnePixelDE(model, device="cpu")(flat_images(1), [0], targets=[5])
+    with pytest.raises(OptionError, match="shape"):
+        OnePixelDE(model, device="cpu")(np.zeros((2, 10, 10), np.float32), [0, 0])
+    with pytest.raises(OptionError, match="local evaluator"):
+        OnePixelDE(model, device="cpu", local=True)(flat_images(1), [0])
+
+
+# --------------------------------------------------------------------------------------
+# the success rule, the keep rule, value ranges
+# --------------------------------------------------------------------------------------
+def test_is_success_follows_the_rules_as_written():
+    probs = np.array([[0.2, 0.5, 0.3], [0.2, 0.51, 0.29], [0.04, 0.5, 0.46], [0.049, 0.3, 0.651],
+                      [0.4, 0.35, 0.25], [0.3, 0.3, 0.4]])
+    for rule in ("paper", "top-class"):
+        for label in range(3):
+            for target in (None, 0, 1, 2):
+                want = []
+                for p in probs:  # the rules, one image at a time
+                    if rule == "paper":
+                        want.append(p[target] > 0.5 if target is not None else p[label] < 0.05)
+                    else:
+                        top = int(np.argmax(p))
+                        want.append(top == target if target is not None else top != label)
+                got = is_success(probs, label, target, rule)
+                assert got.dtype == bool and got.tolist() == want
+                assert [is_success(p, label, target, rule) for p in probs] == want
+    with pytest.raises(OptionError, match="success rule"):
+        is_success(probs, 0, 1, "sometimes")
+
+
+def _plain_de(model, image, label, target, atk, key):
+    """The DE search written out as a plain loop (one forward pass per candidate), from
+    the engine's seeded draws (the DE rules, tested above): the success generation, the
+    population after its selection, and the first successful child in index order."""
+    rng = np.random.default_rng([atk.seed, key, target])
+    h, w = image.shape[1:]
+
+    def forward(cand):
+        rows, cols, values = candidate_pixels(cand[None], h, w)
+        return plain_probabilities(model, image, [((rows[0, 0], cols[0, 0]), values[0, 0])])
+
+    pop = atk.initial_population(rng)
+    p = np.stack([forward(c) for c in pop])
+    ok = p[:, target] > 0.5
+    first = (pop[np.argmax(ok)], p[np.argmax(ok)], int(np.argmax(ok)) + 1) if ok.any() else None
+    generation, evaluations = 0, len(pop)
+    while not (p[:, target] > 0.5).any() and generation < atk.max_iter:
+        generation += 1
+        kids = atk.next_generation(rng, pop)
+        pk = np.stack([forward(c) for c in kids])
+        for i in range(len(kids)):
+            if first is None and pk[i, target] > 0.5 and pk[i, target] > p[i, target]:
+                first = (kids[i], pk[i], evaluations + i + 1)
+        better = pk[:, target] > p[:, target]
+        pop, p = np.where(better[:, None, None], kids, pop), np.where(better[:, None], pk, p)
+        evaluations += len(kids)
+    successes = np.sort(p[p[:, target] > 0.5, target])[::-1]  # p(target) of the successful members
+    best = int(np.argmax(p[:, target]))
+    return generation, successes, (pop[best], p[best], evaluations), first
+
+
+def test_keep_fittest_returns_the_population_argmax_and_first_the_first_success():
+    model = PixelModel(row=1, col=2, gain=12.0)
+    images = flat_images(6, size=4) + np.random.default_rng(1).random((6, 3, 4, 4)).astype(np.float32) * 0.2
+    images = images.astype(np.float64)
+    kw = {"pop_size": 40, "max_iter": 30, "seed": 2, "device": "cpu", "dtype": torch.float64, "chunk_size": 11,
+          "batch_images": 2}
+    fittest = OnePixelDE(model, keep="fittest", **kw)(images, [0] * 6, targets=[2] * 6)
+    first = OnePixelDE(model, keep="first", **kw)(images, [0] * 6, targets=[2] * 6)
+    atk = OnePixelDE(model, **kw)
+    differ = 0
+    for i in range(6):
+        generation, successes, (best, p_best, n_all), (cand1, p1, n1) = _plain_de(model, images[i], 0, 2, atk, i)
+        for res, (cand, p, n) in ((fittest[i], (best, p_best, n_all)), (first[i], (cand1, p1, n1))):
+            rows, cols, values = candidate_pixels(cand[None], 4, 4)
+            assert res.success and res.iterations == generation and res.evaluations == n
+            assert res.pixels.tolist() == [[cols[0, 0], rows[0, 0]]]
+            np.testing.assert_allclose(res.values, values[0], rtol=0, atol=1e-15)
+            np.testing.assert_allclose(res.probabilities, p, rtol=0, atol=1e-12)
+            assert res.p_target == pytest.approx(p[2], abs=1e-12)
+        assert fittest[i].p_target >= first[i].p_target
+        differ += len(successes) > 1 and fittest[i].p_target > first[i].p_target
+    assert differ >= 1  # some success generation held several successes, and the rules kept different ones
+
+
+@pytest.mark.parametrize(("fakes", "pop_size"), [(1, 40), (3, 100)])
+def test_kept_members_the_plain_model_rejects_fall_back_to_the_next_fittest(fakes, pop_size):
+    class Doubting(OnePixelDE):
+        """Its 'plain model' rejects the first ``fakes`` successes it is asked to confirm."""
+
+        asked = 0
+        passes = 0
+
+        def plain_probabilities_batch(self, image, pixels, values):
+            probs = super().plain_probabilities_batch(image, pixels, values)
+            for k in range(len(probs)):
+                if self.asked + k < fakes:
+                    probs[k] = [0.7, 0.0, 0.3]
+            self.asked += len(probs)
+            self.passes += 1
+            return probs
+
+    model = PixelModel(row=1, col=2, gain=12.0)
+    images = flat_images(6, size=4) + np.random.default_rng(1).random((6, 3, 4, 4)).astype(np.float32) * 0.2
+    images = images.astype(np.float64)
+    kw = {"pop_size": pop_size, "max_iter": 30, "seed": 2, "device": "cpu", "dtype": torch.float64}
+    seen = set()
+    for i in range(6):
+        generation, successes, *_ = _plain_de(model, images[i], 0, 2, OnePixelDE(model, **kw), i)
+        atk = Doubting(model, **kw)
+        res = atk(images[i:i + 1], [0], targets=[2], keys=[i], return_images=True)[0]
+        assert res.success and res.rejected == fakes and atk.n_unverified == fakes
+        check_claims(model, images[i:i + 1], [res], pixels=1)
+        if len(successes) > fakes:  # the next fittest successful member of the same generation
+            assert res.iterations == generation and res.p_target == pytest.approx(successes[fakes], abs=1e-12)
+            assert atk.passes == {1: 2, 3: 3}[fakes]  # re-checked in blocks of 1, 2, 4 claims
+        else:  # too few other successes in that generation: the search went on
+            assert res.iterations > generation
+        seen.add(len(successes) > fakes)
+    assert True in seen
+
+
+def test_value_ranges_input_and_physical():
+    vr = input_range()
+    u = np.random.default_rng(0).random((50, 3))
+    np.testing.assert_array_equal(vr.to_values(u), u)  # the paper's range is the identity
+    assert vr.corners().shape == (8, 3) and set(map(tuple, vr.corners())) == {
+        (a, b, c) for a in (0.0, 1.0) for b in (0.0, 1.0) for c in (0.0, 1.0)}
+    for lo, hi in ((-1166.5, 8893.5), (-50.0, 2.0e5), (3.0, 40.0)):  # hi below and above the full well
+        phys = make_value_range("physical", partial(apply_stretch, lo=lo, hi=hi), partial(invert_stretch, hi=hi))
+        assert phys.kind == "physical" and phys.electrons == (0.0, FULL_WELL_ELECTRONS)
+        values = phys.to_values(np.r_[u, np.eye(3), np.zeros((1, 3)), np.ones((1, 3))]).astype(np.float32)
+        electrons = invert_stretch(values, hi)
+        assert electrons.max() <= FULL_WELL_ELECTRONS and electrons.min() >= 0.0
+        assert electrons.max() <= max(hi, 0) * (1 + 1e-6)  # nothing beyond what the stretch expresses
+        assert np.all(values >= np.float32(phys.low[0])) and np.all(values <= np.float32(phys.high[0]))
+        # the ends are what a detector produces: zero electrons (or the clip floor) and the full well (or hi)
+        assert phys.low[0] == pytest.approx(float(apply_stretch(np.float32(max(0.0, lo)), lo, hi)), abs=1e-7)
+        assert phys.high[0] == pytest.approx(float(apply_stretch(np.float32(min(FULL_WELL_ELECTRONS, hi)), lo, hi)),
+                                             abs=1e-7)
+    assert phys.contains(np.array([[0.8, 0.8, 0.8], [0.99, 0.8, 0.8]])).tolist() == [True, False]
+    with pytest.raises(OptionError, match="cannot express"):  # the whole [0, full well] lies below the clip floor
+        physical_range(partial(apply_stretch, lo=2e5, hi=3e5), partial(invert_stretch, hi=3e5))
+    with pytest.raises(OptionError, match="cannot express"):
+        physical_range(partial(apply_stretch, lo=-5.0, hi=-1.0), partial(invert_stretch, hi=-1.0))
+    with pytest.raises(OptionError, match="full well"):
+        physical_range(partial(apply_stretch, lo=0.0, hi=1.0), partial(invert_stretch, hi=1.0), full_well=0)
+    with pytest.raises(OptionError, match="value range"):
+        make_value_range("anything")
+    with pytest.raises(OptionError, match="stretch"):
+        make_value_range("physical")
+    with pytest.raises(OptionError, match="empty"):
+        ValueRange("input", (0.5, 0.5, 0.5), (0.5, 0.9, 0.9))
+
+
+def test_de_values_stay_inside_the_value_range_and_successes_hold():
+    vr = ValueRange("physical", (0.5,) * 3, (0.8856,) * 3)
+    model = PixelModel(row=3, col=7, true=0, target=2, level=0.8, gain=40.0)  # needs v > 0.833: inside the range
+    images = flat_images(3)
+    atk = OnePixelDE(model, pop_size=60, max_iter=30, device="cpu", value_range=vr)
+    results = atk(images, [0, 0, 0], targets=[2, 2, 2], return_images=True)
+    assert all(r.success for r in results)
+    for r in results:
+        assert r.pixels.tolist() == [[7, 3]] and np.all(r.values >= 0.5) and np.all(r.values <= 0.8856)
+    check_claims(model, images, results, pixels=1, low=0.5, high=0.8856)
+    pop = atk.initial_population(np.random.default_rng(0))
+    _, _, values = candidate_pixels(pop, 10, 10, vr)
+    assert values.min() == 0.5 and values.max() == 0.8856  # clip(N(0.5, 0.5)) hits both ends
+    # a target out of reach inside the range: the paper's [0, 1] flips it, the physical range cannot
+    high = PixelModel(row=3, col=7, true=0, target=2, level=0.9, gain=40.0)  # needs v > 0.933
+    assert not OnePixelDE(high, pop_size=60, max_iter=10, device="cpu", value_range=vr)(images[:1], [0], [2])[0].success
+    assert OnePixelDE(high, pop_size=60, max_iter=30, device="cpu")(images[:1], [0], [2])[0].success
