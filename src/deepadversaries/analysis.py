@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.spatial.distance import jensenshannon
 from sklearn.manifold import Isomap
 from threadpoolctl import threadpool_limits
@@ -36,6 +37,7 @@ from threadpoolctl import threadpool_limits
 from . import CLASSES
 from .errors import OptionError
 from .inference import model_device
+from .stats import success_curve
 
 PERTURBATIONS: tuple[str, ...] = ("Y10-Y1", "Y10-1P")
 SCALES: tuple[str, ...] = ("latent", "normalised")
@@ -439,3 +441,104 @@ def distance_tables(paired: PairedDistances) -> dict[str, Any]:
 
 def _ratio(a: float, b: float) -> float:
     return float(a / b) if np.isfinite(a) and np.isfinite(b) and b != 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------
+# the attack suite: success against queries, and where the dangerous pixels are
+# --------------------------------------------------------------------------------------
+#: radii (in Petrosian radii) of the dangerous-pixel table; beyond the last: the sky
+DANGER_RADII: tuple[float, ...] = (1.0, 2.0, 4.0)
+
+
+def queries_to_reach(times: np.ndarray, observed: np.ndarray, rate: float) -> float | None:
+    """The fewest queries per image after which a search has flipped ``rate`` of the images.
+
+    Args:
+        times: (n,) queries until each image's flip (or the budget spent when it failed).
+        observed: (n,) whether each image flipped.
+        rate: the success rate to reach, a fraction.
+
+    Returns:
+        The queries, or None when the search never reaches ``rate``.
+    """
+    t, fraction = success_curve(np.asarray(times, np.float64), np.asarray(observed, bool))
+    hit = np.flatnonzero(fraction >= rate - 1e-12)
+    return float(t[hit[0]]) if hit.size and rate > 0 else (0.0 if rate <= 0 else None)
+
+
+def light_centroid(image: np.ndarray, smooth: float = 2.0) -> tuple[float, float]:
+    """(x, y) pixel centroid of an image's positive light after Gaussian smoothing.
+
+    Args:
+        image: (H, W) one band of a background-subtracted image (e.g. r, electrons).
+        smooth: σ of the smoothing, pixels [default: 2]: it keeps the noise out of the centroid.
+    """
+    light = np.clip(ndimage.gaussian_filter(np.asarray(image, np.float64), smooth), 0.0, None)
+    total = light.sum()
+    if total <= 0:
+        h, w = light.shape
+        return (w - 1) / 2.0, (h - 1) / 2.0
+    ys, xs = np.indices(light.shape)
+    return float((light * xs).sum() / total), float((light * ys).sum() / total)
+
+
+def _scaled_radius(shape: tuple[int, int], centre: tuple[float, float], scale: float) -> np.ndarray:
+    ys, xs = np.indices(shape)
+    return np.hypot(xs - centre[0], ys - centre[1]) / scale
+
+
+def dangerous_pixel_shares(flips: np.ndarray, centres: np.ndarray, scales: np.ndarray,
+                           radii: Sequence[float] = DANGER_RADII) -> dict[str, Any]:
+    """Where the pixels that flip images lie, in units of each galaxy's Petrosian radius.
+
+    Args:
+        flips: (n, H, W) bool, per image and position whether some value there flips it.
+        centres: (n, 2) each image's light centroid (x, y), pixels.
+        scales: (n,) each galaxy's Petrosian radius, pixels.
+        radii: the radii (Petrosian radii) of the table [default: 1, 2, 4].
+
+    Returns:
+        ``{"n_positions": total flipping positions, "shares": {"< 1 r_p": …, "1–2 r_p": …, …,
+        "> 4 r_p (sky)": …}, "area_shares": the same for all positions}`` — the second says
+        how much of the stamp each annulus covers, for comparison.
+    """
+    flips = np.asarray(flips, bool)
+    edges = [0.0, *radii, np.inf]
+    counts = np.zeros(len(edges) - 1)
+    area = np.zeros(len(edges) - 1)
+    for f, c, s in zip(flips, np.asarray(centres, np.float64), np.asarray(scales, np.float64)):
+        r = _scaled_radius(f.shape, (c[0], c[1]), max(float(s), 1e-9))
+        counts += np.histogram(r[f], bins=edges)[0]
+        area += np.histogram(r, bins=edges)[0]
+    names = [f"< {radii[0]:g} r_p"] + [f"{a:g}–{b:g} r_p" for a, b in zip(radii, radii[1:])] + \
+        [f"> {radii[-1]:g} r_p (sky)"]
+    total = counts.sum()
+    return {"n_positions": int(total),
+            "shares": {n: float(c / total) if total else float("nan") for n, c in zip(names, counts)},
+            "area_shares": {n: float(a / area.sum()) if area.sum() else float("nan") for n, a in zip(names, area)}}
+
+
+def stacked_flip_map(flips: np.ndarray, centres: np.ndarray, scales: np.ndarray, *, extent: float = 6.0,
+                     bins: int = 49) -> tuple[np.ndarray, np.ndarray]:
+    """Flip maps stacked in galaxy-centred coordinates (units of the Petrosian radius).
+
+    Args:
+        flips: (n, H, W) bool flip maps.
+        centres: (n, 2) light centroids (x, y), pixels.
+        scales: (n,) Petrosian radii, pixels.
+        extent: the stack covers [−extent, extent]² Petrosian radii [default: 6].
+        bins: bins per axis [default: 49].
+
+    Returns:
+        ``(flipping, positions)``, each (bins, bins): counts of flipping positions and of all
+        positions in each bin; their ratio is the probability that a pixel there flips an image.
+    """
+    edges = np.linspace(-extent, extent, bins + 1)
+    flipping = np.zeros((bins, bins))
+    positions = np.zeros((bins, bins))
+    for f, c, s in zip(np.asarray(flips, bool), np.asarray(centres, np.float64), np.asarray(scales, np.float64)):
+        ys, xs = np.indices(f.shape)
+        u, v = (xs - c[0]) / s, (ys - c[1]) / s
+        flipping += np.histogram2d(v[f], u[f], bins=(edges, edges))[0]
+        positions += np.histogram2d(v.ravel(), u.ravel(), bins=(edges, edges))[0]
+    return flipping, positions

@@ -40,6 +40,10 @@ from .analysis import (
     Triplets,
     attacked_under_both,
     church_window_grid,
+    dangerous_pixel_shares,
+    light_centroid,
+    queries_to_reach,
+    stacked_flip_map,
     distance_tables,
     euclidean_distances,
     grid_coordinates,
@@ -47,6 +51,7 @@ from .analysis import (
     isomap_sample_indices,
     paired_distances,
 )
+from .config import SEARCHES
 from .data import apply_stretch, load_dataset
 from .devices import resolve_device
 from .errors import OptionError, check_preset, file_error
@@ -55,8 +60,11 @@ from .inference import classify_latents, forward_batches
 from .io import OutputLock, read_json, write_csv, write_json, write_text
 from .models import load_model
 from .plots import latent as latent_plots
+from .plots.attacks import save_dangerous_pixels, save_success_curves
 from .progress import info, make_progress
 from .runs import RunConfig, attack_dir, read_run_config
+from .stats import success_curve
+from .survey import BANDS, PIXEL_SCALE
 
 ANALYSIS_DONE = "analysis.json"
 #: sizes that depend on the preset: only the rotating GIFs change (frames, resolution)
@@ -70,6 +78,9 @@ RESULT_COLUMNS = ("test_index", "true", "target", "success")
 PERT_LABEL = {"Y10-Y1": "Y10–Y1", "Y10-1P": "Y10–1P"}
 #: images per forward pass for the isomap sample
 EMBED_BATCH = 64
+#: the band whose light centres a galaxy, and the half-width (Petrosian radii) of the stacked flip maps
+R_BAND = BANDS.index("r")
+DANGER_EXTENT = 6.0
 
 
 # --------------------------------------------------------------------------------------
@@ -351,6 +362,7 @@ def analyze_runs(regular: str | Path, adapted: str | Path, out: str | Path, *, n
             progress.advance(task)
 
         paired, tables = _distances(out, runs, notes)
+        suite = _attack_suite(out, runs, notes, figures)
         lap("distances")
         if figures:
             models = {m: load_model(d.run, device=device_t) for m, d in runs.items()}
@@ -366,6 +378,7 @@ def analyze_runs(regular: str | Path, adapted: str | Path, out: str | Path, *, n
             notes.append("figures, examples and isomaps were not drawn for this analysis (distance tables only)")
             progress.update(task, completed=7)
         result = _record(runs, paired, tables, panels, sample_index, sample_stats, drawn, notes)
+        result.update(suite)
         result.update({"seed": seed, "preset": preset, "n_isomap_requested": n_isomap, "examples_requested": examples,
                        "seconds": round(time.perf_counter() - started, 2), "seconds_per_stage": timings})
         write_json(out / ANALYSIS_DONE, result)
@@ -435,6 +448,68 @@ def _distances(out: Path, runs: dict[str, AttackData], notes: list[str]) -> tupl
               "n_flipped": {m: int(d.success.sum()) for m, d in runs.items()}, "scale": paired.scale}
     _write_distance_files(out, paired, tables, header, runs, notes)
     return paired, tables
+
+
+def _attack_suite(out: Path, runs: dict[str, AttackData], notes: list[str], figures: bool) -> dict[str, Any]:
+    """The attack suite's comparison when both runs ran more than DE: success against queries
+    (and the queries each search needs to reach DE's success rate) and, with the exhaustive
+    search, where the dangerous pixels lie (``dangerous_pixels.csv``)."""
+    found = {m: [s for s in SEARCHES if (attack_dir(d.run, s) / "summary.json").is_file()] for m, d in runs.items()}
+    common = [s for s in SEARCHES if all(s in v for v in found.values())]
+    result: dict[str, Any] = {}
+    if len(common) > 1:
+        curves, table = {}, {}
+        for method, data in runs.items():
+            de_rate = read_json(attack_dir(data.run, "de") / "summary.json").get("success_rate") or 0.0
+            curves[method], table[method] = {}, {}
+            for search in common:
+                times, flipped = _queries_and_flips(attack_dir(data.run, search))
+                t, fraction = success_curve(times, flipped)
+                budget = float(times.max()) if len(times) else 1.0
+                curves[method][search] = {"t": t.tolist(), "fraction": fraction.tolist(), "budget": budget}
+                table[method][search] = {"success_rate": float(flipped.mean()) if len(flipped) else None,
+                                         "queries_to_de_rate": queries_to_reach(times, flipped, de_rate),
+                                         "budget": budget, "de_rate": de_rate}
+        result["success_against_queries"] = table
+        if figures:
+            save_success_curves(out / "fig_success_queries.png", curves)
+    if "exhaustive" in common:
+        result["dangerous_pixels"] = _dangerous_pixels(out, runs, notes, figures)
+    return result
+
+
+def _queries_and_flips(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per attacked image: queries until the flip (or spent in vain), and whether it flipped."""
+    with open(folder / "results.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return (np.array([float(r["evaluations"]) for r in rows]), np.array([r["success"] == "True" for r in rows]))
+
+
+def _dangerous_pixels(out: Path, runs: dict[str, AttackData], notes: list[str], figures: bool) -> dict[str, Any]:
+    """Flip maps in units of each galaxy's Petrosian radius about its light centroid."""
+    ref = next(iter(runs.values()))
+    dataset = load_dataset(ref.config.data)
+    catalog = dataset.catalog("test")
+    if not catalog or "rpetro_arcsec" not in catalog[0]:
+        notes.append("no catalogue with Petrosian radii: the dangerous pixels are not located")
+        return {}
+    raw = dataset.images("Y10", "test", stretched=False)
+    shares, stacks, rows = {}, {}, []
+    for method, data in runs.items():
+        with np.load(attack_dir(data.run, "exhaustive") / "flipmap.npz", allow_pickle=False) as npz:
+            index, flips = np.asarray(npz["test_index"]), np.asarray(npz["flips"]).any(axis=1)
+        centres = np.array([light_centroid(np.asarray(raw[int(t)][R_BAND])) for t in index]).reshape(-1, 2)
+        scales = np.array([float(catalog[int(t)]["rpetro_arcsec"]) / PIXEL_SCALE for t in index])
+        shares[method] = dangerous_pixel_shares(flips, centres, scales)
+        stacks[method] = stacked_flip_map(flips, centres, scales, extent=DANGER_EXTENT)
+        rows += [{"method": method, "region": k, "share_of_flipping_positions": v,
+                  "share_of_area": shares[method]["area_shares"][k], "n_positions": shares[method]["n_positions"]}
+                 for k, v in shares[method]["shares"].items()]
+    write_csv(out / "dangerous_pixels.csv", rows, ["method", "region", "share_of_flipping_positions",
+                                                   "share_of_area", "n_positions"])
+    if figures:
+        save_dangerous_pixels(out / "fig_dangerous_pixels.png", stacks, DANGER_EXTENT, shares)
+    return shares
 
 
 def _example_panels(runs: dict[str, AttackData], models: dict[str, torch.nn.Module], examples: int, seed: int,

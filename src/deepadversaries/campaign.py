@@ -2,12 +2,19 @@
 
 Protocol: a seeded random subsample of the Y10 test set; only images the model
 classifies correctly are attacked; in targeted mode the other two classes are tried in
-turn (ascending class order) and the first success is kept. Writes, in ``RUN/attack/``:
+turn (ascending class order) and the first success is kept. The search is differential
+evolution (the paper's, ``RUN/attack/``), the exhaustive map of every position × a value
+set (``RUN/attack_exhaustive/``, which also writes ``flipmap.npz``) or Sparse-RS
+(``RUN/attack_sparse_rs/``); the new pixel's values lie in the ``input`` range [0, 1] or the
+``physical`` one (:func:`deepadversaries.attacks.make_value_range`). Writes, in that folder:
 
 - ``results.csv``: one row per attacked image (subsample order);
 - ``latents.npz``: ``test_index``, ``z_y10``, ``z_y1``, ``z_1p`` (n, 256), ``success`` —
   rows in the order of ``results.csv``;
-- ``summary.json``: counts, success rate, iterations, settings, departures from the
+- ``flipmap.npz`` (exhaustive only): per attacked image, per target and position, the best
+  p(target) and whether the position flips the image (``map_targets``, ``best_target_prob``,
+  ``flips``, ``min_true_prob``, ``flips_untargeted``, ``values_tried``);
+- ``summary.json``: counts, success rate, iterations, queries, settings, departures from the
   paper's settings, wall time — written last, it marks a finished campaign.
 
 Each finished image is appended (one ``write`` + ``fsync``) to ``progress.jsonl``; a
@@ -20,9 +27,12 @@ files as an uninterrupted one (only ``summary.json``'s ``timing`` differs).
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import functools
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +42,16 @@ import numpy as np
 from rich.progress import TextColumn
 
 from . import CLASSES
-from .attacks import OnePixelDE, is_success, set_pixels
+from .attacks import Attack, OnePixelDE, ValueRange, is_success, make_value_range, set_pixels
+from .exhaustive import ExhaustiveResult, ExhaustiveSearch
+from .sparse_rs import SparseRS
 from .config import AttackConfig
 from .cpu_threads import ThreadGovernor
-from .data import GalaxyDataset, apply_stretch, image_file, load_dataset
+from .data import GalaxyDataset, apply_stretch, image_file, invert_stretch, load_dataset
 from .devices import resolve_device
 from .errors import OptionError, file_error
 from .inference import forward_batches
-from .io import OutputLock, remove_temporaries, write_csv, write_json, write_npz
+from .io import OutputLock, read_json, remove_temporaries, write_csv, write_json, write_npz
 from .models import check_input_shape, load_model
 from .progress import info, make_progress
 from .runs import RunConfig, attack_dir, best_checkpoint_path, read_run_config
@@ -48,6 +60,11 @@ PROGRESS_NAME = "progress.jsonl"
 RESULTS_NAME = "results.csv"
 LATENTS_NAME = "latents.npz"
 SUMMARY_NAME = "summary.json"
+FLIPMAP_NAME = "flipmap.npz"
+#: per-image maps of an unfinished exhaustive campaign (stacked into flipmap.npz at the end)
+MAPS_DIR = ".maps"
+#: the arrays of flipmap.npz, stacked over the attacked images
+MAP_ARRAYS = ("best_target_prob", "flips", "min_true_prob", "flips_untargeted")
 #: images per forward pass when computing the final probabilities and latents
 EVAL_BATCH = 64
 
@@ -179,20 +196,19 @@ def attack_run(run: str | Path, config: AttackConfig | None = None, *, data: str
             raise OptionError(f"{name} must be at least 1, got {value}")
     run_config, dataset = _check_inputs(run, config, data)
     dev = resolve_device(device)
-    out = attack_dir(run)
+    out = attack_dir(run, config.search)
     with OutputLock(out, "attack"):
         _prepare_output(out, overwrite)
         model = load_model(run, dev)
         check_input_shape(model, dataset.image_shape, dataset.path / image_file("Y10", "test"))
+        value_range = _value_range(config, dataset)
         sample = _draw_subsample(model, dataset, config, dev)
         records, wall_before, sessions = _read_progress(out / PROGRESS_NAME, config.to_json())
         todo = _images_to_attack(out / PROGRESS_NAME, sample, records)
         governor = ThreadGovernor(threads, adaptive=adaptive_threads) if dev.type == "cpu" else None
-        attack = OnePixelDE(model, pop_size=config.pop_size, max_iter=config.max_iter, pixels=config.pixels,
-                            mode=config.mode, success=config.success, seed=config.seed, device=dev,
-                            batch_images=batch_images, chunk_size=chunk_size, bf16=config.precision == "bf16",
-                            keep=config.keep, threads=governor)
-        _search(attack, sample, todo, records, out / PROGRESS_NAME, governor, session=sessions, t_start=t_start)
+        attack = _make_search(config, model, value_range, dev, batch_images=batch_images, chunk_size=chunk_size,
+                              threads=governor)
+        _search(attack, sample, todo, records, out, governor, session=sessions, t_start=t_start)
         success = _write_results(run, out, model, dataset, sample, records, config, dev)
         wall = wall_before + time.perf_counter() - t_start
         summary = _summary(run, run_config, dataset, sample, records, success, config, timing={
@@ -200,9 +216,33 @@ def attack_run(run: str | Path, config: AttackConfig | None = None, *, data: str
             "images_resumed": len(sample.attacked_rows) - len(todo), "device": str(dev),
             "evaluator": getattr(attack, "last_evaluator", None),
             "cpu_threads": governor.summary() if governor is not None else None})
+        summary["value_range"] = value_range.describe()
+        if config.search == "exhaustive":
+            summary.update(_write_flipmap(out, sample, records, run))
         write_json(out / SUMMARY_NAME, summary)
         (out / PROGRESS_NAME).unlink(missing_ok=True)
     return summary
+
+
+def _value_range(config: AttackConfig, dataset: GalaxyDataset) -> ValueRange:
+    """The values a changed pixel may take (the Y10 domain's stretch for ``physical``)."""
+    lo, hi = dataset.stretch("Y10")
+    return make_value_range(config.value_range, functools.partial(apply_stretch, lo=lo, hi=hi),
+                            functools.partial(invert_stretch, hi=hi))
+
+
+def _make_search(config: AttackConfig, model: Any, value_range: ValueRange, device: Any, *,
+                 batch_images: int | None, chunk_size: int | None, threads: ThreadGovernor | None) -> Attack:
+    """The campaign's search engine, with the settings every search shares."""
+    common = dict(mode=config.mode, success=config.success, seed=config.seed, device=device, chunk_size=chunk_size,
+                  bf16=config.precision == "bf16", value_range=value_range, threads=threads)
+    if config.search == "exhaustive":
+        return ExhaustiveSearch(model, values=np.asarray(config.values) if config.values else None, **common)
+    if config.search == "sparse-rs":
+        return SparseRS(model, pixels=config.pixels, max_queries=config.query_budget, batch_images=batch_images,
+                        **common)
+    return OnePixelDE(model, pop_size=config.pop_size, max_iter=config.max_iter, pixels=config.pixels,
+                      keep=config.keep, batch_images=batch_images, **common)
 
 
 def _check_inputs(run: Path, config: AttackConfig, data: str | Path | None) -> tuple[RunConfig, GalaxyDataset]:
@@ -226,8 +266,9 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
         raise file_error(summary_path, "this run's attack campaign is finished; add --overwrite to run it again")
     remove_temporaries(out)
     if overwrite:
-        for name in (SUMMARY_NAME, RESULTS_NAME, LATENTS_NAME, PROGRESS_NAME):
+        for name in (SUMMARY_NAME, RESULTS_NAME, LATENTS_NAME, PROGRESS_NAME, FLIPMAP_NAME):
             (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
 
 
 def _draw_subsample(model: Any, dataset: GalaxyDataset, config: AttackConfig, device: Any) -> Subsample:
@@ -255,9 +296,11 @@ def _images_to_attack(progress_path: Path, sample: Subsample, records: dict[int,
     return todo
 
 
-def _search(attack: OnePixelDE, sample: Subsample, todo: np.ndarray, records: dict[int, dict],
-            progress_path: Path, governor: ThreadGovernor | None, *, session: int, t_start: float) -> None:
-    """Attack the images of ``todo``; append each finished image to the progress file."""
+def _search(attack: Attack, sample: Subsample, todo: np.ndarray, records: dict[int, dict],
+            out: Path, governor: ThreadGovernor | None, *, session: int, t_start: float) -> None:
+    """Attack the images of ``todo``; append each finished image to the progress file (an
+    exhaustive search's maps go to ``.maps/<test index>.npz`` first)."""
+    progress_path = out / PROGRESS_NAME
     flips = sum(bool(r["success"]) for r in records.values())
     progress = make_progress(TextColumn("{task.fields[flipped]} flipped"))
     with progress, (governor or contextlib.nullcontext()):
@@ -271,7 +314,12 @@ def _search(attack: OnePixelDE, sample: Subsample, todo: np.ndarray, records: di
                    "iterations": res.iterations, "iterations_total": res.iterations_total,
                    "evaluations": int(res.evaluations), "targets_tried": list(res.targets_tried),
                    "rejected": res.rejected, "pixels": res.pixels.tolist(), "values": res.values.tolist(),
-                   "session": session, "elapsed_s": round(time.perf_counter() - t_start, 3)}
+                   "p_target": res.p_target, "session": session,
+                   "elapsed_s": round(time.perf_counter() - t_start, 3)}
+            if isinstance(res, ExhaustiveResult):
+                write_npz(out / MAPS_DIR / f"{rec['test_index']}.npz", map_targets=np.asarray(res.map_targets),
+                          values_tried=res.values_tried, **{k: getattr(res, k) for k in MAP_ARRAYS})
+                rec.update(flip_positions=res.flip_positions(), seconds=round(res.seconds, 3))
             _append_line(progress_path, rec)
             records[rec["test_index"]] = rec
             flips += int(res.success)
@@ -352,6 +400,11 @@ def _summary(run: Path, run_config: RunConfig, dataset: GalaxyDataset, sample: S
         "success_claims_not_confirmed": int(sum(1 for r, ok in zip(recs, success) if r["success"] and not ok)),
         "claims_rejected_during_search": int(sum(r.get("rejected", 0) for r in recs)),
         "evaluations": int(sum(r["evaluations"] for r in recs)),
+        "search": config.search,
+        "queries_to_flip": _quantiles([r["evaluations"] for r, ok in zip(recs, success) if ok]),
+        "median_p_target_flipped": (float(np.median([r["p_target"] for r, ok in zip(recs, success)
+                                                     if ok and r.get("p_target") is not None]))
+                                    if n_flip and config.mode == "targeted" else None),
         "settings": config.to_json(),
         "departures_from_paper": config.departures_from_paper(),
         "y1_latents": dataset.has_domain("Y1"),
@@ -360,3 +413,55 @@ def _summary(run: Path, run_config: RunConfig, dataset: GalaxyDataset, sample: S
                            "already held a successful pixel); the cap for failures",
         "timing": timing,
     }
+
+
+def _quantiles(values: list[float]) -> dict[str, float] | None:
+    """Median and quartiles of a list (None when empty)."""
+    if not values:
+        return None
+    q = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
+    return {"p25": float(q[0]), "median": float(q[1]), "p75": float(q[2]), "n": len(values)}
+
+
+def _write_flipmap(out: Path, sample: Subsample, records: dict[int, dict], run: Path) -> dict[str, Any]:
+    """Stack the per-image maps into ``flipmap.npz`` (attacked order) and summarise them.
+
+    Returns the summary's extra fields: the exact flip rate per target, the flipping
+    positions per image, seconds per image and, when the run has a finished DE campaign on
+    the same images, the share of the exhaustively flippable images that DE flipped.
+    """
+    index = sample.attacked_index
+    maps = []
+    for t in index:
+        with np.load(out / MAPS_DIR / f"{int(t)}.npz", allow_pickle=False) as npz:
+            maps.append({k: np.asarray(npz[k]) for k in npz.files})
+    if maps:
+        arrays = {k: np.stack([m[k] for m in maps]) for k in MAP_ARRAYS}
+        write_npz(out / FLIPMAP_NAME, test_index=index.astype(np.int64), map_targets=np.stack(
+            [m["map_targets"] for m in maps]), values_tried=maps[0]["values_tried"], **arrays)
+    flippable = np.array([bool(records[int(t)]["success"]) for t in index], dtype=bool)
+    per_target: dict[str, float] = {}
+    for m in maps:
+        for k, target in enumerate(m["map_targets"].tolist()):
+            name = CLASSES[int(target)]
+            per_target.setdefault(name, 0.0)
+            per_target[name] += float(m["flips"][k].any())
+    n_true = {CLASSES[c]: int(sum(int(c) in m["map_targets"].tolist() for m in maps)) for c in range(len(CLASSES))}
+    extra: dict[str, Any] = {
+        "exact_flip_rate": float(flippable.mean()) if len(flippable) else None,
+        "exact_flip_rate_per_target": {c: per_target[c] / n_true[c] for c in per_target if n_true[c]},
+        "flip_positions_per_image": _quantiles([records[int(t)]["flip_positions"] for t in index]),
+        "seconds_per_image": _quantiles([records[int(t)]["seconds"] for t in index]),
+        "de_found": None,
+    }
+    de = attack_dir(run, "de") / SUMMARY_NAME
+    if de.is_file():
+        de_summary = read_json(de)
+        if de_summary.get("subsample_test_index") == sample.test_index.tolist():
+            with open(attack_dir(run, "de") / RESULTS_NAME, newline="", encoding="utf-8") as fh:
+                de_flipped = {int(r["test_index"]) for r in csv.DictReader(fh) if r["success"] == "True"}
+            exact = {int(t) for t, ok in zip(index, flippable) if ok}
+            extra["de_found"] = {"flippable": len(exact), "found_by_de": len(exact & de_flipped),
+                                 "share": len(exact & de_flipped) / len(exact) if exact else None}
+    shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
+    return extra

@@ -333,6 +333,11 @@ ATTACK_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: which candidate of a successful generation is kept: the population's fittest (the
 #: authors' code) or the first over the threshold in index order
 KEEP_RULES: tuple[str, ...] = ("fittest", "first")
+#: the one-pixel searches: differential evolution (the paper's), the exhaustive map, Sparse-RS
+SEARCHES: tuple[str, ...] = ("de", "exhaustive", "sparse-rs")
+#: ``input``: any stretched value in [0, 1] (the paper's); ``physical``: what a detector pixel
+#: can hold, 0 e⁻ to the full well, through the domain's stretch
+VALUE_RANGES: tuple[str, ...] = ("input", "physical")
 
 
 @dataclass(frozen=True)
@@ -352,6 +357,14 @@ class AttackConfig:
         keep: ``fittest`` (the authors' code: finish the generation in which a success appears
             and keep the population's fittest member) or ``first`` (the first candidate over the
             threshold) [default: "fittest"].
+        search: ``de`` (differential evolution, the paper's), ``exhaustive`` (every position ×
+            a value set: the exact one-pixel answer) or ``sparse-rs`` (Croce et al. 2022)
+            [default: "de"].
+        value_range: ``input`` ([0, 1] of the stretched image, the paper's) or ``physical``
+            (0 e⁻ to the full well through the stretch) [default: "input"].
+        values: extra values (g, r, i) the exhaustive search tries at every position, besides
+            the 8 corners of the value range [default: none].
+        max_queries: Sparse-RS's queries per target [default: DE's budget, pop_size × (max_iter + 1)].
         F: the differential weight of the mutation x₁ + F (x₂ − x₃) [default: 0.5].
         split, domain: the images attacked [default: the Y10 test split].
     """
@@ -362,7 +375,8 @@ class AttackConfig:
         "paper": {"n_images": 150, "pop_size": 400, "max_iter": 80},
     }
     OVERRIDABLE: ClassVar[tuple[str, ...]] = ("n_images", "pop_size", "max_iter", "pixels", "mode", "success",
-                                              "seed", "precision", "keep")
+                                              "seed", "precision", "keep", "search", "value_range", "values",
+                                              "max_queries")
 
     preset: str = "quick"
     n_images: int = 150
@@ -374,6 +388,10 @@ class AttackConfig:
     seed: int = 0
     precision: str = "fp32"
     keep: str = "fittest"
+    search: str = "de"
+    value_range: str = "input"
+    values: tuple[tuple[float, float, float], ...] = ()
+    max_queries: int | None = None
     F: float = 0.5
     split: str = "test"
     domain: str = "Y10"
@@ -392,6 +410,17 @@ class AttackConfig:
         _check_int("seed", self.seed, 0)
         check_choice(self.precision, ATTACK_PRECISIONS, "--precision")
         check_choice(self.keep, KEEP_RULES, "--keep")
+        check_choice(self.search, SEARCHES, "--search")
+        check_choice(self.value_range, VALUE_RANGES, "--value-range")
+        if self.search == "exhaustive" and self.pixels != 1:
+            raise OptionError("the exhaustive search changes one pixel; use --search de or sparse-rs for --pixels > 1")
+        if self.values and self.search != "exhaustive":
+            raise OptionError("--values is for the exhaustive search (--search exhaustive)")
+        for v in self.values:
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and 0.0 <= x <= 1.0 for x in v):
+                raise OptionError(f"--values: each value is three numbers (g, r, i) in [0, 1], got {v!r}")
+        if self.max_queries is not None:
+            _check_int("max_queries", self.max_queries, 1)
         _check_number("F", self.F, positive=True)
 
     @classmethod
@@ -413,8 +442,9 @@ class AttackConfig:
         """Plain statements of every setting that differs from the paper's campaign."""
         paper = self.paper
         out = []
-        for key, what in (("n_images", "images in the subsample"), ("pop_size", "population size"),
-                          ("max_iter", "iteration cap")):
+        sizes = (("n_images", "images in the subsample"),) + ((("pop_size", "population size"),
+                                                               ("max_iter", "iteration cap")) if self.search == "de" else ())
+        for key, what in sizes:
             if getattr(self, key) != getattr(paper, key):
                 out.append(f"{what} {getattr(self, key)} (paper: {getattr(paper, key)})")
         if self.pixels != 1:
@@ -423,6 +453,14 @@ class AttackConfig:
             out.append("untargeted attack, success at p(true) < 0.05 (paper: targeted, p(target) > 0.5)")
         if self.success != "paper":
             out.append("success when the target becomes the top class (paper: p(target) > 0.5)")
+        if self.search != "de":
+            out.append({"exhaustive": "exhaustive search: every pixel position × the value set (the exact answer "
+                                      "for that set; paper: differential evolution)",
+                        "sparse-rs": f"Sparse-RS random search (Croce et al. 2022), {self.query_budget} queries per "
+                                     "target (paper: differential evolution)"}[self.search])
+        if self.value_range != "input":
+            out.append("pixel values limited to what a detector can produce, 0 e⁻ to the full well through the "
+                       "stretch (paper: any value in [0, 1])")
         if self.keep != "fittest":
             out.append("the first successful candidate kept (the authors' code keeps the fittest member of the "
                        "successful generation)")
@@ -430,9 +468,19 @@ class AttackConfig:
             out.append("search in bfloat16 mixed precision, successes verified in float32 (paper: float32)")
         return out
 
+    @property
+    def query_budget(self) -> int:
+        """Sparse-RS's queries per target: ``max_queries``, else DE's pop_size × (max_iter + 1)."""
+        return self.max_queries if self.max_queries is not None else self.pop_size * (self.max_iter + 1)
+
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["values"] = [list(v) for v in self.values]
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "AttackConfig":
-        return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if f.name in obj})
+        values = {f.name: obj[f.name] for f in dataclasses.fields(cls) if f.name in obj}
+        if "values" in values:
+            values["values"] = tuple(tuple(v) for v in values["values"])
+        return cls(**values)

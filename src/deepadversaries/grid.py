@@ -14,6 +14,7 @@ it (:mod:`deepadversaries.study`); the same stages run in order in ``reproduce``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 from . import DOMAINS, METHODS, MODELS, PAPER_METHODS, PRESETS, REFERENCE_METHOD, SPLITS
 from .analyze import analyze_runs
 from .campaign import attack_run
-from .config import AttackConfig, SimulateConfig, TrainConfig
+from .config import SEARCHES, AttackConfig, SimulateConfig, TrainConfig
 from .data import image_file, label_file, load_dataset
 from .devices import resolve_device
 from .errors import OptionError, check_choice, file_error
@@ -35,7 +36,7 @@ from .layout import PRESET_MODELS, Layout
 from .pipeline import Stage
 from .report import write_report
 from .robustness import robustness_run
-from .runs import last_checkpoint_path
+from .runs import attack_dir, last_checkpoint_path
 from .simulate import simulate_dataset
 from .training import train_model
 
@@ -79,6 +80,8 @@ class Grid:
         threads: CPU threads of each stage (None: torch's default) [default: None].
         figures: draw the analysis figures of every seed (False: the first seed only) [default: True].
         robustness: run the survey-corruption benchmark on every cell [default: True].
+        attacks: the one-pixel searches: ``de`` (always: the paper's, which the analysis reads),
+            and optionally ``exhaustive`` and ``sparse-rs`` on the same images [default: ("de",)].
         device: where to train and attack: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
         workers: processes simulating the dataset [default: 1].
     """
@@ -93,6 +96,7 @@ class Grid:
     threads: int | None = None
     figures: bool = True
     robustness: bool = True
+    attacks: tuple[str, ...] = ("de",)
     device: str = "auto"
     workers: int = 1
 
@@ -104,6 +108,10 @@ class Grid:
             check_choice(m, MODELS, "model")
         for m in self.methods:
             check_choice(m, METHODS, "method")
+        for search in self.attacks:
+            check_choice(search, SEARCHES, "search")
+        if "de" not in self.attacks:
+            raise OptionError("--attacks must include de: the latent-space analysis reads its campaign")
         if REFERENCE_METHOD not in self.methods:
             raise OptionError(f"--methods must include {REFERENCE_METHOD!r}: every other method is compared with it")
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
@@ -141,6 +149,12 @@ def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
     if REFERENCE_METHOD not in items:
         raise OptionError(f"--methods must include {REFERENCE_METHOD!r}: every other method is compared with it")
     return tuple(dict.fromkeys([REFERENCE_METHOD] + items))
+
+
+def parse_list(text: str | Sequence[str]) -> tuple[str, ...]:
+    """A comma-separated option (``"de,exhaustive"``) as a tuple, order kept, duplicates dropped."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(dict.fromkeys(i.strip().lower() for i in items if i.strip()))
 
 
 # --------------------------------------------------------------------------------------
@@ -269,13 +283,23 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
                             expected["attack"],
                             adopt_check=adopt_check(run_dir / "attack" / "summary.json",
                                                     {"settings.preset": grid.preset, "settings.seed": seed})))
+    for search in (a for a in grid.attacks if a != "de"):
+        for method in grid.methods:
+            run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
+            config = dataclasses.replace(attack_config, search=search)
+            stages.append(Stage(f"attack-{search}:{tag}", "attack", attack_dir(run_dir, search) / "summary.json",
+                                (f"train:{tag}", f"attack:{tag}"), (attack_dir(run_dir, search),),
+                                functools.partial(attack_action, run_dir=run_dir, data=data, config=config,
+                                                  device=grid.device, threads=grid.threads),
+                                expected["attack"]))
     if grid.robustness:
         stages += _robustness_stages(layout, grid, model, seed, data)
     for method in grid.adapted_methods:
         out = layout.analysis(model, method, seed)
         pair = (cell_tag(layout, model, REFERENCE_METHOD, seed), cell_tag(layout, model, method, seed))
         stages.append(Stage(f"analyze:{cell_tag(layout, model, method, seed)}", "analyze", out / "analysis.json",
-                            tuple(f"{k}:{t}" for k in ("train", "attack") for t in pair), (out,),
+                            tuple(f"{k}:{t}" for k in ("train", "attack", *(f"attack-{a}" for a in grid.attacks
+                                                                           if a != "de")) for t in pair), (out,),
                             functools.partial(analyze_action, regular=layout.run(model, REFERENCE_METHOD, seed),
                                               adapted=layout.run(model, method, seed), out=out, seed=seed,
                                               preset=grid.preset, device=grid.device,

@@ -105,26 +105,70 @@ def _normalised_table(inp: ReportInputs, model: str, method: str) -> Table:
 
 
 def _attack_table(inp: ReportInputs) -> Table:
+    exact = {(model, m): inp.layout.run(model, m) / "attack_exhaustive" / "summary.json"
+             for model in inp.models for m in inp.methods}
+    with_exact = all(p.is_file() for p in exact.values())
     rows = []
     for model in inp.models:
         for method in inp.methods:
             s = inp.run(model, method).summary
-            rows.append([MODEL_LABELS[model], METHOD_SHORT.get(method, method), str(s.get("images_drawn", "n/a")),
-                         str(s.get("correctly_classified", "n/a")), str(s.get("attacked", "n/a")),
-                         str(s.get("flipped", "n/a")), fmt_fixed(s.get("success_rate")),
-                         fmt_sig(s.get("mean_iterations_flipped")), fmt_sig(s.get("median_iterations_flipped")),
-                         fmt_sig(s.get("mean_iterations")), str(s.get("flipped_in_initial_population", "n/a"))])
-    s0 = inp.run(inp.models[0], REFERENCE_METHOD).summary
-    st = s0.get("settings", {})
+            row = [MODEL_LABELS[model], METHOD_SHORT.get(method, method), str(s.get("images_drawn", "n/a")),
+                   str(s.get("correctly_classified", "n/a")), str(s.get("attacked", "n/a")),
+                   str(s.get("flipped", "n/a")), fmt_fixed(s.get("success_rate"))]
+            if with_exact:
+                e = need_json(exact[(model, method)])
+                row.append(fmt_fixed(e.get("exact_flip_rate")))
+            row += [fmt_sig(s.get("median_p_target_flipped")), fmt_sig(s.get("mean_iterations_flipped")),
+                    fmt_sig(s.get("median_iterations_flipped")), fmt_sig(s.get("mean_iterations")),
+                    str(s.get("flipped_in_initial_population", "n/a"))]
+            rows.append(row)
+    st = inp.run(inp.models[0], REFERENCE_METHOD).summary.get("settings", {})
     paper = AttackConfig.from_preset("paper")
-    return Table(["Model", "Training", "Images drawn", "Correctly classified", "Attacked", "Flipped",
-                  "Flip rate", "Mean iterations (flips)", "Median iterations (flips)",
-                  "Mean iterations (all, failures at the cap)", "Flipped by the initial population"], rows,
+    header = ["Model", "Training", "Images drawn", "Correctly classified", "Attacked", "Flipped", "Flip rate (DE)"]
+    header += ["Exact flip rate (exhaustive, 8 corners)"] if with_exact else []
+    header += ["Median p(target) of the flips", "Mean iterations (flips)", "Median iterations (flips)",
+               "Mean iterations (all, failures at the cap)", "Flipped by the initial population"]
+    return Table(header, rows,
                  f"One-pixel attack: seeded random test subsample, correctly classified images attacked, "
-                 f"{st.get('mode', 'targeted')}, the other two classes tried in turn, first success kept; "
-                 f"population {st.get('pop_size', 'n/a')}, at most {st.get('max_iter', 'n/a')} iterations "
-                 f"(paper: {paper.n_images} images, population {paper.pop_size}, "
-                 f"{paper.max_iter} iterations).", "table_attack")
+                 f"{st.get('mode', 'targeted')}, the other two classes tried in turn, the fittest member of the "
+                 f"successful generation kept ({st.get('keep', 'fittest')}); population {st.get('pop_size', 'n/a')}, "
+                 f"at most {st.get('max_iter', 'n/a')} iterations (paper: {paper.n_images} images, population "
+                 f"{paper.pop_size}, {paper.max_iter} iterations)."
+                 + (" The exact flip rate is the share of attacked images that some pixel set to a corner of the "
+                    "value cube flips (every position tried): DE's rate is a lower bound of it." if with_exact else ""),
+                 "table_attack")
+
+
+def _add_attack_suite(doc: Document, inp: ReportInputs) -> None:
+    """Success against queries per search, and where the dangerous pixels lie (when the runs have them)."""
+    for (model, method), an in inp.analyses.items():
+        table, shares = an.get("success_against_queries"), an.get("dangerous_pixels")
+        label = f"{MODEL_LABELS[model]}, regular vs {METHOD_SHORT.get(method, method)}"
+        if table:
+            rows = [[METHOD_SHORT.get(m, m), search, fmt_fixed(v["success_rate"]), fmt_sig(v["budget"]),
+                     fmt_sig(v["queries_to_de_rate"]) if v["queries_to_de_rate"] is not None else "never"]
+                    for m, searches in table.items() for search, v in searches.items()]
+            doc.add(Table(["Run", "Search", "Success rate", "Queries per image (budget)",
+                           "Queries to reach DE's success rate"], rows,
+                          f"{label}: each search's success on the same images, and the queries per image it needs to "
+                          "reach differential evolution's final success rate.", f"table_queries_{model}_{method}"))
+            path = inp.layout.analysis(model, method) / "fig_success_queries.png"
+            if path.is_file():
+                doc.add(Figure(path, f"{label}: fraction of attacked images flipped against queries per image.",
+                               inp.root))
+        if shares:
+            regions = list(next(iter(shares.values()))["shares"])
+            rows = [[METHOD_SHORT.get(m, m), str(v["n_positions"])] + [fmt_fixed(v["shares"][r]) for r in regions]
+                    for m, v in shares.items()]
+            rows.append(["(share of the stamp's area)", ""] +
+                        [fmt_fixed(next(iter(shares.values()))["area_shares"][r]) for r in regions])
+            doc.add(Table(["Run", "Flipping positions"] + regions, rows,
+                          f"{label}: where the pixels that flip images lie (exhaustive search), in units of each "
+                          "galaxy's Petrosian radius about its light centroid.", f"table_danger_{model}_{method}"))
+            path = inp.layout.analysis(model, method) / "fig_dangerous_pixels.png"
+            if path.is_file():
+                doc.add(Figure(path, f"{label}: probability that a pixel flips the image, stacked in galaxy-centred "
+                                     "coordinates; circles at 1, 2 and 4 Petrosian radii.", inp.root))
 
 
 def _departures(inp: ReportInputs) -> list[str]:
@@ -293,6 +337,7 @@ def build_document(inp: ReportInputs, findings: list[dict[str, Any]], figures: d
             doc.add(Para(f"Note ({MODEL_LABELS[model]}, regular vs {method} analysis): {note}"))
     doc.add(Heading("One-pixel attack", 2, "attack"))
     doc.add(_attack_table(inp))
+    _add_attack_suite(doc, inp)
     _add_robustness(doc, inp)
     doc.add(*_figure_blocks(inp, figures))
     _add_run_record(doc, inp)

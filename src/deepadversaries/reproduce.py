@@ -23,7 +23,7 @@ from . import PAPER_METHODS, PRESETS, __version__
 from .devices import resolve_device
 from .errors import check_choice, file_error
 from .formatting import fmt_clock, utc_now
-from .grid import Grid, build_stages, parse_methods, report_stage, resolve_models
+from .grid import Grid, build_stages, parse_list, parse_methods, report_stage, resolve_models
 from .io import LOCK_NAME, OutputLock, remove_stale_locks, remove_temporaries, write_json
 from .layout import MANIFEST_KIND, TIMINGS_KIND, Layout, read_manifest, read_timings
 from .pipeline import Recorder, environment, plan, run_in_order
@@ -36,7 +36,8 @@ ADOPTABLE = {LOCK_NAME, "data", "runs", "analysis", "figures", "logs"}
 
 def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: str = "auto",
               models: tuple[str, ...] | list[str] | None = None, methods: Sequence[str] | str = PAPER_METHODS,
-              workers: int | None = None, data: str | Path | None = None) -> Path:
+              workers: int | None = None, data: str | Path | None = None,
+              attacks: Sequence[str] | str = ("de",)) -> Path:
     """Run the whole study into ``out`` (resuming what is there) and write its report.
 
     Args:
@@ -49,6 +50,8 @@ def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: 
         workers: processes simulating the dataset [default: the number of CPUs].
         data: an existing dataset folder (ours, or the published Zenodo files) to use instead
             of simulating one [default: None, simulate].
+        attacks: the one-pixel searches, ``de`` among them, e.g. ``"de,exhaustive,sparse-rs"``
+            [default: the paper's differential evolution only].
 
     Returns:
         The path of ``report.html``.
@@ -60,7 +63,8 @@ def reproduce(out: str | Path, preset: str = "quick", *, seed: int = 0, device: 
     resolve_device(device)  # refuse --device cuda without a GPU before any work
     layout = _layout(out, data)
     grid = Grid(preset=preset, models=resolve_models(preset, models), methods=parse_methods(methods), seeds=(seed,),
-                data_seed=seed, device=device, workers=max(1, os.cpu_count() or 1) if workers is None else workers)
+                data_seed=seed, device=device, workers=max(1, os.cpu_count() or 1) if workers is None else workers,
+                attacks=parse_list(attacks))
     with OutputLock(layout.root, "reproduce"):
         remove_temporaries(layout.root)
         remove_stale_locks(layout.root)  # of stages killed after their marker (they are skipped now)

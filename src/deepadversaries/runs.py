@@ -164,9 +164,13 @@ def last_checkpoint_path(run: str | Path) -> Path:
     return Path(run) / "checkpoints" / "last.ckpt"
 
 
-def attack_dir(run: str | Path) -> Path:
-    """``RUN/attack``: the one-pixel attack campaign's files."""
-    return Path(run) / "attack"
+#: each search's folder in a run (DE's is the paper's campaign, which the analysis reads)
+ATTACK_FOLDERS: dict[str, str] = {"de": "attack", "exhaustive": "attack_exhaustive", "sparse-rs": "attack_sparse_rs"}
+
+
+def attack_dir(run: str | Path, search: str = "de") -> Path:
+    """``RUN/attack`` (differential evolution), ``RUN/attack_exhaustive`` or ``RUN/attack_sparse_rs``."""
+    return Path(run) / ATTACK_FOLDERS[search]
 
 
 def read_run_config(run: str | Path) -> RunConfig:

@@ -52,7 +52,7 @@ from . import PAPER_METHODS, PRESETS, __version__
 from .devices import resolve_device
 from .errors import OptionError, StageFailed, check_choice, file_error
 from .formatting import first_line, fmt_clock, utc_now
-from .grid import Grid, build_stages, parse_methods, resolve_models
+from .grid import Grid, build_stages, parse_list, parse_methods, resolve_models
 from .io import LOCK_NAME, OutputLock, remove_stale_locks, remove_temporaries, write_json, write_text
 from .layout import STUDY_MANIFEST_KIND, TIMINGS_KIND, Layout, read_manifest, read_timings
 from .pipeline import Decision, Recorder, Stage, environment, execute_stage, plan, run_recorded
@@ -91,7 +91,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str = (0, 1, 2, 3, 4),
           models: Sequence[str] | None = None, methods: Sequence[str] | str = PAPER_METHODS,
           data: str | Path | None = None, vary_data: bool = False, scheduler: str | None = None,
-          workers: int | None = None, device: str = "auto") -> Path:
+          workers: int | None = None, device: str = "auto", attacks: Sequence[str] | str = ("de",)) -> Path:
     """Run (or resume) a study into ``out`` and write ``study.json`` and its report.
 
     Args:
@@ -105,6 +105,7 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
         scheduler: the address of an existing Dask scheduler [default: a LocalCluster].
         workers: LocalCluster worker processes [default: the number of CPUs].
         device: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
+        attacks: the one-pixel searches, ``de`` among them [default: differential evolution only].
 
     Returns:
         The path of ``report.html``.
@@ -129,7 +130,7 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
     grid = Grid(preset=preset, models=resolve_models(preset, models), methods=parse_methods(methods),
                 seeds=seed_list, data_seed=seed_list[0], vary_data=vary_data, device=device,
                 workers=os.cpu_count() or 1, attack=tuple(STUDY_ATTACK[preset].items()), threads=threads,
-                figures=False)
+                figures=False, attacks=parse_list(attacks))
     with OutputLock(layout.root, "study"):
         remove_temporaries(layout.root)
         remove_stale_locks(layout.root)
@@ -199,7 +200,7 @@ def _layout(out: str | Path, data: str | Path | None) -> Layout:
 def _grid_record(layout: Layout, grid: Grid) -> dict[str, Any]:
     return {"preset": grid.preset, "seeds": list(grid.seeds), "models": list(grid.models),
             "methods": list(grid.methods), "data": str(layout.dataset) if layout.dataset is not None else None,
-            "vary_data": grid.vary_data, "attack": dict(grid.attack)}
+            "vary_data": grid.vary_data, "attack": dict(grid.attack), "attacks": list(grid.attacks)}
 
 
 def _check_or_write_manifest(layout: Layout, grid: Grid) -> None:

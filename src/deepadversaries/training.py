@@ -50,7 +50,7 @@ from .losses import GaussianKernels, MMDLoss, alignment_loss, class_weights
 from .methods import method_spec
 from .models import build_model, check_input_shape, load_checkpoint, model_from_checkpoint
 from .progress import info, make_progress, quiet_lightning
-from .runs import (CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME, RELIABILITY_NAME, RUN_KIND, TRAINING_DONE, RunConfig, best_checkpoint_path,
+from .runs import (ATTACK_FOLDERS, CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME, RELIABILITY_NAME, RUN_KIND, TRAINING_DONE, RunConfig, best_checkpoint_path,
                    config_path, last_checkpoint_path, target_checkpoint_path)
 
 LOG_NAME = "log.csv"
@@ -616,7 +616,7 @@ def _launch_rank() -> int:
 
 def _run_outputs(run: Path) -> list[Path]:
     names = [CONFIG_NAME, TRAINING_DONE, "checkpoints", LOG_NAME, "tensorboard", METRICS_NAME, PREDICTIONS_NAME,
-             "confusion_Y10.png", "confusion_Y1.png", RELIABILITY_NAME, "attack"]
+             "confusion_Y10.png", "confusion_Y1.png", RELIABILITY_NAME, *ATTACK_FOLDERS.values(), "robustness"]
     return [run / n for n in names]
 
 

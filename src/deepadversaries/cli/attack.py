@@ -8,7 +8,23 @@ from typing import Optional
 import typer
 
 from ..config import AttackConfig
+from ..errors import OptionError
+from ..runs import attack_dir
 from ..progress import info
+
+
+def parse_values(text: str) -> tuple[tuple[float, float, float], ...]:
+    """``--values 'g,r,i;g,r,i'`` as value triples; a one-line error when malformed."""
+    out = []
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        try:
+            triple = tuple(float(x) for x in part.split(","))
+        except ValueError as exc:
+            raise OptionError(f"--values {text!r}: expected numbers such as '0.7,0.7,0.7;0.9,0.5,0.5'") from exc
+        if len(triple) != 3:
+            raise OptionError(f"--values {part!r}: a value has three bands (g,r,i)")
+        out.append(triple)
+    return tuple(out)
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
@@ -25,6 +41,10 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         pixels: int = typer.Option(1, "--pixels", help="Pixels changed per attack, L in ||e||_0 <= L (paper: 1)."),
         mode: str = typer.Option("targeted", "--mode", help="targeted: try the other two classes in turn, success at p(target) > 0.5; untargeted: success at p(true) < 0.05."),
         success: str = typer.Option("paper", "--success", help="paper: the probability thresholds above; top-class: success when the target becomes the predicted class (untargeted: when the true class stops being predicted), for under-confident models."),
+        search: str = typer.Option("de", "--search", help="de: differential evolution (the paper's; RUN/attack/); exhaustive: every pixel position x the value set, the exact one-pixel answer for that set (RUN/attack_exhaustive/, with flipmap.npz); sparse-rs: Sparse-RS random search, Croce et al. 2022 (RUN/attack_sparse_rs/)."),
+        value_range: str = typer.Option("input", "--value-range", help="input: any stretched value in [0, 1] (the paper's); physical: what a detector pixel can hold, 0 electrons to the full well (100,000 e-), through the stretch (docs/attacks.md)."),
+        values: Optional[str] = typer.Option(None, "--values", help="Exhaustive search: values tried at every position besides the 8 corners of the range, as 'g,r,i;g,r,i' in model-input units, e.g. '0.7,0.7,0.7'."),
+        max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sparse-RS: queries per target (default: DE's budget, population x (iterations + 1))."),
         keep: str = typer.Option("fittest", "--keep", help="Which candidate of a successful generation is kept: fittest (the authors' code: the generation is finished and the population's fittest member kept) or first (the first candidate over the threshold, which sits just past the decision boundary)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the subsample and of every image's search (searches are seeded by seed and test index)."),
         batch_images: Optional[int] = typer.Option(None, "--batch-images", help="Images searched at once, their candidates sharing forward passes (default: 2 on a CPU, 64 on a GPU)."),
@@ -36,13 +56,14 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     ) -> None:
         """Attack a seeded random subsample of the Y10 test set with one-pixel attacks.
 
-        Only correctly classified images are attacked; in targeted mode the other two classes are tried in turn and the first success is kept. Writes RUN/attack/results.csv, latents.npz and summary.json (last). An interrupted campaign resumes where it stopped when the same command is run again.
+        Only correctly classified images are attacked; in targeted mode the other two classes are tried in turn and the first success is kept. Writes results.csv, latents.npz and summary.json (last) in RUN/attack/ (or RUN/attack_exhaustive/, RUN/attack_sparse_rs/ for the other searches). An interrupted campaign resumes where it stopped when the same command is run again.
         """
         from ..campaign import attack_run  # deferred for start-up time (torch)
 
         config = AttackConfig.from_preset(preset, n_images=n_images, pop_size=pop_size, max_iter=max_iter,
                                           pixels=pixels, mode=mode, success=success, seed=seed, precision=precision,
-                                          keep=keep)
+                                          keep=keep, search=search, value_range=value_range,
+                                          values=parse_values(values) if values else None, max_queries=max_queries)
         summary = attack_run(run, config, data=data, batch_images=batch_images, device=device, overwrite=overwrite,
                              threads=threads, adaptive_threads=adaptive_threads)
         rate = summary["success_rate"]
@@ -50,4 +71,6 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
              f"flipped {summary['flipped']} of {summary['attacked']} attacked"
              + (f" ({rate:.0%}), mean iterations {summary['mean_iterations']:.1f}" if rate is not None else "")
              + f" in {summary['timing']['wall_time_s']:.0f} s")
-        typer.echo(str(Path(run) / "attack"))
+        if summary.get("exact_flip_rate") is not None:
+            info(f"exact flip rate under the value set: {summary['exact_flip_rate']:.0%}")
+        typer.echo(str(attack_dir(run, search)))

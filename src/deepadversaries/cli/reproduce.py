@@ -28,6 +28,10 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training methods (regular, "
                                     "mmd, dann, coral, adabn); regular is the reference the others are compared "
                                     "with. Default: the paper's regular and mmd."),
+        attacks: str = typer.Option("de", "--attacks", help="One-pixel searches on the same images: de (the "
+                                    "paper's differential evolution, always), exhaustive (the exact one-pixel "
+                                    "answer: every position x the value-cube corners), sparse-rs (Croce et al. "
+                                    "2022). E.g. 'de,exhaustive,sparse-rs'."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes for simulating the "
                                               "dataset (default: the number of CPUs)."),
         data: Optional[Path] = typer.Option(None, "--data", help="Use this existing dataset folder instead of "
@@ -45,7 +49,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
         chosen = [m for m in models.split(",")] if models else None
         path = reproduce(out, preset=preset, seed=seed, device=device, models=chosen, methods=methods, workers=workers,
-                         data=data)
+                         data=data, attacks=attacks)
         typer.echo(str(path))
 
     @app.command("report")

@@ -27,6 +27,10 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training methods (regular, "
                                     "mmd, dann, coral, adabn); regular is the reference every other method is "
                                     "compared with."),
+        attacks: str = typer.Option("de", "--attacks", help="One-pixel searches on the same images: de (the "
+                                    "paper's differential evolution, always), exhaustive (the exact one-pixel "
+                                    "answer: every position x the value-cube corners), sparse-rs (Croce et al. "
+                                    "2022). E.g. 'de,exhaustive,sparse-rs'."),
         data: Optional[Path] = typer.Option(None, "--data", help="Use this existing dataset folder instead of "
                                             "simulating one (ours, or the published Zenodo files)."),
         data_seeds: bool = typer.Option(False, "--data-seeds", help="Simulate one dataset per seed (with that "
@@ -45,5 +49,6 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         from ..study import study  # deferred for start-up time (torch, Dask)
 
         path = study(out, preset, seeds=seeds, models=models.split(",") if models else None, methods=methods,
-                     data=data, vary_data=data_seeds, scheduler=scheduler, workers=workers, device=device)
+                     data=data, vary_data=data_seeds, scheduler=scheduler, workers=workers, device=device,
+                     attacks=attacks)
         typer.echo(str(path))
