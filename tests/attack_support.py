@@ -68,6 +68,8 @@ class PixelModel(nn.Module):
     """
 
     calls: ClassVar[list[int]] = [0]
+    #: the attacks read K here (a model that does not say costs them one probe forward pass)
+    n_classes = 3
 
     def __init__(self, row: int = 3, col: int = 7, band: int = 0, true: int = 0, target: int = 2,
                  gain: float = 30.0, level: float = 0.8, second: tuple[int, int, int] | None = None) -> None:

@@ -285,11 +285,11 @@ def test_bad_input_exits_2(regular_run, toy_dataset, tmp_path, capsys):
     for f in toy_dataset.iterdir():
         if "_Y1_" not in f.name:
             (no_y1 / f.name).symlink_to(f)
-    small = make_toy_dataset(tmp_path / "small", n={"train": 6, "valid": 3, "test": 3}, size=64)
+    small = make_toy_dataset(tmp_path / "small", n={"train": 6, "valid": 3, "test": 3}, size=6)  # ConvNet needs 8x8
     cases = [
         (["train", "--data", str(no_y1), "--out", str(tmp_path / "a"), "--method", "mmd", "--preset", "tiny"], "no Y1"),
         (["train", "--data", str(toy_dataset), "--out", str(tmp_path / "b"), "--model", "vgg"], "unknown model"),
-        (["train", "--data", str(small), "--out", str(tmp_path / "c"), "--preset", "tiny"], "do not fit ConvNet"),
+        (["train", "--data", str(small), "--out", str(tmp_path / "c"), "--preset", "tiny"], "too small for the ConvNet"),
         (["train", "--data", str(toy_dataset), "--out", str(regular_run), "--preset", "tiny", "--device", "cpu"],
          "finished training"),
         (["evaluate", "--run", str(toy_dataset)], "not a run folder"),

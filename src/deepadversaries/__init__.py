@@ -17,8 +17,15 @@ DOMAINS: tuple[str, ...] = ("Y10", "Y1")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 #: size presets of every verb
 PRESETS: tuple[str, ...] = ("tiny", "quick", "paper")
-#: the built-in architectures (SPEC 4)
+#: the built-in architectures (SPEC 4); besides these, ``timm:NAME`` (any timm backbone with the
+#: package's bottleneck and head) trains too, and ``file:NAME`` names a TorchScript model trained
+#: elsewhere and adopted into a run folder (:mod:`deepadversaries.models`)
 MODELS: tuple[str, ...] = ("convnet", "resnet18")
+#: prefixes of the model names outside :data:`MODELS`: a timm backbone, an adopted TorchScript file
+TIMM_PREFIX = "timm:"
+FILE_PREFIX = "file:"
+#: band names of the simulator's images (and the default of a 3-band folder without ``dataset.json``)
+BANDS: tuple[str, ...] = ("g", "r", "i")
 #: training methods: regular, and domain adaptation towards unlabelled Y1 (mmd, the paper's;
 #: dann, coral, adabn); their specs: :mod:`deepadversaries.methods`
 METHODS: tuple[str, ...] = ("regular", "mmd", "dann", "coral", "adabn")
@@ -26,8 +33,23 @@ METHODS: tuple[str, ...] = ("regular", "mmd", "dann", "coral", "adabn")
 PAPER_METHODS: tuple[str, ...] = ("regular", "mmd")
 #: the method every domain-adapted run is compared with
 REFERENCE_METHOD = "regular"
+
+
+class _ModelLabels(dict):
+    """Model labels for figures and reports; a name outside the table is labelled from its
+    prefix (``timm:resnet10t`` -> "timm resnet10t", ``file:model.pt`` -> "TorchScript model.pt")."""
+
+    def __missing__(self, name: str) -> str:
+        text = str(name)
+        if text.startswith(TIMM_PREFIX):
+            return f"timm {text[len(TIMM_PREFIX):]}"
+        if text.startswith(FILE_PREFIX):
+            return f"TorchScript {text[len(FILE_PREFIX):]}"
+        return text
+
+
 #: how figures and reports name the models and methods
-MODEL_LABELS: dict[str, str] = {"convnet": "ConvNet", "resnet18": "ResNet18"}
+MODEL_LABELS: dict[str, str] = _ModelLabels({"convnet": "ConvNet", "resnet18": "ResNet18"})
 METHOD_LABELS: dict[str, str] = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)",
                                  "dann": "Domain adaptation (DANN)", "coral": "Domain adaptation (CORAL)",
                                  "adabn": "Domain adaptation (AdaBN)"}

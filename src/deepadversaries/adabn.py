@@ -71,8 +71,8 @@ def adapt_batchnorm(model: nn.Module, images_y1: np.ndarray | torch.Tensor, *,
 
     Args:
         model: a trained classifier with batch-norm layers (ConvNet, ResNet18); ``model(x)``
-            takes a (B, 3, H, W) float32 batch.
-        images_y1: the unlabelled target images (N, 3, H, W), stretched as for inference
+            takes a (N, bands, H, W) float32 batch.
+        images_y1: the unlabelled target images (N, bands, H, W), normalised as for inference
             (array or tensor; any (N, ...) batch of model inputs); N ≥ 2. Only these images
             are seen; no label is read.
         batch_size: images per forward pass [default: 128].

@@ -148,9 +148,9 @@ class ChurchWindow:
         j = int(np.argmin(np.abs(self.betas - beta)))
         return int(self.classes[j, i])
 
-    def fractions(self) -> list[float]:
-        """Fraction of the window taken by each class."""
-        counts = np.bincount(self.classes.ravel(), minlength=len(CLASSES))
+    def fractions(self, n_classes: int = len(CLASSES)) -> list[float]:
+        """Fraction of the window taken by each of ``n_classes`` classes [default: 3]."""
+        counts = np.bincount(self.classes.ravel(), minlength=n_classes)
         return [float(c) / self.classes.size for c in counts]
 
 

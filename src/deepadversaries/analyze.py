@@ -8,6 +8,11 @@ computes the paper's Tables 3/5 and Figures 3–6 with :mod:`deepadversaries.ana
 ``isomap3d_<method>.gif`` for each run and, last (the finished marker), ``analysis.json``.
 
 Everything is keyed by method name (``regular`` and the adapted method, e.g. ``mmd``).
+Class names come from the runs (the dataset's classes). The analysis needs a dataset with
+two domains (the latent shift Y10 → Y1 is half of it). With a model without ``head(z)``
+(an adopted TorchScript model whose latent is taken from ``--latent-layer``), the church
+windows and the example panels are skipped and ``analysis.json``'s ``skipped`` says why;
+the distances, isomaps and attack-suite comparison run as for any model.
 The analysis is deterministic for a given seed (isomap sample and example choice) and has
 nothing to resume: a re-run starts clean.
 """
@@ -52,7 +57,7 @@ from .analysis import (
     paired_distances,
 )
 from .config import SEARCHES
-from .data import apply_stretch, load_dataset
+from .data import load_dataset
 from .devices import resolve_device
 from .errors import OptionError, check_preset, file_error
 from .formatting import fmt_pm, fmt_sig
@@ -63,6 +68,7 @@ from .plots import latent as latent_plots
 from .plots.attacks import save_dangerous_pixels, save_success_curves
 from .progress import info, make_progress
 from .runs import RunConfig, attack_dir, read_run_config
+from .scripted import NO_HEAD_NOTE
 from .stats import success_curve
 from .survey import BANDS, PIXEL_SCALE
 
@@ -86,18 +92,19 @@ DANGER_EXTENT = 6.0
 # --------------------------------------------------------------------------------------
 # attack results of a run
 # --------------------------------------------------------------------------------------
-def _class_index(value: Any, source: Path) -> int | None:
+def _class_index(value: Any, source: Path, classes: Sequence[str] = CLASSES) -> int | None:
     text = str(value).strip()
     if text in ("", "-1", "None", "nan", "NaN"):
         return None
-    if text in CLASSES:
-        return CLASSES.index(text)
+    if text in classes:
+        return list(classes).index(text)
     try:
         k = int(float(text))
     except ValueError:
-        raise file_error(source, f"unknown class {text!r}; expected one of {', '.join(CLASSES)} or 0-2") from None
-    if not 0 <= k < len(CLASSES):
-        raise file_error(source, f"class index {k} out of range 0-{len(CLASSES) - 1}")
+        raise file_error(source, f"unknown class {text!r}; expected one of {', '.join(classes)} or "
+                                 f"0-{len(classes) - 1}") from None
+    if not 0 <= k < len(classes):
+        raise file_error(source, f"class index {k} out of range 0-{len(classes) - 1}")
     return k
 
 
@@ -124,6 +131,11 @@ class AttackData(Triplets):
     @property
     def method(self) -> str:
         return self.config.method
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The run's class names in label order."""
+        return self.config.classes
 
 
 def load_attack(run: str | Path) -> AttackData:
@@ -173,22 +185,24 @@ def load_attack(run: str | Path) -> AttackData:
     test_index = arrays["test_index"].astype(np.int64)
     if not np.array_equal(csv_index, test_index):
         raise file_error(latents_path, "test_index differs from the order of results.csv")
-    true = [_class_index(r["true"], results_path) for r in rows]
+    classes = config.classes
+    true = [_class_index(r["true"], results_path, classes) for r in rows]
     if any(t is None for t in true):
         raise file_error(results_path, "a row has no true class")
     return AttackData(
         run=run, config=config, test_index=test_index,
         z_y10=arrays["z_y10"].astype(np.float32), z_y1=arrays["z_y1"].astype(np.float32),
         z_1p=arrays["z_1p"].astype(np.float32), success=arrays["success"].astype(bool),
-        true=[int(t) for t in true], target=[_class_index(r["target"], results_path) for r in rows],
+        true=[int(t) for t in true], target=[_class_index(r["target"], results_path, classes) for r in rows],
         galaxy_id=[r.get("galaxy_id", "") for r in rows], iterations=[r.get("iterations", "") for r in rows],
         summary=summary if isinstance(summary, dict) else {},
     )
 
 
 def check_comparable(reference: RunConfig, adapted: RunConfig, reference_path: Path, adapted_path: Path) -> None:
-    """Refuse two runs of different models, different datasets, or the same method."""
-    if reference.model != adapted.model:
+    """Refuse two runs of different models, different datasets, or the same method (two adopted
+    TorchScript models may be different files: the user's own regular and adapted models)."""
+    if reference.model != adapted.model and not (reference.adopted and adapted.adopted):
         raise OptionError(
             f"{adapted_path}: model {adapted.model!r} differs from the regular run's {reference.model!r} "
             f"({reference_path}); compare two runs of the same model")
@@ -346,9 +360,13 @@ def analyze_runs(regular: str | Path, adapted: str | Path, out: str | Path, *, n
         raise file_error(out / ANALYSIS_DONE, "a finished analysis is already here; pass --overwrite to redo it")
     device_t = resolve_device(device)
     notes: list[str] = []
+    skipped: list[dict[str, str]] = []
     ref = next(iter(runs))
     if ref != REFERENCE_METHOD:
         notes.append(f"the reference run {runs[ref].run} has method {ref!r}, not {REFERENCE_METHOD!r}")
+    if runs[ref].config.adopted and runs[ref].config.model != list(runs.values())[1].config.model:
+        notes.append("two adopted TorchScript models (different files) are compared: " +
+                     " and ".join(f"{d.config.model} ({m})" for m, d in runs.items()))
 
     with OutputLock(out, "analyze"), make_progress() as progress:
         task = progress.add_task("analyze", total=7)
@@ -366,19 +384,28 @@ def analyze_runs(regular: str | Path, adapted: str | Path, out: str | Path, *, n
         lap("distances")
         if figures:
             models = {m: load_model(d.run, device=device_t) for m, d in runs.items()}
-            panels = _example_panels(runs, models, examples, seed, notes)
+            headless = [m for m, model in models.items() if not getattr(model, "has_head", True)]
+            if headless:
+                skipped.append({"part": "church windows (Figures 3 and 5) and the example panels",
+                                "runs": ", ".join(headless), "why": NO_HEAD_NOTE})
+                notes.append(f"church windows skipped ({', '.join(headless)}): {NO_HEAD_NOTE}")
+                panels: list[dict[str, Any]] = []
+            else:
+                panels = _example_panels(runs, models, examples, seed, notes)
             lap("church_windows")
             y1_models = {m: load_model(d.run, device=device_t, domain="Y1") for m, d in runs.items()}
             isomaps, sample_index, sample_stats = _isomaps(runs[ref].config.data, models, panels, n_isomap, seed,
                                                            runs[ref].z_y10.shape[1], notes, y1_models)
             lap("isomaps")
-            drawn = _figures(out, runs, paired, tables, panels, isomaps, sizes, lap)
+            drawn = _figures(out, runs, paired, tables, panels, isomaps, sizes, lap,
+                             no_window=NO_HEAD_NOTE if headless else None)
         else:
             panels, sample_index, sample_stats, drawn = [], np.zeros(0, np.int64), {}, {}
             notes.append("figures, examples and isomaps were not drawn for this analysis (distance tables only)")
             progress.update(task, completed=7)
         result = _record(runs, paired, tables, panels, sample_index, sample_stats, drawn, notes)
         result.update(suite)
+        result["skipped"] = skipped
         result.update({"seed": seed, "preset": preset, "n_isomap_requested": n_isomap, "examples_requested": examples,
                        "seconds": round(time.perf_counter() - started, 2), "seconds_per_stage": timings})
         write_json(out / ANALYSIS_DONE, result)
@@ -394,7 +421,8 @@ def _record(runs: dict[str, AttackData], paired: PairedDistances, tables: dict[s
     return {
         "kind": "deepadv-analysis",
         "model": runs[ref].config.model, "methods": list(runs), "runs": {m: str(d.run) for m, d in runs.items()},
-        "data": runs[ref].config.data, "n_isomap": len(sample_index),
+        "models": {m: d.config.model for m, d in runs.items()},
+        "data": runs[ref].config.data, "classes": list(runs[ref].classes), "n_isomap": len(sample_index),
         "attack": {m: {"n_attacked": len(d.test_index), "n_flipped": int(d.success.sum()),
                        "flip_rate": float(np.mean(d.success)) if len(d.success) else float("nan"),
                        "median_latent_norm_Y10": paired.scale[m]} for m, d in runs.items()},
@@ -406,7 +434,7 @@ def _record(runs: dict[str, AttackData], paired: PairedDistances, tables: dict[s
         "stderr_definition": "std/sqrt(n), population std (ddof=0)",
         "normalisation": "the common scale: distances divided by each model's median ||z(Y10)|| over the images "
                          "attacked under both runs (one image set for both models)",
-        "examples": [_example_json(p) for p in panels],
+        "examples": [_example_json(p, runs[ref].classes) for p in panels],
         "isomap_sample": {"test_index": sample_index.tolist(), "n_neighbors": ISOMAP_NEIGHBORS,
                           "eigen_solver": "dense", **sample_stats},
         "church_window": {"extent": CHURCH_EXTENT, "step": CHURCH_STEP, "size": len(grid_coordinates())},
@@ -416,8 +444,16 @@ def _record(runs: dict[str, AttackData], paired: PairedDistances, tables: dict[s
 
 
 def _load_pair(regular: Path, adapted: Path) -> dict[str, AttackData]:
-    """Both runs' attack results keyed by method (reference first), checked to be comparable."""
-    check_comparable(read_run_config(regular), read_run_config(adapted), regular, adapted)
+    """Both runs' attack results keyed by method (reference first), checked to be comparable; the
+    dataset must hold both domains (the analysis compares Y10 with Y1)."""
+    config_r = read_run_config(regular)
+    check_comparable(config_r, read_run_config(adapted), regular, adapted)
+    if "Y1" not in config_r.domains:
+        dataset = load_dataset(config_r.data)
+        if not dataset.has_domain("Y1"):
+            raise file_error(dataset.path, "has one domain only: the analysis compares the latent shift between "
+                                           "two domains (Y10 -> Y1) with the one-pixel shift; import a second "
+                                           "domain to analyse (evaluate, attack and robustness run on one)")
     data_r, data_a = load_attack(regular), load_attack(adapted)
     if data_r.z_y10.shape[1:] != data_a.z_y10.shape[1:] and len(data_r.z_y10) and len(data_a.z_y10):
         raise file_error(adapted, f"latent size {data_a.z_y10.shape[1]} differs from the regular run's "
@@ -531,18 +567,24 @@ def _example_panels(runs: dict[str, AttackData], models: dict[str, torch.nn.Modu
 
 def _figures(out: Path, runs: dict[str, AttackData], paired: PairedDistances, tables: dict[str, Any],
              panels: list[dict[str, Any]], isomaps: dict[str, IsomapEmbedding | None], sizes: dict[str, Any],
-             lap: Any) -> dict[str, dict[str, Any]]:
-    """Step 4: Figures 3–6 and the rotating isomap GIFs; returns each file's size and resolution."""
+             lap: Any, no_window: str | None = None) -> dict[str, dict[str, Any]]:
+    """Step 4: Figures 3–6 and the rotating isomap GIFs; returns each file's size and resolution.
+    With ``no_window`` (a model without ``head(z)``) Figure 3 shows why in place of the church
+    windows and Figure 5 is not drawn."""
     figures: dict[str, dict[str, Any]] = {}
+    classes = next(iter(runs.values())).classes
     first = panels[0]["example"] if panels else None
     note = None if (first is None or first.flipped_under_both) else \
         f"No image was flipped under both runs; shown: test image {first.test_index} ({first.status})."
     figures["fig3"] = _png_info(latent_plots.save_church_isomap_figure(
-        out / "fig3_church_isomap.png", panels[0] if panels else None, isomaps, example_number=0, note=note))
-    figures["fig5"] = _png_info(latent_plots.save_church_windows_figure(out / "fig5_church_windows.png", panels))
+        out / "fig3_church_isomap.png", panels[0] if panels else None, isomaps, example_number=0, note=note,
+        classes=classes, no_window="church window skipped: the model has no head(z)" if no_window else None))
+    if no_window is None:
+        figures["fig5"] = _png_info(latent_plots.save_church_windows_figure(out / "fig5_church_windows.png", panels,
+                                                                            classes=classes))
     lap("fig3_fig5")
     figures["fig4"] = _png_info(latent_plots.save_isomap3d_figure(out / "fig4_isomap3d.png", isomaps,
-                                                                  example_number=0))
+                                                                  example_number=0, classes=classes))
     lap("fig4")
     for method in runs:
         path = latent_plots.save_isomap_gif(out / f"isomap3d_{method}.gif", isomaps[method],
@@ -578,6 +620,7 @@ def _windowed_triplet(data: AttackData, model: torch.nn.Module, row: int | None)
         return None
     trip = _triplet(data, model, row)
     trip["window"] = church_window_grid(model.head, trip["z_y10"], trip["z_y1"], trip["z_1p"])
+    trip["classes"] = data.classes
     return trip
 
 
@@ -596,8 +639,9 @@ def _isomaps(data_path: str, models: dict[str, torch.nn.Module], panels: list[di
         notes.append(f"the test set has only {n_test} images: the isomaps use {n_test}, not {n_isomap}")
     sample_index = isomap_sample_indices(n_test, n_isomap, seed)
     labels = dataset.labels("test")[sample_index]
-    images = {d: apply_stretch(np.asarray(dataset.images(d, "test", stretched=False)[sample_index]),
-                               *dataset.stretch(d)) for d in ("Y10", "Y1")}
+    images = {d: dataset.model_input(np.asarray(dataset.images(d, "test", stretched=False)[sample_index]), d)
+              for d in ("Y10", "Y1")}
+    n_classes = dataset.n_classes
     isomaps: dict[str, IsomapEmbedding | None] = {}
     stats: dict[str, Any] = {}
     for method, model in models.items():
@@ -613,21 +657,23 @@ def _isomaps(data_path: str, models: dict[str, torch.nn.Module], panels: list[di
         else:
             isomaps[method] = None
             notes.append(f"too few latents ({total}) for an isomap of the {method} run")
-        stats[method] = {**_sample_stats(z10, p10, labels, "Y10"), **_sample_stats(z1, p1, labels, "Y1")}
+        stats[method] = {**_sample_stats(z10, p10, labels, "Y10", n_classes),
+                         **_sample_stats(z1, p1, labels, "Y1", n_classes)}
     return isomaps, sample_index, stats
 
 
-def _sample_stats(z: np.ndarray, pred: np.ndarray, labels: np.ndarray, domain: str) -> dict[str, Any]:
+def _sample_stats(z: np.ndarray, pred: np.ndarray, labels: np.ndarray, domain: str,
+                  n_classes: int = len(CLASSES)) -> dict[str, Any]:
     n = len(pred)
     if n == 0:
-        return {f"accuracy_{domain}": float("nan"), f"predicted_fractions_{domain}": [float("nan")] * len(CLASSES),
+        return {f"accuracy_{domain}": float("nan"), f"predicted_fractions_{domain}": [float("nan")] * n_classes,
                 f"median_latent_norm_{domain}": float("nan")}
     return {f"accuracy_{domain}": float(np.mean(pred == labels)),
-            f"predicted_fractions_{domain}": (np.bincount(pred, minlength=len(CLASSES)) / n).tolist(),
+            f"predicted_fractions_{domain}": (np.bincount(pred, minlength=n_classes) / n).tolist(),
             f"median_latent_norm_{domain}": float(np.median(np.linalg.norm(z, axis=1)))}
 
 
-def _example_json(panel: dict[str, Any]) -> dict[str, Any]:
+def _example_json(panel: dict[str, Any], classes: Sequence[str] = CLASSES) -> dict[str, Any]:
     ex: Example = panel["example"]
     runs = {}
     for method, t in panel["runs"].items():
@@ -636,12 +682,12 @@ def _example_json(panel: dict[str, Any]) -> dict[str, Any]:
             continue
         w: ChurchWindow = t["window"]
         runs[method] = {
-            "true": CLASSES[t["true"]], "target": CLASSES[t["target"]] if t["target"] is not None else None,
+            "true": classes[t["true"]], "target": classes[t["target"]] if t["target"] is not None else None,
             "success": t["success"], "iterations": t["iterations"],
-            "predicted": {"Y10": CLASSES[t["pred_y10"]], "Y1": CLASSES[t["pred_y1"]], "1P": CLASSES[t["pred_1p"]]},
+            "predicted": {"Y10": classes[t["pred_y10"]], "Y1": classes[t["pred_y1"]], "1P": classes[t["pred_1p"]]},
             "d_E": {"Y10-Y1": float(euclidean_distances(t["z_y10"][None], t["z_y1"][None])[0]),
                     "Y10-1P": float(euclidean_distances(t["z_y10"][None], t["z_1p"][None])[0])},
-            "window_fractions": dict(zip(CLASSES, w.fractions())),
+            "window_fractions": dict(zip(classes, w.fractions(len(classes)))),
         }
     return {"test_index": ex.test_index, "status": ex.status, "runs": runs}
 
@@ -649,6 +695,7 @@ def _example_json(panel: dict[str, Any]) -> dict[str, Any]:
 def _write_distance_files(out: Path, paired: PairedDistances, tables: dict[str, Any], header: dict[str, Any],
                           runs: dict[str, AttackData], notes: list[str]) -> None:
     ref, ada = paired.methods
+    classes = runs[ref].classes
     rows = []
     for scale in SCALES:
         for pert in PERTURBATIONS:
@@ -662,8 +709,9 @@ def _write_distance_files(out: Path, paired: PairedDistances, tables: dict[str, 
     per_image = []
     for k, t in enumerate(paired.test_index):
         rr, ra = int(paired.rows[ref][k]), int(paired.rows[ada][k])
-        row = {"test_index": int(t), "galaxy_id": runs[ref].galaxy_id[rr], "true": CLASSES[runs[ref].true[rr]],
-               f"target_{ref}": _name(runs[ref].target[rr]), f"target_{ada}": _name(runs[ada].target[ra]),
+        row = {"test_index": int(t), "galaxy_id": runs[ref].galaxy_id[rr], "true": classes[runs[ref].true[rr]],
+               f"target_{ref}": _name(runs[ref].target[rr], classes), f"target_{ada}": _name(runs[ada].target[ra],
+                                                                                          classes),
                f"iterations_{ref}": runs[ref].iterations[rr], f"iterations_{ada}": runs[ada].iterations[ra]}
         for method in paired.methods:
             for pert in PERTURBATIONS:
@@ -678,8 +726,8 @@ def _write_distance_files(out: Path, paired: PairedDistances, tables: dict[str, 
     write_text(out / "distances.md", distances_markdown(tables, header, notes))
 
 
-def _name(k: int | None) -> str:
-    return CLASSES[k] if k is not None else ""
+def _name(k: int | None, classes: Sequence[str] = CLASSES) -> str:
+    return classes[k] if k is not None else ""
 
 
 def analyze_single_window(run: str | Path, test_index: int, *, device: str = "auto") -> dict[str, Any]:
@@ -697,6 +745,8 @@ def analyze_single_window(run: str | Path, test_index: int, *, device: str = "au
         raise file_error(attack_dir(run) / "results.csv",
                          f"test image {test_index} was not attacked in this run; attacked: {shown or 'none'}")
     model = load_model(run, device=resolve_device(device))
+    if not getattr(model, "has_head", True):
+        raise OptionError(f"{run}: no church window: {NO_HEAD_NOTE}")
     trip = _windowed_triplet(data, model, row)
     trip.update(test_index=int(test_index), method=data.config.method, model=data.config.model)
     return trip

@@ -14,10 +14,13 @@ changes). A search writes only its own step, as a :class:`SearchState` subclass:
 selection and the keep rule), Sparse-RS in :mod:`deepadversaries.sparse_rs`; the
 exhaustive one-pixel map is :mod:`deepadversaries.exhaustive`.
 
-A candidate is an array (L, 5): for each of its L pixels (x, y, u_g, u_r, u_i), all in
-[0, 1] — x and y are the pixel column and row scaled to [0, 1), u the new values of the
-three bands as fractions of the value range: value = low + u (high - low), so with the
-default ``input`` range [0, 1] (the paper's) u is the new stretched model-input value.
+A candidate is an array (L, 2 + B) for images of B bands (the paper's g, r, i: (L, 5)):
+for each of its L pixels (x, y, u_1, …, u_B), all in [0, 1] — x and y are the pixel column
+and row scaled to [0, 1), u the new values of the B bands as fractions of the value
+range: value = low + u (high - low), so with the default ``input`` range [0, 1] (the
+paper's) u is the new stretched model-input value. Images of any band count and models
+of any number of classes K are attacked alike (targeted attacks try the K - 1 other
+classes in turn).
 Pixel ``(row, col) = (min(floor(y H), H - 1), min(floor(x W), W - 1))``, so every pixel
 is equally likely.
 
@@ -44,11 +47,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from . import CLASSES
 from .cpu_threads import ThreadGovernor
 from .devices import resolve_device
 from .errors import OptionError, check_choice
-from .models import ConvNet
+from .models import ConvNet, model_classes
 
 MODES: tuple[str, ...] = ("targeted", "untargeted")
 SUCCESS_RULES: tuple[str, ...] = ("paper", "top-class")
@@ -62,7 +64,8 @@ VALUE_RANGES: tuple[str, ...] = ("input", "physical")
 TARGET_THRESHOLD = 0.5
 #: untargeted success: p(true class) below this (paper rule)
 UNTARGETED_THRESHOLD = 0.05
-#: candidate fields per pixel: x (column), y (row), and the unit values of g, r, i
+#: candidate fields per pixel of a 3-band image: x (column), y (row), and the unit values of
+#: g, r, i (B bands: 2 + B, :func:`candidate_fields`)
 CANDIDATE_FIELDS = 5
 #: LSST full-well capacity (electrons per pixel) bounding ``physical`` values: the LSST
 #: system requirement is > 90,000 e- (LSST Document-10512), and LSSTCam's sensors measured
@@ -70,7 +73,13 @@ CANDIDATE_FIELDS = 5
 #: settings (Rubin technote SITCOMTN-148, "LSST Camera Electro-Optical Test Results",
 #: https://sitcomtn-148.lsst.io); 100,000 e- is the round figure between them
 FULL_WELL_ELECTRONS = 100_000.0
+#: the paper's band count (g, r, i): the default of the value ranges
 N_BANDS = 3
+
+
+def candidate_fields(bands: int) -> int:
+    """Fields per pixel of a candidate for images of ``bands`` bands: x, y and one unit value per band."""
+    return 2 + int(bands)
 
 
 # --------------------------------------------------------------------------------------
@@ -118,8 +127,9 @@ class ValueRange:
 
     Attributes:
         kind: ``"input"`` or ``"physical"`` (see :data:`VALUE_RANGES`).
-        low: per band (g, r, i), the smallest allowed stretched value.
-        high: per band, the largest allowed stretched value.
+        low: per band (g, r, i for the paper's images; any number B >= 1), the smallest
+            allowed model-input value.
+        high: per band, the largest allowed model-input value.
         electrons: for ``physical``, the electron interval (0, full well) it models; else None.
     """
 
@@ -130,24 +140,30 @@ class ValueRange:
 
     def __post_init__(self) -> None:
         lo, hi = np.asarray(self.low, dtype=np.float64), np.asarray(self.high, dtype=np.float64)
-        if lo.shape != (N_BANDS,) or hi.shape != (N_BANDS,):
-            raise OptionError(f"a value range needs {N_BANDS} bands, got low {self.low} and high {self.high}")
+        if lo.ndim != 1 or len(lo) < 1 or hi.shape != lo.shape:
+            raise OptionError(f"a value range needs one low and one high value per band, got low {self.low} and "
+                              f"high {self.high}")
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(lo < hi)):
             raise OptionError(f"the {self.kind} value range is empty or not finite: low {tuple(lo)}, "
                               f"high {tuple(hi)}")
 
     @property
+    def bands(self) -> int:
+        """B, the number of bands."""
+        return len(self.low)
+
+    @property
     def low_array(self) -> np.ndarray:
-        """(3,) float64."""
+        """(B,) float64."""
         return np.asarray(self.low, dtype=np.float64)
 
     @property
     def high_array(self) -> np.ndarray:
-        """(3,) float64."""
+        """(B,) float64."""
         return np.asarray(self.high, dtype=np.float64)
 
     def to_values(self, unit: np.ndarray) -> np.ndarray:
-        """Model-input values (..., 3) of unit values (..., 3) in [0, 1]: low + u (high - low).
+        """Model-input values (..., B) of unit values (..., B) in [0, 1]: low + u (high - low).
 
         Exact at the ends (u = 0 gives low, u = 1 gives high), and the identity for ``input``.
         """
@@ -155,14 +171,14 @@ class ValueRange:
         return np.clip(lo + np.asarray(unit, dtype=np.float64) * (hi - lo), lo, hi)
 
     def corners(self) -> np.ndarray:
-        """The 2^3 = 8 corners of the value cube (8, 3): each band at its low or high end,
-        in the order of ``itertools.product`` (g slowest; (low, low, low) first)."""
+        """The 2^B corners of the value cube (2^B, B), 8 for g, r, i: each band at its low or high
+        end, in the order of ``itertools.product`` (the first band slowest; all low first)."""
         pairs = [(lo, hi) for lo, hi in zip(self.low, self.high)]
         return np.array(list(itertools.product(*pairs)), dtype=np.float64)
 
     def contains(self, values: np.ndarray) -> np.ndarray:
-        """Whether each row of values (V, 3) lies inside the range (per row, all bands)."""
-        v = np.asarray(values, dtype=np.float64).reshape(-1, N_BANDS)
+        """Whether each row of values (V, B) lies inside the range (per row, all bands)."""
+        v = np.asarray(values, dtype=np.float64).reshape(-1, self.bands)
         return np.all((v >= self.low_array) & (v <= self.high_array), axis=1)
 
     def describe(self) -> dict:
@@ -173,9 +189,9 @@ class ValueRange:
         return out
 
 
-def input_range() -> ValueRange:
-    """The paper's range: any stretched value in [0, 1] in every band."""
-    return ValueRange("input", (0.0,) * N_BANDS, (1.0,) * N_BANDS)
+def input_range(bands: int = N_BANDS) -> ValueRange:
+    """The paper's range: any stretched value in [0, 1] in every band (``bands`` of them [default: 3])."""
+    return ValueRange("input", (0.0,) * int(bands), (1.0,) * int(bands))
 
 
 def _float32_towards(x: float, direction: float) -> float:
@@ -187,50 +203,64 @@ def _float32_towards(x: float, direction: float) -> float:
 
 
 def physical_range(stretch: Callable[[np.ndarray], np.ndarray], inverse: Callable[[np.ndarray], np.ndarray],
-                   full_well: float = FULL_WELL_ELECTRONS) -> ValueRange:
-    """The stretched values a detector pixel can produce: stretch(0 e-) ... stretch(full well).
+                   full_well: float = FULL_WELL_ELECTRONS, bands: int = N_BANDS) -> ValueRange:
+    """The model-input values a detector pixel can produce: stretch(0 e-) ... stretch(full well), per band.
 
     Args:
-        stretch: the domain's stretch, electrons -> model input, element-wise and
-            non-decreasing (``partial(data.apply_stretch, lo=lo, hi=hi)``). It clips to its
-            [lo, hi], so counts above hi all map to stretch(hi): the upper end is then
+        stretch: the domain's normalisation, raw electrons -> model input, on image-shaped
+            arrays (..., B, H, W), non-decreasing in each pixel
+            (``partial(data.apply_stretch, lo=lo, hi=hi)`` for the paper's, element-wise; or
+            :meth:`~deepadversaries.data.GalaxyDataset.input_transform`). The paper's clips
+            to its [lo, hi], so counts above hi all map to stretch(hi): the upper end is then
             stretch(min(full well, hi)).
-        inverse: its inverse on [lo, hi], model input -> electrons
-            (``partial(data.invert_stretch, hi=hi)``).
+        inverse: its inverse, model input -> electrons (``partial(data.invert_stretch, hi=hi)``).
         full_well: the full-well capacity, electrons [default: :data:`FULL_WELL_ELECTRONS`].
+        bands: B, the images' band count [default: 3].
 
     Returns:
-        A ``physical`` :class:`ValueRange`, the same for the three bands (one stretch per
-        domain). Its ends are float32 values rounded inwards, so that ``inverse`` of any
-        allowed float32 value lies in [0, full well].
+        A ``physical`` :class:`ValueRange`, one interval per band (the same for the three
+        bands of the paper's one stretch per domain). Its ends are float32 values rounded
+        inwards, so that ``inverse`` of any allowed float32 value lies in [0, full well].
 
     Raises:
-        OptionError: a full well that is not positive, or a stretch that maps every count
-            from 0 to the full well onto one value (or is not finite there).
+        OptionError: a full well that is not positive, or a normalisation that maps every count
+            from 0 to the full well onto one value (or is not finite there) in some band.
     """
     if not np.isfinite(full_well) or full_well <= 0:
         raise OptionError(f"the full well must be a positive number of electrons, got {full_well}")
-    ends = np.asarray(stretch(np.array([0.0, full_well], dtype=np.float32)), dtype=np.float64).reshape(-1)
-    if ends.shape != (2,) or not np.all(np.isfinite(ends)) or not ends[1] > ends[0]:
-        raise OptionError(f"the stretch cannot express physical values: it maps 0 and {full_well:g} e- (the full "
-                          f"well) to {ends.tolist()}, not to an interval")
-    low = _float32_towards(ends[0], np.inf)
-    high = _float32_towards(ends[1], -np.inf)
+    bands = int(bands)
+    counts = np.zeros((bands, 1, 2), dtype=np.float32)
+    counts[:, 0, 1] = full_well
+    ends = np.asarray(stretch(counts), dtype=np.float64).reshape(bands, 2)
+    for b in range(bands):
+        if not np.all(np.isfinite(ends[b])) or not ends[b, 1] > ends[b, 0]:
+            raise OptionError(f"the stretch cannot express physical values: it maps 0 and {full_well:g} e- (the "
+                              f"full well) to {ends[b].tolist()}" + (f" in band {b}" if bands > 1 else "") +
+                              ", not to an interval")
+    low = np.array([_float32_towards(v, np.inf) for v in ends[:, 0]], dtype=np.float32)
+    high = np.array([_float32_towards(v, -np.inf) for v in ends[:, 1]], dtype=np.float32)
+
+    def electrons(values: np.ndarray) -> np.ndarray:
+        return np.asarray(inverse(values.reshape(bands, 1, 1)), dtype=np.float64).reshape(bands)
+
     # round inwards until the inverse stays inside [0, full well] (it may round, too)
     for _ in range(64):
-        if float(np.asarray(inverse(np.array([high], dtype=np.float32)))[0]) <= full_well:
+        over = electrons(high) > full_well
+        if not over.any():
             break
-        high = float(np.nextafter(np.float32(high), np.float32(-np.inf)))
+        high[over] = np.nextafter(high[over], np.float32(-np.inf))
     for _ in range(64):
-        if float(np.asarray(inverse(np.array([low], dtype=np.float32)))[0]) >= 0.0:
+        under = electrons(low) < 0.0
+        if not under.any():
             break
-        low = float(np.nextafter(np.float32(low), np.float32(np.inf)))
-    return ValueRange("physical", (low,) * N_BANDS, (high,) * N_BANDS, electrons=(0.0, float(full_well)))
+        low[under] = np.nextafter(low[under], np.float32(np.inf))
+    return ValueRange("physical", tuple(float(v) for v in low), tuple(float(v) for v in high),
+                      electrons=(0.0, float(full_well)))
 
 
 def make_value_range(kind: str = "input", stretch: Callable[[np.ndarray], np.ndarray] | None = None,
                      inverse: Callable[[np.ndarray], np.ndarray] | None = None,
-                     full_well: float = FULL_WELL_ELECTRONS) -> ValueRange:
+                     full_well: float = FULL_WELL_ELECTRONS, bands: int = N_BANDS) -> ValueRange:
     """The value range named ``kind`` (``--value-range``), checked.
 
     Args:
@@ -238,6 +268,7 @@ def make_value_range(kind: str = "input", stretch: Callable[[np.ndarray], np.nda
         stretch, inverse: the domain's stretch and its inverse (``physical`` only; see
             :func:`physical_range`).
         full_well: electrons [default: :data:`FULL_WELL_ELECTRONS`].
+        bands: B, the images' band count [default: 3].
 
     Raises:
         OptionError: an unknown kind, ``physical`` without a stretch, or a stretch that
@@ -245,10 +276,10 @@ def make_value_range(kind: str = "input", stretch: Callable[[np.ndarray], np.nda
     """
     check_choice(kind, VALUE_RANGES, "value range")
     if kind == "input":
-        return input_range()
+        return input_range(bands)
     if stretch is None or inverse is None:
         raise OptionError("the physical value range needs the domain's stretch and its inverse")
-    return physical_range(stretch, inverse, full_well)
+    return physical_range(stretch, inverse, full_well, bands)
 
 
 # --------------------------------------------------------------------------------------
@@ -270,7 +301,7 @@ class AttackResult:
     iterations: int
     #: (L, 2) int: pixel (x, y) = (column, row) of each changed pixel
     pixels: np.ndarray
-    #: (L, 3) float: the new (g, r, i) values of each pixel, in model-input space
+    #: (L, B) float: the new values of each pixel (g, r, i for the paper's images), in model-input space
     values: np.ndarray
     #: (n_classes,) class probabilities of the perturbed image (the plain model's for a success)
     probabilities: np.ndarray
@@ -288,7 +319,7 @@ class AttackResult:
     iterations_total: int = 0
     #: claimed successes that the plain model's re-check rejected (the search went on)
     rejected: int = 0
-    #: the perturbed image (3, H, W) float32, on request
+    #: the perturbed image (B, H, W) float32, on request
     image: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -308,24 +339,24 @@ def candidate_pixels(candidates: np.ndarray, height: int, width: int,
     """Pixels and values of candidates.
 
     Args:
-        candidates: (B, L, 5) unit candidates (see the module docstring).
+        candidates: (N, L, 2 + B) unit candidates (see the module docstring).
         height, width: the image size, pixels.
         value_range: the range the unit values map into [default: None = ``input``, [0, 1]].
 
     Returns:
-        rows (B, L) int64, columns (B, L) int64 and values (B, L, 3) float64 (model input).
+        rows (N, L) int64, columns (N, L) int64 and values (N, L, B) float64 (model input).
     """
     cand = np.asarray(candidates, dtype=np.float64)
     cols = np.minimum((cand[..., 0] * width).astype(np.int64), width - 1)
     rows = np.minimum((cand[..., 1] * height).astype(np.int64), height - 1)
-    values = cand[..., 2:5] if value_range is None else value_range.to_values(cand[..., 2:5])
+    values = cand[..., 2:] if value_range is None else value_range.to_values(cand[..., 2:])
     return rows, cols, values
 
 
 def pixel_candidates(rows: np.ndarray, cols: np.ndarray, unit_values: np.ndarray, height: int,
                      width: int) -> np.ndarray:
-    """Unit candidates (B, L, 5) that select exactly pixels (rows, cols) (B, L) with unit
-    values (B, L, 3): the inverse of :func:`candidate_pixels` (pixel centres)."""
+    """Unit candidates (N, L, 2 + B) that select exactly pixels (rows, cols) (N, L) with unit
+    values (N, L, B): the inverse of :func:`candidate_pixels` (pixel centres)."""
     x = (np.asarray(cols, dtype=np.float64) + 0.5) / width
     y = (np.asarray(rows, dtype=np.float64) + 0.5) / height
     return np.concatenate([x[..., None], y[..., None], np.asarray(unit_values, dtype=np.float64)], axis=-1)
@@ -333,14 +364,14 @@ def pixel_candidates(rows: np.ndarray, cols: np.ndarray, unit_values: np.ndarray
 
 def perturb(image: np.ndarray | torch.Tensor, candidate: np.ndarray, dtype: np.dtype = np.float32,
             value_range: ValueRange | None = None) -> np.ndarray:
-    """A copy of ``image`` (3, H, W) with the candidate's (L, 5) pixels set; later pixels win."""
+    """A copy of ``image`` (B, H, W) with the candidate's (L, 2 + B) pixels set; later pixels win."""
     img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     rows, cols, values = candidate_pixels(np.asarray(candidate)[None], img.shape[1], img.shape[2], value_range)
     return set_pixels(img, np.stack([cols[0], rows[0]], axis=1), values[0], dtype)
 
 
 def set_pixels(image: np.ndarray, pixels: np.ndarray, values: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
-    """A copy of ``image`` (3, H, W) with pixels (L, 2) = (x, y) set to values (L, 3); later pixels win."""
+    """A copy of ``image`` (B, H, W) with pixels (L, 2) = (x, y) set to values (L, B); later pixels win."""
     out = np.array(image, dtype=dtype, copy=True)
     for (x, y), v in zip(np.asarray(pixels, dtype=np.int64), np.asarray(values, dtype=np.float64)):
         out[:, y, x] = v
@@ -496,7 +527,8 @@ class LocalConvNetEvaluator(CandidateEvaluator):
 
     @staticmethod
     def applies(model: nn.Module, image_shape: tuple[int, ...], pixels: int) -> bool:
-        """Whether this evaluator is exact for ``model`` (the ConvNet) at this input size."""
+        """Whether this evaluator serves ``model``: the paper's ConvNet at 3 x 100 x 100 (any number of
+        classes), one pixel per candidate; other shapes and models get batched full forward passes."""
         return isinstance(model, ConvNet) and tuple(image_shape) == (3, 100, 100) and pixels == 1
 
     @torch.inference_mode()
@@ -632,7 +664,7 @@ def make_evaluator(model: nn.Module, n_slots: int, image_shape: tuple[int, int, 
     Args:
         model: the (inference-optimised) model, on ``device`` in ``dtype``.
         n_slots: images held at once.
-        image_shape: (3, H, W) of one image.
+        image_shape: (B, H, W) of one image.
         device, dtype: where and in which precision to evaluate.
         pixels: pixels per candidate (the local evaluator serves one) [default: 1].
         local: force (True) or forbid (False) the local evaluator [default: None = where it applies].
@@ -657,7 +689,7 @@ def make_evaluator(model: nn.Module, n_slots: int, image_shape: tuple[int, int, 
 class SearchState:
     """One image's attack: its targets tried in turn, each a search with its own stream.
 
-    The scheduler (:meth:`Attack.run`) reads ``pending`` — (B, L, 5) unit candidates —
+    The scheduler (:meth:`Attack.run`) reads ``pending`` — (N, L, 2 + B) unit candidates —
     and ``n_evaluated`` (how many of them have been evaluated), and hands the class
     probabilities of the next ones, in index order, to :meth:`receive`. A search rule
     subclasses this and writes :meth:`start_target` (the first pending candidates of a new
@@ -682,7 +714,7 @@ class SearchState:
         self.rejected = 0  # successes the search claimed that the plain model did not confirm
         self.finished: list[dict] = []  # one record per target tried
         self.done = False
-        self.pending = np.zeros((0, attack.pixels, CANDIDATE_FIELDS))
+        self.pending = np.zeros((0, attack.pixels, candidate_fields(attack.bands)))
         self.n_evaluated = 0
         self._start_next_target()
 
@@ -699,7 +731,7 @@ class SearchState:
     def _start_next_target(self) -> None:
         self.target_pos += 1
         self.target = self.targets[self.target_pos]
-        code = len(CLASSES) if self.target is None else int(self.target)
+        code = self.attack.n_classes if self.target is None else int(self.target)
         self.rng = np.random.default_rng([self.attack.seed, self.key, code])
         self.start_target()
 
@@ -708,12 +740,12 @@ class SearchState:
         return len(self.pending) - self.n_evaluated
 
     def set_pending(self, candidates: np.ndarray) -> None:
-        """Make ``candidates`` (B, L, 5) the next to evaluate."""
+        """Make ``candidates`` (N, L, 2 + B) the next to evaluate."""
         self.pending = np.asarray(candidates, dtype=np.float64)
         self.n_evaluated = 0
 
     def recheck(self, candidate: np.ndarray) -> tuple[np.ndarray, float]:
-        """The plain model's probabilities (n_classes,) and fitness of one candidate (L, 5)."""
+        """The plain model's probabilities (n_classes,) and fitness of one candidate (L, 2 + B)."""
         probs = self.attack.reference_probabilities(self.image, candidate)
         return probs, float(self.attack.fitness(probs[None], self.label, self.target)[0])
 
@@ -782,7 +814,7 @@ class _DESearch(SearchState):
     def _new_pending(self, candidates: np.ndarray) -> None:
         self.set_pending(candidates)
         self.pending_fitness = np.empty(len(candidates))
-        self.pending_probs = np.empty((len(candidates), len(CLASSES)))
+        self.pending_probs = np.empty((len(candidates), self.attack.n_classes))
 
     def receive(self, start: int, probs: np.ndarray) -> None:
         attack = self.attack
@@ -874,8 +906,13 @@ class Attack:
     evaluated ``chunk_size`` at a time. A subclass names its :class:`SearchState` in
     ``search_class`` and writes the steps that state calls.
 
+    Images of any band count B and models of any number of classes K are attacked alike:
+    K comes from the model (``model.n_classes``, else one forward pass of the first image),
+    B from the images (the default ``input`` value range follows them; a given range must
+    have B bands).
+
     Args:
-        model: the classifier; ``model(x)`` returns ``(logits, latent)`` for x (B, 3, H, W).
+        model: the classifier; ``model(x)`` returns ``(logits, latent)`` for x (N, B, H, W).
         max_iter: the iteration cap of iterative searches (DE: generations) [default: 0].
         pixels: L, pixels changed per candidate [default: 1].
         mode: ``"targeted"`` or ``"untargeted"`` [default: "targeted"].
@@ -885,9 +922,9 @@ class Attack:
             ``"fittest"`` (the authors') or ``"first"`` (see :class:`OnePixelDE`); searches
             that evaluate one candidate per round are the same under both [default: "fittest"].
         value_range: the values a changed pixel may take [default: None = :func:`input_range`,
-            [0, 1]].
+            [0, 1] in every band of the images].
         seed: the attack's seed, >= 0; each (image, target) search draws from
-            ``np.random.default_rng([seed, key, target])`` (target 3 = untargeted) [default: 0].
+            ``np.random.default_rng([seed, key, target])`` (target K = untargeted) [default: 0].
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device`` [default: "auto"].
         dtype: ``torch.float32`` or ``torch.float64`` [default: float32].
         chunk_size: candidates per forward pass [default: None = :func:`default_chunk_size`].
@@ -938,7 +975,9 @@ class Attack:
         self.mode = mode
         self.success_rule = success
         self.keep = keep
+        self.value_range_given = value_range is not None
         self.value_range = value_range or input_range()
+        self.n_classes: int | None = model_classes(model)
         self.seed = int(seed)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.dtype = dtype
@@ -956,6 +995,33 @@ class Attack:
         self.threads = threads
         self.last_evaluator: str | None = None
 
+    @property
+    def bands(self) -> int:
+        """B, the band count of the images attacked (the value range's)."""
+        return self.value_range.bands
+
+    def prepare(self, images: np.ndarray) -> None:
+        """Fit the attack to the images (N, B, H, W) before a search: the default value range
+        takes their B bands, and K is read off one forward pass when the model does not say.
+
+        Raises:
+            OptionError: a value range given for another band count.
+        """
+        bands = int(images.shape[1])
+        if self.value_range.bands != bands:
+            if self.value_range_given:
+                raise OptionError(f"the {self.value_range.kind} value range has {self.value_range.bands} bands but "
+                                  f"the images have {bands}")
+            self.value_range = input_range(bands)
+            self.value_range_changed()
+        if self.n_classes is None:
+            with torch.inference_mode():
+                x = torch.as_tensor(np.asarray(images[:1], dtype=np.float32), device=self.device, dtype=self.dtype)
+                self.n_classes = int(self.reference_model(x)[0].shape[1])
+
+    def value_range_changed(self) -> None:
+        """Called when :meth:`prepare` replaced the default value range (a search derives sets from it)."""
+
     # -- fitness and success -----------------------------------------------------------
     def fitness(self, probs: np.ndarray, label: int, target: int | None) -> np.ndarray:
         """Larger is better: p(target) targeted, -p(true) untargeted; probs (B, n_classes) -> (B,)."""
@@ -970,7 +1036,7 @@ class Attack:
 
     @torch.inference_mode()
     def plain_probabilities_batch(self, image: np.ndarray, pixels: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Probabilities (n, n_classes) of n perturbed copies of ``image`` (3, H, W) — copy k
+        """Probabilities (n, n_classes) of n perturbed copies of ``image`` (B, H, W) — copy k
         with pixels[k] (L, 2) = (x, y) set to model-input values[k] (L, 3) — by one plain
         forward pass of the unfused model over the n copies."""
         np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
@@ -979,12 +1045,12 @@ class Attack:
         return torch.softmax(self.reference_model(x)[0], dim=1).double().cpu().numpy()
 
     def plain_probabilities(self, image: np.ndarray, pixels: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Probabilities (n_classes,) of ``image`` (3, H, W) with pixels (L, 2) = (x, y) set to
-        model-input values (L, 3), by a plain forward pass of the unfused model."""
+        """Probabilities (n_classes,) of ``image`` (B, H, W) with pixels (L, 2) = (x, y) set to
+        model-input values (L, B), by a plain forward pass of the unfused model."""
         return self.plain_probabilities_batch(image, np.asarray(pixels)[None], np.asarray(values)[None])[0]
 
     def reference_probabilities(self, image: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-        """Probabilities (n_classes,) of one perturbed image (candidate (L, 5)), by a plain
+        """Probabilities (n_classes,) of one perturbed image (candidate (L, 2 + B)), by a plain
         forward pass of the unfused model."""
         rows, cols, values = candidate_pixels(np.asarray(candidate)[None], image.shape[1], image.shape[2],
                                               self.value_range)
@@ -999,8 +1065,8 @@ class Attack:
         bfloat16 search near the boundary) a few.
 
         Args:
-            image: (3, H, W) the clean image.
-            pixels: (n, L, 2) the claims' pixels (x, y); values (n, L, 3) their values.
+            image: (B, H, W) the clean image.
+            pixels: (n, L, 2) the claims' pixels (x, y); values (n, L, B) their values.
             accept: ``accept(i, probs)`` — whether claim i holds given the plain model's
                 probabilities (n_classes,).
 
@@ -1031,13 +1097,14 @@ class Attack:
         n = len(labels)
         if self.mode == "untargeted":
             return [[None] for _ in range(n)]
+        k = self.n_classes
         if targets is None:
-            return [[c for c in range(len(CLASSES)) if c != int(labels[i])] for i in range(n)]
+            return [[c for c in range(k) if c != int(labels[i])] for i in range(n)]
         out = []
         for i, t in enumerate(targets):
             ts = [int(t)] if np.ndim(t) == 0 else [int(u) for u in t]
-            if not ts or any(u < 0 or u >= len(CLASSES) for u in ts):
-                raise OptionError(f"image {i}: targets must be class indices 0..{len(CLASSES) - 1}, got {ts}")
+            if not ts or any(u < 0 or u >= k for u in ts):
+                raise OptionError(f"image {i}: targets must be class indices 0..{k - 1}, got {ts}")
             out.append(ts)
         if len(out) != n:
             raise OptionError(f"{len(out)} target entries for {n} images")
@@ -1046,10 +1113,10 @@ class Attack:
     @staticmethod
     def check_inputs(images: np.ndarray | torch.Tensor, labels: Sequence[int],
                      keys: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``images`` (N, 3, H, W) as numpy, ``labels`` (N,) int64 and ``keys`` (N,) int64, checked."""
+        """``images`` (N, B, H, W) as numpy, ``labels`` (N,) int64 and ``keys`` (N,) int64, checked."""
         imgs = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-        if imgs.ndim != 4 or imgs.shape[1] != 3:
-            raise OptionError(f"images must have shape (N, 3, H, W), got {imgs.shape}")
+        if imgs.ndim != 4 or min(imgs.shape[1:]) < 1:
+            raise OptionError(f"images must have shape (N, bands, H, W), got {imgs.shape}")
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(labels) != len(imgs):
             raise OptionError(f"{len(labels)} labels for {len(imgs)} images")
@@ -1064,7 +1131,7 @@ class Attack:
         """Attack every image; yield each result as soon as its image is finished.
 
         Args:
-            images: (N, 3, H, W) in model-input space (stretched, [0, 1]).
+            images: (N, B, H, W) in model-input space (stretched, [0, 1]).
             labels: (N,) the true classes.
             targets: targeted mode: per image one class or a sequence of classes tried in
                 turn [default: None = every other class, ascending]; ignored untargeted.
@@ -1080,9 +1147,10 @@ class Attack:
             OptionError: shapes or targets that do not fit.
         """
         imgs, labels, keys = self.check_inputs(images, labels, keys)
-        target_lists = self.targets_for(labels, targets)
         if len(imgs) == 0:
             return
+        self.prepare(imgs)
+        target_lists = self.targets_for(labels, targets)
         shape = tuple(imgs.shape[1:])
         n_slots = min(len(imgs), self.batch_images or self.default_images_at_once())
         evaluator = make_evaluator(self.eval_model, n_slots, shape, self.device, self.dtype, pixels=self.pixels,
@@ -1158,7 +1226,7 @@ def distinct_triples(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
 class OnePixelDE(Attack):
     """The authors' one-pixel (L-pixel) attack: differential evolution after Su et al.
 
-    Population ``pop_size`` of unit candidates (L, 5); initial positions uniform, unit
+    Population ``pop_size`` of unit candidates (L, 2 + B); initial positions uniform, unit
     values clip(N(0.5, 0.5), 0, 1) (mapped into the value range); each child = x1 + F
     (x2 - x3) from three distinct random members (no crossover); coordinates that leave
     [0, 1] are redrawn uniformly; a child replaces its own parent only if strictly fitter.
@@ -1202,13 +1270,13 @@ class OnePixelDE(Attack):
         self.F = float(F)
 
     def initial_population(self, rng: np.random.Generator) -> np.ndarray:
-        """(pop_size, L, 5): positions uniform, unit values clip(N(0.5, 0.5), 0, 1)."""
+        """(pop_size, L, 2 + B): positions uniform, unit values clip(N(0.5, 0.5), 0, 1)."""
         pos = rng.random((self.pop_size, self.pixels, 2))
-        vals = np.clip(rng.normal(0.5, 0.5, (self.pop_size, self.pixels, 3)), 0.0, 1.0)
+        vals = np.clip(rng.normal(0.5, 0.5, (self.pop_size, self.pixels, self.bands)), 0.0, 1.0)
         return np.concatenate([pos, vals], axis=2)
 
     def next_generation(self, rng: np.random.Generator, population: np.ndarray) -> np.ndarray:
-        """Children (pop_size, L, 5): x1 + F (x2 - x3), coordinates outside [0, 1] redrawn."""
+        """Children (pop_size, L, 2 + B): x1 + F (x2 - x3), coordinates outside [0, 1] redrawn."""
         idx = distinct_triples(rng, len(population), len(population))
         child = population[idx[:, 0]] + self.F * (population[idx[:, 1]] - population[idx[:, 2]])
         redraw = rng.random(child.shape)
@@ -1242,11 +1310,11 @@ def reference_attack(model: nn.Module, image: np.ndarray, label: int, target: in
     beats its parent.
 
     Args:
-        model: the classifier; image (3, H, W) in model-input space; label the true class;
+        model: the classifier; image (B, H, W) in model-input space; label the true class;
             target the class attacked, or None (untargeted).
         pop_size, max_iter, pixels, F, success, keep, value_range: as :class:`OnePixelDE`.
-        seed, key: the stream is ``np.random.default_rng([seed, key, target])`` (target 3
-            untargeted) [defaults: 0, 0].
+        seed, key: the stream is ``np.random.default_rng([seed, key, target])`` (target K,
+            the number of classes, untargeted) [defaults: 0, 0].
         device, dtype: where and in which precision [defaults: "cpu", float32].
 
     Returns:
@@ -1257,6 +1325,7 @@ def reference_attack(model: nn.Module, image: np.ndarray, label: int, target: in
                      mode="untargeted" if target is None else "targeted")
     net = atk.reference_model
     image = np.asarray(image, dtype=np.float32)
+    atk.prepare(image[None])
     x0 = torch.as_tensor(image, device=atk.device, dtype=dtype)
     h, w = image.shape[1:]
     targeted = target is not None
@@ -1276,7 +1345,7 @@ def reference_attack(model: nn.Module, image: np.ndarray, label: int, target: in
     def success_of(probs: np.ndarray) -> np.ndarray:
         return is_success(probs, label, target, success)
 
-    code = len(CLASSES) if target is None else int(target)
+    code = atk.n_classes if target is None else int(target)
     rng = np.random.default_rng([atk.seed, int(key), code])
     candidates = atk.initial_population(rng)
     probs = evaluate(candidates)

@@ -1,16 +1,18 @@
 """The one-pixel attack campaign of the paper (SPEC 7), resumable: ``deepadv attack``.
 
 Protocol: a seeded random subsample of the Y10 test set; only images the model
-classifies correctly are attacked; in targeted mode the other two classes are tried in
-turn (ascending class order) and the first success is kept. The search is differential
+classifies correctly are attacked; in targeted mode the other K - 1 classes are tried in
+turn (ascending class order; the paper's K = 3) and the first success is kept. Classes,
+bands and image shape are the dataset's (``dataset.json``), the model the run's
+(trained, or an adopted TorchScript model). The search is differential
 evolution (the paper's, ``RUN/attack/``), the exhaustive map of every position × a value
 set (``RUN/attack_exhaustive/``, which also writes ``flipmap.npz``) or Sparse-RS
 (``RUN/attack_sparse_rs/``); the new pixel's values lie in the ``input`` range [0, 1] or the
 ``physical`` one (:func:`deepadversaries.attacks.make_value_range`). Writes, in that folder:
 
 - ``results.csv``: one row per attacked image (subsample order);
-- ``latents.npz``: ``test_index``, ``z_y10``, ``z_y1``, ``z_1p`` (n, 256), ``success`` —
-  rows in the order of ``results.csv``;
+- ``latents.npz``: ``test_index``, ``z_y10``, ``z_y1``, ``z_1p`` (n, D; D = 256 for the
+  package's models), ``success`` — rows in the order of ``results.csv``;
 - ``flipmap.npz`` (exhaustive only): per attacked image, per target and position, the best
   p(target) and whether the position flips the image (``map_targets``, ``best_target_prob``,
   ``flips``, ``min_true_prob``, ``flips_untargeted``, ``values_tried``);
@@ -29,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import functools
 import json
 import os
 import shutil
@@ -41,20 +42,20 @@ from typing import Any
 import numpy as np
 from rich.progress import TextColumn
 
-from . import CLASSES
+from . import BANDS, CLASSES
 from .attacks import Attack, OnePixelDE, ValueRange, is_success, make_value_range, set_pixels
 from .exhaustive import ExhaustiveResult, ExhaustiveSearch
 from .sparse_rs import SparseRS
 from .config import AttackConfig
 from .cpu_threads import ThreadGovernor
-from .data import GalaxyDataset, apply_stretch, image_file, invert_stretch, load_dataset
+from .data import GalaxyDataset, image_file, load_dataset
 from .devices import resolve_device
 from .errors import OptionError, file_error
 from .inference import forward_batches
 from .io import OutputLock, read_json, remove_temporaries, write_csv, write_json, write_npz
 from .models import check_input_shape, load_model
 from .progress import info, make_progress
-from .runs import RunConfig, attack_dir, best_checkpoint_path, read_run_config
+from .runs import RunConfig, attack_dir, check_same_classes, kept_model_path, read_run_config
 
 PROGRESS_NAME = "progress.jsonl"
 RESULTS_NAME = "results.csv"
@@ -69,13 +70,14 @@ MAP_ARRAYS = ("best_target_prob", "flips", "min_true_prob", "flips_untargeted")
 EVAL_BATCH = 64
 
 
-def result_columns(pixels: int) -> list[str]:
-    """The columns of ``results.csv`` for an L-pixel campaign."""
+def result_columns(pixels: int, classes: tuple[str, ...] = CLASSES, bands: tuple[str, ...] = BANDS) -> list[str]:
+    """The columns of ``results.csv`` for an L-pixel campaign: a ``value_<band>`` per band and
+    a ``p_<class>`` per class (the paper's: value_g, value_r, value_i; p_spiral, ...)."""
     cols = ["test_index", "galaxy_id", "true", "predicted", "target", "success", "iterations"]
     for k in range(1, pixels + 1):
         sfx = "" if pixels == 1 else f"_{k}"
-        cols += [f"x{sfx}", f"y{sfx}", f"value_g{sfx}", f"value_r{sfx}", f"value_i{sfx}"]
-    cols += [f"p_{c}" for c in CLASSES]
+        cols += [f"x{sfx}", f"y{sfx}"] + [f"value_{b}{sfx}" for b in bands]
+    cols += [f"p_{c}" for c in classes]
     cols += ["iterations_total", "evaluations", "targets_tried"]
     return cols
 
@@ -145,7 +147,7 @@ class Subsample:
 
     Attributes:
         test_index: (n_images,) sorted test-set indices drawn with the campaign's seed.
-        images: (n_images, 3, H, W) stretched Y10 images.
+        images: (n_images, B, H, W) Y10 images, model input.
         labels: (n_images,) true classes.
         predicted: (n_images,) the model's classes.
         attacked_rows: positions in the subsample of the correctly classified images.
@@ -201,6 +203,7 @@ def attack_run(run: str | Path, config: AttackConfig | None = None, *, data: str
         _prepare_output(out, overwrite)
         model = load_model(run, dev)
         check_input_shape(model, dataset.image_shape, dataset.path / image_file("Y10", "test"))
+        check_same_classes(run_config, dataset.classes, dataset.path)
         value_range = _value_range(config, dataset)
         sample = _draw_subsample(model, dataset, config, dev)
         records, wall_before, sessions = _read_progress(out / PROGRESS_NAME, config.to_json())
@@ -218,17 +221,20 @@ def attack_run(run: str | Path, config: AttackConfig | None = None, *, data: str
             "cpu_threads": governor.summary() if governor is not None else None})
         summary["value_range"] = value_range.describe()
         if config.search == "exhaustive":
-            summary.update(_write_flipmap(out, sample, records, run))
+            summary.update(_write_flipmap(out, sample, records, run, dataset.classes))
         write_json(out / SUMMARY_NAME, summary)
         (out / PROGRESS_NAME).unlink(missing_ok=True)
     return summary
 
 
 def _value_range(config: AttackConfig, dataset: GalaxyDataset) -> ValueRange:
-    """The values a changed pixel may take (the Y10 domain's stretch for ``physical``)."""
-    lo, hi = dataset.stretch("Y10")
-    return make_value_range(config.value_range, functools.partial(apply_stretch, lo=lo, hi=hi),
-                            functools.partial(invert_stretch, hi=hi))
+    """The values a changed pixel may take, one interval per band of the dataset (through the
+    Y10 domain's normalisation for ``physical``, which reads the raw pixels as electrons)."""
+    bands = len(dataset.bands)
+    if config.value_range == "input":
+        return make_value_range("input", bands=bands)
+    forward, inverse = dataset.input_transform("Y10")
+    return make_value_range(config.value_range, forward, inverse, bands=bands)
 
 
 def _make_search(config: AttackConfig, model: Any, value_range: ValueRange, device: Any, *,
@@ -248,14 +254,25 @@ def _make_search(config: AttackConfig, model: Any, value_range: ValueRange, devi
 def _check_inputs(run: Path, config: AttackConfig, data: str | Path | None) -> tuple[RunConfig, GalaxyDataset]:
     """The run's config and dataset; clear errors for a missing checkpoint or a too large sample."""
     run_config = read_run_config(run)
-    ckpt = best_checkpoint_path(run)
+    ckpt = kept_model_path(run, run_config)
     if not ckpt.is_file():
         raise file_error(ckpt, "checkpoint not found; train the run first ('deepadv train')")
     dataset = load_dataset(Path(data) if data is not None else Path(run_config.data))
+    bands = dataset.bands
+    for value in config.values:
+        if len(value) != len(bands):
+            raise OptionError(f"--values {','.join(f'{v:g}' for v in value)}: a value has {_count(len(bands))} "
+                              f"band{'s' if len(bands) > 1 else ''} ({', '.join(bands)}), one number each")
     n_test = len(dataset.labels("test"))
     if config.n_images > n_test:
         raise file_error(dataset.path, f"--n-images {config.n_images} is larger than the test set ({n_test} images)")
     return run_config, dataset
+
+
+def _count(n: int) -> str:
+    """A small count in words (one ... ten), else digits."""
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    return words[n] if 0 <= n < len(words) else str(n)
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -272,12 +289,12 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
 
 
 def _draw_subsample(model: Any, dataset: GalaxyDataset, config: AttackConfig, device: Any) -> Subsample:
-    """The seeded random subsample of the test set, stretched, with the model's predictions."""
+    """The seeded random subsample of the test set, as model input, with the model's predictions."""
     labels_all = dataset.labels("test")
     rng = np.random.default_rng(config.seed)
     subsample = np.sort(rng.choice(len(labels_all), config.n_images, replace=False))
     raw = dataset.images("Y10", "test", stretched=False)
-    images = apply_stretch(np.asarray(raw[subsample]), *dataset.stretch("Y10"))
+    images = dataset.model_input(np.asarray(raw[subsample]), "Y10")
     labels = labels_all[subsample]
     predicted = forward_batches(model, images, batch_size=EVAL_BATCH, device=device).predicted
     return Subsample(subsample, images, labels, predicted, np.flatnonzero(predicted == labels))
@@ -339,21 +356,22 @@ def _write_results(run: Path, out: Path, model: Any, dataset: GalaxyDataset, sam
     one_pixel = forward_batches(model, perturbed, batch_size=EVAL_BATCH, device=device)
     z_y10 = forward_batches(model, sample.images[rows_sub], batch_size=EVAL_BATCH, device=device).latents
     if dataset.has_domain("Y1"):
-        y1 = apply_stretch(np.asarray(dataset.images("Y1", "test", stretched=False)[index]), *dataset.stretch("Y1"))
+        y1 = dataset.model_input(np.asarray(dataset.images("Y1", "test", stretched=False)[index]), "Y1")
         model_y1 = load_model(run, device, domain="Y1")  # an AdaBN run's Y1 statistics; else the same model
         z_y1 = forward_batches(model_y1, y1, batch_size=EVAL_BATCH, device=device).latents
     else:
         z_y1 = np.full_like(z_y10, np.nan)
     p_1p = one_pixel.probabilities
     galaxy_ids = dataset.galaxy_ids("test")
+    classes, bands = dataset.classes, dataset.bands
     rows, success = [], []
     for k, (r, t) in enumerate(zip(rows_sub, index)):
         rec = records[int(t)]
         confirmed = bool(is_success(p_1p[k:k + 1], int(sample.labels[r]), rec["target"], config.success)[0])
         success.append(confirmed and bool(rec["success"]))
         rows.append(_result_row(rec, int(t), galaxy_ids, int(sample.labels[r]), int(sample.predicted[r]),
-                                success[-1], p_1p[k], config.pixels))
-    write_csv(out / RESULTS_NAME, rows, result_columns(config.pixels))
+                                success[-1], p_1p[k], config.pixels, classes, bands))
+    write_csv(out / RESULTS_NAME, rows, result_columns(config.pixels, classes, bands))
     success_flags = np.asarray(success, bool)
     write_npz(out / LATENTS_NAME, test_index=index.astype(np.int64), z_y10=z_y10.astype(np.float32),
               z_y1=z_y1.astype(np.float32), z_1p=one_pixel.latents.astype(np.float32), success=success_flags)
@@ -361,19 +379,20 @@ def _write_results(run: Path, out: Path, model: Any, dataset: GalaxyDataset, sam
 
 
 def _result_row(rec: dict[str, Any], test_index: int, galaxy_ids: np.ndarray, true: int, predicted: int,
-                success: bool, probs: np.ndarray, pixels: int) -> dict[str, Any]:
-    """One row of results.csv."""
+                success: bool, probs: np.ndarray, pixels: int, classes: tuple[str, ...] = CLASSES,
+                bands: tuple[str, ...] = BANDS) -> dict[str, Any]:
+    """One row of results.csv (class names from ``classes``, value columns from ``bands``)."""
     target = rec["target"]
-    row = {"test_index": test_index, "galaxy_id": int(galaxy_ids[test_index]), "true": CLASSES[true],
-           "predicted": CLASSES[predicted], "target": "" if target is None else CLASSES[target],
+    row = {"test_index": test_index, "galaxy_id": int(galaxy_ids[test_index]), "true": classes[true],
+           "predicted": classes[predicted], "target": "" if target is None else classes[target],
            "success": success, "iterations": rec["iterations"]}
     for j, ((px, py), v) in enumerate(zip(rec["pixels"], rec["values"])):
         sfx = "" if pixels == 1 else f"_{j + 1}"
-        row.update({f"x{sfx}": px, f"y{sfx}": py, f"value_g{sfx}": float(np.float32(v[0])),
-                    f"value_r{sfx}": float(np.float32(v[1])), f"value_i{sfx}": float(np.float32(v[2]))})
-    row.update({f"p_{c}": float(probs[j]) for j, c in enumerate(CLASSES)})
+        row.update({f"x{sfx}": px, f"y{sfx}": py})
+        row.update({f"value_{b}{sfx}": float(np.float32(v[k])) for k, b in enumerate(bands)})
+    row.update({f"p_{c}": float(probs[j]) for j, c in enumerate(classes)})
     row.update({"iterations_total": rec["iterations_total"], "evaluations": rec["evaluations"],
-                "targets_tried": " ".join(CLASSES[c] for c in rec["targets_tried"])})
+                "targets_tried": " ".join(classes[c] for c in rec["targets_tried"])})
     return row
 
 
@@ -388,7 +407,8 @@ def _summary(run: Path, run_config: RunConfig, dataset: GalaxyDataset, sample: S
     return {
         "kind": "deepadv-attack",
         "run": str(run.resolve()), "data": str(dataset.path.resolve()), "model": run_config.model,
-        "method": run_config.method,
+        "method": run_config.method, "classes": list(dataset.classes), "bands": list(dataset.bands),
+        "image_shape": list(dataset.image_shape),
         "images_drawn": int(len(sample.test_index)), "correctly_classified": int(len(sample.attacked_rows)),
         "attacked": int(len(index)), "flipped": n_flip,
         "success_rate": n_flip / len(index) if len(index) else None,
@@ -423,7 +443,8 @@ def _quantiles(values: list[float]) -> dict[str, float] | None:
     return {"p25": float(q[0]), "median": float(q[1]), "p75": float(q[2]), "n": len(values)}
 
 
-def _write_flipmap(out: Path, sample: Subsample, records: dict[int, dict], run: Path) -> dict[str, Any]:
+def _write_flipmap(out: Path, sample: Subsample, records: dict[int, dict], run: Path,
+                   classes: tuple[str, ...] = CLASSES) -> dict[str, Any]:
     """Stack the per-image maps into ``flipmap.npz`` (attacked order) and summarise them.
 
     Returns the summary's extra fields: the exact flip rate per target, the flipping
@@ -443,10 +464,10 @@ def _write_flipmap(out: Path, sample: Subsample, records: dict[int, dict], run: 
     per_target: dict[str, float] = {}
     for m in maps:
         for k, target in enumerate(m["map_targets"].tolist()):
-            name = CLASSES[int(target)]
+            name = classes[int(target)]
             per_target.setdefault(name, 0.0)
             per_target[name] += float(m["flips"][k].any())
-    n_true = {CLASSES[c]: int(sum(int(c) in m["map_targets"].tolist() for m in maps)) for c in range(len(CLASSES))}
+    n_true = {classes[c]: int(sum(int(c) in m["map_targets"].tolist() for m in maps)) for c in range(len(classes))}
     extra: dict[str, Any] = {
         "exact_flip_rate": float(flippable.mean()) if len(flippable) else None,
         "exact_flip_rate_per_target": {c: per_target[c] / n_true[c] for c in per_target if n_true[c]},

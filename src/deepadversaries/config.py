@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from . import METHODS, MODELS, PRESETS
+from . import FILE_PREFIX, METHODS, MODELS, PRESETS, TIMM_PREFIX
 from .errors import OptionError, check_choice
 from .methods import METHOD_SPECS
 
@@ -51,6 +51,44 @@ def _check_overrides(cls: type, overrides: Mapping[str, Any], allowed: tuple[str
     if unknown:
         raise OptionError(f"unknown {cls.__name__} setting {unknown[0]!r}; choose from {', '.join(allowed)}")
     return given
+
+
+# --------------------------------------------------------------------------------------
+# model names
+# --------------------------------------------------------------------------------------
+def is_timm(name: str) -> bool:
+    """Whether ``name`` is a ``timm:NAME`` model."""
+    return str(name).startswith(TIMM_PREFIX)
+
+
+def is_adopted(name: str) -> bool:
+    """Whether ``name`` is an adopted TorchScript model (``file:NAME``)."""
+    return str(name).startswith(FILE_PREFIX)
+
+
+def check_model_name(name: str, *, trainable: bool = False) -> str:
+    """Return ``name`` if it names a model: a built-in (:data:`MODELS`), ``timm:NAME`` or, unless
+    ``trainable``, ``file:NAME``; else an :class:`OptionError` listing the forms.
+
+    Only the form is checked here; :func:`build_model` checks that timm knows the name.
+    """
+    text = str(name)
+    if text in MODELS:
+        return text
+    for prefix in (TIMM_PREFIX,) + (() if trainable else (FILE_PREFIX,)):
+        if text.startswith(prefix) and text[len(prefix):].strip():
+            return text
+    if trainable and text.startswith(FILE_PREFIX):
+        raise OptionError(f"model {text!r} is a TorchScript file trained elsewhere: adopt it with "
+                          "'deepadv train --model-file FILE' (it is not trained here)")
+    raise OptionError(f"unknown model {text!r}; choose one of {', '.join(MODELS)} or timm:NAME (any timm "
+                      "backbone, e.g. timm:resnet10t)")
+
+
+def preset_model(name: str) -> str:
+    """The built-in model whose training preset a model uses: itself, or ``resnet18`` for a
+    timm backbone (and an adopted model, which is not trained here)."""
+    return name if name in MODELS else "resnet18"
 
 
 # --------------------------------------------------------------------------------------
@@ -151,8 +189,11 @@ class TrainConfig:
     """Settings of ``deepadv train`` (SPEC 5): what a preset sets and a user may override.
 
     Attributes:
-        model: ``convnet`` or ``resnet18`` [default: "convnet"].
-        method: ``regular`` or ``mmd`` [default: "regular"].
+        model: ``convnet``, ``resnet18``, ``timm:NAME`` (a timm backbone; trained with the
+            resnet18 preset) or ``file:NAME`` (an adopted TorchScript model, not trained here)
+            [default: "convnet"].
+        method: ``regular``, ``mmd``, ``dann``, ``coral`` or ``adabn`` [default: "regular"]; for
+            an adopted model, how it was trained elsewhere (not ``adabn``).
         preset: the preset the other values came from [default: "quick"].
         seed: seed of weights and batch order [default: 0].
         epochs: maximum number of epochs [default: the preset's].
@@ -220,8 +261,12 @@ class TrainConfig:
     overridden: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        check_choice(self.model, MODELS, "model")
+        check_model_name(self.model)
         check_choice(self.method, METHODS, "method")
+        if is_adopted(self.model) and METHOD_SPECS[self.method].adapts_before_inference:
+            raise OptionError(f"--method {self.method} re-estimates the model's batch-norm statistics here; a "
+                              "TorchScript model is adopted as it is (--method names how it was trained elsewhere: "
+                              "regular, mmd, dann or coral)")
         check_choice(self.preset, PRESETS, "preset")
         _check_int("seed", self.seed, 0)
         for name, minimum in (("epochs", 1), ("batch_size", 2), ("eval_batch_size", 1), ("patience", 1),
@@ -254,11 +299,11 @@ class TrainConfig:
             **overrides: any of :attr:`OVERRIDABLE`; numbers are converted to the field's type.
         """
         check_choice(preset, PRESETS, "preset")
-        check_choice(model, MODELS, "model")
+        check_model_name(model, trainable=True)
         check_choice(method, METHODS, "method")
         given = _check_overrides(cls, overrides, cls.OVERRIDABLE)
         spec = METHOD_SPECS[method]
-        base = dict(cls.PRESETS[preset][model])
+        base = dict(cls.PRESETS[preset][preset_model(model)])
         base.update(weight_decay=cls.WEIGHT_DECAY[spec.adapts_in_training],
                     channels_last=device_type == "cuda" or model == "convnet")
         if spec.weight_setting is not None:
@@ -362,8 +407,8 @@ class AttackConfig:
             [default: "de"].
         value_range: ``input`` ([0, 1] of the stretched image, the paper's) or ``physical``
             (0 e⁻ to the full well through the stretch) [default: "input"].
-        values: extra values (g, r, i) the exhaustive search tries at every position, besides
-            the 8 corners of the value range [default: none].
+        values: extra values (one per band: g, r, i for the paper's images) the exhaustive search
+            tries at every position, besides the 2^B corners of the value range [default: none].
         max_queries: Sparse-RS's queries per target [default: DE's budget, pop_size × (max_iter + 1)].
         F: the differential weight of the mutation x₁ + F (x₂ − x₃) [default: 0.5].
         split, domain: the images attacked [default: the Y10 test split].
@@ -390,7 +435,7 @@ class AttackConfig:
     keep: str = "fittest"
     search: str = "de"
     value_range: str = "input"
-    values: tuple[tuple[float, float, float], ...] = ()
+    values: tuple[tuple[float, ...], ...] = ()
     max_queries: int | None = None
     F: float = 0.5
     split: str = "test"
@@ -417,8 +462,10 @@ class AttackConfig:
         if self.values and self.search != "exhaustive":
             raise OptionError("--values is for the exhaustive search (--search exhaustive)")
         for v in self.values:
-            if len(v) != 3 or not all(isinstance(x, (int, float)) and 0.0 <= x <= 1.0 for x in v):
-                raise OptionError(f"--values: each value is three numbers (g, r, i) in [0, 1], got {v!r}")
+            if (len(v) < 1 or len(v) != len(self.values[0])
+                    or not all(isinstance(x, (int, float)) and 0.0 <= x <= 1.0 for x in v)):
+                raise OptionError(f"--values: each value is one number per band (g, r, i for the paper's images), "
+                                  f"all in [0, 1] and all of one length; got {v!r}")
         if self.max_queries is not None:
             _check_int("max_queries", self.max_queries, 1)
         _check_number("F", self.F, positive=True)

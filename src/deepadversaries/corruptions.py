@@ -1,7 +1,7 @@
 """Survey-realistic corruptions of LSST-like co-adds: the table of the robustness benchmark.
 
-Each corruption is a function ``f(electrons, severity, rng, domain) -> electrons`` on raw
-images (N, 3, H, W) in electrons, bands g, r, i, background-subtracted (the dataset
+Each corruption is a function ``f(electrons, severity, rng, domain, bands) -> electrons`` on raw
+images (N, B, H, W) in electrons, bands g, r, i (or a subset, ``bands``), background-subtracted (the dataset
 format, SPEC 3.6), applied *before* the stretch. Severity 1-5 picks a row of the
 corruption's table (a module-level dict, ImageNet-C style); severity 0 is the identity
 (:func:`corrupt` handles it). ``domain`` ("Y10" or "Y1") gives the depth of the input,
@@ -76,7 +76,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import galsim
 import numpy as np
@@ -175,21 +175,21 @@ def _years(domain: str) -> float:
     return float(DEPTHS[domain])
 
 
-def band_sky(domain: str) -> np.ndarray:
-    """Sky electrons per pixel B of each band (g, r, i) at the depth of ``domain``, (3,)."""
+def band_sky(domain: str, bands: Sequence[str] = BANDS) -> np.ndarray:
+    """Sky electrons per pixel B of each band (g, r, i, or ``bands``) at the depth of ``domain``, (B,)."""
     years = _years(domain)
-    return np.array([sky_level(b, years) for b in BANDS])
+    return np.array([sky_level(b, years) for b in bands])
 
 
-def band_exposure(domain: str) -> np.ndarray:
-    """Total exposure (s) of each band at the depth of ``domain``, (3,)."""
+def band_exposure(domain: str, bands: Sequence[str] = BANDS) -> np.ndarray:
+    """Total exposure (s) of each band (g, r, i, or ``bands``) at the depth of ``domain``, (B,)."""
     years = _years(domain)
-    return np.array([exposure_time(b, years) for b in BANDS])
+    return np.array([exposure_time(b, years) for b in bands])
 
 
-def band_visits(domain: str) -> np.ndarray:
-    """Number of 30-s visits N of each band at the depth of ``domain`` (fractional), (3,)."""
-    return band_exposure(domain) / VISIT_S
+def band_visits(domain: str, bands: Sequence[str] = BANDS) -> np.ndarray:
+    """Number of 30-s visits N of each band at the depth of ``domain`` (fractional), (B,)."""
+    return band_exposure(domain, bands) / VISIT_S
 
 
 def _flux_rate(magnitude: float, band: str) -> float:
@@ -251,24 +251,26 @@ def _convolve(planes: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return scipy.fft.irfft2(product, s=shape)[:, p:p + h, p:p + w]
 
 
-def seeing(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def seeing(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+           bands: Sequence[str] = BANDS) -> np.ndarray:
     """Worse seeing: convolve with the matching Kolmogorov kernel, then restore the noise level.
 
     Args:
-        electrons: (N, 3, H, W) background-subtracted co-add electrons.
+        electrons: (N, B, H, W) background-subtracted co-add electrons.
         severity: 1-5; the r-band zenith FWHM of :data:`SEEING_FWHM_R` (arcsec), every band
             scaled by the same factor.
         rng: the random stream of the restored noise.
         domain: depth of the input, "Y10" or "Y1" [default: "Y10"]; gives the sky level B.
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons: flux conserved; per-pixel variance B + S again, part of
+        (N, B, H, W) float32 electrons: flux conserved; per-pixel variance B + S again, part of
         it correlated.
     """
     x = _as_batch(electrons)
-    sky = band_sky(domain)
+    sky = band_sky(domain, bands)
     out = np.empty_like(x)
-    for b, band in enumerate(BANDS):
+    for b, band in enumerate(bands):
         kernel = seeing_kernel(band, severity)
         smooth = _convolve(x[:, b], kernel)
         variance = (np.float32(sky[b]) + np.clip(smooth, 0.0, None)) * np.float32(1.0 - np.sum(kernel ** 2))
@@ -277,33 +279,36 @@ def seeing(electrons: np.ndarray, severity: int, rng: np.random.Generator, domai
 
 
 # --- sky-subtraction error ------------------------------------------------------------------
-def sky_error(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def sky_error(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+              bands: Sequence[str] = BANDS) -> np.ndarray:
     """A sky-subtraction error of +-f B, f = :data:`SKY_ERROR_FRACTION`; sign random per image and band.
 
     Args:
-        electrons: (N, 3, H, W) co-add electrons.
+        electrons: (N, B, H, W) co-add electrons.
         severity: 1-5.
-        rng: draws the signs, (N, 3).
+        rng: draws the signs, (N, B).
         domain: depth of the input [default: "Y10"].
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32: each band of each image shifted by exactly +f B or -f B.
+        (N, B, H, W) float32: each band of each image shifted by exactly +f B or -f B.
     """
     x = _as_batch(electrons)
     signs = rng.choice(np.array([-1.0, 1.0]), size=x.shape[:2])
-    x += (signs * SKY_ERROR_FRACTION[severity] * band_sky(domain)[None, :])[:, :, None, None]
+    x += (signs * SKY_ERROR_FRACTION[severity] * band_sky(domain, bands)[None, :])[:, :, None, None]
     return x
 
 
 # --- cosmic rays ----------------------------------------------------------------------------
-def cosmic_ray_rate(height: int, width: int, domain: str = "Y10") -> np.ndarray:
-    """Expected cosmic-ray tracks per stamp *before* rejection, per band (3,):
+def cosmic_ray_rate(height: int, width: int, domain: str = "Y10", bands: Sequence[str] = BANDS) -> np.ndarray:
+    """Expected cosmic-ray tracks per stamp *before* rejection, per band (B,):
     rate x stamp area (cm^2) x 30 s x N visits."""
     area_cm2 = height * width * (PIXEL_SIZE_UM * 1e-4) ** 2
-    return COSMIC_RAY_RATE_CM2_MIN / 60.0 * area_cm2 * VISIT_S * band_visits(domain)
+    return COSMIC_RAY_RATE_CM2_MIN / 60.0 * area_cm2 * VISIT_S * band_visits(domain, bands)
 
 
-def cosmic_rays(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def cosmic_rays(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+                bands: Sequence[str] = BANDS) -> np.ndarray:
     """Muon tracks that survived co-addition, each adding its full charge to the co-add.
 
     Per image and band, Poisson(:func:`cosmic_ray_rate` x survival) tracks, survival =
@@ -314,23 +319,24 @@ def cosmic_rays(electrons: np.ndarray, severity: int, rng: np.random.Generator, 
     along the track in steps of at most 1/4 pixel (no charge diffusion).
 
     Args:
-        electrons: (N, 3, H, W) co-add electrons.
+        electrons: (N, B, H, W) co-add electrons.
         severity: 1-5.
         rng: the random stream.
         domain: depth of the input (number of visits) [default: "Y10"].
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons.
+        (N, B, H, W) float32 electrons.
     """
     x = _as_batch(electrons)
     n, _, h, w = x.shape
-    lam = cosmic_ray_rate(h, w, domain) * COSMIC_RAY_SURVIVAL[severity]
-    counts = rng.poisson(np.broadcast_to(lam, (n, len(BANDS))))
+    lam = cosmic_ray_rate(h, w, domain, bands) * COSMIC_RAY_SURVIVAL[severity]
+    counts = rng.poisson(np.broadcast_to(lam, (n, len(bands))))
     total = int(counts.sum())
     if total == 0:
         return x
-    image = np.repeat(np.repeat(np.arange(n), len(BANDS)), counts.ravel())
-    band = np.repeat(np.tile(np.arange(len(BANDS)), n), counts.ravel())
+    image = np.repeat(np.repeat(np.arange(n), len(bands)), counts.ravel())
+    band = np.repeat(np.tile(np.arange(len(bands)), n), counts.ravel())
     cx = rng.uniform(-0.5, w - 0.5, total)
     cy = rng.uniform(-0.5, h - 0.5, total)
     phi = rng.uniform(0.0, 2.0 * np.pi, total)
@@ -368,7 +374,8 @@ def _hot_rates(rng: np.random.Generator, size: int) -> np.ndarray:
     return lo * (hi / lo) ** rng.uniform(0.0, 1.0, size)
 
 
-def hot_pixels(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def hot_pixels(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+               bands: Sequence[str] = BANDS) -> np.ndarray:
     """Hot pixels missed by the defect mask and the dark model: + Poisson(D x T) in every band.
 
     A fraction :data:`HOT_PIXEL_FRACTION` of the pixels (the same pixels in all bands: a
@@ -376,49 +383,53 @@ def hot_pixels(electrons: np.ndarray, severity: int, rng: np.random.Generator, d
     T the band's total exposure at the domain's depth.
 
     Args:
-        electrons: (N, 3, H, W) background-subtracted co-add electrons (g, r, i).
+        electrons: (N, B, H, W) background-subtracted co-add electrons (g, r, i).
         severity: 1-5, a row of the table.
         rng: the random stream (draws in a fixed order).
         domain: depth of the input, "Y10" or "Y1" [default: "Y10"].
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons.
+        (N, B, H, W) float32 electrons.
     """
     x = _as_batch(electrons)
     n, _, h, w = x.shape
     mask = _defect_mask(rng, (n, h, w), HOT_PIXEL_FRACTION[severity])
     img, row, col = np.nonzero(mask)
     rates = _hot_rates(rng, len(img))
-    for b, t in enumerate(band_exposure(domain)):
+    for b, t in enumerate(band_exposure(domain, bands)):
         x[img, b, row, col] += rng.poisson(rates * t)
     return x
 
 
-def dead_pixels(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def dead_pixels(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+                bands: Sequence[str] = BANDS) -> np.ndarray:
     """Dead (zero-response) pixels missed by the defect mask: exactly -B in every band.
 
     A fraction :data:`DEAD_PIXEL_FRACTION` of the pixels, the same in all bands; such a pixel
     collects neither source nor sky, so once the sky B is subtracted it holds -B, noiseless.
 
     Args:
-        electrons: (N, 3, H, W) background-subtracted co-add electrons (g, r, i).
+        electrons: (N, B, H, W) background-subtracted co-add electrons (g, r, i).
         severity: 1-5, a row of the table.
         rng: the random stream (draws in a fixed order).
         domain: depth of the input, "Y10" or "Y1" [default: "Y10"].
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons.
+        (N, B, H, W) float32 electrons.
     """
     x = _as_batch(electrons)
     n, _, h, w = x.shape
     mask = _defect_mask(rng, (n, h, w), DEAD_PIXEL_FRACTION[severity])
     img, row, col = np.nonzero(mask)
-    for b, sky in enumerate(band_sky(domain)):
+    for b, sky in enumerate(band_sky(domain, bands)):
         x[img, b, row, col] = -sky
     return x
 
 
-def bad_columns(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def bad_columns(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+                bands: Sequence[str] = BANDS) -> np.ndarray:
     """Whole bad columns: :data:`BAD_COLUMNS` distinct columns per image, each dead or bright.
 
     Dead (probability 1/2; a charge trap blocks the column): every pixel -B. Bright: every
@@ -426,13 +437,14 @@ def bad_columns(electrons: np.ndarray, severity: int, rng: np.random.Generator, 
     bright-column rule: >= 20 pixels above 5 e-/s). Same columns in all bands.
 
     Args:
-        electrons: (N, 3, H, W) background-subtracted co-add electrons (g, r, i).
+        electrons: (N, B, H, W) background-subtracted co-add electrons (g, r, i).
         severity: 1-5, a row of the table.
         rng: the random stream (draws in a fixed order).
         domain: depth of the input, "Y10" or "Y1" [default: "Y10"].
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons.
+        (N, B, H, W) float32 electrons.
     """
     x = _as_batch(electrons)
     n, _, h, w = x.shape
@@ -440,12 +452,12 @@ def bad_columns(electrons: np.ndarray, severity: int, rng: np.random.Generator, 
     columns = np.argsort(rng.random((n, w)), axis=1)[:, :k]
     dead = rng.random((n, k)) < 0.5
     rates = _hot_rates(rng, n * k).reshape(n, k)
-    sky = band_sky(domain)
-    exposure = band_exposure(domain)
+    sky = band_sky(domain, bands)
+    exposure = band_exposure(domain, bands)
     img = np.repeat(np.arange(n), k)
     col = columns.ravel()
     is_dead = dead.ravel()
-    for b in range(len(BANDS)):
+    for b in range(len(bands)):
         bright = rng.poisson(np.repeat((rates.ravel() * exposure[b])[:, None], h, axis=1))  # (n k, h)
         values = np.where(is_dead[:, None], -sky[b], x[img, b, :, col] + bright)
         x[img, b, :, col] = values
@@ -490,7 +502,8 @@ def bleed(per_visit: np.ndarray, full_well: float = FULL_WELL_E) -> np.ndarray:
     return v
 
 
-def saturation(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def saturation(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+               bands: Sequence[str] = BANDS) -> np.ndarray:
     """A bright star that saturates: full well per visit and bleed trails along the columns.
 
     The star (r magnitude :data:`SATURATION_STAR_R_MAG`, solar colours) sits on a random pixel
@@ -499,13 +512,14 @@ def saturation(electrons: np.ndarray, severity: int, rng: np.random.Generator, d
     ((co-add + B) / N) bleeds at the full well (:func:`bleed`); the co-add is N x visit - B.
 
     Args:
-        electrons: (N, 3, H, W) background-subtracted co-add electrons (g, r, i).
+        electrons: (N, B, H, W) background-subtracted co-add electrons (g, r, i).
         severity: 1-5, a row of the table.
         rng: the random stream (draws in a fixed order).
         domain: depth of the input, "Y10" or "Y1" [default: "Y10"].
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons, no pixel above N x full well - B.
+        (N, B, H, W) float32 electrons, no pixel above N x full well - B.
     """
     x = _as_batch(electrons)
     n, _, h, w = x.shape
@@ -515,9 +529,9 @@ def saturation(electrons: np.ndarray, severity: int, rng: np.random.Generator, d
     cols = (w - x0)[:, None] + np.arange(w)[None, :]
     mags = _solar_magnitudes(SATURATION_STAR_R_MAG[severity], "r")
     years = _years(domain)
-    sky = band_sky(domain)
-    visits = band_visits(domain)
-    for b, band in enumerate(BANDS):
+    sky = band_sky(domain, bands)
+    visits = band_visits(domain, bands)
+    for b, band in enumerate(bands):
         stamp = _psf_stamp(band, h, w)
         star = stamp[rows[:, :, None], cols[:, None, :]] * (_flux_rate(mags[band], band) * exposure_time(band, years))
         noisy = star + np.sqrt(star) * rng.standard_normal(star.shape, dtype=np.float32)
@@ -565,7 +579,8 @@ def satellite_profile(band: str) -> tuple[np.ndarray, np.ndarray]:
     return d, profile
 
 
-def satellite(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def satellite(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+              bands: Sequence[str] = BANDS) -> np.ndarray:
     """A satellite trail that survived masking, in one visit of one band (uniform).
 
     Line density :func:`satellite_line_density` (g magnitude :data:`SATELLITE_G_MAG`, solar
@@ -573,24 +588,25 @@ def satellite(electrons: np.ndarray, severity: int, rng: np.random.Generator, do
     line passes through a uniform point of the stamp at a uniform angle.
 
     Args:
-        electrons: (N, 3, H, W) background-subtracted co-add electrons (g, r, i).
+        electrons: (N, B, H, W) background-subtracted co-add electrons (g, r, i).
         severity: 1-5, a row of the table.
         rng: the random stream (draws in a fixed order).
         domain: depth of the input, "Y10" or "Y1" [default: "Y10"].
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons.
+        (N, B, H, W) float32 electrons.
     """
     x = _as_batch(electrons)
     n, _, h, w = x.shape
-    band_index = rng.integers(0, len(BANDS), n)
+    band_index = rng.integers(0, len(bands), n)
     cx = rng.uniform(-0.5, w - 0.5, n)
     cy = rng.uniform(-0.5, h - 0.5, n)
     angle = rng.uniform(0.0, np.pi, n)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     mags = _solar_magnitudes(SATELLITE_G_MAG[severity], "g")
     trail = np.empty((n, h, w))
-    for b, band in enumerate(BANDS):
+    for b, band in enumerate(bands):
         sel = np.flatnonzero(band_index == b)
         if len(sel) == 0:
             continue
@@ -605,24 +621,25 @@ def satellite(electrons: np.ndarray, severity: int, rng: np.random.Generator, do
 
 # --- misregistration ---------------------------------------------------------------------------------------
 def misregistration(electrons: np.ndarray, severity: int, rng: np.random.Generator,
-                    domain: str = "Y10") -> np.ndarray:
+                    domain: str = "Y10", bands: Sequence[str] = BANDS) -> np.ndarray:
     """One band (uniform) shifted by :data:`MISREGISTRATION_ARCSEC` in a uniform direction.
 
     The shift is a Fourier phase shift (``scipy.ndimage.fourier_shift``; periodic at the
     edges): flux and noise variance are preserved exactly.
 
     Args:
-        electrons: (N, 3, H, W) background-subtracted co-add electrons (g, r, i).
+        electrons: (N, B, H, W) background-subtracted co-add electrons (g, r, i).
         severity: 1-5, a row of the table.
         rng: the random stream (draws in a fixed order).
         domain: depth of the input, "Y10" or "Y1" [default: "Y10"]; not used.
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons.
+        (N, B, H, W) float32 electrons.
     """
     x = _as_batch(electrons)
     n = x.shape[0]
-    band_index = rng.integers(0, len(BANDS), n)
+    band_index = rng.integers(0, len(bands), n)
     angle = rng.uniform(0.0, 2.0 * np.pi, n)
     shift = MISREGISTRATION_ARCSEC[severity] / PIXEL_SCALE
     rows = np.arange(n)
@@ -634,7 +651,8 @@ def misregistration(electrons: np.ndarray, severity: int, rng: np.random.Generat
 
 
 # --- compression ---------------------------------------------------------------------------------------------
-def compression(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def compression(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+                bands: Sequence[str] = BANDS) -> np.ndarray:
     """fpack-style lossy tile compression: quantise at q = :data:`COMPRESSION_Q`, RICE_1, decompress.
 
     Done by astropy's ``CompImageHDU`` (CFITSIO): each band of each stamp is one tile, its
@@ -642,13 +660,14 @@ def compression(electrons: np.ndarray, severity: int, rng: np.random.Generator, 
     drawn from ``rng``.
 
     Args:
-        electrons: (N, 3, H, W) background-subtracted co-add electrons (g, r, i).
+        electrons: (N, B, H, W) background-subtracted co-add electrons (g, r, i).
         severity: 1-5, a row of the table.
         rng: the random stream (draws in a fixed order).
         domain: depth of the input, "Y10" or "Y1" [default: "Y10"]; not used.
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32 electrons (the decompressed image).
+        (N, B, H, W) float32 electrons (the decompressed image).
     """
     from astropy.io import fits
 
@@ -675,28 +694,30 @@ def depth_years(severity: int, domain: str = "Y10") -> float:
     return DEPTH_YEARS[severity] * _years(domain) / 10.0
 
 
-def depth(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10") -> np.ndarray:
+def depth(electrons: np.ndarray, severity: int, rng: np.random.Generator, domain: str = "Y10",
+          bands: Sequence[str] = BANDS) -> np.ndarray:
     """A shallower co-add on the same flux scale: add Gaussian noise of variance (D / y - 1)(B + max(S, 0)).
 
     Args:
-        electrons: (N, 3, H, W) co-add electrons at depth D = the domain's years.
+        electrons: (N, B, H, W) co-add electrons at depth D = the domain's years.
         severity: 1-5; y = :func:`depth_years`.
         rng: the random stream.
         domain: depth of the input [default: "Y10"].
+        bands: the LSST bands of the channels [default: g, r, i].
 
     Returns:
-        (N, 3, H, W) float32: the mean unchanged, the variance (D / y) times the input's.
+        (N, B, H, W) float32: the mean unchanged, the variance (D / y) times the input's.
     """
     x = _as_batch(electrons)
     ratio = _years(domain) / depth_years(severity, domain)
-    sky = band_sky(domain).astype(np.float32)[None, :, None, None]
+    sky = band_sky(domain, bands).astype(np.float32)[None, :, None, None]
     variance = np.float32(ratio - 1.0) * (sky + np.clip(x, 0.0, None))
     x += rng.standard_normal(x.shape, dtype=np.float32) * np.sqrt(variance)
     return x
 
 
 # --- the table ----------------------------------------------------------------------------------------------------
-Corruption = Callable[[np.ndarray, int, np.random.Generator, str], np.ndarray]
+Corruption = Callable[[np.ndarray, int, np.random.Generator, str, Sequence[str]], np.ndarray]
 
 #: every corruption by name, in the benchmark's order
 CORRUPTIONS: dict[str, Corruption] = {
@@ -763,35 +784,51 @@ def check_severity(severity: int) -> int:
     return int(severity)
 
 
+def check_bands(bands: Sequence[str]) -> tuple[str, ...]:
+    """Return ``bands`` if the corruption table can model them: distinct LSST bands it has
+    parameters for (g, r, i, in any order and any subset); else an :class:`OptionError`."""
+    names = tuple(str(b) for b in bands)
+    unknown = [b for b in names if b not in BAND_SPECS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise OptionError(f"the corruption table models LSST co-adds in the bands {', '.join(BAND_SPECS)} (their "
+                          f"sky, exposure and PSF); bands {', '.join(names) or 'none'} are not among them (name "
+                          "the bands at import, --bands g,r, when they are LSST bands)")
+    return names
+
+
 def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generator | int | None,
-            domain: str = "Y10") -> np.ndarray:
+            domain: str = "Y10", bands: Sequence[str] = BANDS) -> np.ndarray:
     """Apply one corruption at one severity to raw images.
 
     Args:
-        images: (N, 3, H, W) or one (3, H, W) image, background-subtracted electrons (bands
-            g, r, i), unstretched.
+        images: (N, B, H, W) or one (B, H, W) image, background-subtracted electrons in the
+            bands ``bands``, unstretched.
         name: a key of :data:`CORRUPTIONS`.
         severity: 0-5; 0 returns an unchanged float32 copy.
         rng: a ``numpy.random.Generator`` (or a seed for ``numpy.random.default_rng``).
         domain: the depth of ``images``, "Y10" or "Y1" [default: "Y10"].
+        bands: the images' bands in channel order, LSST bands of :data:`~deepadversaries.survey.BAND_SPECS`
+            (a subset of g, r, i) [default: ("g", "r", "i")]; each band gets its own sky, exposure and PSF.
 
     Returns:
         float32 electrons of the input's shape; the input is not modified.
 
     Raises:
-        OptionError: unknown corruption or domain, severity outside 0-5, images not (N, 3, H, W).
+        OptionError: unknown corruption, domain or band, severity outside 0-5, images not (N, B, H, W).
     """
     check_choice(name, CORRUPTIONS, "corruption")
     severity = check_severity(severity)
     check_choice(domain, DEPTHS, "domain")
+    bands = check_bands(bands)
     arr = np.asarray(images)
     single = arr.ndim == 3
     batch = arr[None] if single else arr
-    if batch.ndim != 4 or batch.shape[1] != len(BANDS):
-        raise OptionError(f"images must have shape (N, {len(BANDS)}, H, W) or ({len(BANDS)}, H, W); got {arr.shape}")
+    if batch.ndim != 4 or batch.shape[1] != len(bands):
+        raise OptionError(f"images must have shape (N, {len(bands)}, H, W) or ({len(bands)}, H, W) for the bands "
+                          f"{', '.join(bands)}; got {arr.shape}")
     if severity == 0 or len(batch) == 0:
         out = np.array(batch, dtype=np.float32, copy=True)
     else:
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        out = CORRUPTIONS[name](batch, severity, generator, domain)
+        out = CORRUPTIONS[name](batch, severity, generator, domain, bands)
     return out[0] if single else out

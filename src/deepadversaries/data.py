@@ -1,16 +1,26 @@
 """Dataset folders: the published ``.npy`` layout plus our catalogue and metadata.
 
 A dataset folder (SPEC 3.6) holds, for each split in train/valid/test,
-``images_Y10_{split}.npy`` and ``images_Y1_{split}.npy`` (raw electrons, float32,
-(N, 3, H, W)) and ``labels_{split}.npy`` (one-hot, (N, 3), [spiral, elliptical,
-merger]); ours adds ``catalog_{split}.csv`` and ``dataset.json``. A folder with only
-the published files loads too: stretch constants are then computed from its
-training split.
+``images_Y10_{split}.npy`` and ``images_Y1_{split}.npy`` (raw pixels, float32,
+(N, B, H, W)) and ``labels_{split}.npy`` (one-hot, (N, K)); ours adds
+``catalog_{split}.csv`` and ``dataset.json``. A folder with only the published files
+loads too: 3 bands (g, r, i) and 3 classes (spiral, elliptical, merger) are then assumed,
+and the paper's stretch constants are computed from its training split.
+
+A folder written by ``deepadv import`` describes itself in ``dataset.json``: its
+``classes`` (label order), ``bands``, ``image_shape`` (B, H, W), ``domain_names`` (the
+user's names of the Y10 and Y1 slots) and ``normalisation`` (kind ``paper``, ``asinh``,
+``zscore`` or ``none`` with per-domain params; :mod:`deepadversaries.stretches`). Every
+stage takes these from the dataset (:attr:`GalaxyDataset.classes`, :attr:`~GalaxyDataset.bands`,
+:attr:`~GalaxyDataset.image_shape`) and turns raw pixels into model input with one method,
+:meth:`GalaxyDataset.model_input`.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import CLASSES, DOMAINS, SPLITS
-from .errors import check_choice, file_error
+from . import BANDS, CLASSES, DOMAINS, SPLITS, stretches
+from .errors import OptionError, check_choice, file_error
 from .io import read_json
 
 STRETCH_SCALE = 0.85
@@ -77,6 +87,7 @@ class GalaxyDataset:
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _checked: set[str] = field(default_factory=set, repr=False)
     _stretch: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
+    _norm: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     # -- discovery ---------------------------------------------------------------
     @property
@@ -88,9 +99,60 @@ class GalaxyDataset:
         return domain in self.domains
 
     @property
+    def domain_names(self) -> dict[str, str]:
+        """The user's name of each domain slot present, e.g. ``{"Y10": "deep", "Y1": "wide"}``
+        (``dataset.json``'s ``domain_names``; the slot names themselves for our own data)."""
+        names = self.metadata.get("domain_names") or {}
+        if not isinstance(names, dict):
+            raise file_error(self.path / "dataset.json", "'domain_names' must be an object {slot: name}")
+        return {d: str(names.get(d, d)) for d in self.domains}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in label order: ``dataset.json``'s ``classes``, else the simulator's
+        :data:`deepadversaries.CLASSES` (spiral, elliptical, merger)."""
+        names = self.metadata.get("classes")
+        if names is None:
+            return CLASSES
+        if (not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names)
+                or len(set(names)) != len(names)):
+            raise file_error(self.path / "dataset.json", f"'classes' must be a list of at least 2 distinct names, "
+                                                         f"got {names!r}")
+        return tuple(names)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes, K."""
+        return len(self.classes)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(bands, height, width) of one image."""
         return tuple(self._raw("Y10", "train").shape[1:])  # type: ignore[return-value]
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """Band names in channel order: ``dataset.json``'s ``bands``, else g, r, i for 3 bands
+        (``band0``, ``band1``, … for another count)."""
+        n = self.image_shape[0]
+        names = self.metadata.get("bands")
+        if names is None:
+            return BANDS if n == len(BANDS) else tuple(f"band{b}" for b in range(n))
+        if not isinstance(names, list) or len(names) != n or not all(isinstance(b, str) and b for b in names):
+            raise file_error(self.path / "dataset.json", f"'bands' must list {n} names (the images have {n} "
+                                                         f"bands), got {names!r}")
+        return tuple(names)
+
+    def _expected_shape(self) -> tuple[int, ...] | None:
+        """(B, H, W) from ``dataset.json``'s ``image_shape`` (None without one)."""
+        shape = self.metadata.get("image_shape")
+        if shape is None:
+            return None
+        if (not isinstance(shape, list) or len(shape) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            raise file_error(self.path / "dataset.json", f"'image_shape' must be [bands, height, width] of positive "
+                                                         f"integers, got {shape!r}")
+        return tuple(shape)
 
     def __len__(self) -> int:
         return sum(len(self.labels(s)) for s in SPLITS)
@@ -107,7 +169,7 @@ class GalaxyDataset:
         name = image_file(domain, split)
         arr = self._get(name)
         if name not in self._checked:
-            _validate_images(self.path / name, arr)
+            _validate_images(self.path / name, arr, self._expected_shape())
             n = len(self.labels(split))
             if len(arr) != n:
                 raise file_error(self.path / name, f"{len(arr)} images but {label_file(split)} has {n} labels")
@@ -125,12 +187,30 @@ class GalaxyDataset:
         return arr
 
     def images(self, domain: str, split: str, stretched: bool = True) -> np.ndarray:
-        """Images of one domain and split: stretched model input, or raw electrons (memory-mapped)."""
+        """Images of one domain and split: model input (:meth:`model_input`), or the raw pixels
+        as stored (memory-mapped) with ``stretched=False``."""
         raw = self._raw(domain, split)
         if not stretched:
             return raw
-        lo, hi = self.stretch(domain)
-        return apply_stretch(raw, lo, hi)
+        return self.model_input(raw, domain)
+
+    def model_input(self, raw: np.ndarray, domain: str) -> np.ndarray:
+        """Raw pixels of ``domain`` -> model input, by the dataset's normalisation: the one place
+        every stage (training, evaluation, attacks, analysis, robustness) normalises images.
+
+        Args:
+            raw: (..., B, H, W) raw pixels of ``domain`` (a memory map is read whole).
+            domain: ``Y10`` or ``Y1``: whose fitted constants to use.
+
+        Returns:
+            float32 model input of the same shape (a new array). The paper stretch gives the
+            numbers of :func:`apply_stretch` with :meth:`stretch`'s constants, bit for bit.
+        """
+        kind, params = self.normalisation(domain)
+        if kind == "paper":
+            lo, hi = self.stretch(domain)
+            return apply_stretch(raw, lo, hi)
+        return stretches.apply(kind, params, raw)
 
     def one_hot(self, split: str) -> np.ndarray:
         """The one-hot label array of one split, validated."""
@@ -138,18 +218,87 @@ class GalaxyDataset:
         name = label_file(split)
         arr = self._get(name)
         if name not in self._checked:
-            _validate_labels(self.path / name, arr)
+            _validate_labels(self.path / name, arr, self.n_classes)
             self._checked.add(name)
         return arr
 
     def labels(self, split: str) -> np.ndarray:
-        """Class indices (0 spiral, 1 elliptical, 2 merger) of one split."""
+        """Class indices (into :attr:`classes`) of one split, (N,) int64."""
         return np.argmax(np.asarray(self.one_hot(split)), axis=1).astype(np.int64)
 
+    # -- normalisation --------------------------------------------------------------
+    @property
+    def normalisation_kind(self) -> str:
+        """``paper`` (the default), ``asinh``, ``zscore`` or ``none`` (stored already normalised)."""
+        norm = self.metadata.get("normalisation")
+        if norm is None:
+            return "paper"
+        if not isinstance(norm, dict) or norm.get("kind") not in stretches.KINDS:
+            raise file_error(self.path / "dataset.json", f"'normalisation' must be an object with a kind in "
+                                                         f"{', '.join(stretches.KINDS)}, got {norm!r}")
+        return str(norm["kind"])
+
+    @property
+    def raw_is_model_input(self) -> bool:
+        """Whether the stored pixels already are model input (``--stretch none``: no raw electrons)."""
+        return self.normalisation_kind == "none"
+
+    def normalisation(self, domain: str) -> tuple[str, dict[str, Any]]:
+        """The normalisation of ``domain``: its kind and params (:mod:`deepadversaries.stretches`).
+
+        Returns:
+            ``(kind, params)``; the paper stretch (also of a folder without ``dataset.json``)
+            gives ``("paper", {"low": lo, "high": hi})`` from :meth:`stretch`.
+        """
+        if domain not in self._norm:
+            kind = self.normalisation_kind
+            if kind == "paper":
+                lo, hi = self.stretch(domain)
+                params: dict[str, Any] = {"low": lo, "high": hi}
+            else:
+                table = self.metadata["normalisation"].get("params")
+                params = table.get(domain) if isinstance(table, dict) else None
+                if not isinstance(params, dict):
+                    raise file_error(self.path / "dataset.json", f"'normalisation' has no params for {domain}; "
+                                                                 "import the dataset again")
+            self._norm[domain] = (kind, params)
+        return self._norm[domain]
+
+    def describe_normalisation(self, domain: str) -> str:
+        """One line, e.g. ``"paper (low -12.3, high 845)"`` (:func:`stretches.describe`)."""
+        return stretches.describe(*self.normalisation(domain))
+
+    def input_transform(self, domain: str) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                    Callable[[np.ndarray], np.ndarray]]:
+        """The normalisation of ``domain`` as a pair of functions on (..., B, H, W) arrays: raw
+        pixels -> model input, and model input -> raw pixels (inverse inside the paper stretch's
+        clip range). For the ``physical`` attack value range, which reads the raw pixels as electrons.
+
+        Raises:
+            OptionError: a dataset stored already normalised (``none``): it has no raw pixels.
+        """
+        kind, params = self.normalisation(domain)
+        if kind == "none":
+            raise OptionError(f"{self.path}: the images are stored already normalised (--stretch none), so their "
+                              "raw electrons are unknown; this needs raw electrons and a paper, asinh or zscore "
+                              "normalisation (deepadv import --stretch paper)")
+        if kind == "paper":
+            lo, hi = self.stretch(domain)
+            return functools.partial(apply_stretch, lo=lo, hi=hi), functools.partial(invert_stretch, hi=hi)
+        return functools.partial(stretches.apply, kind, params), functools.partial(stretches.invert, kind, params)
+
     def stretch(self, domain: str) -> tuple[float, float]:
-        """Stretch constants (p0.1, p99.9) of a domain, from metadata or its training split."""
+        """The paper stretch's constants (p0.1, p99.9) of a domain, from metadata or its training split.
+
+        Raises:
+            FileError: the dataset uses another normalisation (see :meth:`normalisation`).
+        """
         if domain not in self._stretch:
             table = self.metadata.get("stretch", {})
+            if isinstance(table, str) or self.normalisation_kind != "paper":
+                raise file_error(self.path / "dataset.json", f"the normalisation is {self.normalisation_kind}, "
+                                                             "not the paper stretch: there are no (low, high) "
+                                                             "stretch constants (use normalisation())")
             if not isinstance(table, dict):
                 raise file_error(self.path / "dataset.json", "'stretch' must be an object {domain: [low, high]}")
             stored = table.get(domain)
@@ -198,8 +347,16 @@ class GalaxyDataset:
         return np.arange(len(self.labels(split)), dtype=np.int64)
 
     def torch_dataset(self, domain: str, split: str) -> "TensorImageDataset":
-        """A torch ``Dataset`` of (stretched image tensor, class index)."""
+        """A torch ``Dataset`` of (model-input image tensor, class index)."""
         return TensorImageDataset(self.images(domain, split), self.labels(split))
+
+    def describe(self) -> dict[str, Any]:
+        """What a report says about the data: path, classes, bands, image shape, domains
+        (with the user's names) and each domain's normalisation."""
+        return {"data": str(self.path.resolve()), "classes": list(self.classes), "bands": list(self.bands),
+                "image_shape": list(self.image_shape), "domains": list(self.domains),
+                "domain_names": self.domain_names,
+                "normalisation": {d: self.describe_normalisation(d) for d in self.domains}}
 
     def validate(self) -> None:
         """Check every file of the folder now (instead of on first use)."""
@@ -223,9 +380,17 @@ class TensorImageDataset(Dataset):
         return self.x[i], self.y[i]
 
 
-def _validate_images(path: Path, arr: np.ndarray) -> None:
-    if arr.ndim != 4 or arr.shape[1] != 3:
-        raise file_error(path, f"expected images of shape (N, 3, H, W), got {arr.shape}")
+def _validate_images(path: Path, arr: np.ndarray, expected: tuple[int, ...] | None = None) -> None:
+    """Images (N, B, H, W) of float dtype, every pixel finite; (B, H, W) = ``expected`` when given
+    (``dataset.json``'s ``image_shape``), else 3 bands."""
+    if expected is not None:
+        if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(expected):
+            b, h, w = expected
+            raise file_error(path, f"expected images of shape (N, {b}, {h}, {w}) as dataset.json's image_shape "
+                                   f"says, got {arr.shape}; import the data again")
+    elif arr.ndim != 4 or arr.shape[1] != 3:
+        raise file_error(path, f"expected images of shape (N, 3, H, W), got {arr.shape} (a folder without "
+                               "dataset.json holds 3-band images; import other shapes with 'deepadv import')")
     if arr.dtype.kind != "f":
         raise file_error(path, f"expected float images, got dtype {arr.dtype}")
     # scan in chunks so that a large memory-mapped file is not read into memory at once
@@ -237,9 +402,11 @@ def _validate_images(path: Path, arr: np.ndarray) -> None:
             raise file_error(path, f"image {start + int(np.flatnonzero(~finite)[0])} has NaN or infinite pixels")
 
 
-def _validate_labels(path: Path, arr: np.ndarray) -> None:
-    if arr.ndim != 2 or arr.shape[1] != len(CLASSES):
-        raise file_error(path, f"expected one-hot labels of shape (N, {len(CLASSES)}), got {arr.shape}")
+def _validate_labels(path: Path, arr: np.ndarray, n_classes: int = len(CLASSES)) -> None:
+    """One-hot float labels (N, K), N >= 1, K = ``n_classes``."""
+    if arr.ndim != 2 or arr.shape[1] != n_classes:
+        raise file_error(path, f"expected one-hot labels of shape (N, {n_classes}) (one column per class), "
+                               f"got {arr.shape}")
     if len(arr) == 0:
         raise file_error(path, "holds no labels (an empty split)")
     a = np.asarray(arr, dtype=np.float64)

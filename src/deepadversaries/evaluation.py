@@ -5,7 +5,7 @@ scores weighted by the true-class counts) and the confusion matrix per domain, w
 ``RUN/metrics.json`` (last: the finished marker) with one figure per domain
 (``confusion_Y10.png``, ``confusion_Y1.png``). The per-image class probabilities are kept in
 ``RUN/predictions.npz`` (``labels`` (N,), ``probabilities_Y10`` and ``probabilities_Y1``
-(N, 3) float64, the same test galaxies in the same order), from which the report draws
+(N, K) float64 for K classes, the same test galaxies in the same order), from which the report draws
 its per-image bootstrap intervals. Calibration (:mod:`deepadversaries.calibration`): the
 expected calibration error (15 equal-width bins), Brier score and negative log-likelihood per
 domain in ``metrics.json`` (``ece``, ``brier``, ``nll``, ``mean_confidence``, ``reliability``)
@@ -15,6 +15,7 @@ is evaluated on Y1 with its Y1 model (``checkpoints/best_y1.pt``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,18 @@ from .calibration import calibration_metrics_from_logits
 from .plots.calibration import plot_reliability_diagram
 from .plots.training import plot_confusion_matrix
 from .progress import info
-from .runs import METRICS_NAME, PREDICTIONS_NAME, RELIABILITY_NAME, TRAINING_DONE, read_run_config
+from .runs import METRICS_NAME, PREDICTIONS_NAME, RELIABILITY_NAME, TRAINING_DONE, check_same_classes, read_run_config
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """SPEC 6 metrics of one domain: accuracy, weighted precision/recall/F1, confusion, per class."""
-    labels = list(range(len(CLASSES)))
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           classes: Sequence[str] = CLASSES) -> dict[str, Any]:
+    """SPEC 6 metrics of one domain: accuracy, weighted precision/recall/F1, confusion, per class.
+
+    Args:
+        y_true, y_pred: (N,) class indices.
+        classes: the class names in label order (the keys of ``per_class``) [default: the paper's].
+    """
+    labels = list(range(len(classes)))
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="weighted",
                                                                zero_division=0)
     p_c, r_c, f_c, s_c = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None,
@@ -50,7 +57,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "n": int(len(y_true)),
         "per_class": {c: {"precision": float(p_c[i]), "recall": float(r_c[i]), "f1": float(f_c[i]),
-                          "support": int(s_c[i])} for i, c in enumerate(CLASSES)},
+                          "support": int(s_c[i])} for i, c in enumerate(classes)},
     }
 
 
@@ -74,9 +81,12 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
     if not (run / TRAINING_DONE).is_file():
         raise file_error(run, f"the training has not finished (no {TRAINING_DONE}); run 'deepadv train' first")
     dataset = load_dataset(data if data is not None else config.data)
+    check_same_classes(config, dataset.classes, dataset.path)
     torch_device = resolve_device(device)
     check_input_shape(load_model(run, device=torch_device), dataset.image_shape,
                       dataset.path / image_file("Y10", "test"))
+    label = f"{config.model} {config.method}"
+    names = dataset.domain_names
     batch_size = batch_size or max(config.train.eval_batch_size, 64)
     labels = dataset.labels("test")
     metrics: dict[str, Any] = {}
@@ -89,12 +99,13 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
             model = load_model(run, device=torch_device, domain=domain)  # AdaBN runs: Y1 statistics for Y1
             outputs = forward_batches(model, dataset.images(domain, "test"), batch_size=batch_size,
                                       device=torch_device, progress=f"evaluate {domain}")
-            metrics[domain] = classification_metrics(labels, outputs.predicted)
+            metrics[domain] = classification_metrics(labels, outputs.predicted, dataset.classes)
             metrics[domain].update(calibration_metrics_from_logits(outputs.logits, labels))
             probabilities[f"probabilities_{domain}"] = outputs.probabilities
+            where = domain if names[domain] == domain else f"{names[domain]} ({domain})"
             plot_confusion_matrix(metrics[domain]["confusion"], run / f"confusion_{domain}.png",
-                                  title=f"{config.model} {config.method} · {domain} test")
-        plot_reliability_diagram(metrics, run / RELIABILITY_NAME, title=f"{config.model} {config.method} · test")
+                                  title=f"{label} · {where} test", classes=dataset.classes)
+        plot_reliability_diagram(metrics, run / RELIABILITY_NAME, title=f"{label} · test")
         write_npz(run / PREDICTIONS_NAME, labels=labels.astype(np.int64), **probabilities)
         write_json(run / METRICS_NAME, metrics)
     return metrics

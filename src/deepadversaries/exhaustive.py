@@ -24,14 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import CLASSES
 from .attacks import (
-    N_BANDS,
     Attack,
     AttackResult,
     CandidateEvaluator,
     LocalConvNetEvaluator,
     ValueRange,
+    input_range,
     is_success,
     make_evaluator,
     set_pixels,
@@ -44,12 +43,12 @@ def value_set(value_range: ValueRange, values: np.ndarray | Sequence[Sequence[fl
     """The values tried at every position: the range's corners, then ``values``.
 
     Args:
-        value_range: the allowed values.
-        values: extra model-input values (V', 3), each inside the range [default: None].
-        corners: start with the 8 corners of the value cube [default: True].
+        value_range: the allowed values (B bands).
+        values: extra model-input values (V', B), each inside the range [default: None].
+        corners: start with the 2^B corners of the value cube (8 for g, r, i) [default: True].
 
     Returns:
-        (V, 3) float64, without repeats (first occurrence kept).
+        (V, B) float64, without repeats (first occurrence kept).
 
     Raises:
         OptionError: a value outside the range, a badly shaped value set, or an empty one.
@@ -57,10 +56,12 @@ def value_set(value_range: ValueRange, values: np.ndarray | Sequence[Sequence[fl
     parts = [value_range.corners()] if corners else []
     if values is not None:
         extra = np.asarray(values, dtype=np.float64)
-        if extra.ndim == 1 and extra.size == N_BANDS:
+        bands = value_range.bands
+        if extra.ndim == 1 and extra.size == bands:
             extra = extra[None]
-        if extra.ndim != 2 or extra.shape[1] != N_BANDS or not np.all(np.isfinite(extra)):
-            raise OptionError(f"values must be rows of {N_BANDS} finite numbers (g, r, i), got shape {extra.shape}")
+        if extra.ndim != 2 or extra.shape[1] != bands or not np.all(np.isfinite(extra)):
+            raise OptionError(f"values must be rows of {bands} finite numbers (one per band), got shape "
+                              f"{extra.shape}")
         outside = ~value_range.contains(extra)
         if outside.any():
             bad = extra[np.flatnonzero(outside)[0]].tolist()
@@ -94,17 +95,17 @@ class ExhaustiveResult(AttackResult):
     map_targets: tuple[int, ...] = ()
     #: (T, H, W) float64: per target and position, the highest p(target) over the value set
     best_target_prob: np.ndarray | None = field(default=None, repr=False)
-    #: (T, H, W, 3) float64: the value reaching it (the first in value-set order on ties)
+    #: (T, H, W, B) float64: the value reaching it (the first in value-set order on ties)
     best_target_value: np.ndarray | None = field(default=None, repr=False)
     #: (T, H, W) bool: whether some value at the position is a targeted success
     flips: np.ndarray | None = field(default=None, repr=False)
     #: (H, W) float64: per position, the lowest p(true class) over the value set
     min_true_prob: np.ndarray | None = field(default=None, repr=False)
-    #: (H, W, 3) float64: the value reaching it
+    #: (H, W, B) float64: the value reaching it
     min_true_value: np.ndarray | None = field(default=None, repr=False)
     #: (H, W) bool: whether some value at the position is an untargeted success
     flips_untargeted: np.ndarray | None = field(default=None, repr=False)
-    #: (V, 3) float64: the value set, model-input space
+    #: (V, B) float64: the value set, model-input space
     values_tried: np.ndarray | None = field(default=None, repr=False)
     #: flagged (target or untargeted, position) entries the plain model's re-check cleared
     #: (``verify_map``), or set
@@ -137,9 +138,9 @@ class ExhaustiveSearch(Attack):
 
     Args:
         model: the classifier (see :class:`Attack`).
-        values: extra model-input values (V', 3) tried at every position, inside the
+        values: extra model-input values (V', B) tried at every position, inside the
             value range [default: None].
-        corners: include the 8 corners of the value range [default: True].
+        corners: include the 2^B corners of the value range (8 for g, r, i) [default: True].
         verify_map: re-evaluate every flagged position (all its values) with the plain
             model and correct the maps where it disagrees (``map_corrections``)
             [default: False].
@@ -158,8 +159,15 @@ class ExhaustiveSearch(Attack):
         if kwargs.pop("max_iter", None) is not None:
             raise OptionError("the exhaustive search has no iteration cap (it evaluates every position and value)")
         super().__init__(model, max_iter=0, pixels=1, **kwargs)
-        self.values = value_set(self.value_range, values, corners)
+        self.extra_values = None if values is None else np.asarray(values, dtype=np.float64)
+        if self.extra_values is not None and not self.value_range_given and self.extra_values.ndim in (1, 2):
+            self.value_range = input_range(self.extra_values.shape[-1])  # the default range, in the values' bands
+        self.corners = bool(corners)
+        self.values = value_set(self.value_range, self.extra_values, self.corners)
         self.verify_map = bool(verify_map)
+
+    def value_range_changed(self) -> None:
+        self.values = value_set(self.value_range, self.extra_values, self.corners)
 
     @property
     def n_values(self) -> int:
@@ -170,7 +178,7 @@ class ExhaustiveSearch(Attack):
         """Probabilities (H*W, V, n_classes) of every position x value for the image in ``slot``."""
         n_pos, n_val = height * width, self.n_values
         total = n_pos * n_val
-        out = np.empty((total, len(CLASSES)))
+        out = np.empty((total, self.n_classes))
         for a in range(0, total, chunk):
             if self.threads is not None:
                 self.threads.update()
@@ -179,7 +187,7 @@ class ExhaustiveSearch(Attack):
             rows, cols = np.divmod(pos, width)
             out[a: a + len(j)] = evaluator.evaluate(np.full(len(j), slot), rows[:, None], cols[:, None],
                                                     self.values[vi][:, None, :])
-        return out.reshape(n_pos, n_val, len(CLASSES))
+        return out.reshape(n_pos, n_val, self.n_classes)
 
     def _maps(self, probs: np.ndarray, label: int, map_targets: Sequence[int], height: int,
               width: int) -> dict[str, np.ndarray]:
@@ -194,10 +202,10 @@ class ExhaustiveSearch(Attack):
         untargeted = is_success(flat, label, None, self.success_rule).reshape(n_pos, n_val).any(axis=1)
         return {
             "best_target_prob": best_p.T.reshape(len(t_idx), height, width),
-            "best_target_value": self.values[best_vi.T].reshape(len(t_idx), height, width, N_BANDS),
+            "best_target_value": self.values[best_vi.T].reshape(len(t_idx), height, width, self.bands),
             "flips": flips.reshape(len(t_idx), height, width),
             "min_true_prob": probs[np.arange(n_pos), min_vi, label].reshape(height, width),
-            "min_true_value": self.values[min_vi].reshape(height, width, N_BANDS),
+            "min_true_value": self.values[min_vi].reshape(height, width, self.bands),
             "flips_untargeted": untargeted.reshape(height, width),
         }
 
@@ -270,7 +278,7 @@ class ExhaustiveSearch(Attack):
         """Map every image; yield each result as soon as its image is done (in image order).
 
         Args:
-            images: (N, 3, H, W) in model-input space.
+            images: (N, B, H, W) in model-input space.
             labels: (N,) the true classes.
             targets: targeted mode: per image one class or a sequence, mapped and tried in
                 that order [default: None = every other class, ascending]; untargeted mode
@@ -285,12 +293,13 @@ class ExhaustiveSearch(Attack):
             OptionError: shapes or targets that do not fit.
         """
         imgs, labels, keys = self.check_inputs(images, labels, keys)
+        if len(imgs) == 0:
+            return
+        self.prepare(imgs)
         if self.mode == "targeted":
             target_lists = self.targets_for(labels, targets)
         else:
-            target_lists = [[c for c in range(len(CLASSES)) if c != int(lab)] for lab in labels]
-        if len(imgs) == 0:
-            return
+            target_lists = [[c for c in range(self.n_classes) if c != int(lab)] for lab in labels]
         shape = tuple(imgs.shape[1:])
         h, w = shape[1:]
         evaluator = make_evaluator(self.eval_model, 1, shape, self.device, self.dtype, pixels=1, local=self.local,

@@ -1,8 +1,12 @@
 """The survey-corruption benchmark of a trained run: ``deepadv robustness``.
 
 Every corruption of :mod:`deepadversaries.corruptions` at every chosen severity is applied
-to the raw Y10 test images, which are then stretched with the dataset's Y10 constants and
-classified by the run's kept checkpoint. Per (corruption, severity): accuracy, flip rate
+to the raw Y10 test images, which are then normalised as the dataset says (the paper's
+stretch with the Y10 constants, or an imported dataset's asinh/zscore) and classified by
+the run's kept model (a trained checkpoint or an adopted TorchScript model). The
+corruptions model LSST co-adds in electrons, so the dataset must hold raw electrons (not
+``--stretch none``) in LSST bands (g, r, i or a subset); anything else is refused with one
+line. Per (corruption, severity): accuracy, flip rate
 (prediction differs from the clean prediction) and mean p(true class). ImageNet-C's
 corruption error (Hendrycks & Dietterich 2019) compares the run with a baseline run:
 
@@ -32,6 +36,7 @@ about twice as fast on a CPU. ``timing`` in the summary splits the wall time int
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import zlib
@@ -41,23 +46,24 @@ from typing import Any
 
 import numpy as np
 
-from . import CLASSES, REFERENCE_METHOD
+from . import BANDS, REFERENCE_METHOD
 from .attacks import optimized_for_inference
 from .corruptions import (
     CORRUPTIONS,
     MAX_SEVERITY,
     SEVERITIES,
+    check_bands,
     corrupt,
     table_fingerprint,
 )
-from .data import GalaxyDataset, apply_stretch, image_file, load_dataset
+from .data import GalaxyDataset, image_file, load_dataset
 from .devices import resolve_device
 from .errors import DeepAdvError, OptionError, file_error
 from .inference import forward_batches, softmax
 from .io import OutputLock, read_json, write_csv, write_json
 from .models import check_input_shape, load_model
 from .progress import make_progress
-from .runs import TRAINING_DONE, RunConfig, best_checkpoint_path, read_run_config
+from .runs import TRAINING_DONE, RunConfig, check_same_classes, kept_model_path, read_run_config
 
 KIND = "deepadv-robustness"
 VERSION = 1
@@ -139,22 +145,23 @@ def corruption_rng(seed: int, name: str, severity: int, chunk: int) -> np.random
 
 
 def corrupted_chunk(raw: np.ndarray, name: str, severity: int, chunk: int, *, seed: int = 0,
-                    domain: str = DOMAIN) -> np.ndarray:
+                    domain: str = DOMAIN, bands: Sequence[str] = BANDS) -> np.ndarray:
     """Chunk ``chunk`` (images ``chunk*CHUNK ...``) of a test set, corrupted as the benchmark does.
 
     Args:
-        raw: (N, 3, H, W) raw electrons of the whole test set (memory-mapped is fine).
+        raw: (N, B, H, W) raw electrons of the whole test set (memory-mapped is fine).
         name: a corruption name.
         severity: 0-5.
         chunk: index of the chunk of :data:`CHUNK` images.
         seed: the benchmark's seed [default: 0].
         domain: depth of ``raw`` [default: "Y10"].
+        bands: the LSST bands of ``raw``'s channels [default: g, r, i].
 
     Returns:
-        (<= CHUNK, 3, H, W) float32 corrupted electrons.
+        (<= CHUNK, B, H, W) float32 corrupted electrons.
     """
     images = np.asarray(raw[chunk * CHUNK:(chunk + 1) * CHUNK], dtype=np.float32)
-    return corrupt(images, name, severity, corruption_rng(seed, name, severity, chunk), domain)
+    return corrupt(images, name, severity, corruption_rng(seed, name, severity, chunk), domain, bands)
 
 
 # --- corruption error ---------------------------------------------------------------------------------
@@ -217,7 +224,11 @@ def relative_mean_corruption_error(errors: Mapping[Key, float], clean_error: flo
 
 # --- baseline -----------------------------------------------------------------------------------------
 def _finished_run(path: Path) -> bool:
-    return (path / TRAINING_DONE).is_file() and best_checkpoint_path(path).is_file()
+    try:
+        config = read_run_config(path)
+    except DeepAdvError:
+        return False
+    return (path / TRAINING_DONE).is_file() and kept_model_path(path, config).is_file()
 
 
 def find_baseline(run: str | Path, config: RunConfig | None = None) -> tuple[Path | None, str]:
@@ -338,6 +349,8 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
     if summary_path.is_file() and not overwrite:
         raise file_error(summary_path, "a finished robustness result exists; pass --overwrite to replace it")
     dataset = load_dataset(data if data is not None else config.data)
+    bands = check_dataset(dataset)
+    check_same_classes(config, dataset.classes, dataset.path)
     torch_device = resolve_device(device)
     model = load_model(run, device=torch_device)
     check_input_shape(model, dataset.image_shape, dataset.path / image_file(DOMAIN, "test"))
@@ -346,6 +359,8 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
         "chunk": CHUNK, "table_fingerprint": table_fingerprint(), "data": str(dataset.path.resolve()),
         "n": len(dataset.labels("test")), "batch_size": batch_size, "device": str(torch_device),
     }
+    if bands != BANDS:
+        settings["bands"] = list(bands)
     needed = [(c, s) for c in names for s in levels]
     reused = _reusable_summary(baseline_path, settings, needed) if baseline_path is not None else None
     models = {"run": optimized_for_inference(model, channels_last=True)}
@@ -363,17 +378,40 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
         summary["timing"] = {k: round(v, 3) for k, v in {**bench.timing,
                                                          "wall_time_s": time.perf_counter() - started}.items()}
         if figures:
-            lo, hi = dataset.stretch(DOMAIN)
-            _write_figures(out_dir, summary, config, dataset, lo, hi, names, seed)
+            _write_figures(out_dir, summary, config, dataset, names, seed)
         write_json(summary_path, summary)
     return summary
+
+
+def check_dataset(dataset: GalaxyDataset) -> tuple[str, ...]:
+    """The dataset's bands, if the corruptions can act on it: raw electrons (not stored already
+    normalised) in LSST bands; else a one-line :class:`FileError`."""
+    if dataset.raw_is_model_input:
+        raise file_error(dataset.path / "dataset.json", "holds images already normalised (--stretch none): the "
+                                                        "corruptions act on raw electrons before the normalisation; "
+                                                        "import the raw electrons (--stretch paper, asinh:Q or "
+                                                        "zscore) to run robustness")
+    try:
+        return check_bands(dataset.bands)
+    except OptionError as exc:
+        raise file_error(dataset.path / "dataset.json", str(exc)) from None
+
+
+def why_not_applicable(data: str | Path) -> str | None:
+    """Why the benchmark cannot run on a dataset folder (stored already normalised, or bands the
+    corruption table does not model), or None when it can: for pipelines that skip it and say why."""
+    try:
+        check_dataset(load_dataset(data))
+    except DeepAdvError as exc:
+        return str(exc)
+    return None
 
 
 def _check_run(run: Path) -> RunConfig:
     """The run's config; a clear error when it has no checkpoint or no finished training."""
     config = read_run_config(run)
-    if not best_checkpoint_path(run).is_file():
-        raise file_error(best_checkpoint_path(run), "checkpoint not found; train the run first ('deepadv train')")
+    if not kept_model_path(run, config).is_file():
+        raise file_error(kept_model_path(run, config), "checkpoint not found; train the run first ('deepadv train')")
     if not (run / TRAINING_DONE).is_file():
         raise file_error(run, f"the training has not finished (no {TRAINING_DONE}); run 'deepadv train' first")
     return config
@@ -383,9 +421,9 @@ def _choose_baseline(run: Path, config: RunConfig, baseline: str | Path | None) 
     """The run whose errors normalise CE (the user's, or :func:`find_baseline`'s), and why."""
     if baseline is not None:
         path = Path(baseline)
-        read_run_config(path)
-        if not best_checkpoint_path(path).is_file():
-            raise file_error(best_checkpoint_path(path), "checkpoint of the --baseline run not found")
+        base_config = read_run_config(path)
+        if not kept_model_path(path, base_config).is_file():
+            raise file_error(kept_model_path(path, base_config), "checkpoint of the --baseline run not found")
         return path, "--baseline"
     path, chosen_by = find_baseline(run, config)
     if path is not None and not _finished_run(path):
@@ -400,7 +438,8 @@ class _Benchmark:
                  device: Any) -> None:
         self.raw = dataset.images(DOMAIN, "test", stretched=False)
         self.labels = dataset.labels("test")
-        self.lo, self.hi = dataset.stretch(DOMAIN)
+        self.dataset = dataset
+        self.bands = check_bands(dataset.bands)
         self.models, self.seed, self.batch_size, self.device = models, seed, batch_size, device
         self.n_chunks = max(1, math.ceil(len(self.labels) / CHUNK))
         self.timing = {"corrupt_s": 0.0, "evaluate_s": 0.0}
@@ -411,8 +450,8 @@ class _Benchmark:
         for k in range(self.n_chunks):
             t0 = time.perf_counter()
             electrons = (np.asarray(self.raw[k * CHUNK:(k + 1) * CHUNK]) if severity == 0
-                         else corrupted_chunk(self.raw, name, severity, k, seed=self.seed))
-            images = apply_stretch(electrons, self.lo, self.hi)
+                         else corrupted_chunk(self.raw, name, severity, k, seed=self.seed, bands=self.bands))
+            images = self.dataset.model_input(electrons, DOMAIN)
             t1 = time.perf_counter()
             for key, m in self.models.items():
                 out[key].append(forward_batches(m, images, batch_size=self.batch_size, device=self.device).logits)
@@ -499,7 +538,7 @@ def baseline_results(summary: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _write_figures(out_dir: Path, summary: Mapping[str, Any], config: RunConfig, dataset: GalaxyDataset,
-                   lo: float, hi: float, names: Sequence[str], seed: int) -> None:
+                   names: Sequence[str], seed: int) -> None:
     from .plots.robustness import plot_accuracy_curves, plot_corruption_grid
 
     label = f"{config.model} {config.method}"
@@ -509,6 +548,16 @@ def _write_figures(out_dir: Path, summary: Mapping[str, Any], config: RunConfig,
         curves = {f"baseline ({Path(summary['baseline']['run']).name})": base, **curves}
     plot_accuracy_curves(curves, out_dir / ACCURACY_FIGURE)
     image = np.asarray(dataset.images(DOMAIN, "test", stretched=False)[0])
-    true = CLASSES[int(dataset.labels("test")[0])]
-    plot_corruption_grid(image, lo, hi, out_dir / GRID_FIGURE, corruptions=names, seed=seed,
-                         title=f"test image 0 ({true}) under every corruption, as {label} sees it")
+    true = dataset.classes[int(dataset.labels("test")[0])]
+    lo, hi, to_input = grid_normalisation(dataset, DOMAIN)
+    plot_corruption_grid(image, lo, hi, out_dir / GRID_FIGURE, corruptions=names, seed=seed, bands=dataset.bands,
+                         to_input=to_input, title=f"test image 0 ({true}) under every corruption, as {label} sees it")
+
+
+def grid_normalisation(dataset: GalaxyDataset, domain: str) -> tuple[float | None, float | None, Any]:
+    """How the corruption grid normalises a domain's images: the paper stretch's (lo, hi) and no
+    function, or (None, None) and the dataset's own normalisation (``dataset.model_input``)."""
+    if dataset.normalisation_kind == "paper":
+        lo, hi = dataset.stretch(domain)
+        return lo, hi, None
+    return None, None, functools.partial(dataset.model_input, domain=domain)

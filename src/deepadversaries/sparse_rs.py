@@ -76,7 +76,7 @@ class _SparseRSSearch(SearchState):
         order = self.rng.permutation(n_pix)
         self.inside = order[: atk.pixels].copy()  # the current set (k,)
         self.outside = order[atk.pixels:].copy()  # every other position (H W - k,)
-        self.corners = self.rng.integers(0, 2, (atk.pixels, 3)).astype(np.float64)  # unit corners (k, 3)
+        self.corners = self.rng.integers(0, 2, (atk.pixels, atk.bands)).astype(np.float64)  # unit corners (k, B)
         self.iteration = 0
         self.best_loss = np.inf
         self.best: tuple[np.ndarray, np.ndarray, float] | None = None  # candidate, probs, fitness
@@ -118,7 +118,7 @@ class _SparseRSSearch(SearchState):
         take = self.rng.choice(len(self.outside), n, replace=False)  # new positions from outside
         inside, outside, corners = self.inside.copy(), self.outside.copy(), self.corners.copy()
         inside[drop], outside[take] = self.outside[take], self.inside[drop]
-        corners[drop] = self.rng.integers(0, 2, (n, 3))
+        corners[drop] = self.rng.integers(0, 2, (n, atk.bands))
         self.proposal = (inside, outside, corners, drop)
         self._propose(inside, corners)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import galsim
 import numpy as np
 
-#: bands in storage (channel) order
-BANDS: tuple[str, ...] = ("g", "r", "i")
+from . import BANDS  # bands in storage (channel) order, ("g", "r", "i")
+
 #: survey depths in years, keyed by domain name
 DEPTHS: dict[str, int] = {"Y10": 10, "Y1": 1}
 PIXEL_SCALE = 0.2  # arcsec / pixel

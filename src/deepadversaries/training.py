@@ -38,7 +38,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from . import CLASSES, SPLITS
+from . import CLASSES
 from .config import TrainConfig
 from .data import GalaxyDataset, image_file, load_dataset
 from .devices import resolve_device
@@ -48,10 +48,10 @@ from .io import LOCK_NAME, OutputLock, atomic_path, read_json, remove_temporarie
 from .adabn import adapt_batchnorm, batchnorm_layers, check_adabn_model
 from .losses import GaussianKernels, MMDLoss, alignment_loss, class_weights
 from .methods import method_spec
-from .models import build_model, check_input_shape, load_checkpoint, model_from_checkpoint
+from .models import PAPER_SHAPE, build_model, check_model_available, load_checkpoint, model_from_checkpoint
 from .progress import info, make_progress, quiet_lightning
-from .runs import (ATTACK_FOLDERS, CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME, RELIABILITY_NAME, RUN_KIND, TRAINING_DONE, RunConfig, best_checkpoint_path,
-                   config_path, last_checkpoint_path, target_checkpoint_path)
+from .runs import (RUN_KIND, TRAINING_DONE, RunConfig, best_checkpoint_path, config_path,
+                   dataset_record, last_checkpoint_path, run_outputs, target_checkpoint_path)
 
 LOG_NAME = "log.csv"
 #: the alignment terms' epoch means in log.csv (NaN for methods without them)
@@ -77,31 +77,33 @@ def resolve_run_config(dataset: GalaxyDataset, train: TrainConfig, *, device: st
     Raises:
         OptionError: a setting the device cannot run (16-mixed on a CPU, mixed precision with
             several CPU processes).
-        FileError: a dataset that cannot serve the method (no Y1 images for domain adaptation),
-            whose images do not fit the model, or whose training split lacks a class.
+        FileError: a dataset that cannot serve the method (no second domain for domain
+            adaptation), whose images the model cannot take, or whose training split lacks a class.
     """
+    check_model_available(train.model)
     torch_device = resolve_device(device)
     if torch_device.type == "cpu" and train.precision == "16-mixed":
         raise OptionError("precision 16-mixed needs a CUDA GPU; use 32-true or bf16-mixed on the CPU")
     if train.precision != "32-true" and torch_device.type == "cpu" and train.devices > 1:
         raise OptionError("mixed precision with several CPU processes is not supported; use --device cuda")
-    if train.uses_target_domain and not dataset.has_domain("Y1"):
-        raise file_error(dataset.path, f"has no Y1 images ({image_file('Y1', 'train')} etc.); "
-                                       f"--method {train.method} needs the unlabelled Y1 domain")
-    check_input_shape(build_model(train.model), dataset.image_shape, dataset.path / image_file("Y10", "train"))
-    if method_spec(train.method).adapts_before_inference:
-        check_adabn_model(build_model(train.model))
-        if not dataset.has_domain("Y1"):
-            raise file_error(dataset.path, f"has no Y1 images; --method {train.method} re-estimates batch-norm "
-                                           "statistics on the unlabelled Y1 training images")
-    train_labels = dataset.labels("train")
+    spec = method_spec(train.method)
+    if (train.uses_target_domain or spec.adapts_before_inference) and not dataset.has_domain("Y1"):
+        what = ("re-estimates batch-norm statistics on the unlabelled second-domain training images"
+                if spec.adapts_before_inference else "aligns the labelled domain with the unlabelled second one")
+        raise file_error(dataset.path, f"has no Y1 images (one domain only: no {image_file('Y1', 'train')} etc.); "
+                                       f"--method {train.method} {what}: import a second domain "
+                                       "(--target-path-column, --target-images-key) or use --method regular")
+    try:
+        model = build_model(train.model, dataset.image_shape, dataset.n_classes)  # refuses what it cannot take
+    except OptionError as exc:
+        raise file_error(dataset.path / image_file("Y10", "train"), str(exc)) from None
+    if spec.adapts_before_inference:
+        check_adabn_model(model)
+    classes = dataset.classes
     return RunConfig(
-        train=train, data=str(Path(dataset.path).resolve()), device=device, resolved_device=str(torch_device),
-        class_weights=tuple(class_weights(train_labels).tolist()),
-        class_counts=dict(zip(CLASSES, np.bincount(train_labels, minlength=len(CLASSES)).tolist())),
-        counts={s: int(len(dataset.labels(s))) for s in SPLITS}, image_shape=tuple(dataset.image_shape),
-        domains=tuple(dataset.domains), stretch={d: list(dataset.stretch(d)) for d in dataset.domains},
-        dataset_seed=dataset.metadata.get("seed"), dataset_version=dataset.metadata.get("version"))
+        train=train, device=device, resolved_device=str(torch_device),
+        class_weights=tuple(class_weights(dataset.labels("train"), len(classes), classes).tolist()),
+        **dataset_record(dataset))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,12 +255,16 @@ class GalaxyClassifierModule(L.LightningModule):
     validation MMD² (the paper's kernels) is logged for every method, for information.
     """
 
-    def __init__(self, config: TrainConfig, class_weights: Sequence[float]) -> None:
+    def __init__(self, config: TrainConfig, class_weights: Sequence[float], *,
+                 image_shape: Sequence[int] = PAPER_SHAPE, classes: Sequence[str] = CLASSES) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config.to_json(), "class_weights": list(class_weights)})
+        self.save_hyperparameters({"config": config.to_json(), "class_weights": list(class_weights),
+                                   "image_shape": list(image_shape), "classes": list(classes)})
         self.config = config
         self.method = config.method
-        self.model = build_model(config.model)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.classes = tuple(classes)
+        self.model = build_model(config.model, self.image_shape, len(self.classes))
         self.channels_last = config.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -468,7 +474,9 @@ class RunRecorder(Callback):
             write_csv(self.run / LOG_NAME, self.rows, LOG_COLUMNS)
             if improved:
                 ckpt = {"model": pl_module.config.model, "state_dict": pl_module.best_state(), "epoch": epoch,
-                        "val_acc": float(acc), "val_loss": float(vloss), "method": pl_module.config.method}
+                        "val_acc": float(acc), "val_loss": float(vloss), "method": pl_module.config.method,
+                        "image_shape": list(pl_module.image_shape), "n_classes": len(pl_module.classes),
+                        "classes": list(pl_module.classes)}
                 best = best_checkpoint_path(self.run)
                 best.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(best) as tmp:
@@ -614,12 +622,6 @@ def _launch_rank() -> int:
     return node * per_node + local
 
 
-def _run_outputs(run: Path) -> list[Path]:
-    names = [CONFIG_NAME, TRAINING_DONE, "checkpoints", LOG_NAME, "tensorboard", METRICS_NAME, PREDICTIONS_NAME,
-             "confusion_Y10.png", "confusion_Y1.png", RELIABILITY_NAME, *ATTACK_FOLDERS.values(), "robustness"]
-    return [run / n for n in names]
-
-
 def _prepare_run_folder(run: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> str:
     """Decide between a fresh start (``"fresh"``), continuing an unfinished run (``"resume"``)
     and a finished run (``"finished"``); clears the outputs of an overwritten run."""
@@ -630,7 +632,7 @@ def _prepare_run_folder(run: Path, config: RunConfig, *, resume: bool, overwrite
     if not config_path(run).is_file():
         raise file_error(run, "exists and is not a run folder (no config.json); choose another --out or empty it")
     if overwrite:
-        for p in _run_outputs(run):
+        for p in run_outputs(run):
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
@@ -732,7 +734,8 @@ def _fit_run(run: Path, config: RunConfig, *, state: str, rank: int,
              else f"{run}: no checkpoint of a finished epoch yet; starting the training again")
     with quiet_lightning():
         L.seed_everything(config.seed, workers=True, verbose=False)
-        module = GalaxyClassifierModule(config.train, config.class_weights)
+        module = GalaxyClassifierModule(config.train, config.class_weights, image_shape=config.image_shape,
+                                        classes=config.classes)
         datamodule = GalaxyDataModule(config.data, config.train)
         trainer, recorder = make_trainer(run, config.train, device=config.resolved_device, progress=progress)
         _fit(trainer, module, datamodule, ckpt_path)

@@ -79,5 +79,5 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         trip = analyze_single_window(run, index, device=device)
         target = out if out is not None else run / "attack" / f"church_window_{index}.png"
         subtitle = f"{trip['model']} ({trip['method']}) · test image {index}"
-        save_single_church_window(target, trip, subtitle=subtitle)
+        save_single_church_window(target, trip, subtitle=subtitle, classes=trip["classes"])
         typer.echo(f"written: {target}")

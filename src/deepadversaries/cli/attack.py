@@ -13,17 +13,17 @@ from ..runs import attack_dir
 from ..progress import info
 
 
-def parse_values(text: str) -> tuple[tuple[float, float, float], ...]:
-    """``--values 'g,r,i;g,r,i'`` as value triples; a one-line error when malformed."""
+def parse_values(text: str) -> tuple[tuple[float, ...], ...]:
+    """``--values 'g,r,i;g,r,i'`` as value tuples, one number per band; a one-line error when malformed."""
     out = []
     for part in (p.strip() for p in text.split(";") if p.strip()):
         try:
-            triple = tuple(float(x) for x in part.split(","))
+            value = tuple(float(x) for x in part.split(","))
         except ValueError as exc:
             raise OptionError(f"--values {text!r}: expected numbers such as '0.7,0.7,0.7;0.9,0.5,0.5'") from exc
-        if len(triple) != 3:
-            raise OptionError(f"--values {part!r}: a value has three bands (g,r,i)")
-        out.append(triple)
+        if out and len(value) != len(out[0]):
+            raise OptionError(f"--values {part!r}: every value has one number per band ({len(out[0])} here)")
+        out.append(value)
     return tuple(out)
 
 
@@ -39,11 +39,11 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         pop_size: Optional[int] = typer.Option(None, "--pop-size", help="Differential-evolution population (paper: 400; at least 4)."),
         max_iter: Optional[int] = typer.Option(None, "--max-iter", help="Iteration cap: generations evolved before giving up (paper: 80)."),
         pixels: int = typer.Option(1, "--pixels", help="Pixels changed per attack, L in ||e||_0 <= L (paper: 1)."),
-        mode: str = typer.Option("targeted", "--mode", help="targeted: try the other two classes in turn, success at p(target) > 0.5; untargeted: success at p(true) < 0.05."),
+        mode: str = typer.Option("targeted", "--mode", help="targeted: try the other classes in turn (two for the paper's three), success at p(target) > 0.5; untargeted: success at p(true) < 0.05."),
         success: str = typer.Option("paper", "--success", help="paper: the probability thresholds above; top-class: success when the target becomes the predicted class (untargeted: when the true class stops being predicted), for under-confident models."),
         search: str = typer.Option("de", "--search", help="de: differential evolution (the paper's; RUN/attack/); exhaustive: every pixel position x the value set, the exact one-pixel answer for that set (RUN/attack_exhaustive/, with flipmap.npz); sparse-rs: Sparse-RS random search, Croce et al. 2022 (RUN/attack_sparse_rs/)."),
         value_range: str = typer.Option("input", "--value-range", help="input: any stretched value in [0, 1] (the paper's); physical: what a detector pixel can hold, 0 electrons to the full well (100,000 e-), through the stretch (docs/attacks.md)."),
-        values: Optional[str] = typer.Option(None, "--values", help="Exhaustive search: values tried at every position besides the 8 corners of the range, as 'g,r,i;g,r,i' in model-input units, e.g. '0.7,0.7,0.7'."),
+        values: Optional[str] = typer.Option(None, "--values", help="Exhaustive search: values tried at every position besides the corners of the range (8 for g, r, i), one number per band in model-input units, as 'g,r,i;g,r,i', e.g. '0.7,0.7,0.7' (a 2-band dataset: '0.7,0.9')."),
         max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sparse-RS: queries per target (default: DE's budget, population x (iterations + 1))."),
         keep: str = typer.Option("fittest", "--keep", help="Which candidate of a successful generation is kept: fittest (the authors' code: the generation is finished and the population's fittest member kept) or first (the first candidate over the threshold, which sits just past the decision boundary)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the subsample and of every image's search (searches are seeded by seed and test index)."),
@@ -56,7 +56,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     ) -> None:
         """Attack a seeded random subsample of the Y10 test set with one-pixel attacks.
 
-        Only correctly classified images are attacked; in targeted mode the other two classes are tried in turn and the first success is kept. Writes results.csv, latents.npz and summary.json (last) in RUN/attack/ (or RUN/attack_exhaustive/, RUN/attack_sparse_rs/ for the other searches). An interrupted campaign resumes where it stopped when the same command is run again.
+        Works on any dataset and model the run holds (your own data from 'deepadv import', timm or adopted TorchScript models). Only correctly classified images are attacked; in targeted mode the other classes are tried in turn and the first success is kept. Writes results.csv, latents.npz and summary.json (last) in RUN/attack/ (or RUN/attack_exhaustive/, RUN/attack_sparse_rs/ for the other searches). An interrupted campaign resumes where it stopped when the same command is run again.
         """
         from ..campaign import attack_run  # deferred for start-up time (torch)
 

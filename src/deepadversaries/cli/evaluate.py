@@ -19,7 +19,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     ) -> None:
         """Evaluate the run's kept checkpoint on the Y10 and Y1 test sets (the paper's Tables 2 and 4).
 
-        Writes RUN/metrics.json, RUN/confusion_Y10.png and RUN/confusion_Y1.png, and prints a summary.
+        Works on any run: trained here (ConvNet, ResNet18, timm) or adopted from a TorchScript file, on the simulated data or your own (its classes and both domains, or the one it has). Writes RUN/metrics.json, RUN/confusion_Y10.png and RUN/confusion_Y1.png, and prints a summary.
         """
         from ..evaluation import evaluate_run
 

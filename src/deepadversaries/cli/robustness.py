@@ -32,7 +32,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     ) -> None:
         """Evaluate the run's kept checkpoint on the Y10 test set under survey-realistic corruptions.
 
-        Each corruption (detector, pipeline and observing-condition errors with LSST parameters) is applied to the raw images before the stretch, at severities 1-5; every run gets the same corrupted images for one --seed. Per (corruption, severity): accuracy, flip rate against the clean prediction and mean p(true).
+        Each corruption (detector, pipeline and observing-condition errors with LSST parameters) is applied to the raw images before the stretch, at severities 1-5; every run gets the same corrupted images for one --seed. It needs raw electrons in LSST bands (your own data: imported with --bands g,r,... and not --stretch none). Per (corruption, severity): accuracy, flip rate against the clean prediction and mean p(true).
 
         Writes RUN/robustness/robustness.csv, accuracy.png, corruption_grid.png and summary.json (last), with ImageNet-C's corruption errors CE_c = sum_s E(run) / sum_s E(baseline) and their mean, mCE.
         """
@@ -68,23 +68,23 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         """One test galaxy under every corruption (rows) and severity 0-5 (columns), stretched as a model sees it."""
         import numpy as np
 
-        from .. import CLASSES
         from ..data import load_dataset
         from ..errors import OptionError, check_choice
         from ..plots.robustness import plot_corruption_grid
-        from ..robustness import parse_corruptions
+        from ..robustness import check_dataset, grid_normalisation, parse_corruptions
 
         names = parse_corruptions(corruptions)
         dataset = load_dataset(data)
         check_choice(domain, dataset.domains, "domain")
+        bands = check_dataset(dataset)
         raw = dataset.images(domain, "test", stretched=False)
         if not 0 <= index < len(raw):
             raise OptionError(f"--index {index} is outside the test split (0-{len(raw) - 1})")
-        lo, hi = dataset.stretch(domain)
-        label = CLASSES[int(dataset.labels("test")[index])]
+        lo, hi, to_input = grid_normalisation(dataset, domain)
+        label = dataset.classes[int(dataset.labels("test")[index])]
         path = plot_corruption_grid(np.asarray(raw[index]), lo, hi,
                                     out if out is not None else dataset.path / "figures" / "robustness_grid.png",
-                                    corruptions=names, seed=seed, domain=domain,
+                                    corruptions=names, seed=seed, domain=domain, bands=bands, to_input=to_input,
                                     title=f"test galaxy {index} ({label}), {domain}")
         typer.echo(str(path))
 

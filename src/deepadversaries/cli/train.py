@@ -1,4 +1,5 @@
-"""`deepadv train`: train ConvNet or ResNet18, regular or with MMD domain adaptation."""
+"""`deepadv train`: train ConvNet, ResNet18 or a timm backbone, regular or with domain adaptation;
+or adopt a TorchScript model trained elsewhere (``--model-file``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..config import TrainConfig
+from ..errors import OptionError
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
@@ -15,11 +17,13 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
     @app.command("train")
     def train(
-        data: Path = typer.Option(..., "--data", help="Dataset folder (from 'deepadv simulate' or the published .npy files)."),
+        data: Path = typer.Option(..., "--data", help="Dataset folder (from 'deepadv simulate', 'deepadv import' or the published .npy files); the model adapts to its image size, band count and classes."),
         out: Path = typer.Option(..., "--out", help="Run folder to write (config.json, checkpoints/, log.csv, training.json)."),
-        model: str = typer.Option("convnet", "--model", help="Architecture: convnet (paper Table 1) or resnet18."),
+        model: str = typer.Option("convnet", "--model", help="Architecture: convnet (paper Table 1), resnet18, or timm:NAME, any timm backbone (random initialisation, nothing downloaded) with the package's 256-d bottleneck and head, e.g. timm:resnet10t; list names with python -c \"import timm; print(timm.list_models('*resnet*'))\"."),
+        model_file: Optional[Path] = typer.Option(None, "--model-file", help="Adopt a TorchScript model trained elsewhere (torch.jit.script(model).save('model.pt'); never a pickle) instead of training: writes the run folder (checkpoints/model.ts, config.json, training.json) that evaluate, attack, robustness and analyze then use. With embed() and head() methods every analysis works; otherwise give --latent-layer."),
+        latent_layer: Optional[str] = typer.Option(None, "--latent-layer", help="With --model-file, for a model without embed()/head(): the submodule whose output is the latent (dotted for nested ones, e.g. layer4 or backbone.fc); analyses that need head(z) (church windows) are then skipped."),
         method: str = typer.Option("regular", "--method",
-                                   help="regular (Y10 labels only); domain adaptation towards the unlabelled Y1 images: mmd (the paper: + lambda*MMD^2 of the Y10 and Y1 latents), dann (a domain classifier behind a gradient-reversal layer, Ganin et al. 2016), coral (Deep CORAL: the latent covariances aligned, Sun & Saenko 2016), adabn (regular training, then batch-norm statistics re-estimated on Y1 for Y1 inference, Li et al. 2016)."),
+                                   help="regular (Y10 labels only); domain adaptation towards the unlabelled Y1 images: mmd (the paper: + lambda*MMD^2 of the Y10 and Y1 latents), dann (a domain classifier behind a gradient-reversal layer, Ganin et al. 2016), coral (Deep CORAL: the latent covariances aligned, Sun & Saenko 2016), adabn (regular training, then batch-norm statistics re-estimated on Y1 for Y1 inference, Li et al. 2016). Domain adaptation needs a dataset with two domains. With --model-file: how the model was trained elsewhere (a label that analyze uses; not adabn)."),
         preset: str = typer.Option("quick", "--preset",
                                    help="tiny (a smoke test), quick (sized for a CPU: lr 1e-3, cosine decay over 10 epochs) or paper (SPEC 5 exactly: lr 1e-5, up to 100 epochs)."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum number of epochs (overrides the preset)."),
@@ -43,8 +47,28 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     ) -> None:
         """Train a classifier on the Y10 training set (labels) and, with domain adaptation, the unlabelled Y1 set.
 
-        Keeps the checkpoint with the best Y10 validation accuracy (checkpoints/best.pt) and stops early when the validation loss stops improving. Running the same command again continues an interrupted run.
+        Keeps the checkpoint with the best Y10 validation accuracy (checkpoints/best.pt) and stops early when the validation loss stops improving. Running the same command again continues an interrupted run. With --model-file a TorchScript model trained elsewhere is adopted into the run folder instead (no training; --method then records how it was trained).
         """
+        if model_file is not None:
+            training_only = {"--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--mmd-weight": mmd_weight,
+                             "--coral-weight": coral_weight, "--dann-weight": dann_weight,
+                             "--weight-decay": weight_decay, "--patience": patience, "--devices": devices,
+                             "--num-nodes": num_nodes, "--precision": precision,
+                             "--compile": True if compile_ else None, "--resume": True if resume else None,
+                             "--model": None if model == "convnet" else model}
+            given = [name for name, value in training_only.items() if value is not None]
+            if given:
+                raise OptionError(f"{given[0]} does not apply to --model-file (the model was trained elsewhere and "
+                                  "is adopted as it is)")
+            from ..adopt import adopt_model  # deferred for start-up time (torch)
+
+            run = adopt_model(model_file, data, out, latent_layer=latent_layer, method=method, seed=seed,
+                              device=device, overwrite=overwrite)
+            typer.echo(str(run))
+            return
+        if latent_layer is not None:
+            raise OptionError("--latent-layer goes with --model-file (a TorchScript model without embed/head); the "
+                              "package's own models have their 256-d latent")
         from ..devices import resolve_device  # deferred for start-up time (torch, Lightning)
         from ..training import train_model
 

@@ -1,4 +1,7 @@
-"""Dataset figures: Figure 1 (the G-M20 plane) and Figure 2 (Y10/Y1 examples per class)."""
+"""Dataset figures: Figure 1 (the G-M20 plane) and Figure 2 (Y10/Y1 examples per class).
+
+Class names and bands are the dataset's (an imported dataset's own classes, one column per class).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import CLASSES, SPLITS
+from .. import SPLITS
 from ..data import STRETCH_SCALE, GalaxyDataset, load_dataset
 from ..errors import file_error
-from ..survey import BANDS
 from ..morphology import (BULGE_INTERCEPT, BULGE_SCALE, BULGE_SLOPE, MERGER_INTERCEPT, MERGER_SLOPE)
-from . import CLASS_COLORS, plt, save_figure
+from . import class_colors, plt, save_figure
 
 #: the boundaries' intersection (G0, M20_0) of the paper
 M20_0 = (BULGE_INTERCEPT / BULGE_SCALE - MERGER_INTERCEPT) / (MERGER_SLOPE - BULGE_SLOPE / BULGE_SCALE)
@@ -37,7 +39,7 @@ def galaxy_table(data) -> dict[str, np.ndarray]:
         "galaxy_id": np.array([int(r["galaxy_id"]) for r in rows]),
         "gini": np.array([float(r["gini"]) for r in rows]),
         "m20": np.array([float(r["m20"]) for r in rows]),
-        "label": np.array([CLASSES.index(r["label"]) for r in rows]),
+        "label": np.array([ds.classes.index(r["label"]) for r in rows]),
         "family": np.array([r.get("family", "") for r in rows]),
     }
 
@@ -48,9 +50,10 @@ def plot_gm20(data, out: str | Path | None = None) -> Path:
     table = galaxy_table(ds)
     out = Path(out) if out is not None else ds.path / "figures" / "fig1_gm20.png"
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
-    for c, name in enumerate(CLASSES):
+    colors = class_colors(ds.n_classes)
+    for c, name in enumerate(ds.classes):
         sel = table["label"] == c
-        ax.scatter(table["m20"][sel], table["gini"][sel], s=6, alpha=0.6, color=CLASS_COLORS[c], linewidths=0,
+        ax.scatter(table["m20"][sel], table["gini"][sel], s=6, alpha=0.6, color=colors[c], linewidths=0,
                    label=f"{name} ({int(sel.sum())})", rasterized=True)
     lo = min(-3.0, float(np.nanmin(table["m20"])) - 0.05)
     hi = max(-0.5, float(np.nanmax(table["m20"])) + 0.05)
@@ -80,7 +83,7 @@ def example_indices(data, n_per_class: int = 4, split: str = "test") -> dict[int
     labels = ds.labels(split)
     rows = ds.catalog(split)
     chosen: dict[int, np.ndarray] = {}
-    for c in range(len(CLASSES)):
+    for c in range(ds.n_classes):
         idx = np.flatnonzero(labels == c)
         if rows and "snr_r_Y10" in rows[0]:
             idx = np.array([i for i in idx if rows[i].get("augmentation", "none") == "none"], dtype=np.int64)
@@ -93,19 +96,29 @@ def example_indices(data, n_per_class: int = 4, split: str = "test") -> dict[int
     return chosen
 
 
-def plot_examples(data, out: str | Path | None = None, *, split: str = "test", band: str = "r") -> Path:
-    """Figure 2: four Y10 and the same four Y1 images per class (stretched model input, one band)."""
+def plot_examples(data, out: str | Path | None = None, *, split: str = "test", band: str | None = None) -> Path:
+    """Figure 2: four Y10 and the same four Y1 images per class (model input, one band: ``band``
+    [default: r when the dataset has it, else its first band])."""
     ds = _dataset(data)
     if "Y1" not in ds.domains:
         raise file_error(ds.path, "no Y1 images; Figure 2 needs both depths")
     out = Path(out) if out is not None else ds.path / "figures" / "fig2_examples.png"
-    b = BANDS.index(band)
+    band = band if band is not None else ("r" if "r" in ds.bands else ds.bands[0])
+    if band not in ds.bands:
+        raise file_error(ds.path, f"has no band {band!r}; its bands: {', '.join(ds.bands)}")
+    b = ds.bands.index(band)
     chosen = example_indices(ds, 4, split)
     images = {d: ds.images(d, split) for d in ("Y10", "Y1")}
-    vmax = float((np.arcsinh(STRETCH_SCALE) + 1.0) / 2.0)  # the brightest stretched value
-    fig = plt.figure(figsize=(15, 3.15))
-    outer = fig.add_gridspec(1, 3, wspace=0.07, left=0.005, right=0.995, bottom=0.1, top=0.84)
-    for c, name in enumerate(CLASSES):
+    if ds.normalisation_kind == "paper":
+        vmin, vmax = 0.45, float((np.arcsinh(STRETCH_SCALE) + 1.0) / 2.0)  # the brightest stretched value
+    else:
+        shown = np.concatenate([images[d][np.concatenate(list(chosen.values())).astype(np.int64), b].ravel()
+                                for d in ("Y10", "Y1")])
+        vmin, vmax = (float(v) for v in np.percentile(shown, (1.0, 99.8))) if shown.size else (0.0, 1.0)
+    k = ds.n_classes
+    fig = plt.figure(figsize=(5 * k, 3.15))
+    outer = fig.add_gridspec(1, k, wspace=0.07, left=0.005, right=0.995, bottom=0.1, top=0.84)
+    for c, name in enumerate(ds.classes):
         pair = outer[c].subgridspec(1, 2, wspace=0.04)
         for k, domain in enumerate(("Y10", "Y1")):
             frame = fig.add_subplot(pair[k], frameon=False)
@@ -121,7 +134,7 @@ def plot_examples(data, out: str | Path | None = None, *, split: str = "test", b
                     spine.set_color("0.6")
                     spine.set_linewidth(0.4)
                 if j < len(chosen[c]):
-                    ax.imshow(images[domain][chosen[c][j], b], cmap="inferno", origin="lower", vmin=0.45,
+                    ax.imshow(images[domain][chosen[c][j], b], cmap="inferno", origin="lower", vmin=vmin,
                               vmax=vmax, interpolation="nearest")
         label = fig.add_subplot(outer[c], frameon=False)
         label.set_xticks([])

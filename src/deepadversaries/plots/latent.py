@@ -31,7 +31,7 @@ from scipy import ndimage
 from .. import CLASSES, METHOD_LABELS, METHOD_SHORT
 from ..analysis import PERTURBATIONS, SCALES, ChurchWindow, IsomapEmbedding, PairedDistances, js_distance
 from ..io import TMP_MARK
-from . import CLASS_COLORS, DPI, save_figure
+from . import CLASS_COLORS, DPI, class_colors, save_figure
 #: marker of each member of a triplet: Y10 image, Y1 image, one-pixel-attacked image
 #: (drawn in this order: the 1P triangle first, so the Y10 cross it often sits on stays visible)
 TRIPLET_MARKERS = {"triplet-1P": ("^", 260), "triplet-Y1": ("*", 420), "triplet-Y10": ("X", 200)}
@@ -41,14 +41,14 @@ MEAN_COLOR, MEDIAN_COLOR = CLASS_COLORS[1], "#1f77b4"
 VIEWS = ((20, -60), (20, 30), (20, 120), (60, 210))
 
 
-def _arrow(true: int | None, target: int | None) -> str:
-    t = CLASSES[true] if true is not None else "?"
-    g = CLASSES[target] if target is not None else "no target"
+def _arrow(true: int | None, target: int | None, classes: Sequence[str] = CLASSES) -> str:
+    t = classes[true] if true is not None else "?"
+    g = classes[target] if target is not None else "no target"
     return f"{t} → {g}"
 
 
-def _class_rgb() -> np.ndarray:
-    return np.array([to_rgb(c) for c in CLASS_COLORS])
+def _class_rgb(n: int = len(CLASSES)) -> np.ndarray:
+    return np.array([to_rgb(c) for c in class_colors(n)])
 
 
 def _edge_for(cls: int) -> str:
@@ -69,7 +69,7 @@ def _message(ax: Any, text: str) -> None:
 # ----------------------------------------------------------------------------------------
 # church window
 # ----------------------------------------------------------------------------------------
-def _label_positions(window: ChurchWindow) -> list[tuple[int, float, float, float]]:
+def _label_positions(window: ChurchWindow, n_classes: int = len(CLASSES)) -> list[tuple[int, float, float, float]]:
     """For each class region: (class, alpha, beta, clearance in grid cells) of its most interior point.
 
     Cells near the three markers are excluded, so labels do not cover them.
@@ -84,7 +84,7 @@ def _label_positions(window: ChurchWindow) -> list[tuple[int, float, float, floa
         j = np.argmin(np.abs(window.betas - b))
         blocked |= (xx - i) ** 2 + (yy - j) ** 2 < (0.16 / step) ** 2
     out = []
-    for c in range(len(CLASSES)):
+    for c in range(n_classes):
         mask = (classes == c) & ~blocked
         if not mask.any():
             continue
@@ -96,9 +96,10 @@ def _label_positions(window: ChurchWindow) -> list[tuple[int, float, float, floa
 
 def draw_church_window(ax: Any, window: ChurchWindow, true: int | None, target: int | None, *,
                        success: bool = True, label_regions: bool = True, title: str | None = None,
-                       fontsize: float = 11) -> None:
-    """One church window: class regions, axes through the origin, ×/▲/★ markers, 'true → target' title."""
-    rgb = _class_rgb()[window.classes.astype(int)]
+                       fontsize: float = 11, classes: Sequence[str] = CLASSES) -> None:
+    """One church window: class regions, axes through the origin, ×/▲/★ markers, 'true → target' title
+    (``classes``: the class names in label order [default: the paper's])."""
+    rgb = _class_rgb(len(classes))[window.classes.astype(int)]
     half = 0.5 * float(window.alphas[1] - window.alphas[0]) if len(window.alphas) > 1 else 0.005
     extent = (window.alphas[0] - half, window.alphas[-1] + half, window.betas[0] - half, window.betas[-1] + half)
     ax.imshow(rgb, origin="lower", extent=extent, interpolation="nearest", aspect="equal")
@@ -112,7 +113,7 @@ def draw_church_window(ax: Any, window: ChurchWindow, true: int | None, target: 
     ax.tick_params(labelsize=fontsize - 2)
     ax.set_xlabel("adversarial (1P) direction", fontsize=fontsize - 1)
     ax.set_ylabel("noisy (Y1) direction", fontsize=fontsize - 1)
-    text = title if title is not None else _arrow(true, target)
+    text = title if title is not None else _arrow(true, target, classes)
     if not success:
         text += " (attack failed)"
     ax.set_title(text, fontsize=fontsize + 1, fontweight="bold")
@@ -121,12 +122,12 @@ def draw_church_window(ax: Any, window: ChurchWindow, true: int | None, target: 
     # a label needs a clear disc of about half its width; the window spans ~220 cells
     width_in = ax.get_position().width * ax.figure.get_figwidth()
     cells_per_pt = window.classes.shape[1] / max(width_in * 72.0, 1.0)
-    for c, a, b, clearance in _label_positions(window):
+    for c, a, b, clearance in _label_positions(window, len(classes)):
         word = "correct" if c == true else "incorrect"
         for fs in (fontsize, fontsize - 2, fontsize - 3.5):
-            need = 0.5 * 0.55 * fs * max(len(CLASSES[c]), len(word) + 2) * cells_per_pt
+            need = 0.5 * 0.55 * fs * max(len(classes[c]), len(word) + 2) * cells_per_pt
             if clearance >= need:
-                ax.text(a, b, f"{CLASSES[c]}\n({word})", ha="center", va="center", fontsize=fs,
+                ax.text(a, b, f"{classes[c]}\n({word})", ha="center", va="center", fontsize=fs,
                         color="white" if c == 2 else "black", zorder=3, linespacing=1.1)
                 break
 
@@ -134,8 +135,9 @@ def draw_church_window(ax: Any, window: ChurchWindow, true: int | None, target: 
 # ----------------------------------------------------------------------------------------
 # isomaps
 # ----------------------------------------------------------------------------------------
-def _colors(classes: np.ndarray) -> np.ndarray:
-    return np.array(CLASS_COLORS)[np.asarray(classes, int)]
+def _colors(predicted: np.ndarray) -> np.ndarray:
+    idx = np.asarray(predicted, int)
+    return np.array(class_colors(int(idx.max()) + 1 if idx.size else 0))[idx]
 
 
 def draw_isomap2d(ax: Any, emb: IsomapEmbedding | None, example_number: int = 0, *, title: str | None = None) -> None:
@@ -153,7 +155,7 @@ def draw_isomap2d(ax: Any, emb: IsomapEmbedding | None, example_number: int = 0,
     for kind, (marker, size) in TRIPLET_MARKERS.items():
         m = emb.select(kind, example_number)
         for x, y, c in zip(xy[m, 0], xy[m, 1], emb.predicted[m]):
-            ax.scatter([x], [y], marker=marker, s=size, c=CLASS_COLORS[int(c)], edgecolors=_edge_for(int(c)),
+            ax.scatter([x], [y], marker=marker, s=size, c=_colors(np.array([c]))[0], edgecolors=_edge_for(int(c)),
                        linewidths=1.8, zorder=5)
     _hide_ticks(ax)
     ax.set_xlabel("isomap dimension 1", fontsize=10)
@@ -164,10 +166,11 @@ def _blank() -> Any:
     return Line2D([], [], ls="", marker="", label=" ")
 
 
-def _legend_handles(points: bool = True, triplet: bool = True, surfaces: bool = False) -> list[list[Any]]:
+def _legend_handles(points: bool = True, triplet: bool = True, surfaces: bool = False,
+                    classes: Sequence[str] = CLASSES) -> list[list[Any]]:
     """Legend entries in groups: classes, point styles (and surfaces), triplet markers."""
     groups: list[list[Any]] = [[Patch(facecolor=c, edgecolor="none", label=name)
-                                for name, c in zip(CLASSES, CLASS_COLORS)]]
+                                for name, c in zip(classes, class_colors(len(classes)))]]
     styles: list[Any] = []
     if surfaces:
         styles += [Patch(facecolor=plt.get_cmap("Oranges")(0.6), alpha=0.6, label="Y10 surface"),
@@ -227,7 +230,7 @@ def draw_isomap3d(ax: Any, emb: IsomapEmbedding | None, example_number: int = 0,
     for kind, (marker, size) in TRIPLET_MARKERS.items():
         m = emb.select(kind, example_number)
         for p, c in zip(xyz[m], emb.predicted[m]):
-            ax.scatter([p[0]], [p[1]], [p[2]], marker=marker, s=size * 0.6, c=CLASS_COLORS[int(c)],
+            ax.scatter([p[0]], [p[1]], [p[2]], marker=marker, s=size * 0.6, c=_colors(np.array([c]))[0],
                        edgecolors=_edge_for(int(c)), linewidths=1.2, depthshade=False, zorder=10)
     ax.set_xticklabels([])
     ax.set_yticklabels([])
@@ -240,7 +243,8 @@ def draw_isomap3d(ax: Any, emb: IsomapEmbedding | None, example_number: int = 0,
 # ----------------------------------------------------------------------------------------
 def save_church_isomap_figure(path: str | Path, panel: dict[str, Any] | None,
                               isomaps: dict[str, IsomapEmbedding | None], *, example_number: int = 0,
-                              note: str | None = None, dpi: int = DPI) -> Path:
+                              note: str | None = None, dpi: int = DPI, classes: Sequence[str] = CLASSES,
+                              no_window: str | None = None) -> Path:
     """Figure 3: church window + 2-D isomap of one example; the reference run on top, the adapted one below.
 
     Args:
@@ -249,6 +253,10 @@ def save_church_isomap_figure(path: str | Path, panel: dict[str, Any] | None,
         isomaps: method → embedding (or None), reference first.
         example_number: the triplet of the isomaps to mark [default: 0].
         note: a red line under the title [default: none].
+        dpi: resolution [default: 150].
+        classes: the class names in label order [default: the paper's].
+        no_window: why there is no church window, shown in its place (a model without
+            ``head(z)``) [default: None].
     """
     fig = plt.figure(figsize=(13.5, 10))
     gs = fig.add_gridspec(2, 2, width_ratios=[1.0, 1.9], hspace=0.32, wspace=0.14, left=0.06, right=0.98,
@@ -257,23 +265,27 @@ def save_church_isomap_figure(path: str | Path, panel: dict[str, Any] | None,
         ax_cw = fig.add_subplot(gs[r, 0])
         ax_iso = fig.add_subplot(gs[r, 1])
         trip = panel["runs"].get(tr) if panel else None
-        if trip is None:
+        if no_window is not None:
+            _message(ax_cw, no_window)
+        elif trip is None:
             _message(ax_cw, "no attack result for this image in this run")
         else:
-            draw_church_window(ax_cw, trip["window"], trip["true"], trip["target"], success=trip["success"])
+            draw_church_window(ax_cw, trip["window"], trip["true"], trip["target"], success=trip["success"],
+                               classes=classes)
         draw_isomap2d(ax_iso, isomaps.get(tr), example_number if trip is not None else -1,
                       title=METHOD_LABELS.get(tr, tr))
     if panel:
         ex = panel["example"]
         fig.suptitle(f"Church windows and isomaps of test image {ex.test_index}", fontsize=13, x=0.06,
                      ha="left", y=0.97)
-    _add_legend(fig, _legend_handles(), fontsize=10, bbox_to_anchor=(0.52, 0.0), columnspacing=3.0)
+    _add_legend(fig, _legend_handles(classes=classes), fontsize=10, bbox_to_anchor=(0.52, 0.0), columnspacing=3.0)
     if note:
         fig.text(0.06, 0.935, note, fontsize=10, color="#b00020", ha="left")
     return save_figure(fig, path, dpi=dpi)
 
 
-def save_church_windows_figure(path: str | Path, panels: Sequence[dict[str, Any]], dpi: int = DPI) -> Path:
+def save_church_windows_figure(path: str | Path, panels: Sequence[dict[str, Any]], dpi: int = DPI,
+                               classes: Sequence[str] = CLASSES) -> Path:
     """Figure 5: K church windows, the reference run (top row) and the adapted run (bottom row)."""
     k = max(1, len(panels))
     methods = list(panels[0]["runs"]) if panels else ["", ""]
@@ -290,7 +302,7 @@ def save_church_windows_figure(path: str | Path, panels: Sequence[dict[str, Any]
                 _message(ax, "no attack result\nfor this image in this run")
             else:
                 draw_church_window(ax, trip["window"], trip["true"], trip["target"], success=trip["success"],
-                                   fontsize=10)
+                                   fontsize=10, classes=classes)
                 if c > 0:
                     ax.set_ylabel("")
         pos = axes[r, 0].get_position()
@@ -305,12 +317,13 @@ def save_church_windows_figure(path: str | Path, panels: Sequence[dict[str, Any]
                      + "; ".join(f"{p['example'].test_index}: {p['example'].status}" for p in panels
                                  if p["example"].status != "flipped under both"),
                      ha="center", fontsize=8.5, color="#b00020", wrap=True)
-    _add_legend(fig, _legend_handles(points=False), rows=1 if k >= 3 else 2, fontsize=9)
+    _add_legend(fig, _legend_handles(points=False, classes=classes), rows=1 if k >= 3 else 2, fontsize=9)
     return save_figure(fig, path, dpi=dpi)
 
 
 def save_isomap3d_figure(path: str | Path, isomaps: dict[str, IsomapEmbedding | None], *, example_number: int = 0,
-                         views: Sequence[tuple[float, float]] = VIEWS, dpi: int = DPI) -> Path:
+                         views: Sequence[tuple[float, float]] = VIEWS, dpi: int = DPI,
+                         classes: Sequence[str] = CLASSES) -> Path:
     """Figure 4: 3-D isomaps from four view angles, the reference run (top) and the adapted run (bottom)."""
     n = len(views)
     fig = plt.figure(figsize=(3.6 * n + 0.6, 8.2))
@@ -323,7 +336,7 @@ def save_isomap3d_figure(path: str | Path, isomaps: dict[str, IsomapEmbedding | 
         fig.text(0.012, 0.72 - 0.39 * r, METHOD_LABELS.get(tr, tr), rotation=90, va="center", fontsize=13,
                  fontweight="bold")
     fig.suptitle("3-D isomaps of the latent space: Y10 (orange surface) and Y1 (blue surface)", fontsize=13)
-    _add_legend(fig, _legend_handles(surfaces=True), rows=2, fontsize=9.5)
+    _add_legend(fig, _legend_handles(surfaces=True, classes=classes), rows=2, fontsize=9.5)
     return save_figure(fig, path, dpi=dpi)
 
 
@@ -415,12 +428,13 @@ def save_distances_figure(path: str | Path, paired: PairedDistances, tables: dic
     return save_figure(fig, path, dpi=dpi)
 
 
-def save_single_church_window(path: str | Path, trip: dict[str, Any], *, subtitle: str = "", dpi: int = DPI) -> Path:
+def save_single_church_window(path: str | Path, trip: dict[str, Any], *, subtitle: str = "", dpi: int = DPI,
+                              classes: Sequence[str] = CLASSES) -> Path:
     """One church window with its legend (``deepadv plot church-window``)."""
     fig, ax = plt.subplots(figsize=(5.6, 6.4))
     fig.subplots_adjust(left=0.16, right=0.97, top=0.87, bottom=0.2)
-    draw_church_window(ax, trip["window"], trip["true"], trip["target"], success=trip["success"])
+    draw_church_window(ax, trip["window"], trip["true"], trip["target"], success=trip["success"], classes=classes)
     if subtitle:
         fig.text(0.5, 0.955, subtitle, ha="center", fontsize=10)
-    _add_legend(fig, _legend_handles(points=False), fontsize=8.5)
+    _add_legend(fig, _legend_handles(points=False, classes=classes), fontsize=8.5)
     return save_figure(fig, path, dpi=dpi)

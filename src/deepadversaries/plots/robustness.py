@@ -2,7 +2,10 @@
 
 - :func:`plot_corruption_grid`: rows = corruptions, columns = severities 0-5, each panel the
   stretched g, r, i bands as an RGB image (i red, r green, g blue) on the model's input scale,
-  the clean image's stretch range mapped to [0, 1] (drawn as one mosaic: fast);
+  the clean image's stretch range mapped to [0, 1] (drawn as one mosaic: fast); other band
+  counts: one band in grey, two as (second, mean, first), more as (last, middle, first);
+  another normalisation than the paper's (``to_input``) maps the clean panel's 0.5-99.5
+  percentiles to [0, 1];
 - :func:`plot_accuracy_curves`: one panel per corruption plus the mean over corruptions,
   accuracy against severity (0 = clean), one line per run/method.
 
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import BANDS
 from ..corruptions import CORRUPTIONS, MAX_SEVERITY, corrupt, parameter_label
 from ..data import apply_stretch
 from ..errors import OptionError
@@ -27,8 +31,16 @@ from . import plt, save_figure
 
 
 def _display(stretched: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """(3, H, W) stretched g, r, i -> (H, W, 3) RGB in [0, 1] (i red, r green, g blue)."""
-    rgb = np.stack([stretched[2], stretched[1], stretched[0]], axis=-1)
+    """(B, H, W) model input -> (H, W, 3) RGB in [0, 1]: g, r, i as (i red, r green, g blue);
+    one band grey; two as (second, mean, first); more as (last, middle, first)."""
+    b = stretched.shape[0]
+    if b == 1:
+        planes = [stretched[0]] * 3
+    elif b == 2:
+        planes = [stretched[1], 0.5 * (stretched[0] + stretched[1]), stretched[0]]
+    else:
+        planes = [stretched[-1], stretched[b // 2], stretched[0]]
+    rgb = np.stack(planes, axis=-1)
     return np.clip((rgb - vmin) / (vmax - vmin), 0.0, 1.0)
 
 
@@ -36,45 +48,66 @@ def _display(stretched: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
 GRID_GAP = 6
 
 
-def corruption_grid_mosaic(image: np.ndarray, lo: float, hi: float, corruptions: Sequence[str],
-                           severities: Sequence[int], seed: int = 0, domain: str = "Y10") -> np.ndarray:
+def corruption_grid_mosaic(image: np.ndarray, lo: float | None, hi: float | None, corruptions: Sequence[str],
+                           severities: Sequence[int], seed: int = 0, domain: str = "Y10",
+                           bands: Sequence[str] = BANDS, to_input: Any = None) -> np.ndarray:
     """The grid's pixels: panel (r, c) is corruption r at severity c, as RGB in [0, 1].
 
     Panel (r, c) starts at row ``r * (H + GRID_GAP)`` and column ``c * (W + GRID_GAP)``; it is
     drawn with ``numpy.random.default_rng([seed, crc32(corruption), severity])`` and flipped
     vertically, so that the image's y axis points up in a figure drawn top-down.
 
+    Args:
+        image: (B, H, W) raw electrons.
+        lo, hi: the paper stretch's constants (None with ``to_input``).
+        corruptions, severities: rows and columns.
+        seed: seed of the corruptions [default: 0].
+        domain: depth of ``image`` [default: "Y10"].
+        bands: the image's LSST bands [default: g, r, i].
+        to_input: another normalisation, raw (B, H, W) -> model input [default: None = the paper stretch].
+
     Returns:
         (R (H + gap) - gap, C (W + gap) - gap, 3) float64, gaps white.
     """
     _, h, w = image.shape
-    vmin = float(apply_stretch(np.array([lo], np.float32), lo, hi)[0])
-    vmax = float(apply_stretch(np.array([hi], np.float32), lo, hi)[0])
+    if to_input is None:
+        vmin = float(apply_stretch(np.array([lo], np.float32), lo, hi)[0])
+        vmax = float(apply_stretch(np.array([hi], np.float32), lo, hi)[0])
+
+        def to_input(electrons: np.ndarray) -> np.ndarray:
+            return apply_stretch(electrons, lo, hi)
+    else:
+        vmin, vmax = (float(v) for v in np.percentile(np.asarray(to_input(image), np.float64), (0.5, 99.5)))
+        vmax = vmax if vmax > vmin else vmin + 1.0
     mosaic = np.ones((len(corruptions) * (h + GRID_GAP) - GRID_GAP, len(severities) * (w + GRID_GAP) - GRID_GAP, 3))
     for r, name in enumerate(corruptions):
         for c, severity in enumerate(severities):
             rng = np.random.default_rng([int(seed), zlib.crc32(name.encode()), int(severity)])
-            electrons = corrupt(image, name, severity, rng, domain)
-            panel = _display(apply_stretch(electrons, lo, hi), vmin, vmax)[::-1]
+            electrons = corrupt(image, name, severity, rng, domain, bands)
+            panel = _display(to_input(electrons), vmin, vmax)[::-1]
             y0, x0 = r * (h + GRID_GAP), c * (w + GRID_GAP)
             mosaic[y0:y0 + h, x0:x0 + w] = panel
     return mosaic
 
 
-def corruption_grid_figure(image: np.ndarray, lo: float, hi: float, *, corruptions: Sequence[str] | None = None,
+def corruption_grid_figure(image: np.ndarray, lo: float | None, hi: float | None, *,
+                           corruptions: Sequence[str] | None = None,
                            severities: Sequence[int] = tuple(range(MAX_SEVERITY + 1)), seed: int = 0,
-                           domain: str = "Y10", title: str | None = None) -> plt.Figure:
-    """One galaxy under every corruption and severity, stretched as the model sees it.
+                           domain: str = "Y10", title: str | None = None, bands: Sequence[str] = BANDS,
+                           to_input: Any = None) -> plt.Figure:
+    """One galaxy under every corruption and severity, normalised as the model sees it.
 
     Args:
-        image: (3, H, W) raw electrons (g, r, i) of one galaxy at the depth of ``domain``.
-        lo: low stretch constant (electrons) of the domain.
-        hi: high stretch constant (electrons) of the domain.
+        image: (B, H, W) raw electrons (g, r, i, or ``bands``) of one galaxy at the depth of ``domain``.
+        lo: low stretch constant (electrons) of the domain (None with ``to_input``).
+        hi: high stretch constant (electrons) of the domain (None with ``to_input``).
         corruptions: rows, names of :data:`~deepadversaries.corruptions.CORRUPTIONS` [default: all].
         severities: columns [default: 0-5; 0 is the clean image].
         seed: seed of the corruptions (see :func:`corruption_grid_mosaic`) [default: 0].
         domain: depth of ``image``, "Y10" or "Y1" [default: "Y10"].
         title: figure title [default: none].
+        bands: the image's LSST bands [default: g, r, i].
+        to_input: the dataset's normalisation when it is not the paper stretch [default: None].
 
     Returns:
         The figure: one axes showing :func:`corruption_grid_mosaic`, its y tick labels the
@@ -82,12 +115,12 @@ def corruption_grid_figure(image: np.ndarray, lo: float, hi: float, *, corruptio
         parameter (e.g. ``1.12"``; ``clean`` at severity 0).
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise OptionError(f"the grid needs one (3, H, W) image, got shape {image.shape}")
+    if image.ndim != 3 or image.shape[0] != len(bands):
+        raise OptionError(f"the grid needs one ({len(bands)}, H, W) image, got shape {image.shape}")
     names = list(corruptions) if corruptions is not None else list(CORRUPTIONS)
     severities = list(severities)
     _, h, w = image.shape
-    mosaic = corruption_grid_mosaic(image, lo, hi, names, severities, seed, domain)
+    mosaic = corruption_grid_mosaic(image, lo, hi, names, severities, seed, domain, bands, to_input)
     fig, ax = plt.subplots(figsize=(1.25 * len(severities) + 1.4, 1.25 * len(names) + 0.5))
     ax.imshow(mosaic, origin="upper", interpolation="nearest")
     ax.set_xticks([c * (w + GRID_GAP) + w / 2 for c in range(len(severities))],
@@ -109,7 +142,8 @@ def corruption_grid_figure(image: np.ndarray, lo: float, hi: float, *, corruptio
     return fig
 
 
-def plot_corruption_grid(image: np.ndarray, lo: float, hi: float, out: str | Path, **kwargs: Any) -> Path:
+def plot_corruption_grid(image: np.ndarray, lo: float | None, hi: float | None, out: str | Path,
+                         **kwargs: Any) -> Path:
     """Save :func:`corruption_grid_figure` (same arguments) as ``out``; return its path."""
     return save_figure(corruption_grid_figure(image, lo, hi, **kwargs), out)
 
