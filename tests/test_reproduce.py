@@ -337,9 +337,11 @@ def check_report_numbers(out: Path) -> None:
         assert int(row[2]) == summary[m]["images_drawn"] and int(row[3]) == summary[m]["correctly_classified"]
         assert int(row[4]) == summary[m]["attacked"] and int(row[5]) == summary[m]["flipped"]
         assert close_to_display(row[6], summary[m]["success_rate"])
+        if summary[m].get("median_p_target_flipped") is not None:
+            assert close_to_display(row[7], summary[m]["median_p_target_flipped"])
         if summary[m]["mean_iterations_flipped"] is not None:
-            assert close_to_display(row[7], summary[m]["mean_iterations_flipped"])
-        assert close_to_display(row[9], summary[m]["mean_iterations"])
+            assert close_to_display(row[8], summary[m]["mean_iterations_flipped"])
+        assert close_to_display(row[10], summary[m]["mean_iterations"])
 
     # findings.json: the effects computed here from the per-image files, the verdicts from the rules
     by_id = {f["id"]: f for f in findings["findings"] if f["model"] == "convnet"}

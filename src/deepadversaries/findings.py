@@ -173,7 +173,7 @@ def _attack_rows(path: Path) -> dict[int, tuple[bool, float]]:
 def _query_budget(summary: dict[str, Any], queries: dict[str, np.ndarray]) -> float:
     """Queries an image may cost: population × (generations + 1) × targets tried."""
     s = summary.get("settings", {})
-    targets = len(CLASSES) - 1 if s.get("mode", "targeted") == "targeted" else 1
+    targets = len(summary.get("classes") or CLASSES) - 1 if s.get("mode", "targeted") == "targeted" else 1
     budget = float(s.get("pop_size", 0)) * (float(s.get("max_iter", 0)) + 1) * targets
     seen = max((float(q.max()) for q in queries.values() if len(q)), default=0.0)
     return max(budget, seen, 1.0)
@@ -245,7 +245,7 @@ def _accuracy_finding(fid: str, evidence: Sequence[Evidence], a: tuple[str, str]
 def finding_a(evidence: Sequence[Evidence]) -> dict[str, Any]:
     """(a) The regular model's Y10 − Y1 accuracy drop."""
     model = evidence[0].model
-    paper = PAPER_METRICS[model]["regular"]
+    before, after = _paper_accuracy(model, "regular", "Y10"), _paper_accuracy(model, "regular", "Y1")
 
     def numbers(ev: Evidence) -> dict[str, float]:
         return {"regular_Y10_accuracy": ev.accuracy[(REFERENCE_METHOD, "Y10")],
@@ -253,9 +253,8 @@ def finding_a(evidence: Sequence[Evidence]) -> dict[str, Any]:
 
     finding = _accuracy_finding("a", evidence, (REFERENCE_METHOD, "Y1"), (REFERENCE_METHOD, "Y10"), 0.10,
                                 "regular Y10 → Y1 accuracy drop", numbers,
-                                {"regular_Y10_accuracy": paper["Y10"]["accuracy"],
-                                 "regular_Y1_accuracy": paper["Y1"]["accuracy"]},
-                                f"Paper: {paper['Y10']['accuracy']:.2f} → {paper['Y1']['accuracy']:.2f}.")
+                                {"regular_Y10_accuracy": before, "regular_Y1_accuracy": after},
+                                _paper_change("Paper", before, after))
     finding["method"] = REFERENCE_METHOD
     return finding
 
@@ -263,7 +262,7 @@ def finding_a(evidence: Sequence[Evidence]) -> dict[str, Any]:
 def finding_b(evidence: Sequence[Evidence]) -> dict[str, Any]:
     """(b) The adapted model's Y1 accuracy gain over the regular one."""
     model, method = evidence[0].model, evidence[0].method
-    paper = PAPER_METRICS[model]
+    before, after = _paper_accuracy(model, "regular", "Y1"), _paper_accuracy(model, "mmd", "Y1")
 
     def numbers(ev: Evidence) -> dict[str, float]:
         return {"regular_Y1_accuracy": ev.accuracy[(REFERENCE_METHOD, "Y1")],
@@ -271,16 +270,14 @@ def finding_b(evidence: Sequence[Evidence]) -> dict[str, Any]:
 
     return _accuracy_finding("b", evidence, (REFERENCE_METHOD, "Y1"), ("adapted", "Y1"), 0.05,
                              f"{_m(method)} − regular Y1 accuracy", numbers,
-                             {"regular_Y1_accuracy": paper["regular"]["Y1"]["accuracy"],
-                              "mmd_Y1_accuracy": paper["mmd"]["Y1"]["accuracy"]},
-                             f"Paper (MMD): {paper['regular']['Y1']['accuracy']:.2f} → "
-                             f"{paper['mmd']['Y1']['accuracy']:.2f}.")
+                             {"regular_Y1_accuracy": before, "mmd_Y1_accuracy": after},
+                             _paper_change("Paper (MMD)", before, after))
 
 
 def finding_c(evidence: Sequence[Evidence]) -> dict[str, Any]:
     """(c) The adapted model's Y10 accuracy cost (regular − adapted)."""
     model, method = evidence[0].model, evidence[0].method
-    paper = PAPER_METRICS[model]
+    before, after = _paper_accuracy(model, "regular", "Y10"), _paper_accuracy(model, "mmd", "Y10")
 
     def numbers(ev: Evidence) -> dict[str, float]:
         return {"regular_Y10_accuracy": ev.accuracy[(REFERENCE_METHOD, "Y10")],
@@ -288,10 +285,8 @@ def finding_c(evidence: Sequence[Evidence]) -> dict[str, Any]:
 
     return _accuracy_finding("c", evidence, ("adapted", "Y10"), (REFERENCE_METHOD, "Y10"), 0.03,
                              f"Y10 accuracy cost of {_m(method)} (regular − {_m(method)})", numbers,
-                             {"regular_Y10_accuracy": paper["regular"]["Y10"]["accuracy"],
-                              "mmd_Y10_accuracy": paper["mmd"]["Y10"]["accuracy"]},
-                             f"Paper (MMD): {paper['regular']['Y10']['accuracy']:.2f} → "
-                             f"{paper['mmd']['Y10']['accuracy']:.2f}.")
+                             {"regular_Y10_accuracy": before, "mmd_Y10_accuracy": after},
+                             _paper_change("Paper (MMD)", before, after))
 
 
 def finding_d(evidence: Sequence[Evidence]) -> dict[str, Any]:
@@ -311,19 +306,20 @@ def finding_d(evidence: Sequence[Evidence]) -> dict[str, Any]:
     pooled, pooled_raw = pool_log_ratios(common, LEVEL), pool_log_ratios(raw, LEVEL)
     word = verdict(pooled, "d")
     n_images = [ev.n_flipped_both for ev in evidence]
-    pd = PAPER_DISTANCES[model]
+    pd = PAPER_DISTANCES.get(model)
     statement = (f"{MODEL_LABELS[model]}: median d_E(Y10–1P) ratio {_m(method)} / regular on the common scale "
                  f"{fmt_sig(pooled.estimate)}, 95 % CI [{fmt_sig(pooled.low)}, {fmt_sig(pooled.high)}] "
                  f"({_basis(evidence, pooled)}; images flipped under both: {_list(n_images)}); raw ratio "
-                 f"{fmt_sig(pooled_raw.estimate)} [{fmt_sig(pooled_raw.low)}, {fmt_sig(pooled_raw.high)}]. Paper: "
-                 f"{pd['Y10-1P']['regular'][0]} → {pd['Y10-1P']['mmd'][0]} (ratio "
-                 f"{pd['Y10-1P']['mmd'][0] / pd['Y10-1P']['regular'][0]:.2f}) on {pd['n']} images."
+                 f"{fmt_sig(pooled_raw.estimate)} [{fmt_sig(pooled_raw.low)}, {fmt_sig(pooled_raw.high)}]. "
+                 + (f"Paper: {pd['Y10-1P']['regular'][0]} → {pd['Y10-1P']['mmd'][0]} (ratio "
+                    f"{pd['Y10-1P']['mmd'][0] / pd['Y10-1P']['regular'][0]:.2f}) on {pd['n']} images." if pd
+                    else NO_PAPER)
                  + (" Fewer than 30 images per seed: the interval is wide." if min(n_images) < 30 else ""))
     return _finding("d", evidence, pooled, per_seed, word, threshold=1.0,
                     numbers={"raw_ratio": pooled_raw.estimate, "raw_ci_low": pooled_raw.low,
                              "raw_ci_high": pooled_raw.high, "n_flipped_both": n_images},
                     paper={"regular_median_dE_Y10_1P": pd["Y10-1P"]["regular"][0],
-                           "mmd_median_dE_Y10_1P": pd["Y10-1P"]["mmd"][0], "n": pd["n"]},
+                           "mmd_median_dE_Y10_1P": pd["Y10-1P"]["mmd"][0], "n": pd["n"]} if pd else {},
                     statement=statement, scale="common", n_images=sum(n_images))
 
 
@@ -369,6 +365,18 @@ def finding_e(evidence: Sequence[Evidence]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # words
 # --------------------------------------------------------------------------------------
+NO_PAPER = "The paper has no numbers for this model."
+
+
+def _paper_accuracy(model: str, method: str, domain: str) -> float | None:
+    """The paper's accuracy of a model and method on a domain (None for a model it did not train)."""
+    return PAPER_METRICS.get(model, {}).get(method, {}).get(domain, {}).get("accuracy")
+
+
+def _paper_change(label: str, before: float | None, after: float | None) -> str:
+    return f"{label}: {before:.2f} → {after:.2f}." if before is not None and after is not None else NO_PAPER
+
+
 def _m(method: str) -> str:
     return METHOD_SHORT.get(method, method)
 

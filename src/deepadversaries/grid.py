@@ -25,7 +25,7 @@ from typing import Any
 from . import DOMAINS, METHODS, MODELS, PAPER_METHODS, PRESETS, REFERENCE_METHOD, SPLITS
 from .analyze import analyze_runs
 from .campaign import attack_run
-from .config import SEARCHES, AttackConfig, SimulateConfig, TrainConfig
+from .config import SEARCHES, AttackConfig, SimulateConfig, TrainConfig, check_model_name
 from .data import image_file, label_file, load_dataset
 from .devices import resolve_device
 from .errors import OptionError, check_choice, file_error
@@ -35,7 +35,7 @@ from .io import read_json, write_json
 from .layout import PRESET_MODELS, Layout
 from .pipeline import Stage
 from .report import write_report
-from .robustness import robustness_run
+from .robustness import robustness_run, why_not_applicable
 from .runs import attack_dir, last_checkpoint_path
 from .simulate import simulate_dataset
 from .training import train_model
@@ -105,7 +105,7 @@ class Grid:
         if not self.models:
             raise OptionError("--models is empty; choose from " + ", ".join(MODELS))
         for m in self.models:
-            check_choice(m, MODELS, "model")
+            check_model_name(m, trainable=True)
         for m in self.methods:
             check_choice(m, METHODS, "method")
         for search in self.attacks:
@@ -135,7 +135,7 @@ def resolve_models(preset: str, models: tuple[str, ...] | list[str] | None) -> t
     if not chosen:
         raise OptionError("--models is empty; choose from " + ", ".join(MODELS))
     for m in chosen:
-        check_choice(m, MODELS, "model")
+        check_model_name(m, trainable=True)
     return chosen
 
 
@@ -233,7 +233,8 @@ def report_stage(layout: Layout, grid: Grid, upstream: list[Stage]) -> Stage:
 
 def cell_tag(layout: Layout, model: str, method: str, seed: int) -> str:
     """The name of a cell in stage names: ``convnet_mmd`` (reproduce) or ``convnet_mmd_s0`` (study)."""
-    return f"{model}_{method}" if layout.kind != "study" else f"{model}_{method}_s{seed}"
+    tag = f"{model}_{method}" if layout.kind != "study" else f"{model}_{method}_s{seed}"
+    return tag.replace(":", "-")
 
 
 def _data_stage(layout: Layout, grid: Grid, data_seed: int | None = None) -> Stage:
@@ -292,7 +293,7 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
                                 functools.partial(attack_action, run_dir=run_dir, data=data, config=config,
                                                   device=grid.device, threads=grid.threads),
                                 expected["attack"]))
-    if grid.robustness:
+    if grid.robustness and (layout.dataset is None or why_not_applicable(data) is None):
         stages += _robustness_stages(layout, grid, model, seed, data)
     for method in grid.adapted_methods:
         out = layout.analysis(model, method, seed)
@@ -359,7 +360,9 @@ def check_external_dataset(layout: Layout) -> dict[str, Any]:
     ds.validate()
     record = {"kind": "deepadv-data-check", "data": str(layout.data()), "image_shape": list(ds.image_shape),
               "counts": {s: int(len(ds.labels(s))) for s in SPLITS}, "domains": list(ds.domains),
-              "stretch": {d: list(ds.stretch(d)) for d in ds.domains},
+              "classes": list(ds.classes), "bands": list(ds.bands),
+              "normalisation": {d: ds.describe_normalisation(d) for d in ds.domains},
+              "robustness": why_not_applicable(layout.data()) or "applies",
               "has_metadata": bool(ds.metadata), "has_catalog": bool(ds.catalog("train")), "checked": utc_now()}
     write_json(layout.data_check, record)
     return record

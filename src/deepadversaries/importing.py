@@ -72,7 +72,6 @@ Determinism: the same input and options give the same arrays, split and constant
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import errno
 import hashlib
 import os
@@ -82,11 +81,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+from astropy.io import fits
+from astropy.table import Table
 
 from . import CLASSES, SPLITS, __version__, stretches
 from .errors import DeepAdvError, FileError, OptionError, check_choice, file_error
-from .io import LOCK_NAME, OutputLock, write_json, write_npy
+from .formatting import utc_now
+from .io import LOCK_NAME, OutputLock, read_json, write_json, write_npy
 from .progress import make_progress
 
 IMPORT_VERSION = 1
@@ -614,8 +617,6 @@ def assign_splits(source: Source, labels: np.ndarray, galaxy_ids: np.ndarray, cl
 
 def _read_catalog(path: Path) -> Any:
     """An astropy Table from a FITS binary table or a CSV file."""
-    from astropy.table import Table
-
     if not path.is_file():
         raise file_error(path, "catalogue not found; give --catalog a FITS binary table or a CSV file")
     with open(path, "rb") as fh:
@@ -651,8 +652,6 @@ class _FitsLayout:
 
 
 def _open_fits(path: Path, where: str):
-    from astropy.io import fits
-
     try:
         return fits.open(path, memmap=True, lazy_load_hdus=False)
     except FileNotFoundError as exc:
@@ -838,16 +837,12 @@ def fits_source(catalog: str | Path, *, path_column: str, label_column: str, id_
 
 
 def _h5_datasets(h5: Any) -> list[str]:
-    import h5py
-
     names: list[str] = []
     h5.visititems(lambda name, obj: names.append("/" + name) if isinstance(obj, h5py.Dataset) else None)
     return names
 
 
 def _h5_get(h5: Any, key: str | None, option: str, path: Path) -> Any:
-    import h5py
-
     if key is None:
         return None
     obj = h5.get(key)
@@ -877,8 +872,6 @@ def hdf5_source(file: str | Path, *, images_key: str = "images", labels_key: str
                 augmentation_key: str | None = None, groups: Sequence[str] | None = None,
                 bands: Sequence[str] | None = None, band_axis: int = 0) -> Source:
     """Open an HDF5 file (see :func:`import_hdf5` for the arguments)."""
-    import h5py
-
     file = Path(file)
     if not file.is_file():
         raise file_error(file, "HDF5 file not found")
@@ -1042,8 +1035,6 @@ def npy_source(folder: str | Path, *, bands: Sequence[str] | None = None) -> Sou
     meta_path = folder / "dataset.json"
     meta: dict[str, Any] = {}
     if meta_path.is_file():
-        from .io import read_json
-
         loaded = read_json(meta_path)
         meta = loaded if isinstance(loaded, dict) else {}
     ids = augs = None
@@ -1208,7 +1199,7 @@ def dataset_metadata(*, classes: Sequence[str], bands: Sequence[str], image_shap
         "counts": counts,
         "split": split,
         "source": source,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
     }
 
 

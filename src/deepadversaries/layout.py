@@ -74,13 +74,16 @@ class Layout:
         return self.root / ("cells" if self.kind == "study" else "runs")
 
     def run(self, model: str, method: str, seed: int | None = None) -> Path:
-        """The run folder of one (model, method[, seed]) cell."""
-        return self.runs / (f"{model}_{method}" if self.kind != "study" else f"{model}_{method}_s{seed}")
+        """The run folder of one (model, method[, seed]) cell (``timm:NAME`` is written ``timm-NAME``)."""
+        return self.runs / self._name(model, method, seed)
 
     def analysis(self, model: str, method: str, seed: int | None = None) -> Path:
         """The regular-vs-``method`` analysis folder of one model (and seed)."""
-        name = f"{model}_{method}" if self.kind != "study" else f"{model}_{method}_s{seed}"
-        return self.root / "analysis" / name
+        return self.root / "analysis" / self._name(model, method, seed)
+
+    def _name(self, model: str, method: str, seed: int | None) -> str:
+        model = model.replace(":", "-")
+        return f"{model}_{method}" if self.kind != "study" else f"{model}_{method}_s{seed}"
 
     @property
     def figures(self) -> Path:

@@ -176,9 +176,21 @@ def _departures(inp: ReportInputs) -> list[str]:
     counts = ds.get("counts") or inp.run(inp.models[0], REFERENCE_METHOD).config.counts
     if "external" in ds:
         made_here = ds.get("kind") == "deepadv-dataset"
+        imported = ds.get("origin") == "import"
+        origin = (f" (made by deepadv import from {ds.get('source', {}).get('format', '?')} files)" if imported
+                  else " (made by deepadv simulate)")
         items = [f"Data: the existing dataset folder `{ds['external']}`"
-                 + (" (made by deepadv simulate)" if made_here else " (the published layout, e.g. the paper's "
-                                                                  "Zenodo data)") + "."]
+                 + (origin if made_here else " (the published layout, e.g. the paper's Zenodo data)") + "."]
+        if imported:
+            names = ds.get("domain_names", {})
+            items.append(f"Its classes: {', '.join(ds['classes'])}; bands {', '.join(ds['bands'])}; images "
+                         f"{' x '.join(str(v) for v in ds['image_shape'])}; domains Y10 = {names.get('Y10', 'Y10')}"
+                         + (f", Y1 = {names['Y1']}" if "Y1" in names else "") + "; normalisation "
+                         f"{ds['normalisation']['spec']}.")
+        check = need_json(inp.layout.data_check) if inp.layout.data_check.is_file() else {}
+        reason = check.get("robustness")
+        if reason and reason != "applies":
+            items.append(f"Survey corruptions: not run on this dataset ({reason}).")
     else:
         items = ["Data: parametric GalSim galaxies through an LSST-like Y10/Y1 observing model (the paper rendered "
                  "IllustrisTNG100 galaxies). Labels from the same Gini–M20 rule."]
@@ -460,7 +472,7 @@ def robustness_blocks(model: str, summaries: dict[str, list[dict[str, Any]]], fl
 def _add_overview(doc: Document, inp: ReportInputs) -> None:
     m = inp.manifest
     env = inp.timings.get("environment", {})
-    grid = ", ".join(MODEL_LABELS[x] for x in inp.models)
+    grid = ", ".join(MODEL_LABELS.get(x, x) for x in inp.models)
     methods = ", ".join(METHOD_SHORT.get(x, x) for x in inp.methods)
     total = sum((r.get("wall_s") or 0.0) for r in inp.timings.get("stages", {}).values())
     doc.add(Para(f"Preset **{m['preset']}**, seed **{m['seed']}**, models: {grid} × {{{methods}}}; device "

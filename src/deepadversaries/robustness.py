@@ -62,6 +62,7 @@ from .errors import DeepAdvError, OptionError, file_error
 from .inference import forward_batches, softmax
 from .io import OutputLock, read_json, write_csv, write_json
 from .models import check_input_shape, load_model
+from .plots.robustness import plot_accuracy_curves, plot_corruption_grid
 from .progress import make_progress
 from .runs import TRAINING_DONE, RunConfig, check_same_classes, kept_model_path, read_run_config
 
@@ -539,8 +540,6 @@ def baseline_results(summary: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _write_figures(out_dir: Path, summary: Mapping[str, Any], config: RunConfig, dataset: GalaxyDataset,
                    names: Sequence[str], seed: int) -> None:
-    from .plots.robustness import plot_accuracy_curves, plot_corruption_grid
-
     label = f"{config.model} {config.method}"
     curves = {label: summary}
     base = baseline_results(summary)

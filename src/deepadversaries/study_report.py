@@ -116,7 +116,7 @@ def _document(manifest: dict[str, Any], findings: list[dict[str, Any]],
     total = sum((r.get("wall_s") or 0.0) for r in timings.get("stages", {}).values())
     env = timings.get("environment", {})
     doc.add(Para(f"Preset **{manifest['preset']}**, seeds **{', '.join(map(str, seeds))}**, models "
-                 f"{', '.join(MODEL_LABELS[m] for m in manifest['models'])} × methods "
+                 f"{', '.join(MODEL_LABELS.get(m, m) for m in manifest['models'])} × methods "
                  f"{', '.join(METHOD_SHORT.get(m, m) for m in manifest['methods'])}; "
                  f"{'one dataset per seed' if manifest.get('vary_data') else 'one simulated dataset'}; device "
                  f"`{env.get('device', 'n/a')}`; stage wall time in total {fmt_seconds(total)} (stages run in "
