@@ -8,7 +8,7 @@ The package's vocabulary lives here, one word per thing: every module names clas
 domains, splits, presets, models and training methods with these constants.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: galaxy classes, in label order (SPEC 3.6)
 CLASSES: tuple[str, ...] = ("spiral", "elliptical", "merger")
