@@ -15,6 +15,7 @@ For Practical Domain Adaptation", arXiv:1603.04779, Algorithm 1.
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import torch
@@ -86,6 +87,19 @@ def adapt_batchnorm(model: nn.Module, images_y1: np.ndarray | torch.Tensor, *,
             fewer than 2 images, a 1-d array instead of a batch, or ``batch_size`` < 1.
     """
     check_adabn_model(model)
+    n = _check_adabn_inputs(images_y1, batch_size)
+    device = _adabn_device(model, device)
+    adapted = copy.deepcopy(model).to(device)
+    layers = batchnorm_layers(adapted)
+    tracked = {bn: bn.num_batches_tracked.clone() for bn in layers if bn.num_batches_tracked is not None}
+    stats: dict[nn.Module, list] = {bn: [0, None, None] for bn in layers}  # count, mean, M2 (float64)
+    _forward_target_images(adapted, layers, images_y1, n, batch_size, device, stats)
+    _replace_running_stats(layers, stats, tracked)
+    return adapted
+
+
+def _check_adabn_inputs(images_y1: np.ndarray | torch.Tensor, batch_size: int) -> int:
+    """N, the number of target images, after checking ``batch_size`` and the batch's shape."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"AdaBN batch size must be a positive integer, got {batch_size!r}")
     shape = tuple(images_y1.shape)
@@ -94,31 +108,38 @@ def adapt_batchnorm(model: nn.Module, images_y1: np.ndarray | torch.Tensor, *,
     n = shape[0]
     if n < 2:
         raise OptionError(f"AdaBN needs at least 2 target images to estimate a variance, got {n}")
+    return n
+
+
+def _adabn_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """The device given, or that of the model's first parameter or buffer (the CPU when it has none)."""
     if device is None:
         tensors = [*model.parameters(), *model.buffers()]
         device = tensors[0].device if tensors else torch.device("cpu")
-    device = torch.device(device)
+    return torch.device(device)
 
-    adapted = copy.deepcopy(model).to(device)
-    layers = batchnorm_layers(adapted)
-    tracked = {bn: bn.num_batches_tracked.clone() for bn in layers if bn.num_batches_tracked is not None}
-    stats: dict[nn.Module, list] = {bn: [0, None, None] for bn in layers}  # count, mean, M2 (float64)
 
-    def accumulate(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].detach().to(torch.float64)
-        dims = [0] + list(range(2, x.ndim))
-        count = x.numel() // x.shape[1]
-        mean = x.mean(dim=dims)
-        m2 = ((x - mean.view(1, -1, *([1] * (x.ndim - 2)))) ** 2).sum(dim=dims)
-        seen, seen_mean, seen_m2 = stats[module]
-        if seen_mean is None:
-            stats[module] = [count, mean, m2]
-            return
-        total = seen + count
-        delta = mean - seen_mean
-        stats[module] = [total, seen_mean + delta * (count / total), seen_m2 + m2 + delta**2 * (seen * count / total)]
+def _accumulate_moments(stats: dict[nn.Module, list], module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Forward pre-hook: merge the batch's per-channel count, mean and M2 into ``stats[module]`` (Chan et al.)."""
+    x = inputs[0].detach().to(torch.float64)
+    dims = [0] + list(range(2, x.ndim))
+    count = x.numel() // x.shape[1]
+    mean = x.mean(dim=dims)
+    m2 = ((x - mean.view(1, -1, *([1] * (x.ndim - 2)))) ** 2).sum(dim=dims)
+    seen, seen_mean, seen_m2 = stats[module]
+    if seen_mean is None:
+        stats[module] = [count, mean, m2]
+        return
+    total = seen + count
+    delta = mean - seen_mean
+    stats[module] = [total, seen_mean + delta * (count / total), seen_m2 + m2 + delta**2 * (seen * count / total)]
 
-    handles = [bn.register_forward_pre_hook(accumulate) for bn in layers]
+
+def _forward_target_images(adapted: nn.Module, layers: list[nn.modules.batchnorm._BatchNorm],
+                           images_y1: np.ndarray | torch.Tensor, n: int, batch_size: int, device: torch.device,
+                           stats: dict[nn.Module, list]) -> None:
+    """One pass over the images, batch-norm layers in training mode, accumulating their inputs' moments."""
+    handles = [bn.register_forward_pre_hook(functools.partial(_accumulate_moments, stats)) for bn in layers]
     try:
         adapted.eval()
         for bn in layers:
@@ -132,6 +153,11 @@ def adapt_batchnorm(model: nn.Module, images_y1: np.ndarray | torch.Tensor, *,
         for h in handles:
             h.remove()
         adapted.eval()
+
+
+def _replace_running_stats(layers: list[nn.modules.batchnorm._BatchNorm], stats: dict[nn.Module, list],
+                           tracked: dict[nn.Module, torch.Tensor]) -> None:
+    """Set each layer's running mean and unbiased variance from its moments; keep the trained batch count."""
     for bn in layers:
         if bn in tracked:  # the training-mode passes counted batches; keep the trained count
             bn.num_batches_tracked.copy_(tracked[bn])
@@ -140,4 +166,3 @@ def adapt_batchnorm(model: nn.Module, images_y1: np.ndarray | torch.Tensor, *,
             continue
         bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
         bn.running_var.copy_((m2 / max(count - 1, 1)).to(bn.running_var.dtype))
-    return adapted

@@ -350,67 +350,102 @@ def analyze_runs(regular: str | Path, adapted: str | Path, out: str | Path, *, n
     """
     started = time.perf_counter()
     sizes = check_preset(preset, ANALYZE_PRESETS)
-    if n_isomap < 0:
-        raise OptionError(f"--n-isomap must be 0 or more, got {n_isomap}")
-    if examples < 1:
-        raise OptionError(f"--examples must be 1 or more, got {examples}")
+    _check_analyze_options(n_isomap, examples)
     out = Path(out)
     runs = _load_pair(Path(regular), Path(adapted))
     if (out / ANALYSIS_DONE).is_file() and not overwrite:
         raise file_error(out / ANALYSIS_DONE, "a finished analysis is already here; pass --overwrite to redo it")
     device_t = resolve_device(device)
-    notes: list[str] = []
+    notes = _pair_notes(runs)
     skipped: list[dict[str, str]] = []
+    with OutputLock(out, "analyze"), make_progress() as progress:
+        lap = _StageClock(progress, progress.add_task("analyze", total=7))
+        paired, tables = _distances(out, runs, notes)
+        suite = _attack_suite(out, runs, notes, figures)
+        lap("distances")
+        if figures:
+            panels, sample_index, sample_stats, drawn = _draw(out, runs, paired, tables, sizes, device_t, examples,
+                                                              n_isomap, seed, notes, skipped, lap)
+        else:
+            panels, sample_index, sample_stats, drawn = [], np.zeros(0, np.int64), {}, {}
+            notes.append("figures, examples and isomaps were not drawn for this analysis (distance tables only)")
+            lap.complete()
+        result = _record(runs, paired, tables, panels, sample_index, sample_stats, drawn, notes)
+        result.update(suite)
+        result["skipped"] = skipped
+        result.update({"seed": seed, "preset": preset, "n_isomap_requested": n_isomap, "examples_requested": examples,
+                       "seconds": round(time.perf_counter() - started, 2), "seconds_per_stage": lap.timings})
+        write_json(out / ANALYSIS_DONE, result)
+    info(f"analysis written to {out} ({len(paired.test_index)} images flipped under both runs)")
+    return result
+
+
+def _check_analyze_options(n_isomap: int, examples: int) -> None:
+    """Refuse a negative isomap sample or fewer than one example."""
+    if n_isomap < 0:
+        raise OptionError(f"--n-isomap must be 0 or more, got {n_isomap}")
+    if examples < 1:
+        raise OptionError(f"--examples must be 1 or more, got {examples}")
+
+
+def _pair_notes(runs: dict[str, AttackData]) -> list[str]:
+    """The first notes of the analysis: a reference run that is not regular, two adopted models."""
+    notes: list[str] = []
     ref = next(iter(runs))
     if ref != REFERENCE_METHOD:
         notes.append(f"the reference run {runs[ref].run} has method {ref!r}, not {REFERENCE_METHOD!r}")
     if runs[ref].config.adopted and runs[ref].config.model != list(runs.values())[1].config.model:
         notes.append("two adopted TorchScript models (different files) are compared: " +
                      " and ".join(f"{d.config.model} ({m})" for m, d in runs.items()))
+    return notes
 
-    with OutputLock(out, "analyze"), make_progress() as progress:
-        task = progress.add_task("analyze", total=7)
-        timings: dict[str, float] = {}
-        clock = [time.perf_counter()]
 
-        def lap(name: str) -> None:
-            now = time.perf_counter()
-            timings[name] = round(now - clock[0], 3)
-            clock[0] = now
-            progress.advance(task)
+class _StageClock:
+    """Seconds per stage of the analysis: each call ends a stage and advances the progress bar."""
 
-        paired, tables = _distances(out, runs, notes)
-        suite = _attack_suite(out, runs, notes, figures)
-        lap("distances")
-        if figures:
-            models = {m: load_model(d.run, device=device_t) for m, d in runs.items()}
-            headless = [m for m, model in models.items() if not getattr(model, "has_head", True)]
-            if headless:
-                skipped.append({"part": "church windows (Figures 3 and 5) and the example panels",
-                                "runs": ", ".join(headless), "why": NO_HEAD_NOTE})
-                notes.append(f"church windows skipped ({', '.join(headless)}): {NO_HEAD_NOTE}")
-                panels: list[dict[str, Any]] = []
-            else:
-                panels = _example_panels(runs, models, examples, seed, notes)
-            lap("church_windows")
-            y1_models = {m: load_model(d.run, device=device_t, domain="Y1") for m, d in runs.items()}
-            isomaps, sample_index, sample_stats = _isomaps(runs[ref].config.data, models, panels, n_isomap, seed,
-                                                           runs[ref].z_y10.shape[1], notes, y1_models)
-            lap("isomaps")
-            drawn = _figures(out, runs, paired, tables, panels, isomaps, sizes, lap,
-                             no_window=NO_HEAD_NOTE if headless else None)
-        else:
-            panels, sample_index, sample_stats, drawn = [], np.zeros(0, np.int64), {}, {}
-            notes.append("figures, examples and isomaps were not drawn for this analysis (distance tables only)")
-            progress.update(task, completed=7)
-        result = _record(runs, paired, tables, panels, sample_index, sample_stats, drawn, notes)
-        result.update(suite)
-        result["skipped"] = skipped
-        result.update({"seed": seed, "preset": preset, "n_isomap_requested": n_isomap, "examples_requested": examples,
-                       "seconds": round(time.perf_counter() - started, 2), "seconds_per_stage": timings})
-        write_json(out / ANALYSIS_DONE, result)
-    info(f"analysis written to {out} ({len(paired.test_index)} images flipped under both runs)")
-    return result
+    def __init__(self, progress: Any, task: Any) -> None:
+        self.progress, self.task = progress, task
+        self.timings: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        """End the stage ``name``: record its seconds and advance the bar by one."""
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.last, 3)
+        self.last = now
+        self.progress.advance(self.task)
+
+    def complete(self) -> None:
+        """Fill the bar (the stages not run)."""
+        self.progress.update(self.task, completed=7)
+
+
+def _draw(out: Path, runs: dict[str, AttackData], paired: PairedDistances, tables: dict[str, Any],
+          sizes: dict[str, Any], device: torch.device, examples: int, n_isomap: int, seed: int, notes: list[str],
+          skipped: list[dict[str, str]], lap: _StageClock) -> tuple[list[dict[str, Any]], np.ndarray,
+                                                                    dict[str, Any], dict[str, dict[str, Any]]]:
+    """Steps 2-4: example panels with church windows, isomaps, Figures 3-6 and the GIFs.
+
+    Returns (panels, isomap sample indices, sample statistics, drawn files); appends to
+    ``notes`` and ``skipped`` when a model has no ``head(z)``."""
+    ref = next(iter(runs))
+    models = {m: load_model(d.run, device=device) for m, d in runs.items()}
+    headless = [m for m, model in models.items() if not getattr(model, "has_head", True)]
+    if headless:
+        skipped.append({"part": "church windows (Figures 3 and 5) and the example panels",
+                        "runs": ", ".join(headless), "why": NO_HEAD_NOTE})
+        notes.append(f"church windows skipped ({', '.join(headless)}): {NO_HEAD_NOTE}")
+        panels: list[dict[str, Any]] = []
+    else:
+        panels = _example_panels(runs, models, examples, seed, notes)
+    lap("church_windows")
+    y1_models = {m: load_model(d.run, device=device, domain="Y1") for m, d in runs.items()}
+    isomaps, sample_index, sample_stats = _isomaps(runs[ref].config.data, models, panels, n_isomap, seed,
+                                                   runs[ref].z_y10.shape[1], notes, y1_models)
+    lap("isomaps")
+    drawn = _figures(out, runs, paired, tables, panels, isomaps, sizes, lap,
+                     no_window=NO_HEAD_NOTE if headless else None)
+    return panels, sample_index, sample_stats, drawn
 
 
 def _record(runs: dict[str, AttackData], paired: PairedDistances, tables: dict[str, Any], panels: list[dict[str, Any]],

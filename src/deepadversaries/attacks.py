@@ -39,7 +39,7 @@ import contextlib
 import copy
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -1151,15 +1151,8 @@ class Attack:
             return
         self.prepare(imgs)
         target_lists = self.targets_for(labels, targets)
-        shape = tuple(imgs.shape[1:])
         n_slots = min(len(imgs), self.batch_images or self.default_images_at_once())
-        evaluator = make_evaluator(self.eval_model, n_slots, shape, self.device, self.dtype, pixels=self.pixels,
-                                   local=self.local, channels_last=self.channels_last, bf16=self.bf16)
-        local = isinstance(evaluator, LocalConvNetEvaluator)
-        chunk = self.chunk_size or default_chunk_size(self.device, local)
-        self.last_evaluator = type(evaluator).__name__
-        h, w = shape[1:]
-
+        evaluator, chunk = self._make_evaluator(n_slots, tuple(imgs.shape[1:]))
         queue = deque(range(len(imgs)))
         free = list(range(n_slots))[::-1]
         active: list[SearchState] = []
@@ -1168,37 +1161,68 @@ class Attack:
                 self.threads.update()  # fewer CPU threads while other processes hold cores
             while queue and free:
                 i = queue.popleft()
-                slot = free.pop()
-                image = np.asarray(imgs[i], dtype=np.float32)
-                evaluator.load(slot, torch.from_numpy(image))
-                active.append(self.search_class(self, i, slot, int(labels[i]), target_lists[i], int(keys[i]), image))
-            parts: list[tuple[SearchState, int, int]] = []
-            room = chunk
-            for search in active:
-                if room == 0:
-                    break
-                take = min(room, search.n_pending)
-                if take:
-                    parts.append((search, search.n_evaluated, search.n_evaluated + take))
-                    room -= take
-            if parts:
-                cands = np.concatenate([s.pending[a:b] for s, a, b in parts])
-                slots = np.concatenate([np.full(b - a, s.slot) for s, a, b in parts])
-                rows, cols, values = candidate_pixels(cands, h, w, self.value_range)
-                probs = evaluator.evaluate(slots, rows, cols, values)
-                pos = 0
-                for search, a, b in parts:
-                    if not search.done and search.n_evaluated == a:  # a search takes each part once
-                        search.receive(a, probs[pos: pos + b - a])
-                    pos += b - a
-            still = []
-            for search in active:
-                if search.done:
-                    free.append(search.slot)
-                    yield search.result(return_images)
-                else:
-                    still.append(search)
-            active = still
+                active.append(self._start_search(evaluator, free.pop(), i, imgs, labels, target_lists, keys))
+            self._evaluate_chunk(evaluator, self._next_chunk(active, chunk), imgs.shape[2:])
+            active = yield from self._release_finished(active, free, return_images)
+
+    def _make_evaluator(self, n_slots: int, shape: tuple[int, ...]) -> tuple[CandidateEvaluator, int]:
+        """The candidate evaluator for ``n_slots`` images of ``shape`` (B, H, W) and the candidates per chunk."""
+        evaluator = make_evaluator(self.eval_model, n_slots, shape, self.device, self.dtype, pixels=self.pixels,
+                                   local=self.local, channels_last=self.channels_last, bf16=self.bf16)
+        local = isinstance(evaluator, LocalConvNetEvaluator)
+        chunk = self.chunk_size or default_chunk_size(self.device, local)
+        self.last_evaluator = type(evaluator).__name__
+        return evaluator, chunk
+
+    def _start_search(self, evaluator: CandidateEvaluator, slot: int, i: int, imgs: np.ndarray, labels: np.ndarray,
+                      target_lists: list[list[int | None]], keys: np.ndarray) -> SearchState:
+        """Load image ``i`` of ``imgs`` (N, B, H, W) into ``slot`` of the evaluator and start its search."""
+        image = np.asarray(imgs[i], dtype=np.float32)
+        evaluator.load(slot, torch.from_numpy(image))
+        return self.search_class(self, i, slot, int(labels[i]), target_lists[i], int(keys[i]), image)
+
+    @staticmethod
+    def _next_chunk(active: list[SearchState], chunk: int) -> list[tuple[SearchState, int, int]]:
+        """Up to ``chunk`` pending candidates, in search order: (search, first, stop) per search."""
+        parts: list[tuple[SearchState, int, int]] = []
+        room = chunk
+        for search in active:
+            if room == 0:
+                break
+            take = min(room, search.n_pending)
+            if take:
+                parts.append((search, search.n_evaluated, search.n_evaluated + take))
+                room -= take
+        return parts
+
+    def _evaluate_chunk(self, evaluator: CandidateEvaluator, parts: list[tuple[SearchState, int, int]],
+                        size: tuple[int, int]) -> None:
+        """Evaluate the chunk's candidates in one pass and hand each search its probabilities."""
+        if not parts:
+            return
+        h, w = size
+        cands = np.concatenate([s.pending[a:b] for s, a, b in parts])
+        slots = np.concatenate([np.full(b - a, s.slot) for s, a, b in parts])
+        rows, cols, values = candidate_pixels(cands, h, w, self.value_range)
+        probs = evaluator.evaluate(slots, rows, cols, values)
+        pos = 0
+        for search, a, b in parts:
+            if not search.done and search.n_evaluated == a:  # a search takes each part once
+                search.receive(a, probs[pos: pos + b - a])
+            pos += b - a
+
+    @staticmethod
+    def _release_finished(active: list[SearchState], free: list[int],
+                          return_images: bool) -> Generator[AttackResult, None, list[SearchState]]:
+        """Yield the result of each finished search and free its slot; return the searches still running."""
+        still = []
+        for search in active:
+            if search.done:
+                free.append(search.slot)
+                yield search.result(return_images)
+            else:
+                still.append(search)
+        return still
 
     def __call__(self, images, labels, targets=None, keys=None, return_images: bool = False) -> list[AttackResult]:
         """Attack every image (as :meth:`run`); results in the order of ``images``."""

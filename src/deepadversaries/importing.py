@@ -79,12 +79,13 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import h5py
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
+from rich.progress import Progress
 
 from . import CLASSES, SPLITS, __version__, stretches
 from .errors import DeepAdvError, FileError, OptionError, check_choice, file_error
@@ -416,65 +417,103 @@ def resolve_labels(source: Source, classes: Sequence[str] | None) -> tuple[list[
         FileError: a missing label, a label outside ``classes``, a non-integral number, fewer
             than 2 classes, a class of ``classes`` without any galaxy.
     """
-    path, what = source.path, source.label_what
-    raw = source.labels
-    missing = _masked(raw)
+    _check_labels_given(source)
+    values = _values(source.labels)
+    if values.ndim == 2:
+        names, index = _one_hot_labels(source, values, classes)
+    elif values.ndim == 1:
+        names, index = _flat_labels(source, values, classes)
+    else:
+        raise file_error(source.path, f"labels ({source.label_what}) must be one value per image (N,) or one-hot "
+                                      f"(N, K), got shape {values.shape}")
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    _check_label_classes(source, names, index)
+    return names, index
+
+
+def _check_labels_given(source: Source) -> None:
+    """Refuse (FileError) a row whose label is missing (masked)."""
+    missing = _masked(source.labels)
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
-        raise file_error(path, f"{source.row(i)}: empty label ({what}); give every row a label or drop the row")
-    values = _values(raw)
-    if values.ndim == 2:  # one-hot
-        a = values.astype(np.float64)
-        ok = np.isin(a, (0.0, 1.0)).all(axis=1) & (a.sum(axis=1) == 1.0)
-        if not ok.all():
-            raise file_error(path, f"{source.row(int(np.flatnonzero(~ok)[0]))}: labels ({what}) of shape "
-                                   f"{values.shape} are not one-hot; store class indices (N,) or one-hot rows")
-        k = values.shape[1]
-        names = list(classes) if classes is not None else (list(CLASSES) if k == len(CLASSES) else
-                                                            [str(c) for c in range(k)])
-        if len(names) != k:
-            raise OptionError(f"--classes names {len(names)} classes but the one-hot labels ({what}) of {path} "
-                              f"have {k} columns")
-        index = a.argmax(axis=1).astype(np.int64)
-    elif values.ndim == 1:
-        ints = _as_integers(values)
-        if ints is not None:
-            if classes is not None:
-                bad = (ints < 0) | (ints >= len(classes))
-                if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    raise file_error(path, f"{source.row(i)}: label {ints[i]} ({what}) is outside --classes, "
-                                           f"whose indices are 0..{len(classes) - 1} "
-                                           f"({', '.join(classes)}); fix the label or add the class")
-                names, index = list(classes), ints
-            else:
-                distinct, index = np.unique(ints, return_inverse=True)
-                names = [str(int(v)) for v in distinct]
-        elif values.dtype.kind in "fc":
-            bad = ~np.isfinite(values) | (values != np.round(values)) if values.dtype.kind == "f" else \
-                np.ones(len(values), bool)
-            i = int(np.flatnonzero(bad)[0])
-            raise file_error(path, f"{source.row(i)}: label {values[i].item()!r} ({what}) is neither a class name nor "
-                                   "an integer class index")
-        else:
-            text = np.array([_text(v) for v in values], dtype=object)
-            empty = text == ""
-            if empty.any():
-                i = int(np.flatnonzero(empty)[0])
-                raise file_error(path, f"{source.row(i)}: empty label ({what}); give every row a label or drop it")
-            names = list(classes) if classes is not None else sorted(set(text.tolist()))
-            lookup = {c: k for k, c in enumerate(names)}
-            index = np.empty(len(text), dtype=np.int64)
-            for i, t in enumerate(text):
-                k = lookup.get(t)
-                if k is None:
-                    raise file_error(path, f"{source.row(i)}: label {t!r} ({what}) is not one of --classes "
-                                           f"({', '.join(names)}); add it to --classes or drop the row")
-                index[i] = k
-    else:
-        raise file_error(path, f"labels ({what}) must be one value per image (N,) or one-hot (N, K), "
-                               f"got shape {values.shape}")
-    index = np.asarray(index, dtype=np.int64).reshape(-1)
+        raise file_error(source.path, f"{source.row(i)}: empty label ({source.label_what}); give every row a label "
+                                      "or drop the row")
+
+
+def _one_hot_labels(source: Source, values: np.ndarray,
+                    classes: Sequence[str] | None) -> tuple[list[str], np.ndarray]:
+    """Class names and indices of one-hot (N, K) labels."""
+    path, what = source.path, source.label_what
+    a = values.astype(np.float64)
+    ok = np.isin(a, (0.0, 1.0)).all(axis=1) & (a.sum(axis=1) == 1.0)
+    if not ok.all():
+        raise file_error(path, f"{source.row(int(np.flatnonzero(~ok)[0]))}: labels ({what}) of shape "
+                               f"{values.shape} are not one-hot; store class indices (N,) or one-hot rows")
+    k = values.shape[1]
+    names = list(classes) if classes is not None else (list(CLASSES) if k == len(CLASSES) else
+                                                        [str(c) for c in range(k)])
+    if len(names) != k:
+        raise OptionError(f"--classes names {len(names)} classes but the one-hot labels ({what}) of {path} "
+                          f"have {k} columns")
+    return names, a.argmax(axis=1).astype(np.int64)
+
+
+def _flat_labels(source: Source, values: np.ndarray, classes: Sequence[str] | None) -> tuple[list[str], np.ndarray]:
+    """Class names and indices of one label per image (N,): integers or class names."""
+    ints = _as_integers(values)
+    if ints is not None:
+        return _integer_labels(source, ints, classes)
+    if values.dtype.kind in "fc":
+        _reject_non_integral_label(source, values)
+    return _text_labels(source, values, classes)
+
+
+def _integer_labels(source: Source, ints: np.ndarray, classes: Sequence[str] | None) -> tuple[list[str], np.ndarray]:
+    """Class names and indices of integer labels: indices into ``classes``, else their sorted distinct values."""
+    if classes is None:
+        distinct, index = np.unique(ints, return_inverse=True)
+        return [str(int(v)) for v in distinct], index
+    bad = (ints < 0) | (ints >= len(classes))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise file_error(source.path, f"{source.row(i)}: label {ints[i]} ({source.label_what}) is outside "
+                                      f"--classes, whose indices are 0..{len(classes) - 1} "
+                                      f"({', '.join(classes)}); fix the label or add the class")
+    return list(classes), ints
+
+
+def _reject_non_integral_label(source: Source, values: np.ndarray) -> NoReturn:
+    """Refuse (FileError) numeric labels that are not integers: name the first."""
+    bad = ~np.isfinite(values) | (values != np.round(values)) if values.dtype.kind == "f" else \
+        np.ones(len(values), bool)
+    i = int(np.flatnonzero(bad)[0])
+    raise file_error(source.path, f"{source.row(i)}: label {values[i].item()!r} ({source.label_what}) is neither a "
+                                  "class name nor an integer class index")
+
+
+def _text_labels(source: Source, values: np.ndarray, classes: Sequence[str] | None) -> tuple[list[str], np.ndarray]:
+    """Class names and indices of text labels: names in ``classes``, else their sorted distinct values."""
+    path, what = source.path, source.label_what
+    text = np.array([_text(v) for v in values], dtype=object)
+    empty = text == ""
+    if empty.any():
+        i = int(np.flatnonzero(empty)[0])
+        raise file_error(path, f"{source.row(i)}: empty label ({what}); give every row a label or drop it")
+    names = list(classes) if classes is not None else sorted(set(text.tolist()))
+    lookup = {c: k for k, c in enumerate(names)}
+    index = np.empty(len(text), dtype=np.int64)
+    for i, t in enumerate(text):
+        k = lookup.get(t)
+        if k is None:
+            raise file_error(path, f"{source.row(i)}: label {t!r} ({what}) is not one of --classes "
+                                   f"({', '.join(names)}); add it to --classes or drop the row")
+        index[i] = k
+    return names, index
+
+
+def _check_label_classes(source: Source, names: list[str], index: np.ndarray) -> None:
+    """Refuse (FileError) fewer than 2 classes or a class without any galaxy."""
+    path, what = source.path, source.label_what
     present = np.bincount(index, minlength=len(names))
     if len(names) < 2:
         raise file_error(path, f"the labels ({what}) hold only {len(names)} class ({', '.join(names)}); a classifier "
@@ -483,7 +522,6 @@ def resolve_labels(source: Source, classes: Sequence[str] | None) -> tuple[list[
         c = names[int(np.flatnonzero(present == 0)[0])]
         raise file_error(path, f"class {c!r} has no galaxy in the labels ({what}); remove it from --classes "
                                "or add galaxies of it")
-    return names, index
 
 
 def resolve_ids(source: Source) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -756,14 +794,41 @@ def fits_source(catalog: str | Path, *, path_column: str, label_column: str, id_
         ("--path-column", path_column), ("--label-column", label_column), ("--id-column", id_column),
         ("--split-column", split_column), ("--augmentation-column", augmentation_column),
         ("--target-path-column", target_path_column))}
-    n = len(table)
     path_cols = [cols["--path-column"]] + ([cols["--target-path-column"]] if target_path_column else [])
+    paths = _cutout_paths(catalog, root, path_cols)
+    _check_cutouts_exist(catalog, paths)
+    if hdus is not None and any(int(k) < 0 for k in hdus):
+        raise OptionError(f"--hdus takes HDU numbers >= 0 (0 is the primary HDU), got {list(hdus)}")
+    layouts, band_names = _fits_layouts(catalog, paths, bands, hdus, band_axis)
+    first = _read_cutout(paths[0][0], f"row 1 of {catalog.name}", layouts[0])
+    shape = tuple(int(v) for v in first.shape)
+    if len(band_names) != shape[0]:
+        raise OptionError(f"--bands names {len(band_names)} bands but the cutouts have {shape[0]}")
+    hashes: dict[str, str] = {}
+    return Source(
+        format="fits", path=catalog, root=root, n=len(table), labels=cols["--label-column"],
+        label_what=f"column {label_column!r}", ids=cols["--id-column"], augmentations=cols["--augmentation-column"],
+        splits=cols["--split-column"], split_what=f"column {split_column!r}", n_domains=len(paths),
+        image_shape=shape, bands=band_names, read=_fits_reader(catalog, root, paths, layouts, shape, hashes),
+        locate=lambda domain, row: (paths[domain][row], f"row {row + 1} of {catalog.name}"),
+        extra=_extra_columns(table, cols), files={_record_name(catalog, root): catalog}, hashes=hashes,
+        options={"catalog": str(catalog), "path_column": path_column, "label_column": label_column,
+                 "id_column": id_column, "split_column": split_column, "augmentation_column": augmentation_column,
+                 "target_path_column": target_path_column, "hdus": list(hdus) if hdus is not None else None,
+                 "band_axis": int(band_axis)},
+        layout={"fits": layouts[0].kind, "hdus": layouts[0].keys,
+                **({"target_fits": layouts[1].kind, "target_hdus": layouts[1].keys} if len(layouts) > 1 else {})},
+    )
+
+
+def _cutout_paths(catalog: Path, root: Path, path_cols: list[Any]) -> list[list[Path]]:
+    """Each domain's cutout path of every row (relative paths from ``root``); refuse an empty path."""
     paths: list[list[Path]] = []
     for option, col in zip(("--path-column", "--target-path-column"), path_cols):
         missing = _masked(col)
         values = _values(col)
         domain_paths = []
-        for i in range(n):
+        for i in range(len(col)):
             text = "" if missing[i] else _text(values[i])
             if not text:
                 raise file_error(catalog, f"row {i + 1}: empty cutout path ({option} {col.name!r}); give every row "
@@ -771,25 +836,33 @@ def fits_source(catalog: str | Path, *, path_column: str, label_column: str, id_
             p = Path(text).expanduser()
             domain_paths.append(p if p.is_absolute() else root / p)
         paths.append(domain_paths)
+    return paths
+
+
+def _check_cutouts_exist(catalog: Path, paths: list[list[Path]]) -> None:
+    """Refuse (FileError) the first cutout that is not a file, before any is read."""
     for option, domain_paths in zip(("--path-column", "--target-path-column"), paths):
         for i, p in enumerate(domain_paths):
             if not p.is_file():
                 raise file_error(catalog, f"row {i + 1}: cutout {p} ({option}) not found; fix the path (relative "
                                           "paths are read from the catalogue's folder) or drop the row")
-    if hdus is not None and any(int(k) < 0 for k in hdus):
-        raise OptionError(f"--hdus takes HDU numbers >= 0 (0 is the primary HDU), got {list(hdus)}")
-    # each domain's layout (cube or one HDU per band) is found from its first cutout
+
+
+def _fits_layouts(catalog: Path, paths: list[list[Path]], bands: Sequence[str] | None,
+                  hdus: Sequence[int] | None, band_axis: int) -> tuple[list[_FitsLayout], list[str]]:
+    """Each domain's layout (cube or one HDU per band), found from its first cutout, and the band names."""
     layouts, band_names = [], []
     for domain_paths in paths:
         layout, names = _detect_layout(domain_paths[0], f"row 1 of {catalog.name}", bands,
                                        [int(k) for k in hdus] if hdus is not None else None, int(band_axis))
         layouts.append(layout)
         band_names = band_names or names
-    first = _read_cutout(paths[0][0], f"row 1 of {catalog.name}", layouts[0])
-    shape = tuple(int(v) for v in first.shape)
-    if len(band_names) != shape[0]:
-        raise OptionError(f"--bands names {len(band_names)} bands but the cutouts have {shape[0]}")
-    hashes: dict[str, str] = {}
+    return layouts, band_names
+
+
+def _fits_reader(catalog: Path, root: Path, paths: list[list[Path]], layouts: list[_FitsLayout],
+                 shape: tuple[int, ...], hashes: dict[str, str]) -> Callable[[int, int, int], np.ndarray]:
+    """``read(domain, start, stop)`` of the cutouts; checksums each file into ``hashes`` as it is first read."""
 
     def read(domain: int, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, *shape), dtype=np.float32)
@@ -809,28 +882,18 @@ def fits_source(catalog: str | Path, *, path_column: str, label_column: str, id_
             out[i - start] = img
         return out
 
-    def locate(domain: int, row: int) -> tuple[Path, str]:
-        return paths[domain][row], f"row {row + 1} of {catalog.name}"
+    return read
 
+
+def _extra_columns(table: Any, cols: dict[str, Any]) -> dict[str, Any]:
+    """The catalogue's other plain columns (the path columns included), to copy into the new catalogues."""
     used = {c.name for opt, c in cols.items() if c is not None and "path" not in opt}  # paths are kept
     extra = {}
     for name in table.colnames:
         col = table[name]
         if name not in used and col.ndim == 1 and col.dtype.kind in "biufUS":
             extra[name] = col
-    return Source(
-        format="fits", path=catalog, root=root, n=n, labels=cols["--label-column"],
-        label_what=f"column {label_column!r}", ids=cols["--id-column"], augmentations=cols["--augmentation-column"],
-        splits=cols["--split-column"], split_what=f"column {split_column!r}", n_domains=len(paths),
-        image_shape=shape, bands=band_names, read=read, locate=locate, extra=extra,
-        files={_record_name(catalog, root): catalog}, hashes=hashes,
-        options={"catalog": str(catalog), "path_column": path_column, "label_column": label_column,
-                 "id_column": id_column, "split_column": split_column, "augmentation_column": augmentation_column,
-                 "target_path_column": target_path_column, "hdus": list(hdus) if hdus is not None else None,
-                 "band_axis": int(band_axis)},
-        layout={"fits": layouts[0].kind, "hdus": layouts[0].keys,
-                **({"target_fits": layouts[1].kind, "target_hdus": layouts[1].keys} if len(layouts) > 1 else {})},
-    )
+    return extra
 
 
 # -- HDF5 -------------------------------------------------------------------------------
@@ -867,76 +930,26 @@ def _h5_image_shape(ds: Any, key: str, file: Path, band_axis: int) -> tuple[int,
     return int(per[band_axis]), hw[0], hw[1]
 
 
+#: one domain's images: [(dataset, its name, its first row)], one part per split in the groups layout
+_H5Parts = list[tuple[Any, str, int]]
+
+
 def hdf5_source(file: str | Path, *, images_key: str = "images", labels_key: str = "labels",
                 split_key: str | None = None, ids_key: str | None = None, target_images_key: str | None = None,
                 augmentation_key: str | None = None, groups: Sequence[str] | None = None,
                 bands: Sequence[str] | None = None, band_axis: int = 0) -> Source:
     """Open an HDF5 file (see :func:`import_hdf5` for the arguments)."""
     file = Path(file)
-    if not file.is_file():
-        raise file_error(file, "HDF5 file not found")
+    h5 = _open_h5(file)
     try:
-        h5 = h5py.File(file, "r")
-    except OSError as exc:
-        raise file_error(file, f"not a readable HDF5 file ({exc})") from exc
-    try:
-        # parts[domain] = [(dataset, its name, first row)]: one part per domain, or one per split (groups)
-        parts: list[list[tuple[Any, str, int]]] = []
-        meta: dict[str, Any] = {}
         meta_keys = (("--labels-key", labels_key), ("--split-key", split_key), ("--ids-key", ids_key),
                      ("--augmentation-key", augmentation_key))
         if groups is None:
-            images = _h5_get(h5, images_key, "--images-key", file)
-            parts.append([(images, images_key, 0)])
-            if target_images_key is not None:
-                parts.append([(_h5_get(h5, target_images_key, "--target-images-key", file), target_images_key, 0)])
-            n = images.shape[0]
-            for opt, key in meta_keys:
-                ds = _h5_get(h5, key, opt, file)
-                if ds is not None:
-                    if ds.shape[:1] != (n,):
-                        raise file_error(file, f"dataset {key!r} ({opt}) has shape {ds.shape}; it needs one entry "
-                                               f"per image of {images_key!r} ({n})")
-                    meta[opt] = ds[()]
+            parts, meta, n = _h5_datasets_layout(h5, file, images_key, target_images_key, meta_keys)
         else:
-            if len(groups) not in (1, 2):
-                raise OptionError(f"--groups names one or two domain groups (source[,target]), got {len(groups)}")
-            if split_key is not None or target_images_key is not None:
-                raise OptionError("--groups takes the split and the domains from the groups: drop --split-key and "
-                                  "--target-images-key")
-            for g in groups:
-                domain_parts, row = [], 0
-                for split in SPLITS:
-                    key = f"{g}/{split}/{images_key}"
-                    ds = _h5_get(h5, key, "--groups/--images-key", file)
-                    domain_parts.append((ds, key, row))
-                    row += ds.shape[0]
-                parts.append(domain_parts)
-            sizes = [ds.shape[0] for ds, _, _ in parts[0]]
-            n = sum(sizes)
-            for opt, key in meta_keys[:1] + meta_keys[2:]:
-                if key is None:
-                    continue
-                pieces = []
-                for split, size in zip(SPLITS, sizes):
-                    name = f"{groups[0]}/{split}/{key}"
-                    ds = _h5_get(h5, name, opt, file)
-                    if ds.shape[:1] != (size,):
-                        raise file_error(file, f"dataset {name!r} ({opt}) has shape {ds.shape}; it needs one entry "
-                                               f"per image of {groups[0]}/{split}/{images_key} ({size})")
-                    pieces.append(ds[()])
-                meta[opt] = np.concatenate(pieces)
-            meta["--split-key"] = np.repeat(np.array(SPLITS, dtype=object), sizes)
+            parts, meta, n = _h5_groups_layout(h5, file, groups, images_key, split_key, target_images_key, meta_keys)
         first, first_key = parts[0][0][0], parts[0][0][1]
-        shape = _h5_image_shape(first, first_key, file, band_axis)
-        for domain_parts in parts:
-            for k, (ds, key, _) in enumerate(domain_parts):
-                if _h5_image_shape(ds, key, file, band_axis) != shape or ds.shape[1:] != first.shape[1:]:
-                    raise file_error(file, f"dataset {key!r} holds images of shape {ds.shape[1:]}; they must match "
-                                           f"{first_key!r}'s {first.shape[1:]}")
-                if ds.shape[0] != parts[0][k][0].shape[0]:
-                    raise file_error(file, f"dataset {key!r} holds {ds.shape[0]} images but {parts[0][k][1]!r} "
-                                           f"holds {parts[0][k][0].shape[0]}; both domains need the same galaxies")
+        shape = _h5_check_parts(parts, file, band_axis)
         if n == 0:
             raise file_error(file, f"dataset {first_key!r} holds no images")
         band_names = list(bands) if bands is not None else [f"band{b}" for b in range(shape[0])]
@@ -946,6 +959,117 @@ def hdf5_source(file: str | Path, *, images_key: str = "images", labels_key: str
     except BaseException:
         h5.close()
         raise
+    lab = f"{groups[0]}/{{train,valid,test}}/{labels_key}" if groups is not None else labels_key
+    return Source(
+        format="hdf5", path=file, root=file.parent, n=n, labels=meta["--labels-key"],
+        label_what=f"dataset {lab!r}", ids=meta.get("--ids-key"),
+        augmentations=meta.get("--augmentation-key"), splits=meta.get("--split-key"),
+        split_what=f"groups {groups[0]}/{{train,valid,test}}" if groups is not None else f"dataset {split_key!r}",
+        n_domains=len(parts), image_shape=shape, bands=band_names,
+        read=_h5_reader(parts, file, shape, band_axis), locate=_h5_locator(parts, file),
+        row_column="source_index", row_offset=0,
+        files={file.name: file},
+        options={"input": str(file), "images_key": images_key, "labels_key": labels_key, "split_key": split_key,
+                 "ids_key": ids_key, "target_images_key": target_images_key, "augmentation_key": augmentation_key,
+                 "groups": list(groups) if groups is not None else None, "band_axis": int(band_axis)},
+        layout={"hdf5": "groups" if groups is not None else "datasets", "shape": list(first.shape),
+                "dtype": str(first.dtype)},
+        default_domain_names=list(groups) if groups is not None else None,
+        close=h5.close,
+    )
+
+
+def _open_h5(file: Path) -> Any:
+    """The HDF5 file opened for reading; FileError when it is missing or unreadable."""
+    if not file.is_file():
+        raise file_error(file, "HDF5 file not found")
+    try:
+        return h5py.File(file, "r")
+    except OSError as exc:
+        raise file_error(file, f"not a readable HDF5 file ({exc})") from exc
+
+
+def _h5_datasets_layout(h5: Any, file: Path, images_key: str, target_images_key: str | None,
+                        meta_keys: Sequence[tuple[str, str | None]]) -> tuple[list[_H5Parts], dict[str, Any], int]:
+    """Named datasets: each domain's images, the per-image datasets read (by option) and the image count."""
+    images = _h5_get(h5, images_key, "--images-key", file)
+    parts: list[_H5Parts] = [[(images, images_key, 0)]]
+    if target_images_key is not None:
+        parts.append([(_h5_get(h5, target_images_key, "--target-images-key", file), target_images_key, 0)])
+    n = images.shape[0]
+    meta: dict[str, Any] = {}
+    for opt, key in meta_keys:
+        ds = _h5_get(h5, key, opt, file)
+        if ds is not None:
+            if ds.shape[:1] != (n,):
+                raise file_error(file, f"dataset {key!r} ({opt}) has shape {ds.shape}; it needs one entry "
+                                       f"per image of {images_key!r} ({n})")
+            meta[opt] = ds[()]
+    return parts, meta, n
+
+
+def _h5_groups_layout(h5: Any, file: Path, groups: Sequence[str], images_key: str, split_key: str | None,
+                      target_images_key: str | None,
+                      meta_keys: Sequence[tuple[str, str | None]]) -> tuple[list[_H5Parts], dict[str, Any], int]:
+    """One group per domain and split: each domain's parts, the source group's per-image data and the count."""
+    if len(groups) not in (1, 2):
+        raise OptionError(f"--groups names one or two domain groups (source[,target]), got {len(groups)}")
+    if split_key is not None or target_images_key is not None:
+        raise OptionError("--groups takes the split and the domains from the groups: drop --split-key and "
+                          "--target-images-key")
+    parts = [_h5_group_parts(h5, file, g, images_key) for g in groups]
+    sizes = [ds.shape[0] for ds, _, _ in parts[0]]
+    meta: dict[str, Any] = {}
+    for opt, key in meta_keys[:1] + meta_keys[2:]:  # the split comes from the groups
+        if key is not None:
+            meta[opt] = _h5_group_meta(h5, file, groups[0], key, opt, sizes, images_key)
+    meta["--split-key"] = np.repeat(np.array(SPLITS, dtype=object), sizes)
+    return parts, meta, sum(sizes)
+
+
+def _h5_group_parts(h5: Any, file: Path, group: str, images_key: str) -> _H5Parts:
+    """One domain group's images: one part per split, rows counted on across the splits."""
+    domain_parts, row = [], 0
+    for split in SPLITS:
+        key = f"{group}/{split}/{images_key}"
+        ds = _h5_get(h5, key, "--groups/--images-key", file)
+        domain_parts.append((ds, key, row))
+        row += ds.shape[0]
+    return domain_parts
+
+
+def _h5_group_meta(h5: Any, file: Path, group: str, key: str, opt: str, sizes: Sequence[int],
+                   images_key: str) -> np.ndarray:
+    """One per-image dataset of a group's splits, read and joined in split order."""
+    pieces = []
+    for split, size in zip(SPLITS, sizes):
+        name = f"{group}/{split}/{key}"
+        ds = _h5_get(h5, name, opt, file)
+        if ds.shape[:1] != (size,):
+            raise file_error(file, f"dataset {name!r} ({opt}) has shape {ds.shape}; it needs one entry "
+                                   f"per image of {group}/{split}/{images_key} ({size})")
+        pieces.append(ds[()])
+    return np.concatenate(pieces)
+
+
+def _h5_check_parts(parts: list[_H5Parts], file: Path, band_axis: int) -> tuple[int, int, int]:
+    """(bands, H, W) of the images; refuse parts whose image shape or image count differ from the source's."""
+    first, first_key = parts[0][0][0], parts[0][0][1]
+    shape = _h5_image_shape(first, first_key, file, band_axis)
+    for domain_parts in parts:
+        for k, (ds, key, _) in enumerate(domain_parts):
+            if _h5_image_shape(ds, key, file, band_axis) != shape or ds.shape[1:] != first.shape[1:]:
+                raise file_error(file, f"dataset {key!r} holds images of shape {ds.shape[1:]}; they must match "
+                                       f"{first_key!r}'s {first.shape[1:]}")
+            if ds.shape[0] != parts[0][k][0].shape[0]:
+                raise file_error(file, f"dataset {key!r} holds {ds.shape[0]} images but {parts[0][k][1]!r} "
+                                       f"holds {parts[0][k][0].shape[0]}; both domains need the same galaxies")
+    return shape
+
+
+def _h5_reader(parts: list[_H5Parts], file: Path, shape: tuple[int, int, int],
+               band_axis: int) -> Callable[[int, int, int], np.ndarray]:
+    """``read(domain, start, stop)`` of the HDF5 images, as float32 (stop - start, B, H, W)."""
 
     def read(domain: int, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, *shape), dtype=np.float32)
@@ -961,29 +1085,19 @@ def hdf5_source(file: str | Path, *, images_key: str = "images", labels_key: str
             out[a - start:b - start] = block[:, None] if block.ndim == 3 else np.moveaxis(block, 1 + band_axis % 3, 1)
         return out
 
+    return read
+
+
+def _h5_locator(parts: list[_H5Parts], file: Path) -> Callable[[int, int], tuple[Path, str]]:
+    """``locate(domain, row)``: the file and the dataset entry of one image."""
+
     def locate(domain: int, row: int) -> tuple[Path, str]:
         for ds, key, first_row in parts[domain]:
             if row < first_row + ds.shape[0]:
                 return file, f"{key}[{row - first_row}]"
         return file, f"index {row}"
 
-    lab = f"{groups[0]}/{{train,valid,test}}/{labels_key}" if groups is not None else labels_key
-    return Source(
-        format="hdf5", path=file, root=file.parent, n=n, labels=meta["--labels-key"],
-        label_what=f"dataset {lab!r}", ids=meta.get("--ids-key"),
-        augmentations=meta.get("--augmentation-key"), splits=meta.get("--split-key"),
-        split_what=f"groups {groups[0]}/{{train,valid,test}}" if groups is not None else f"dataset {split_key!r}",
-        n_domains=len(parts), image_shape=shape, bands=band_names,
-        read=read, locate=locate, row_column="source_index", row_offset=0,
-        files={file.name: file},
-        options={"input": str(file), "images_key": images_key, "labels_key": labels_key, "split_key": split_key,
-                 "ids_key": ids_key, "target_images_key": target_images_key, "augmentation_key": augmentation_key,
-                 "groups": list(groups) if groups is not None else None, "band_axis": int(band_axis)},
-        layout={"hdf5": "groups" if groups is not None else "datasets", "shape": list(first.shape),
-                "dtype": str(first.dtype)},
-        default_domain_names=list(groups) if groups is not None else None,
-        close=h5.close,
-    )
+    return locate
 
 
 # -- npy --------------------------------------------------------------------------------
@@ -995,23 +1109,58 @@ def npy_source(folder: str | Path, *, bands: Sequence[str] | None = None) -> Sou
     if not folder.is_dir():
         raise file_error(folder, "folder not found; give --input a folder of images_Y10_{train,valid,test}.npy "
                                  "and labels_{train,valid,test}.npy")
+    slots = _npy_slots(folder)
+    arrays = {(d, s): _load_npy(folder, image_file(d, s)) for d in slots for s in SPLITS}
+    labels = {s: _load_npy(folder, label_file(s)) for s in SPLITS}
+    _check_npy_images(folder, arrays, labels)
+    _check_npy_labels(folder, labels)
+    first = arrays["Y10", "train"]
+    sizes = [len(labels[s]) for s in SPLITS]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    all_labels = np.concatenate([labels[s][:] for s in SPLITS])
+    split_values = np.repeat(np.array(SPLITS, dtype=object), sizes)
+    meta = _folder_metadata(folder)
+    catalogs = [folder / f"catalog_{s}.csv" for s in SPLITS]
+    ids, augs, extra = (_npy_catalog_columns(catalogs, labels) if all(c.is_file() for c in catalogs)
+                        else (None, None, {}))
+    band_names = list(bands) if bands is not None else (
+        list(meta["bands"]) if isinstance(meta.get("bands"), list) and len(meta["bands"]) == first.shape[1]
+        else [f"band{b}" for b in range(first.shape[1])])
+    if len(band_names) != first.shape[1]:
+        raise OptionError(f"--bands names {len(band_names)} bands but the images of {folder} have {first.shape[1]}")
+    return Source(
+        format="npy", path=folder, root=folder, n=int(offsets[-1]), labels=all_labels, label_what="labels_*.npy",
+        ids=ids, augmentations=augs, splits=split_values, split_what="the folder's split files",
+        n_domains=len(slots), image_shape=tuple(int(v) for v in first.shape[1:]), bands=band_names,
+        read=_npy_reader(arrays, slots, offsets, first.shape[1:]), locate=_npy_locator(folder, slots, offsets),
+        row_column="source_index", row_offset=0, extra=extra, files=_npy_files(folder, arrays, catalogs),
+        options={"input": str(folder)}, layout={"npy": slots},
+        default_classes=[str(c) for c in meta["classes"]] if isinstance(meta.get("classes"), list) else None,
+    )
 
-    def load(name: str) -> np.ndarray:
-        path = folder / name
-        if not path.is_file():
-            raise file_error(path, "file not found (a dataset folder needs images_Y10_*, labels_* of every split)")
-        try:
-            return NpyRows(path)
-        except Exception as exc:
-            raise file_error(path, f"not a readable .npy array ({type(exc).__name__}: {exc})") from exc
 
+def _load_npy(folder: Path, name: str) -> NpyRows:
+    """``folder/name`` opened for reading by rows; FileError when it is missing or unreadable."""
+    path = folder / name
+    if not path.is_file():
+        raise file_error(path, "file not found (a dataset folder needs images_Y10_*, labels_* of every split)")
+    try:
+        return NpyRows(path)
+    except Exception as exc:
+        raise file_error(path, f"not a readable .npy array ({type(exc).__name__}: {exc})") from exc
+
+
+def _npy_slots(folder: Path) -> list[str]:
+    """The folder's domain slots: Y10, and Y1 when every split has its images."""
     present_y1 = [(folder / image_file("Y1", s)).is_file() for s in SPLITS]
     if any(present_y1) and not all(present_y1):
         missing = image_file("Y1", SPLITS[present_y1.index(False)])
         raise file_error(folder / missing, "file not found while other images_Y1_* exist; add it or remove them")
-    slots = ["Y10", "Y1"] if all(present_y1) else ["Y10"]
-    arrays = {(d, s): load(image_file(d, s)) for d in slots for s in SPLITS}
-    labels = {s: load(label_file(s)) for s in SPLITS}
+    return ["Y10", "Y1"] if all(present_y1) else ["Y10"]
+
+
+def _check_npy_images(folder: Path, arrays: dict[tuple[str, str], NpyRows], labels: dict[str, NpyRows]) -> None:
+    """Refuse (FileError) images that are not (N, bands, H, W) numbers of one shape, one per label."""
     first = arrays["Y10", "train"]
     for (d, s), a in arrays.items():
         if a.ndim != 4 or a.dtype.kind not in "biuf":
@@ -1022,64 +1171,80 @@ def npy_source(folder: str | Path, *, bands: Sequence[str] | None = None) -> Sou
                                                         f"{image_file('Y10', 'train')}'s {first.shape[1:]}")
         if len(a) != len(labels[s]):
             raise file_error(folder / image_file(d, s), f"{len(a)} images but {label_file(s)} has {len(labels[s])}")
+
+
+def _check_npy_labels(folder: Path, labels: dict[str, NpyRows]) -> None:
+    """Refuse (FileError) labels that are not non-empty one-hot (N, K) with the training split's K."""
     for s, lab in labels.items():
         if lab.ndim != 2 or lab.shape[1] != labels["train"].shape[1] or len(lab) == 0:
             k = labels["train"].shape[1] if labels["train"].ndim == 2 else "?"
             raise file_error(folder / label_file(s), f"expected one-hot labels (N, K) like {label_file('train')}'s "
                                                      f"(N, {k}), got {lab.shape}")
-    sizes = [len(labels[s]) for s in SPLITS]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    n = int(offsets[-1])
-    all_labels = np.concatenate([labels[s][:] for s in SPLITS])
-    split_values = np.repeat(np.array(SPLITS, dtype=object), sizes)
+
+
+def _folder_metadata(folder: Path) -> dict[str, Any]:
+    """The folder's ``dataset.json`` when it has one (an object), else ``{}``."""
     meta_path = folder / "dataset.json"
-    meta: dict[str, Any] = {}
     if meta_path.is_file():
         loaded = read_json(meta_path)
-        meta = loaded if isinstance(loaded, dict) else {}
+        return loaded if isinstance(loaded, dict) else {}
+    return {}
+
+
+def _npy_catalog_columns(catalogs: list[Path],
+                         labels: dict[str, NpyRows]) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """Galaxy ids, augmentations and the other columns of the folder's ``catalog_{split}.csv`` (split order)."""
+    rows: list[dict[str, str]] = []
+    for s, c in zip(SPLITS, catalogs):
+        try:
+            with open(c, newline="", encoding="utf-8") as fh:
+                part = list(csv.DictReader(fh))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise file_error(c, f"not a readable CSV catalogue ({exc})") from exc
+        if len(part) != len(labels[s]):
+            raise file_error(c, f"{len(part)} rows but {label_file(s)} has {len(labels[s])} labels")
+        rows += part
+    fields = list(rows[0].keys()) if rows else []
     ids = augs = None
-    extra: dict[str, Any] = {}
-    catalogs = [folder / f"catalog_{s}.csv" for s in SPLITS]
-    if all(c.is_file() for c in catalogs):
-        rows: list[dict[str, str]] = []
-        for s, c in zip(SPLITS, catalogs):
-            try:
-                with open(c, newline="", encoding="utf-8") as fh:
-                    part = list(csv.DictReader(fh))
-            except (UnicodeDecodeError, csv.Error) as exc:
-                raise file_error(c, f"not a readable CSV catalogue ({exc})") from exc
-            if len(part) != len(labels[s]):
-                raise file_error(c, f"{len(part)} rows but {label_file(s)} has {len(labels[s])} labels")
-            rows += part
-        fields = list(rows[0].keys()) if rows else []
-        if "galaxy_id" in fields:
-            ids = np.array([r["galaxy_id"] for r in rows], dtype=object)
-            ints = [v.strip().lstrip("-").isdigit() for v in ids]
-            if all(ints):
-                ids = np.array([int(v) for v in ids], dtype=np.int64)
-        if "augmentation" in fields:
-            augs = np.array([r["augmentation"] for r in rows], dtype=object)
-        for f in fields:
-            if f not in ("galaxy_id", "augmentation", "label"):
-                extra[f] = np.array([r[f] for r in rows], dtype=object)
+    if "galaxy_id" in fields:
+        ids = np.array([r["galaxy_id"] for r in rows], dtype=object)
+        ints = [v.strip().lstrip("-").isdigit() for v in ids]
+        if all(ints):
+            ids = np.array([int(v) for v in ids], dtype=np.int64)
+    if "augmentation" in fields:
+        augs = np.array([r["augmentation"] for r in rows], dtype=object)
+    extra = {f: np.array([r[f] for r in rows], dtype=object) for f in fields
+             if f not in ("galaxy_id", "augmentation", "label")}
+    return ids, augs, extra
+
+
+def _npy_reader(arrays: dict[tuple[str, str], NpyRows], slots: list[str], offsets: np.ndarray,
+                image_shape: tuple[int, ...]) -> Callable[[int, int, int], np.ndarray]:
+    """``read(domain, start, stop)`` across the split files (rows counted on in split order), as float32."""
 
     def read(domain: int, start: int, stop: int) -> np.ndarray:
-        out = np.empty((stop - start, *first.shape[1:]), dtype=np.float32)
+        out = np.empty((stop - start, *image_shape), dtype=np.float32)
         for k, s in enumerate(SPLITS):
             a, b = max(start, offsets[k]), min(stop, offsets[k + 1])
             if a < b:
                 out[a - start:b - start] = arrays[slots[domain], s][a - offsets[k]:b - offsets[k]]
         return out
 
+    return read
+
+
+def _npy_locator(folder: Path, slots: list[str], offsets: np.ndarray) -> Callable[[int, int], tuple[Path, str]]:
+    """``locate(domain, row)``: the split file and the image index in it."""
+
     def locate(domain: int, row: int) -> tuple[Path, str]:
         k = int(np.searchsorted(offsets, row, side="right") - 1)
         return folder / image_file(slots[domain], SPLITS[k]), f"image {row - offsets[k]}"
 
-    band_names = list(bands) if bands is not None else (
-        list(meta["bands"]) if isinstance(meta.get("bands"), list) and len(meta["bands"]) == first.shape[1]
-        else [f"band{b}" for b in range(first.shape[1])])
-    if len(band_names) != first.shape[1]:
-        raise OptionError(f"--bands names {len(band_names)} bands but the images of {folder} have {first.shape[1]}")
+    return locate
+
+
+def _npy_files(folder: Path, arrays: dict[tuple[str, str], NpyRows], catalogs: list[Path]) -> dict[str, Path]:
+    """The input files to checksum: every image and label file and the catalogues present."""
     files = {}
     for (d, s) in arrays:
         files[image_file(d, s)] = folder / image_file(d, s)
@@ -1088,14 +1253,7 @@ def npy_source(folder: str | Path, *, bands: Sequence[str] | None = None) -> Sou
     for c in catalogs:
         if c.is_file():
             files[c.name] = c
-    return Source(
-        format="npy", path=folder, root=folder, n=n, labels=all_labels, label_what="labels_*.npy",
-        ids=ids, augmentations=augs, splits=split_values, split_what="the folder's split files",
-        n_domains=len(slots), image_shape=tuple(int(v) for v in first.shape[1:]), bands=band_names, read=read,
-        locate=locate, row_column="source_index", row_offset=0, extra=extra, files=files,
-        options={"input": str(folder)}, layout={"npy": slots},
-        default_classes=[str(c) for c in meta["classes"]] if isinstance(meta.get("classes"), list) else None,
-    )
+    return files
 
 
 # -- the import ------------------------------------------------------------------------
@@ -1276,100 +1434,17 @@ def _build(out: Path, source: Source, opts: ImportOptions, classes: list[str], l
     fds: dict[tuple[str, int], tuple[int, int]] = {}  # (slot, split) -> (open file, data offset)
     try:
         work.mkdir()
-        n = source.n
-        positions = np.empty(n, dtype=np.int64)
-        counts_per = [int((split == s).sum()) for s in range(len(SPLITS))]
-        for s in range(len(SPLITS)):
-            positions[split == s] = np.arange(counts_per[s])
+        positions, counts_per = _split_positions(split)
         shape = source.image_shape
         stretch = stretches.parse(opts.stretch)
         with make_progress(disable=None if opts.progress else True) as progress:
-            hashed = progress.add_task("checksums", total=len(source.files))
-            for name, path in source.files.items():
-                source.hashes[name] = sha256_file(path)
-                progress.advance(hashed)
-            row_bytes = int(np.prod(shape)) * 4
-            for d in slots:
-                for s, name in enumerate(SPLITS):
-                    path = work / image_file(d, name)
-                    try:
-                        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
-                                                           shape=(counts_per[s], *shape))
-                        offset = header.offset
-                        del header
-                        _reserve(path)
-                        fds[d, s] = (os.open(path, os.O_RDWR), offset)
-                    except OSError as exc:
-                        raise _write_error(path, exc) from exc
-            task = progress.add_task("importing images", total=n * len(slots))
-            for a in range(0, n, opts.chunk):
-                b = min(n, a + opts.chunk)
-                for k, d in enumerate(slots):
-                    block = source.read(k, a, b)
-                    finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
-                    if not finite.all():
-                        r = int(np.flatnonzero(~finite)[0])
-                        band, y, x = (int(v) for v in np.argwhere(~np.isfinite(block[r]))[0])
-                        nbad = int((~np.isfinite(block[r])).sum())
-                        path, where = source.locate(k, a + r)
-                        raise file_error(path, f"{where}: {nbad} NaN or infinite pixel{'s' if nbad > 1 else ''} "
-                                               f"(first at band {band}, y {y}, x {x}); replace them (e.g. by 0 or "
-                                               "the sky level) or drop the row")
-                    for s in range(len(SPLITS)):
-                        rows = np.flatnonzero(split[a:b] == s)
-                        if len(rows):  # their positions in the split are consecutive (source order)
-                            fd, offset = fds[d, s]
-                            try:
-                                _pwrite_all(fd, np.ascontiguousarray(block[rows]).data,
-                                            offset + int(positions[a + rows[0]]) * row_bytes)
-                            except OSError as exc:
-                                raise _write_error(work / image_file(d, SPLITS[s]), exc) from exc
-                    del block
-                    progress.advance(task, b - a)
-            for key in list(fds):
-                fd, _ = fds.pop(key)
-                os.fsync(fd)
-                os.close(fd)
-            params: dict[str, dict[str, Any]] = {}
-            fit_images: dict[str, int] = {}
-            fitting = progress.add_task(f"fitting {stretch}", total=len(slots))
-            for d in slots:
-                train = NpyRows(work / image_file(d, "train"))
-                params[d] = stretches.fit(stretch, train, chunk=opts.chunk, sample=opts.fit_sample, seed=opts.seed)
-                fit_images[d] = (len(stretches.sample_indices(len(train), int(np.prod(shape)), sample=opts.fit_sample,
-                                                              seed=opts.seed))
-                                 if stretch.kind in ("paper", "asinh") else len(train))
-                del train
-                progress.advance(fitting)
-        eye = np.eye(len(classes), dtype=np.float32)
-        counts: dict[str, Any] = {}
-        fields = list(CATALOG_FIELDS) + [source.row_column] + (["source_id"] if user_ids is not None else [])
-        extra_names = {}
-        for name in source.extra:
-            shown = name if name not in fields else f"source_{name}"
-            if shown not in fields and shown not in extra_names.values():
-                extra_names[name] = shown
-        fields += list(extra_names.values())
-        extra_values = {name: _values(col) for name, col in source.extra.items() if name in extra_names}
-        extra_masks = {name: _masked(col) for name, col in source.extra.items() if name in extra_names}
-        for s, name in enumerate(SPLITS):
-            rows = np.flatnonzero(split == s)
-            write_npy(work / label_file(name), eye[labels[rows]])
-            fh, writer = _catalog_writer(work / f"catalog_{name}.csv", fields)
-            with fh:
-                for i in rows:
-                    line = [int(galaxy_ids[i]), augs[i] if augs is not None else "none", classes[labels[i]],
-                            int(i) + source.row_offset]
-                    if user_ids is not None:
-                        line.append(user_ids[i])
-                    line += ["" if extra_masks[c][i] else _cell(extra_values[c][i]) for c in extra_names]
-                    writer.writerow(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            counts[name] = {"total": len(rows), "galaxies": int(len(np.unique(galaxy_ids[rows]))),
-                            **{c: int((labels[rows] == k).sum()) for k, c in enumerate(classes)}}
-        files = {**source.hashes}
-        meta = dataset_metadata(
+            _checksum_inputs(source, progress)
+            _open_image_files(work, slots, counts_per, shape, fds)
+            _copy_images(work, source, opts.chunk, slots, split, positions, fds, progress)
+            _close_image_files(fds)
+            params, fit_images = _fit_normalisation(work, slots, stretch, opts, shape, progress)
+        counts = _write_labels_and_catalogs(work, source, classes, labels, galaxy_ids, user_ids, augs, split)
+        return dataset_metadata(
             classes=classes, bands=source.bands, image_shape=shape, domain_names=domain_names, stretch=stretch,
             params=params,
             fit={"split": "train", "images": fit_images, "seed": opts.seed,
@@ -1378,14 +1453,150 @@ def _build(out: Path, source: Source, opts: ImportOptions, classes: list[str], l
             split={"mode": mode, "seed": opts.seed if mode == "stratified" else None,
                    "fractions": list(SPLIT_FRACTIONS) if mode == "stratified" else None},
             source={"format": source.format, "root": str(source.root.resolve()),
-                    "options": {**source.options, **opts.record()}, "layout": source.layout, "files": files},
+                    "options": {**source.options, **opts.record()}, "layout": source.layout,
+                    "files": {**source.hashes}},
         )
-        return meta
     except BaseException:
         for fd, _ in fds.values():
             os.close(fd)
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _split_positions(split: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Each row's position within its split (source order), and the rows of each split."""
+    positions = np.empty(len(split), dtype=np.int64)
+    counts_per = [int((split == s).sum()) for s in range(len(SPLITS))]
+    for s in range(len(SPLITS)):
+        positions[split == s] = np.arange(counts_per[s])
+    return positions, counts_per
+
+
+def _checksum_inputs(source: Source, progress: Progress) -> None:
+    """SHA-256 of the source's input files into ``source.hashes``."""
+    hashed = progress.add_task("checksums", total=len(source.files))
+    for name, path in source.files.items():
+        source.hashes[name] = sha256_file(path)
+        progress.advance(hashed)
+
+
+def _open_image_files(work: Path, slots: list[str], counts_per: list[int], shape: tuple[int, int, int],
+                      fds: dict[tuple[str, int], tuple[int, int]]) -> None:
+    """Create every image file (blocks reserved) and open it into ``fds``: (slot, split) -> (fd, data offset)."""
+    for d in slots:
+        for s, name in enumerate(SPLITS):
+            path = work / image_file(d, name)
+            try:
+                header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                   shape=(counts_per[s], *shape))
+                offset = header.offset
+                del header
+                _reserve(path)
+                fds[d, s] = (os.open(path, os.O_RDWR), offset)
+            except OSError as exc:
+                raise _write_error(path, exc) from exc
+
+
+def _copy_images(work: Path, source: Source, chunk: int, slots: list[str], split: np.ndarray, positions: np.ndarray,
+                 fds: dict[tuple[str, int], tuple[int, int]], progress: Progress) -> None:
+    """Read the images ``chunk`` rows at a time, check them and write each row at its place in its split."""
+    n = source.n
+    row_bytes = int(np.prod(source.image_shape)) * 4
+    task = progress.add_task("importing images", total=n * len(slots))
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        for k, d in enumerate(slots):
+            block = source.read(k, a, b)
+            _check_finite(source, block, k, a)
+            for s in range(len(SPLITS)):
+                rows = np.flatnonzero(split[a:b] == s)
+                if len(rows):  # their positions in the split are consecutive (source order)
+                    fd, offset = fds[d, s]
+                    try:
+                        _pwrite_all(fd, np.ascontiguousarray(block[rows]).data,
+                                    offset + int(positions[a + rows[0]]) * row_bytes)
+                    except OSError as exc:
+                        raise _write_error(work / image_file(d, SPLITS[s]), exc) from exc
+            del block
+            progress.advance(task, b - a)
+
+
+def _check_finite(source: Source, block: np.ndarray, domain: int, start: int) -> None:
+    """Refuse (FileError) the first image of ``block`` (rows from ``start``) with a NaN or infinite pixel."""
+    finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+    if not finite.all():
+        r = int(np.flatnonzero(~finite)[0])
+        band, y, x = (int(v) for v in np.argwhere(~np.isfinite(block[r]))[0])
+        nbad = int((~np.isfinite(block[r])).sum())
+        path, where = source.locate(domain, start + r)
+        raise file_error(path, f"{where}: {nbad} NaN or infinite pixel{'s' if nbad > 1 else ''} "
+                               f"(first at band {band}, y {y}, x {x}); replace them (e.g. by 0 or "
+                               "the sky level) or drop the row")
+
+
+def _close_image_files(fds: dict[tuple[str, int], tuple[int, int]]) -> None:
+    """Flush the image files to disk and close them (emptying ``fds``)."""
+    for key in list(fds):
+        fd, _ = fds.pop(key)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def _fit_normalisation(work: Path, slots: list[str], stretch: stretches.Stretch, opts: ImportOptions,
+                       shape: tuple[int, int, int],
+                       progress: Progress) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Each domain's normalisation constants, fitted on its training split, and how many images each used."""
+    params: dict[str, dict[str, Any]] = {}
+    fit_images: dict[str, int] = {}
+    fitting = progress.add_task(f"fitting {stretch}", total=len(slots))
+    for d in slots:
+        train = NpyRows(work / image_file(d, "train"))
+        params[d] = stretches.fit(stretch, train, chunk=opts.chunk, sample=opts.fit_sample, seed=opts.seed)
+        fit_images[d] = (len(stretches.sample_indices(len(train), int(np.prod(shape)), sample=opts.fit_sample,
+                                                      seed=opts.seed))
+                         if stretch.kind in ("paper", "asinh") else len(train))
+        del train
+        progress.advance(fitting)
+    return params, fit_images
+
+
+def _write_labels_and_catalogs(work: Path, source: Source, classes: list[str], labels: np.ndarray,
+                               galaxy_ids: np.ndarray, user_ids: np.ndarray | None, augs: np.ndarray | None,
+                               split: np.ndarray) -> dict[str, Any]:
+    """Write each split's one-hot labels and catalogue; return the counts ``dataset.json`` records."""
+    eye = np.eye(len(classes), dtype=np.float32)
+    fields, extra_names = _catalog_fields(source, user_ids)
+    extra_values = {name: _values(col) for name, col in source.extra.items() if name in extra_names}
+    extra_masks = {name: _masked(col) for name, col in source.extra.items() if name in extra_names}
+    counts: dict[str, Any] = {}
+    for s, name in enumerate(SPLITS):
+        rows = np.flatnonzero(split == s)
+        write_npy(work / label_file(name), eye[labels[rows]])
+        fh, writer = _catalog_writer(work / f"catalog_{name}.csv", fields)
+        with fh:
+            for i in rows:
+                line = [int(galaxy_ids[i]), augs[i] if augs is not None else "none", classes[labels[i]],
+                        int(i) + source.row_offset]
+                if user_ids is not None:
+                    line.append(user_ids[i])
+                line += ["" if extra_masks[c][i] else _cell(extra_values[c][i]) for c in extra_names]
+                writer.writerow(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        counts[name] = {"total": len(rows), "galaxies": int(len(np.unique(galaxy_ids[rows]))),
+                        **{c: int((labels[rows] == k).sum()) for k, c in enumerate(classes)}}
+    return counts
+
+
+def _catalog_fields(source: Source, user_ids: np.ndarray | None) -> tuple[list[str], dict[str, str]]:
+    """The catalogue header, and the source's extra columns by the names they get (``source_`` on a clash)."""
+    fields = list(CATALOG_FIELDS) + [source.row_column] + (["source_id"] if user_ids is not None else [])
+    extra_names: dict[str, str] = {}
+    for name in source.extra:
+        shown = name if name not in fields else f"source_{name}"
+        if shown not in fields and shown not in extra_names.values():
+            extra_names[name] = shown
+    return fields + list(extra_names.values()), extra_names
 
 
 def _swap_in(out: Path, meta: dict[str, Any]) -> None:

@@ -336,12 +336,7 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
             unusable baseline given with ``baseline``.
     """
     started = time.perf_counter()
-    names = parse_corruptions(corruptions)
-    levels = tuple(s for s in parse_severities(severities) if s != 0)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OptionError(f"--seed must be a non-negative integer, got {seed!r}")
+    names, levels = _check_options(corruptions, severities, batch_size, seed)
     run = Path(run)
     config = _check_run(run)
     baseline_path, chosen_by = _choose_baseline(run, config, baseline)
@@ -349,39 +344,81 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
     summary_path = out_dir / SUMMARY_NAME
     if summary_path.is_file() and not overwrite:
         raise file_error(summary_path, "a finished robustness result exists; pass --overwrite to replace it")
-    dataset = load_dataset(data if data is not None else config.data)
-    bands = check_dataset(dataset)
-    check_same_classes(config, dataset.classes, dataset.path)
+    dataset, bands = _checked_dataset(config, data)
     torch_device = resolve_device(device)
     model = load_model(run, device=torch_device)
     check_input_shape(model, dataset.image_shape, dataset.path / image_file(DOMAIN, "test"))
-    settings = {
-        "corruptions": list(names), "severities": list(levels), "seed": int(seed), "domain": DOMAIN,
-        "chunk": CHUNK, "table_fingerprint": table_fingerprint(), "data": str(dataset.path.resolve()),
-        "n": len(dataset.labels("test")), "batch_size": batch_size, "device": str(torch_device),
-    }
-    if bands != BANDS:
-        settings["bands"] = list(bands)
+    settings = _settings(names, levels, seed, dataset, bands, batch_size, torch_device)
     needed = [(c, s) for c in names for s in levels]
     reused = _reusable_summary(baseline_path, settings, needed) if baseline_path is not None else None
-    models = {"run": optimized_for_inference(model, channels_last=True)}
-    if baseline_path is not None and reused is None:
-        models["baseline"] = optimized_for_inference(load_model(baseline_path, device=torch_device), channels_last=True)
+    models = _benchmark_models(model, baseline_path if reused is None else None, torch_device)
     bench = _Benchmark(dataset, models, seed=seed, batch_size=batch_size, device=torch_device)
     with OutputLock(out_dir, "robustness"):
-        if summary_path.is_file():
-            if not overwrite:
-                raise file_error(summary_path, "a finished robustness result exists; pass --overwrite to replace it")
-            summary_path.unlink()  # the old result stops being "finished" before anything is replaced
+        _retire_finished(summary_path, overwrite)
         rows, baseline_rows = bench.table(needed)
         write_csv(out_dir / CSV_NAME, rows, FIELDS)
         summary = _summarise(run, config, rows, settings, baseline_path, chosen_by, reused, baseline_rows)
-        summary["timing"] = {k: round(v, 3) for k, v in {**bench.timing,
-                                                         "wall_time_s": time.perf_counter() - started}.items()}
+        summary["timing"] = _timing(bench.timing, started)
         if figures:
             _write_figures(out_dir, summary, config, dataset, names, seed)
         write_json(summary_path, summary)
     return summary
+
+
+def _check_options(corruptions: str | Sequence[str], severities: str | Sequence[int], batch_size: int,
+                   seed: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The corruption names and the severities other than 0, after checking the batch size and seed."""
+    names = parse_corruptions(corruptions)
+    levels = tuple(s for s in parse_severities(severities) if s != 0)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OptionError(f"--seed must be a non-negative integer, got {seed!r}")
+    return names, levels
+
+
+def _checked_dataset(config: RunConfig, data: str | Path | None) -> tuple[GalaxyDataset, tuple[str, ...]]:
+    """The dataset (``data`` or the run's) and its bands, checked to suit the corruptions and the run's classes."""
+    dataset = load_dataset(data if data is not None else config.data)
+    bands = check_dataset(dataset)
+    check_same_classes(config, dataset.classes, dataset.path)
+    return dataset, bands
+
+
+def _settings(names: Sequence[str], levels: Sequence[int], seed: int, dataset: GalaxyDataset,
+              bands: tuple[str, ...], batch_size: int, device: Any) -> dict[str, Any]:
+    """The ``settings`` block of the summary: what decides the corrupted images and how they were evaluated."""
+    settings = {
+        "corruptions": list(names), "severities": list(levels), "seed": int(seed), "domain": DOMAIN,
+        "chunk": CHUNK, "table_fingerprint": table_fingerprint(), "data": str(dataset.path.resolve()),
+        "n": len(dataset.labels("test")), "batch_size": batch_size, "device": str(device),
+    }
+    if bands != BANDS:
+        settings["bands"] = list(bands)
+    return settings
+
+
+def _benchmark_models(model: Any, evaluate_baseline: Path | None, device: Any) -> dict[str, Any]:
+    """The run's model and the baseline run's to evaluate here (None: none, or its results are reused),
+    optimised for inference."""
+    models = {"run": optimized_for_inference(model, channels_last=True)}
+    if evaluate_baseline is not None:
+        models["baseline"] = optimized_for_inference(load_model(evaluate_baseline, device=device),
+                                                     channels_last=True)
+    return models
+
+
+def _timing(timing: Mapping[str, float], started: float) -> dict[str, float]:
+    """Seconds corrupting and evaluating and the wall time since ``started`` (perf_counter), to 1 ms."""
+    return {k: round(v, 3) for k, v in {**timing, "wall_time_s": time.perf_counter() - started}.items()}
+
+
+def _retire_finished(summary_path: Path, overwrite: bool) -> None:
+    """Under the lock: refuse a finished result without ``overwrite``, else remove its summary first."""
+    if summary_path.is_file():
+        if not overwrite:
+            raise file_error(summary_path, "a finished robustness result exists; pass --overwrite to replace it")
+        summary_path.unlink()  # the old result stops being "finished" before anything is replaced
 
 
 def check_dataset(dataset: GalaxyDataset) -> tuple[str, ...]:

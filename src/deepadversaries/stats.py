@@ -283,12 +283,34 @@ def bootstrap_interval(samples: Sequence[Any], statistic: Callable[..., Any], *,
     """
     level = _check_level(level)
     method = check_choice(method, BOOTSTRAP_METHODS, "bootstrap method")
-    n_resamples = _check_count(n_resamples, "n_resamples")
-    if n_resamples < 1:
-        raise OptionError("n_resamples must be at least 1")
+    n_resamples = _check_resamples(n_resamples)
     if len(samples) == 0:
         raise OptionError("bootstrap_interval needs at least one sample")
     data = [_as_sample(s, f"sample {i}") for i, s in enumerate(samples)]
+    sizes = [len(s) for s in data]
+    n, how = _bootstrap_description(data, paired, method, n_resamples, unit)
+    evaluate = _QuietStatistic(statistic)
+    if min(sizes) == 0:
+        return Interval(NAN, NAN, NAN, level, how, n)
+    estimate = float(evaluate(*data))
+    if min(sizes) < 2:
+        return Interval(estimate, NAN, NAN, level, how, n)
+    distribution, low, high = _resample(data, evaluate, paired=paired, level=level, n_resamples=n_resamples,
+                                        seed=seed, method=method)
+    return _bootstrap_result(estimate, distribution, low, high, level, how, n)
+
+
+def _check_resamples(n_resamples: Any) -> int:
+    """The number of bootstrap resamples as an int, or :class:`OptionError` unless a whole number ≥ 1."""
+    n_resamples = _check_count(n_resamples, "n_resamples")
+    if n_resamples < 1:
+        raise OptionError("n_resamples must be at least 1")
+    return n_resamples
+
+
+def _bootstrap_description(data: list[np.ndarray], paired: bool, method: str, n_resamples: int,
+                           unit: str) -> tuple[int, str]:
+    """(n, the method string): rows when paired (same lengths checked), all observations when not."""
     sizes = [len(s) for s in data]
     if paired:
         n = _check_same_length(data, "paired samples")
@@ -296,27 +318,39 @@ def bootstrap_interval(samples: Sequence[Any], statistic: Callable[..., Any], *,
     else:
         n = sum(sizes)
         how = f"{method} bootstrap of independent samples ({' and '.join(map(str, sizes))} {unit})"
-    how += f", {n_resamples} resamples"
-    vectorised = _takes_axis(statistic)
+    return n, how + f", {n_resamples} resamples"
 
-    def evaluate(*arrays: np.ndarray, axis: int = -1) -> Any:
+
+class _QuietStatistic:
+    """A statistic evaluated with numpy's floating-point warnings off, vectorised when it takes ``axis``."""
+
+    def __init__(self, statistic: Callable[..., Any]) -> None:
+        self.statistic = statistic
+        self.vectorised = _takes_axis(statistic)
+
+    def __call__(self, *arrays: np.ndarray, axis: int = -1) -> Any:
+        """``statistic(*arrays, axis=axis)`` when vectorised, else ``statistic(*arrays)``."""
         with np.errstate(all="ignore"):
-            return statistic(*arrays, axis=axis) if vectorised else statistic(*arrays)
+            return self.statistic(*arrays, axis=axis) if self.vectorised else self.statistic(*arrays)
 
-    if min(sizes) == 0:
-        return Interval(NAN, NAN, NAN, level, how, n)
-    estimate = float(evaluate(*data))
-    if min(sizes) < 2:
-        return Interval(estimate, NAN, NAN, level, how, n)
-    batch = max(1, _BATCH_ELEMENTS // max(sizes))
+
+def _resample(data: list[np.ndarray], evaluate: _QuietStatistic, *, paired: bool, level: float, n_resamples: int,
+              seed: int, method: str) -> tuple[np.ndarray, float, float]:
+    """``scipy.stats.bootstrap`` with its warnings silenced: (the resampled statistics, low, high)."""
+    batch = max(1, _BATCH_ELEMENTS // max(len(s) for s in data))
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap(tuple(data), evaluate, n_resamples=n_resamples, batch=batch,
-                                 vectorized=vectorised, paired=paired, confidence_level=level,
+                                 vectorized=evaluate.vectorised, paired=paired, confidence_level=level,
                                  method=method, rng=np.random.default_rng(seed))
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    distribution = np.asarray(result.bootstrap_distribution, dtype=np.float64)
+    return np.asarray(result.bootstrap_distribution, dtype=np.float64), low, high
+
+
+def _bootstrap_result(estimate: float, distribution: np.ndarray, low: float, high: float, level: float, how: str,
+                      n: int) -> Interval:
+    """The interval: NaN bounds when some resample is undefined, zero width when every resample agrees."""
     undefined = int(np.isnan(distribution).sum())
     if undefined:
         return Interval(estimate, NAN, NAN, level, f"{how}; undefined on {undefined} of them", n)

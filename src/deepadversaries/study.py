@@ -116,9 +116,7 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
         StageFailed: a stage failed (one line naming it and its log); the others finished.
     """
     check_choice(preset, PRESETS, "preset")
-    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else tuple(sorted(set(int(s) for s in seeds)))
-    if not seed_list:
-        raise OptionError("--seeds is empty; give seeds such as 0-4")
+    seed_list = _seed_list(seeds)
     n_workers = _check_workers(workers)
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     resolve_device(device)
@@ -135,34 +133,64 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
         remove_temporaries(layout.root)
         remove_stale_locks(layout.root)
         _check_or_write_manifest(layout, grid)
-        stages = build_stages(layout, grid)
-        final = Stage("study", "study", layout.root / "study.json", tuple(s.name for s in stages),
-                      (layout.root / "study.json", layout.report_md, layout.report_html, layout.figures),
-                      functools.partial(aggregate_action, root=layout.root), 5.0)
-        stages.append(final)
-        timings = read_timings(layout.root)
-        timings.update({"kind": TIMINGS_KIND, "preset": preset, "seeds": list(seed_list),
-                        "models": list(grid.models), "methods": list(grid.methods)})
-        recorder = Recorder(layout.timings, timings, stages, environment(device))
-        planned = plan(stages, timings)
-        n_run = sum(d.runs for _, d in planned)
-        info(f"study: preset {preset}, seeds {','.join(map(str, seed_list))}, models {','.join(grid.models)}, "
-             f"methods {','.join(grid.methods)} -> {layout.root}; {n_run} of {len(stages)} stages to run")
-        local = [(s, d) for s, d in planned if s.kind in ("simulate", "data")]
-        remote = [(s, d) for s, d in planned if s.kind not in ("simulate", "data", "study")]
-        _run_locally(local, recorder, layout)
-        if any(d.runs for _, d in remote):
-            with _dask_client(scheduler, n_workers, threads) as client:
-                info(f"study: Dask dashboard {client.dashboard_link}" if client.dashboard_link
-                     else "study: Dask dashboard not available")
-                run_on_dask(client, remote, recorder, root=layout.root, logs=layout.logs, threads=threads)
-        else:
-            for stage, _ in remote:
-                recorder.skipped(stage)
-        _run_locally([(s, d) for s, d in planned if s.kind == "study"], recorder, layout)
+        stages = _study_stages(layout, grid)
+        recorder = _open_recorder(layout, grid, stages, device)
+        planned = plan(stages, recorder.timings)
+        _announce(layout, grid, planned, len(stages))
+        _run_planned(planned, recorder, layout, scheduler, n_workers, threads)
         wall = recorder.close()
     info(f"study: finished in {fmt_clock(wall)}; {layout.root / 'study.json'}, report: {layout.report_html}")
     return layout.report_html
+
+
+def _seed_list(seeds: Sequence[int] | str) -> tuple[int, ...]:
+    """The seeds sorted and without duplicates, from a string like ``"0-4"`` or a sequence; never empty."""
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else tuple(sorted(set(int(s) for s in seeds)))
+    if not seed_list:
+        raise OptionError("--seeds is empty; give seeds such as 0-4")
+    return seed_list
+
+
+def _study_stages(layout: Layout, grid: Grid) -> list[Stage]:
+    """The pipeline's stages of the grid, then the study's own: pool the seeds and write the report."""
+    stages = build_stages(layout, grid)
+    final = Stage("study", "study", layout.root / "study.json", tuple(s.name for s in stages),
+                  (layout.root / "study.json", layout.report_md, layout.report_html, layout.figures),
+                  functools.partial(aggregate_action, root=layout.root), 5.0)
+    stages.append(final)
+    return stages
+
+
+def _open_recorder(layout: Layout, grid: Grid, stages: list[Stage], device: str) -> Recorder:
+    """The recorder of ``timings.json``, its content updated with this study's grid."""
+    timings = read_timings(layout.root)
+    timings.update({"kind": TIMINGS_KIND, "preset": grid.preset, "seeds": list(grid.seeds),
+                    "models": list(grid.models), "methods": list(grid.methods)})
+    return Recorder(layout.timings, timings, stages, environment(device))
+
+
+def _announce(layout: Layout, grid: Grid, planned: list[tuple[Stage, Decision]], n_stages: int) -> None:
+    """Log the grid, the study folder and how many stages will run."""
+    n_run = sum(d.runs for _, d in planned)
+    info(f"study: preset {grid.preset}, seeds {','.join(map(str, grid.seeds))}, models {','.join(grid.models)}, "
+         f"methods {','.join(grid.methods)} -> {layout.root}; {n_run} of {n_stages} stages to run")
+
+
+def _run_planned(planned: list[tuple[Stage, Decision]], recorder: Recorder, layout: Layout, scheduler: str | None,
+                 n_workers: int, threads: int) -> None:
+    """The dataset stages here, the cell stages on Dask (when any must run), the study's report stage here."""
+    local = [(s, d) for s, d in planned if s.kind in ("simulate", "data")]
+    remote = [(s, d) for s, d in planned if s.kind not in ("simulate", "data", "study")]
+    _run_locally(local, recorder, layout)
+    if any(d.runs for _, d in remote):
+        with _dask_client(scheduler, n_workers, threads) as client:
+            info(f"study: Dask dashboard {client.dashboard_link}" if client.dashboard_link
+                 else "study: Dask dashboard not available")
+            run_on_dask(client, remote, recorder, root=layout.root, logs=layout.logs, threads=threads)
+    else:
+        for stage, _ in remote:
+            recorder.skipped(stage)
+    _run_locally([(s, d) for s, d in planned if s.kind == "study"], recorder, layout)
 
 
 def _connect(scheduler: str) -> Client:

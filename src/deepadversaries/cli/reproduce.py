@@ -39,7 +39,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
                                             "data (Zenodo 10.5281/zenodo.5514180: images_Y10_*.npy, images_Y1_*.npy, "
                                             "labels_*.npy). It is checked, never modified."),
     ) -> None:
-        """Run simulate -> train {model} x {regular, MMD} -> evaluate -> attack -> analyze -> report.
+        """Run simulate -> train {model} x {method} -> evaluate -> attack -> robustness -> analyze -> report (one seed).
 
         Writes OUT/report.html (self-contained), OUT/report.md, OUT/findings.json and OUT/timings.json.
 

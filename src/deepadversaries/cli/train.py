@@ -4,7 +4,7 @@ or adopt a TorchScript model trained elsewhere (``--model-file``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -14,69 +14,85 @@ from ..errors import OptionError
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     """Add the ``train`` command."""
+    app.command("train")(_train)
 
-    @app.command("train")
-    def train(
-        data: Path = typer.Option(..., "--data", help="Dataset folder (from 'deepadv simulate', 'deepadv import' or the published .npy files); the model adapts to its image size, band count and classes."),
-        out: Path = typer.Option(..., "--out", help="Run folder to write (config.json, checkpoints/, log.csv, training.json)."),
-        model: str = typer.Option("convnet", "--model", help="Architecture: convnet (paper Table 1), resnet18, or timm:NAME, any timm backbone (random initialisation, nothing downloaded) with the package's 256-d bottleneck and head, e.g. timm:resnet10t; list names with python -c \"import timm; print(timm.list_models('*resnet*'))\"."),
-        model_file: Optional[Path] = typer.Option(None, "--model-file", help="Adopt a TorchScript model trained elsewhere (torch.jit.script(model).save('model.pt'); never a pickle) instead of training: writes the run folder (checkpoints/model.ts, config.json, training.json) that evaluate, attack, robustness and analyze then use. With embed() and head() methods every analysis works; otherwise give --latent-layer."),
-        latent_layer: Optional[str] = typer.Option(None, "--latent-layer", help="With --model-file, for a model without embed()/head(): the submodule whose output is the latent (dotted for nested ones, e.g. layer4 or backbone.fc); analyses that need head(z) (church windows) are then skipped."),
-        method: str = typer.Option("regular", "--method",
-                                   help="regular (Y10 labels only); domain adaptation towards the unlabelled Y1 images: mmd (the paper: + lambda*MMD^2 of the Y10 and Y1 latents), dann (a domain classifier behind a gradient-reversal layer, Ganin et al. 2016), coral (Deep CORAL: the latent covariances aligned, Sun & Saenko 2016), adabn (regular training, then batch-norm statistics re-estimated on Y1 for Y1 inference, Li et al. 2016). Domain adaptation needs a dataset with two domains. With --model-file: how the model was trained elsewhere (a label that analyze uses; not adabn)."),
-        preset: str = typer.Option("quick", "--preset",
-                                   help="tiny (a smoke test), quick (sized for a CPU: lr 1e-3, cosine decay over 10 epochs) or paper (SPEC 5 exactly: lr 1e-5, up to 100 epochs)."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum number of epochs (overrides the preset)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (overrides the preset)."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size; with mmd, per domain."),
-        mmd_weight: Optional[float] = typer.Option(None, "--mmd-weight", help="lambda of the MMD^2 term (paper 0.05; the authors' code 0.01)."),
-        coral_weight: Optional[float] = typer.Option(None, "--coral-weight", help="Weight of the Deep CORAL term (default 1, DomainBed's; Sun & Saenko balance it with the cross-entropy at the end of training: see log.csv)."),
-        dann_weight: Optional[float] = typer.Option(None, "--dann-weight", help="Weight of the DANN domain loss (default 1, Ganin et al.; the reversal strength follows their schedule)."),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Adam weight decay (paper 1e-3 regular, 1e-4 with domain adaptation)."),
-        patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: epochs without a lower validation loss."),
-        seed: int = typer.Option(0, "--seed", help="Random seed (weights, batch order); the same seed repeats a CPU run exactly."),
-        device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu or cuda."),
-        devices: Optional[int] = typer.Option(None, "--devices", help="Number of devices (GPUs, or CPU processes) for Lightning DDP."),
-        num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Number of nodes for Lightning DDP."),
-        precision: Optional[str] = typer.Option(None, "--precision", help="32-true (the paper, the default), "
-                                                "bf16-mixed (faster on recent GPUs and AMX CPUs; the report says "
-                                                "so) or 16-mixed (GPU only)."),
-        compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start; pays off on long runs)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from checkpoints/last.ckpt (a finished run is left as it is)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
-    ) -> None:
-        """Train a classifier on the Y10 training set (labels) and, with domain adaptation, the unlabelled Y1 set.
 
-        Keeps the checkpoint with the best Y10 validation accuracy (checkpoints/best.pt) and stops early when the validation loss stops improving. Running the same command again continues an interrupted run. With --model-file a TorchScript model trained elsewhere is adopted into the run folder instead (no training; --method then records how it was trained).
-        """
-        if model_file is not None:
-            training_only = {"--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--mmd-weight": mmd_weight,
-                             "--coral-weight": coral_weight, "--dann-weight": dann_weight,
-                             "--weight-decay": weight_decay, "--patience": patience, "--devices": devices,
-                             "--num-nodes": num_nodes, "--precision": precision,
-                             "--compile": True if compile_ else None, "--resume": True if resume else None,
-                             "--model": None if model == "convnet" else model}
-            given = [name for name, value in training_only.items() if value is not None]
-            if given:
-                raise OptionError(f"{given[0]} does not apply to --model-file (the model was trained elsewhere and "
-                                  "is adopted as it is)")
-            from ..adopt import adopt_model  # deferred for start-up time (torch)
+def _train(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (from 'deepadv simulate', 'deepadv import' or the published .npy files); the model adapts to its image size, band count and classes."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write (config.json, checkpoints/, log.csv, training.json)."),
+    model: str = typer.Option("convnet", "--model", help="Architecture: convnet (paper Table 1), resnet18, or timm:NAME, any timm backbone (random initialisation, nothing downloaded) with the package's 256-d bottleneck and head, e.g. timm:resnet10t; list names with python -c \"import timm; print(timm.list_models('*resnet*'))\"."),
+    model_file: Optional[Path] = typer.Option(None, "--model-file", help="Adopt a TorchScript model trained elsewhere (torch.jit.script(model).save('model.pt'); never a pickle) instead of training: writes the run folder (checkpoints/model.ts, config.json, training.json) that evaluate, attack, robustness and analyze then use. With embed() and head() methods every analysis works; otherwise give --latent-layer."),
+    latent_layer: Optional[str] = typer.Option(None, "--latent-layer", help="With --model-file, for a model without embed()/head(): the submodule whose output is the latent (dotted for nested ones, e.g. layer4 or backbone.fc); analyses that need head(z) (church windows) are then skipped."),
+    method: str = typer.Option("regular", "--method",
+                               help="regular (Y10 labels only); domain adaptation towards the unlabelled Y1 images: mmd (the paper: + lambda*MMD^2 of the Y10 and Y1 latents), dann (a domain classifier behind a gradient-reversal layer, Ganin et al. 2016), coral (Deep CORAL: the latent covariances aligned, Sun & Saenko 2016), adabn (regular training, then batch-norm statistics re-estimated on Y1 for Y1 inference, Li et al. 2016). Domain adaptation needs a dataset with two domains. With --model-file: how the model was trained elsewhere (a label that analyze uses; not adabn)."),
+    preset: str = typer.Option("quick", "--preset",
+                               help="tiny (a smoke test), quick (sized for a CPU: lr 1e-3, cosine decay over 10 epochs) or paper (SPEC 5 exactly: lr 1e-5, up to 100 epochs)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum number of epochs (overrides the preset)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (overrides the preset)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size; with mmd, per domain."),
+    mmd_weight: Optional[float] = typer.Option(None, "--mmd-weight", help="lambda of the MMD^2 term (paper 0.05; the authors' code 0.01)."),
+    coral_weight: Optional[float] = typer.Option(None, "--coral-weight", help="Weight of the Deep CORAL term (default 1, DomainBed's; Sun & Saenko balance it with the cross-entropy at the end of training: see log.csv)."),
+    dann_weight: Optional[float] = typer.Option(None, "--dann-weight", help="Weight of the DANN domain loss (default 1, Ganin et al.; the reversal strength follows their schedule)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Adam weight decay (paper 1e-3 regular, 1e-4 with domain adaptation)."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: epochs without a lower validation loss."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (weights, batch order); the same seed repeats a CPU run exactly."),
+    device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu or cuda."),
+    devices: Optional[int] = typer.Option(None, "--devices", help="Number of devices (GPUs, or CPU processes) for Lightning DDP."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Number of nodes for Lightning DDP."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="32-true (the paper, the default), "
+                                            "bf16-mixed (faster on recent GPUs and AMX CPUs; the report says "
+                                            "so) or 16-mixed (GPU only)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start; pays off on long runs)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from checkpoints/last.ckpt (a finished run is left as it is)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
+) -> None:
+    """Train a classifier on the Y10 training set (labels) and, with domain adaptation, the unlabelled Y1 set.
 
-            run = adopt_model(model_file, data, out, latent_layer=latent_layer, method=method, seed=seed,
-                              device=device, overwrite=overwrite)
-            typer.echo(str(run))
-            return
-        if latent_layer is not None:
-            raise OptionError("--latent-layer goes with --model-file (a TorchScript model without embed/head); the "
-                              "package's own models have their 256-d latent")
-        from ..devices import resolve_device  # deferred for start-up time (torch, Lightning)
-        from ..training import train_model
+    Keeps the checkpoint with the best Y10 validation accuracy (checkpoints/best.pt) and stops early when the validation loss stops improving. Running the same command again continues an interrupted run. With --model-file a TorchScript model trained elsewhere is adopted into the run folder instead (no training; --method then records how it was trained).
+    """
+    if model_file is not None:
+        _refuse_training_options({
+            "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--mmd-weight": mmd_weight,
+            "--coral-weight": coral_weight, "--dann-weight": dann_weight, "--weight-decay": weight_decay,
+            "--patience": patience, "--devices": devices, "--num-nodes": num_nodes, "--precision": precision,
+            "--compile": True if compile_ else None, "--resume": True if resume else None,
+            "--model": None if model == "convnet" else model})
+        typer.echo(str(_adopt(model_file, data, out, latent_layer=latent_layer, method=method, seed=seed,
+                              device=device, overwrite=overwrite)))
+        return
+    if latent_layer is not None:
+        raise OptionError("--latent-layer goes with --model-file (a TorchScript model without embed/head); the "
+                          "package's own models have their 256-d latent")
+    run = _train_run(data, out, preset, device=device, resume=resume, overwrite=overwrite, model=model,
+                     method=method, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, mmd_weight=mmd_weight,
+                     coral_weight=coral_weight, dann_weight=dann_weight, weight_decay=weight_decay,
+                     patience=patience, precision=precision, devices=devices, num_nodes=num_nodes,
+                     compile=True if compile_ else None)
+    typer.echo(str(run))
 
-        config = TrainConfig.from_preset(
-            preset, model=model, method=method, seed=seed, device_type=resolve_device(device).type,
-            epochs=epochs, lr=lr, batch_size=batch_size, mmd_weight=mmd_weight, coral_weight=coral_weight,
-            dann_weight=dann_weight, weight_decay=weight_decay,
-            patience=patience, precision=precision, devices=devices, num_nodes=num_nodes,
-            compile=True if compile_ else None)
-        run = train_model(data, out, config, device=device, resume=resume, overwrite=overwrite)
-        typer.echo(str(run))
+
+def _refuse_training_options(training_only: dict[str, Any]) -> None:
+    """Refuse, naming the first, any training option given (not None) together with --model-file."""
+    given = [name for name, value in training_only.items() if value is not None]
+    if given:
+        raise OptionError(f"{given[0]} does not apply to --model-file (the model was trained elsewhere and "
+                          "is adopted as it is)")
+
+
+def _adopt(model_file: Path, data: Path, out: Path, *, latent_layer: Optional[str], method: str, seed: int,
+           device: str, overwrite: bool) -> Path:
+    """Adopt a TorchScript model trained elsewhere into the run folder ``out``; the run folder."""
+    from ..adopt import adopt_model  # deferred for start-up time (torch)
+
+    return adopt_model(model_file, data, out, latent_layer=latent_layer, method=method, seed=seed,
+                       device=device, overwrite=overwrite)
+
+
+def _train_run(data: Path, out: Path, preset: str, *, device: str, resume: bool, overwrite: bool,
+               **settings: Any) -> Path:
+    """Train a model of the package with the preset and the options given (``settings``); the run folder."""
+    from ..devices import resolve_device  # deferred for start-up time (torch, Lightning)
+    from ..training import train_model
+
+    config = TrainConfig.from_preset(preset, device_type=resolve_device(device).type, **settings)
+    return train_model(data, out, config, device=device, resume=resume, overwrite=overwrite)
