@@ -58,6 +58,7 @@ def _one_error_line(capsys) -> str:
     (["--seeds", ""], "--seeds"),
     (["--seeds", "4-1"], "empty"),
     (["--workers", "0"], "--workers"),
+    (["--attack-images", "0"], "--attack-images must be at least 1"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, args, words):
     out = tmp_path / "study"
@@ -86,6 +87,21 @@ def test_a_folder_holding_another_grid_is_refused_untouched(tmp_path, capsys):
     assert code == 2
     assert "another grid" in _one_error_line(capsys)
     assert sorted(p.name for p in out.iterdir() if p.name != ".deepadv.lock") == before
+    assert json.loads((out / "study-manifest.json").read_text()) == manifest
+
+
+def test_attack_images_is_part_of_the_grid(tmp_path, capsys):
+    """--attack-images changes every cell's attack: a folder studied with the preset's size is refused."""
+    out = tmp_path / "study"
+    out.mkdir()
+    manifest = {"kind": "deepadv-study-manifest", "preset": "tiny", "seed": 0, "seeds": [0, 1], "models": ["convnet"],
+                "methods": ["regular", "mmd"], "data": None, "vary_data": False, "attack": {}, "attacks": ["de"]}
+    (out / "study-manifest.json").write_text(json.dumps(manifest))
+    code = main(["study", "--preset", "tiny", "--seeds", "0-1", "--out", str(out), "--device", "cpu",
+                 "--attack-images", "3"])
+    assert code == 2
+    line = _one_error_line(capsys)
+    assert "another grid" in line and "attack {}" in line
     assert json.loads((out / "study-manifest.json").read_text()) == manifest
 
 

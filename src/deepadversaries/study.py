@@ -91,7 +91,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str = (0, 1, 2, 3, 4),
           models: Sequence[str] | None = None, methods: Sequence[str] | str = PAPER_METHODS,
           data: str | Path | None = None, vary_data: bool = False, scheduler: str | None = None,
-          workers: int | None = None, device: str = "auto", attacks: Sequence[str] | str = ("de",)) -> Path:
+          workers: int | None = None, device: str = "auto", attacks: Sequence[str] | str = ("de",),
+          attack_images: int | None = None) -> Path:
     """Run (or resume) a study into ``out`` and write ``study.json`` and its report.
 
     Args:
@@ -106,6 +107,8 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
         workers: LocalCluster worker processes [default: the number of CPUs].
         device: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
         attacks: the one-pixel searches, ``de`` among them [default: differential evolution only].
+        attack_images: Y10 test images drawn for every cell's attack [default: ``STUDY_ATTACK`` of the
+            preset, else the preset's attack size: tiny 6, quick 500, paper 150].
 
     Returns:
         The path of ``report.html``.
@@ -127,7 +130,7 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
         _check_scheduler(scheduler)  # before anything is written
     grid = Grid(preset=preset, models=resolve_models(preset, models), methods=parse_methods(methods),
                 seeds=seed_list, data_seed=seed_list[0], vary_data=vary_data, device=device,
-                workers=os.cpu_count() or 1, attack=tuple(STUDY_ATTACK[preset].items()), threads=threads,
+                workers=os.cpu_count() or 1, attack=_attack_settings(preset, attack_images), threads=threads,
                 figures=False, attacks=parse_list(attacks))
     with OutputLock(layout.root, "study"):
         remove_temporaries(layout.root)
@@ -141,6 +144,16 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
         wall = recorder.close()
     info(f"study: finished in {fmt_clock(wall)}; {layout.root / 'study.json'}, report: {layout.report_html}")
     return layout.report_html
+
+
+def _attack_settings(preset: str, attack_images: int | None) -> tuple[tuple[str, Any], ...]:
+    """The study's attack overrides of the preset: ``STUDY_ATTACK``, and ``--attack-images`` when given."""
+    settings = dict(STUDY_ATTACK[preset])
+    if attack_images is not None:
+        if isinstance(attack_images, bool) or int(attack_images) < 1:
+            raise OptionError(f"--attack-images must be at least 1, got {attack_images}")
+        settings["n_images"] = int(attack_images)
+    return tuple(settings.items())
 
 
 def _seed_list(seeds: Sequence[int] | str) -> tuple[int, ...]:

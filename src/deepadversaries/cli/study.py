@@ -31,6 +31,11 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
                                     "paper's differential evolution, always), exhaustive (the exact one-pixel "
                                     "answer: every position x the value-cube corners), sparse-rs (Croce et al. "
                                     "2022). E.g. 'de,exhaustive,sparse-rs'."),
+        attack_images: Optional[int] = typer.Option(None, "--attack-images", help="Y10 test images drawn for the "
+                                                    "one-pixel attack of every cell (default: the preset's study "
+                                                    "size: quick 500, tiny 6, paper 150). Finding (d) rests on the "
+                                                    "images flipped under both runs of a seed: more images, more "
+                                                    "power, proportionally longer attacks."),
         data: Optional[Path] = typer.Option(None, "--data", help="Use this existing dataset folder instead of "
                                             "simulating one (ours, or the published Zenodo files)."),
         data_seeds: bool = typer.Option(False, "--data-seeds", help="Simulate one dataset per seed (with that "
@@ -50,5 +55,5 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
         path = study(out, preset, seeds=seeds, models=models.split(",") if models else None, methods=methods,
                      data=data, vary_data=data_seeds, scheduler=scheduler, workers=workers, device=device,
-                     attacks=attacks)
+                     attacks=attacks, attack_images=attack_images)
         typer.echo(str(path))
