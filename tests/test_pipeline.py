@@ -239,3 +239,23 @@ def test_layout_paths_and_manifest_errors(tmp_path):
         read_manifest(tmp_path)
     assert read_timings(tmp_path / "nowhere") == {"kind": "deepadv-reproduce-timings", "stages": {},
                                                   "invocations": []}
+
+
+def test_a_marker_that_appears_after_the_plan_is_adopted_not_rerun(tmp_path):
+    """A killed driver's task, finished by its worker after the rerun planned the stage: no second run."""
+    out = tmp_path / "stage"
+    marker = out / "done.json"
+    boom = Stage("attack:x", "attack", marker, (), (out,), functools.partial(fail, error=RuntimeError("ran twice")))
+    (decision,) = [d for _, d in plan([boom], {})]
+    assert decision.runs and not decision.fresh  # planned before the orphan wrote its marker
+    write_marker(False, marker=marker)  # the orphaned task finishes now
+    assert execute_stage(boom, decision.fresh, tmp_path / "x.log") == 0.0
+    assert "appeared after the plan" in (tmp_path / "x.log").read_text()
+    vetted = Stage("attack:y", "attack", marker, (), (out,), functools.partial(fail, error=RuntimeError("ran")),
+                   adopt_check=functools.partial(fail, False, error=FileError("summary.json: other settings")))
+    with pytest.raises(StageFailed, match="other settings") as info:
+        execute_stage(vetted, False, tmp_path / "y.log")
+    assert info.value.exit_code == 2
+    with pytest.raises(StageFailed, match="ran twice"):  # a fresh run still runs (after clearing the outputs)
+        execute_stage(boom, True, tmp_path / "z.log")
+    assert not marker.exists()

@@ -240,3 +240,22 @@ def test_study_report_renders_in_chromium(baseline, tmp_path):
     verdicts = [row[4] for row in dom.tables["table_findings"]]  # header rows are dropped by the parser
     assert len(verdicts) == 5 and set(verdicts) <= set(VERDICTS)
     assert len(dom.tables["table_accuracy_per_seed"]) == 4
+
+
+def test_method_table_intervals_stay_inside_the_range_of_a_share():
+    """A t-interval over three seeds of a share near 1 (or 0) overshoots; the table cuts it to [0, 1]."""
+    import numpy as np
+    from scipy import stats
+
+    from deepadversaries.report import method_table
+
+    y10 = [0.99, 0.60, 0.98]
+    ece = [0.01, 0.40, 0.02]
+    per_seed = [{"Y10 accuracy": a, "Y1 accuracy": 0.5, "Y1 ECE": e, "flip rate": 0.1} for a, e in zip(y10, ece)]
+    table = method_table("convnet", {"regular": per_seed}, [], "t")
+    half = stats.t.ppf(0.975, 2) * np.std(y10, ddof=1) / np.sqrt(3)
+    assert np.mean(y10) + half > 1 and np.mean(ece) - half < 0  # the raw interval overshoots both ends
+    row = table.rows[0]
+    assert row[1] == f"{np.mean(y10):.3f} [{np.mean(y10) - half:.3f}, 1.000]"
+    assert row[3] == f"{np.mean(ece):.3f} [0.000, {np.mean(ece) + half:.3f}]"
+    assert "cut to the range 0–1" in table.caption

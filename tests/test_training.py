@@ -318,3 +318,15 @@ def test_quiet_lightning_silences_its_loggers_and_restores_them():
             warnings.warn("a warning of the package's own", UserWarning)
         assert [str(w.message) for w in caught] == ["a warning of the package's own"]
     assert logging.getLogger("lightning.pytorch").level == logging.INFO
+
+
+def test_dann_warns_when_its_domain_classifier_wins():
+    from deepadversaries.training import training_warnings
+
+    diverged = [{"epoch": 1, "train_dann_domain_acc": 0.55}, {"epoch": 2, "train_dann_domain_acc": 0.999}]
+    converged = [{"epoch": 1, "train_dann_domain_acc": 1.0}, {"epoch": 2, "train_dann_domain_acc": 0.62}]
+    (text,) = training_warnings("dann", diverged)
+    assert "0.999" in text and "not adapted" in text
+    assert training_warnings("dann", converged) == []  # only the last epoch counts
+    assert training_warnings("mmd", [{"epoch": 1, "train_mmd2": 0.1}]) == []
+    assert training_warnings("dann", [{"epoch": 1, "train_dann_domain_acc": float("nan")}]) == []

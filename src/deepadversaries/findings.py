@@ -314,13 +314,27 @@ def finding_d(evidence: Sequence[Evidence]) -> dict[str, Any]:
                  + (f"Paper: {pd['Y10-1P']['regular'][0]} → {pd['Y10-1P']['mmd'][0]} (ratio "
                     f"{pd['Y10-1P']['mmd'][0] / pd['Y10-1P']['regular'][0]:.2f}) on {pd['n']} images." if pd
                     else NO_PAPER)
-                 + (" Fewer than 30 images per seed: the interval is wide." if min(n_images) < 30 else ""))
+                 + (" Fewer than 30 images per seed: the interval is wide." if min(n_images) < 30 else "")
+                 + (IDENTICAL_Y10 if _identical_y10_distances(evidence) else ""))
     return _finding("d", evidence, pooled, per_seed, word, threshold=1.0,
                     numbers={"raw_ratio": pooled_raw.estimate, "raw_ci_low": pooled_raw.low,
                              "raw_ci_high": pooled_raw.high, "n_flipped_both": n_images},
                     paper={"regular_median_dE_Y10_1P": pd["Y10-1P"]["regular"][0],
                            "mmd_median_dE_Y10_1P": pd["Y10-1P"]["mmd"][0], "n": pd["n"]} if pd else {},
                     statement=statement, scale="common", n_images=sum(n_images))
+
+
+#: said of (d) when the adapted run's Y10 distances equal the regular run's on every image of every seed
+IDENTICAL_Y10 = (" Both runs give the same distance for every flipped image of every seed: the adapted run's"
+                 " Y10 model is the regular training (as AdaBN's, which changes only Y1 inference), so the"
+                 " ratio is 1 by construction and has no interval.")
+
+
+def _identical_y10_distances(evidence: Sequence[Evidence]) -> bool:
+    """Whether the adapted and regular d_E(Y10–1P) agree exactly on every flipped image of every seed."""
+    pairs = [(ev.distances["latent"]["Y10-1P"][REFERENCE_METHOD], ev.distances["latent"]["Y10-1P"][ev.method])
+             for ev in evidence]
+    return any(len(r) for r, _ in pairs) and all(np.array_equal(r, a) for r, a in pairs)
 
 
 def finding_e(evidence: Sequence[Evidence]) -> dict[str, Any]:

@@ -183,8 +183,11 @@ def stage_log(path: Path, capture_stderr: bool = False) -> Iterator[Any]:
 def execute_stage(stage: Stage, fresh: bool, log_path: Path, capture_stderr: bool = False) -> float:
     """Run one stage with its log; return its wall time in seconds.
 
-    A fresh run first deletes the stage's outputs. Runs in any process (a Dask worker
-    too): it writes only the stage's own files and its log, never ``timings.json``.
+    A fresh run first deletes the stage's outputs. A resuming run whose marker appeared after
+    the plan was made (a task of an earlier, killed driver that its worker finished anyway) is
+    not run again: its outputs are vetted by ``adopt_check`` when the stage has one, and the
+    stage counts as done in 0 s. Runs in any process (a Dask worker too): it writes only the
+    stage's own files and its log, never ``timings.json``.
 
     Raises:
         StageFailed: one line naming the stage, the cause and the log (exit status 1 for an
@@ -202,6 +205,13 @@ def execute_stage(stage: Stage, fresh: bool, log_path: Path, capture_stderr: boo
         log.write(f"# deepadv {__version__}: stage {stage.name} ({'from scratch' if fresh else 'resuming if possible'}), "
                   f"started {utc_now()}\n")
         try:
+            if not fresh and stage.marker.is_file():
+                # planned as unfinished, finished since: an orphaned task of a killed driver
+                if stage.adopt_check is not None:
+                    stage.adopt_check()
+                log.write(f"# {stage.marker.name} appeared after the plan (a task of an earlier run finished "
+                          "it); nothing to do\n")
+                return 0.0
             stage.action(fresh)
         except KeyboardInterrupt:
             log.write("# interrupted\n")

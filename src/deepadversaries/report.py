@@ -394,7 +394,8 @@ def run_numbers(run: Path) -> dict[str, float | None]:
 def method_table(model: str, numbers: dict[str, list[dict[str, float | None]]],
                  findings: list[dict[str, Any]], name: str) -> Table:
     """Every method of one model side by side: accuracies, Y1 ECE, flip rate (a mean ± 95 % t-interval
-    over seeds when there are several) and the finding-(d) ratio with its interval.
+    over seeds when there are several, cut to [0, 1], the range of all four) and the finding-(d)
+    ratio with its interval.
 
     Args:
         model: the model.
@@ -410,7 +411,9 @@ def method_table(model: str, numbers: dict[str, list[dict[str, float | None]]],
             values = [v[key] for v in per_seed if v[key] is not None]
             if len(values) > 1:
                 iv = t_interval(values)
-                row.append(f"{fmt_fixed(iv.estimate)} [{fmt_fixed(iv.low)}, {fmt_fixed(iv.high)}]")
+                # all four are shares in [0, 1]; a t-interval over few seeds can overshoot the range
+                low, high = max(iv.low, 0.0), min(iv.high, 1.0)
+                row.append(f"{fmt_fixed(iv.estimate)} [{fmt_fixed(low)}, {fmt_fixed(high)}]")
             else:
                 row.append(fmt_fixed(values[0]) if values else "n/a")
         d = ratio.get(method)
@@ -418,7 +421,7 @@ def method_table(model: str, numbers: dict[str, list[dict[str, float | None]]],
                    f" ({d['verdict']})")
         rows.append(row)
     n = max(len(v) for v in numbers.values())
-    how = f"mean over {n} seeds [95 % t-interval]" if n > 1 else "one seed"
+    how = f"mean over {n} seeds [95 % t-interval, cut to the range 0–1]" if n > 1 else "one seed"
     return Table(["Method", "Y10 accuracy", "Y1 accuracy", "Y1 ECE (15 bins)", "One-pixel flip rate",
                   "d_E(Y10–1P) ratio vs regular [95 % CI]"], rows,
                  f"{MODEL_LABELS[model]}: every training method on the same data and attack ({how}). The d_E ratio "

@@ -758,8 +758,39 @@ def _training_summary(run: Path, config: RunConfig, recorder: "RunRecorder") -> 
         "wall_time_s": recorder.wall_time(), "mean_epoch_seconds": float(np.mean(seconds)),
         "mean_epoch_cpu_seconds": float(np.mean(cpu_seconds)),
         "last": rows[-1], "device": config.resolved_device, "torch": torch.__version__,
-        "lightning": L.__version__, "finished": utc_now(),
+        "lightning": L.__version__, "finished": utc_now(), "warnings": training_warnings(config.method, rows),
     }
+
+
+#: DANN's domain classifier this accurate in the last epoch means the adversary won the game
+DANN_DIVERGED_ACCURACY = 0.95
+
+
+def training_warnings(method: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Label-free signs that an adaptation failed, read from the epochs' logs (also printed).
+
+    DANN: when the domain classifier still tells the domains apart in the last epoch (balanced
+    accuracy ≥ ``DANN_DIVERGED_ACCURACY``), the features were not made domain-invariant; in our
+    runs this followed a divergence of the adversarial game (the domain loss spiking, then
+    collapsing to 0) and came with Y1 accuracy below the regular model's.
+
+    Args:
+        method: the training method.
+        rows: the epochs' rows of ``log.csv`` (dicts with the logged columns).
+
+    Returns:
+        One sentence per problem found (empty when none).
+    """
+    warnings: list[str] = []
+    last = rows[-1] if rows else {}
+    accuracy = last.get("train_dann_domain_acc")
+    if method == "dann" and accuracy is not None and np.isfinite(accuracy) and accuracy >= DANN_DIVERGED_ACCURACY:
+        warnings.append(f"DANN's domain classifier still separates Y10 from Y1 in the last epoch (balanced "
+                        f"accuracy {accuracy:.3f}): the adversarial alignment failed and the Y1 predictions are "
+                        "probably not adapted (see 'DANN' in docs/training.md)")
+    for text in warnings:
+        info(f"warning: {text}")
+    return warnings
 
 
 def adapt_for_target(run: Path, config: RunConfig) -> dict[str, Any]:
