@@ -158,3 +158,35 @@ def test_bad_attack_options_are_one_line_exit_2(suite, args, words, capsys):
     code = main(["attack", "--run", str(suite["runs"]["regular"]), "--preset", "tiny", "--device", "cpu", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err
+
+
+def test_finding_e_states_the_exact_rate_difference_when_both_runs_have_the_exhaustive_map(suite, tmp_path):
+    from scipy.stats import binomtest
+
+    from deepadversaries.findings import collect_evidence, finding_e
+
+    from deepadversaries.evaluation import evaluate_run
+
+    runs = {m: Path(shutil.copytree(run, tmp_path / run.name)) for m, run in suite["runs"].items()}
+    for run in runs.values():
+        evaluate_run(run, suite["data"], device="cpu")
+    out = tmp_path / "analysis"
+    analyze_runs(runs["regular"], runs["mmd"], out, n_isomap=10, examples=1, preset="tiny", device="cpu",
+                 figures=False)
+    evidence = collect_evidence(runs["regular"], runs["mmd"], out, model="convnet", method="mmd", seed=0)
+    finding = finding_e([evidence])
+    # by hand: the images both exhaustive campaigns attacked, flipped under one run only
+    flips = {m: {int(r["test_index"]): r["success"] == "True" for r in _rows(run / "attack_exhaustive")}
+             for m, run in runs.items()}
+    both = sorted(set(flips["regular"]) & set(flips["mmd"]))
+    b = sum(flips["regular"][i] and not flips["mmd"][i] for i in both)
+    c = sum(flips["mmd"][i] and not flips["regular"][i] for i in both)
+    exact = finding["numbers"]["exact_rate"]
+    assert exact["counts"]["n"] == len(both) and (exact["counts"]["b"], exact["counts"]["c"]) == (b, c)
+    assert exact["estimate"] == pytest.approx((c - b) / len(both))
+    if b + c:  # the pooled numbers with discordant pairs: tests/test_findings.py
+        assert exact["p_value"] == pytest.approx(binomtest(c, b + c).pvalue)
+    assert "Under the exact one-pixel answer" in finding["statement"]
+    # without the exhaustive campaign of one run, nothing is said
+    evidence.exact_flipped = {}
+    assert "exact_rate" not in finding_e([evidence])["numbers"]

@@ -18,7 +18,9 @@ statistics are :mod:`deepadversaries.stats`'; the verdict words are *held*,
 
 :func:`collect_evidence` reads what the findings rest on from a run pair's files: the
 per-image predictions (``predictions.npz``), the analysis's per-image distances
-(``distances_per_image.csv``) and both attacks' ``results.csv``.
+(``distances_per_image.csv``) and both attacks' ``results.csv`` — and, when both runs have one,
+the exhaustive search's ``results.csv``: finding (e) then states the exact one-pixel flip-rate
+difference beside DE's (reported, not part of the verdict, which judges the paper's attack).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from .errors import file_error
 from .formatting import fmt_fixed, fmt_sig
 from .io import read_json
 from .paper import PAPER_DISTANCES, PAPER_METRICS
-from .runs import PREDICTIONS_NAME
+from .runs import PREDICTIONS_NAME, attack_dir
 from .stats import (Comparison, Interval, PairedFlips, accuracy_difference, censored_difference,
                     combine_verdicts, median_ratio, paired_flips, paired_rate_difference, pool_differences,
                     pool_log_ratios, pooled_rate_difference, verdict)
@@ -79,6 +81,9 @@ class Evidence:
         queries: method → (n_attacked_both,) queries until the flip (the budget spent when
             it never flipped).
         budget: the attack's query budget per image (the censoring horizon).
+        exact_flipped: method → bool (n_exact_both,), per image attacked by the exhaustive search
+            under both runs, whether some pixel flips it (the exact one-pixel answer); empty when
+            either run has no exhaustive campaign.
         sources: the files read.
     """
 
@@ -91,6 +96,7 @@ class Evidence:
     flipped: dict[str, np.ndarray] = field(default_factory=dict)
     queries: dict[str, np.ndarray] = field(default_factory=dict)
     budget: float = float("nan")
+    exact_flipped: dict[str, np.ndarray] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
 
     @property
@@ -130,7 +136,18 @@ def collect_evidence(regular_run: Path, adapted_run: Path, analysis: Path, *, mo
         ev.queries[m] = np.array([attack[m][t][1] for t in both], dtype=np.float64)
         ev.sources.append(_rel(runs[m] / "attack" / "summary.json", root))
     ev.budget = _query_budget(read_json(runs[REFERENCE_METHOD] / "attack" / "summary.json"), ev.queries)
+    exact = {m: attack_dir(run, "exhaustive") / "results.csv" for m, run in runs.items()}
+    if all(p.is_file() for p in exact.values()):
+        rows = {m: _image_flips(p) for m, p in exact.items()}
+        common = sorted(set(rows[REFERENCE_METHOD]) & set(rows[method]))
+        ev.exact_flipped = {m: np.array([rows[m][t] for t in common], dtype=bool) for m in runs}
+        ev.sources += [_rel(p, root) for p in exact.values()]
     return ev
+
+
+def _image_flips(path: Path) -> dict[int, bool]:
+    """test index → whether the campaign flipped the image (one row per image in results.csv)."""
+    return {index: flipped for index, (flipped, _) in _attack_rows(path).items()}
 
 
 def _rel(path: Path, root: Path | None) -> str:
@@ -368,12 +385,36 @@ def finding_e(evidence: Sequence[Evidence]) -> dict[str, Any]:
                  f"{_m(method)} − regular {fmt_sig(queries_pooled.estimate)}, 95 % CI [{fmt_sig(queries_pooled.low)}, "
                  f"{fmt_sig(queries_pooled.high)}] (failures censored at the budget; {_basis(evidence, queries_pooled)}): "
                  f"{words['queries']}.")
+    exact = _exact_rate(evidence)
+    if exact is not None:
+        statement += exact[1]
     return _finding("e", evidence, iv, per_seed, word, threshold=0.0,
                     numbers={"rate": rate_pooled.to_json(), "queries": queries_pooled.to_json(),
-                             "part_verdicts": words},
+                             "part_verdicts": words,
+                             **({"exact_rate": exact[0].to_json(), "exact_rate_reading": verdict(exact[0].interval,
+                                                                                                  "e_rate")}
+                                if exact is not None else {})},
                     paper={"statement": "more differential-evolution iterations needed with DA; ResNet18 DA "
                                         "flipped 136 of 150 images within 80 iterations (section 5.2)"},
                     statement=statement, n_images=counts["n"], parts=words)
+
+
+def _exact_rate(evidence: Sequence[Evidence]) -> tuple[Comparison, str] | None:
+    """The exact one-pixel flip-rate difference (exhaustive search), pooled over seeds, and its
+    sentence; None unless every seed has both runs' exhaustive campaigns."""
+    if not all(ev.exact_flipped for ev in evidence):
+        return None
+    method = evidence[0].method
+    pooled = pooled_rate_difference([paired_flips(ev.exact_flipped[REFERENCE_METHOD], ev.exact_flipped[method])
+                                     for ev in evidence], level=LEVEL)
+    iv, counts = pooled.interval, pooled.counts
+    reading = verdict(iv, "e_rate")
+    sentence = (f" Under the exact one-pixel answer (exhaustive search): flip rate {_m(method)} − regular "
+                f"{_pts(iv.estimate)}, 95 % CI [{_pts(iv.low)}, {_pts(iv.high)}] on {counts['n']} images "
+                f"({counts['b']} flippable under regular only, {counts['c']} under {_m(method)} only; exact McNemar "
+                f"p = {fmt_sig(pooled.p_value)}): {reading} by the same rule, reported beside the verdict, which "
+                "judges the paper's attack.")
+    return pooled, sentence
 
 
 # --------------------------------------------------------------------------------------
