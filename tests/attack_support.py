@@ -89,6 +89,25 @@ class PixelModel(nn.Module):
         return logits, x.flatten(1)[:, :4]
 
 
+def bright_pixel_convnet_for(images: np.ndarray) -> ConvNet:
+    """The bright-pixel ConvNet split at the median z1 of ``images`` (N, 3, H, W): half of
+    them spiral, half merger."""
+    with torch.no_grad():
+        z1 = bright_pixel_convnet().embed(torch.from_numpy(images))[:, 1]
+    return bright_pixel_convnet(float(z1.median()))
+
+
+def bright_pixel_case(n: int, seed: int = 4) -> tuple[np.ndarray, ConvNet, np.ndarray]:
+    """``n`` random mid-grey 3 x 100 x 100 images (values 0.45-0.55), the bright-pixel ConvNet
+    split at their median, and its labels (N,): elliptical only with a bright g pixel in rows
+    and columns 16..31."""
+    x = (0.45 + 0.1 * np.random.default_rng(seed).random((n, 3, 100, 100))).astype(np.float32)
+    model = bright_pixel_convnet_for(x)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(x))[0].argmax(1).numpy()
+    return x, model, labels
+
+
 def flat_images(n: int, size: int = 10, value: float = 0.3) -> np.ndarray:
     return np.full((n, 3, size, size), value, dtype=np.float32)
 

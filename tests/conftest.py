@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from deepadversaries import SPLITS
 from deepadversaries.data import image_file, label_file
@@ -53,6 +54,17 @@ def make_toy_dataset(path: Path, n: dict[str, int] | None = None, size: int = 10
             np.save(path / image_file("Y1", split), y1.astype(np.float32))
         np.save(path / label_file(split), np.eye(3, dtype=np.float32)[labels])
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    its small networks and batches gain nothing from two, and two threads slow down badly when other
+    processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

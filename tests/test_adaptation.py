@@ -22,14 +22,7 @@ from deepadversaries.models import ConvNet, ResNet18
 BN_STATS = ("running_mean", "running_var")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these small networks gain nothing from two, and two threads slow
-    down badly when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _is_bn_stat(name: str) -> bool:

@@ -30,17 +30,10 @@ from deepadversaries.data import apply_stretch, invert_stretch
 from deepadversaries.errors import OptionError
 from deepadversaries.models import build_model
 
-from attack_support import PixelModel, bright_pixel_convnet, check_claims, flat_images, plain_probabilities
+from attack_support import PixelModel, bright_pixel_case, check_claims, flat_images, plain_probabilities
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these small batches gain nothing from two, and two threads
-    slow down badly when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------
@@ -315,12 +308,7 @@ def test_bf16_search_stays_close_and_its_successes_are_verified_in_float32():
         p = ev.evaluate(slots, rows, cols, values)
         assert 0 < np.abs(p - ref).max() < 0.05  # bfloat16 rounding: close, not equal
     # the hand-built ConvNet: elliptical only with a bright pixel in rows/columns 16..31
-    x = (0.45 + 0.1 * np.random.default_rng(4).random((3, 3, 100, 100))).astype(np.float32)
-    with torch.no_grad():
-        z1 = bright_pixel_convnet().embed(torch.from_numpy(x))[:, 1]
-    model = bright_pixel_convnet(float(z1.median()))
-    with torch.no_grad():
-        labels = model(torch.from_numpy(x))[0].argmax(1).numpy()
+    x, model, labels = bright_pixel_case(3)
     atk = OnePixelDE(model, pop_size=100, max_iter=6, bf16=True, device="cpu")
     results = atk(x, labels, targets=[1, 1, 1], return_images=True)
     assert any(r.success for r in results)

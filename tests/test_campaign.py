@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from attack_support import LEVEL, bright_pixel_convnet, make_run
+from attack_support import LEVEL, bright_pixel_convnet_for, make_run
 
 from deepadversaries import CLASSES
 from deepadversaries.campaign import attack_run, result_columns
@@ -20,24 +20,14 @@ from deepadversaries.data import apply_stretch, load_dataset
 from deepadversaries.errors import DeepAdvError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these small batches gain nothing from two, and two threads
-    slow down badly when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def model_and_data(toy_dataset):
     """The hand-built model, its brightness split set at the median over the test set."""
     ds = load_dataset(toy_dataset)
-    model = bright_pixel_convnet()
-    with torch.no_grad():
-        z1 = model.embed(torch.from_numpy(ds.images("Y10", "test")))[:, 1]
-    return bright_pixel_convnet(float(z1.median())), toy_dataset
+    return bright_pixel_convnet_for(ds.images("Y10", "test")), toy_dataset
 
 
 @pytest.fixture

@@ -13,15 +13,10 @@ from deepadversaries.attacks import OnePixelDE, ValueRange, input_range
 from deepadversaries.errors import OptionError
 from deepadversaries.exhaustive import ExhaustiveSearch, value_set
 
-from attack_support import PixelModel, bright_pixel_convnet, check_claims, flat_images, plain_probabilities
+from attack_support import PixelModel, bright_pixel_case, check_claims, flat_images, plain_probabilities
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def plain_maps(model, image, label, targets, values, rule="paper"):
@@ -99,12 +94,7 @@ def test_no_flip_reports_the_closest_change_and_counts_every_query():
 
 def test_convnet_map_through_the_local_evaluator_is_the_known_region():
     # the hand-built ConvNet: elliptical only with a bright g pixel in rows/columns 16..31
-    x = (0.45 + 0.1 * np.random.default_rng(4).random((3, 3, 100, 100))).astype(np.float32)
-    with torch.no_grad():
-        z1 = bright_pixel_convnet().embed(torch.from_numpy(x))[:, 1]
-    model = bright_pixel_convnet(float(z1.median()))
-    with torch.no_grad():
-        labels = model(torch.from_numpy(x))[0].argmax(1).numpy()
+    x, model, labels = bright_pixel_case(3)
     i = int(np.flatnonzero(labels != 1)[0])
     values = np.array([[1.0, 0.5, 0.5]])  # one value: a bright g pixel (fast)
     atk = ExhaustiveSearch(model, values=values, corners=False, device="cpu")

@@ -11,15 +11,10 @@ from deepadversaries.attacks import ValueRange
 from deepadversaries.errors import OptionError
 from deepadversaries.sparse_rs import ALPHA_INIT, SparseRS, alpha_schedule
 
-from attack_support import PixelModel, bright_pixel_convnet, check_claims, flat_images, plain_probabilities
+from attack_support import PixelModel, bright_pixel_case, check_claims, flat_images, plain_probabilities
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_alpha_schedule_is_the_papers():
@@ -134,12 +129,7 @@ def test_values_are_corners_of_the_value_range():
 
 
 def test_batching_does_not_change_any_search_and_the_convnet_runs_locally():
-    x = (0.45 + 0.1 * np.random.default_rng(4).random((4, 3, 100, 100))).astype(np.float32)
-    with torch.no_grad():
-        z1 = bright_pixel_convnet().embed(torch.from_numpy(x))[:, 1]
-    model = bright_pixel_convnet(float(z1.median()))
-    with torch.no_grad():
-        labels = model(torch.from_numpy(x))[0].argmax(1).numpy()
+    x, model, labels = bright_pixel_case(4)
 
     def run(**kw):
         atk = SparseRS(model, max_queries=300, seed=1, device="cpu", **kw)

@@ -29,7 +29,7 @@ from .data import load_dataset
 from .devices import resolve_device
 from .errors import file_error
 from .formatting import utc_now
-from .io import LOCK_NAME, OutputLock, atomic_path, remove_temporaries, write_json
+from .io import LOCK_NAME, OutputLock, atomic_path, remove_temporaries, sha256_of, write_json
 from .progress import info
 from .runs import (
     TRAINING_DONE,
@@ -39,7 +39,7 @@ from .runs import (
     run_outputs,
     scripted_model_path,
 )
-from .scripted import ScriptedClassifier, check_scripted, load_torchscript, sha256_of
+from .scripted import ScriptedClassifier, check_scripted, load_torchscript
 
 ADOPTED_NOTE = "trained elsewhere; adopted"
 

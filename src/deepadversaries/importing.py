@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -90,7 +89,7 @@ from rich.progress import Progress
 from . import CLASSES, SPLITS, __version__, stretches
 from .errors import DeepAdvError, FileError, OptionError, check_choice, file_error
 from .formatting import utc_now
-from .io import LOCK_NAME, OutputLock, read_json, write_json, write_npy
+from .io import LOCK_NAME, OutputLock, read_json, sha256_of, write_json, write_npy
 from .progress import make_progress
 
 IMPORT_VERSION = 1
@@ -99,7 +98,6 @@ SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
 DEFAULT_CHUNK = 256
 DEFAULT_DOMAIN_NAMES: tuple[str, str] = ("source", "target")
 WORK_DIR = ".import"
-HASH_BLOCK = 1 << 20
 SLOTS: tuple[str, str] = ("Y10", "Y1")
 SPLIT_ALIASES: dict[str, str] = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
                                  "validation": "valid", "test": "test", "testing": "test"}
@@ -270,15 +268,6 @@ class Source:
     def row(self, i: int) -> str:
         """How messages name row ``i`` (0-based)."""
         return f"row {i + self.row_offset}" if self.row_offset else f"index {i}"
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks (bounded memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class NpyRows:
@@ -871,7 +860,7 @@ def _fits_reader(catalog: Path, root: Path, paths: list[list[Path]], layouts: li
             where = f"row {i + 1} of {catalog.name}"
             name = _record_name(p, root)
             if name not in hashes:
-                hashes[name] = sha256_file(p)
+                hashes[name] = sha256_of(p)
             img = _read_cutout(p, where, layouts[domain])
             if img.shape != shape:
                 ref = "the first cutout's" if domain == 0 else "the source domain's"
@@ -1476,7 +1465,7 @@ def _checksum_inputs(source: Source, progress: Progress) -> None:
     """SHA-256 of the source's input files into ``source.hashes``."""
     hashed = progress.add_task("checksums", total=len(source.files))
     for name, path in source.files.items():
-        source.hashes[name] = sha256_file(path)
+        source.hashes[name] = sha256_of(path)
         progress.advance(hashed)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import io as _io
 import json
 import os
@@ -111,6 +112,19 @@ def _raise_write_error(path: Path, exc: OSError) -> NoReturn:
     if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         raise file_error(path, f"cannot write ({exc.strerror})") from exc
     raise exc
+
+
+#: bytes read at a time when hashing a file
+HASH_BLOCK = 1 << 20
+
+
+def sha256_of(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks (bounded memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

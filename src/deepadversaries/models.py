@@ -35,8 +35,9 @@ from torch import nn
 from . import CLASSES, MODEL_LABELS, MODELS, TIMM_PREFIX
 from .config import check_model_name, is_adopted, is_timm
 from .errors import OptionError, check_choice, file_error
+from .io import sha256_of
 from .runs import best_checkpoint_path, read_run_config, scripted_model_path, target_checkpoint_path
-from .scripted import ScriptedClassifier, load_torchscript, sha256_of
+from .scripted import ScriptedClassifier, load_torchscript
 
 LATENT_DIM = 256
 #: the paper's number of classes and image shape: the defaults of :func:`build_model`

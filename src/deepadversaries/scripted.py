@@ -40,7 +40,6 @@ TorchScript's graph APIs (``torch._C``), used as the JIT's own passes use them.
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -57,17 +56,7 @@ NO_HEAD_NOTE = ("the model has no head(z) method (a TorchScript model without em
                 "(and the latent-space class maps) are skipped")
 #: how many submodule names an error message lists
 SHOWN_NAMES = 40
-HASH_BLOCK = 1 << 20
 _SCOPE = re.compile(r"([^.()]+)\(([^()]*)\)")
-
-
-def sha256_of(path: str | Path) -> str:
-    """The SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
