@@ -9,12 +9,21 @@ process (bare, project, bare, project, ...) and each side's best repetition is k
 machine noise hits both alike. Timed: the optimisation steps after a warm-up, inside one
 epoch (per-epoch validation and checkpointing are left out of both).
 
-    python benchmarks/train.py [--quick] [--device auto|cpu|cuda] [--models convnet,resnet18]
-                               [--methods regular,mmd,dann,coral,adabn]
+    python benchmarks/train.py [--quick] [--device auto|cpu|cuda] [--models convnet,resnet18,d4-convnet]
+                               [--methods regular,mmd,dann,coral,adabn,adv-1p]
+    python benchmarks/train.py --defences [--quick] [--device auto|cpu|cuda]
 
 The last line printed is one JSON object with ``ratio_<model>_<method>`` = project images/s
 divided by bare images/s (goal: every ratio >= 0.9) and ``vs_mmd_<model>_<method>`` = the
 method's time per training step over MMD's (the issue's budget: at most 1.5).
+
+``--defences`` (issue 25) times the project's training step, side by side in one process
+(alternating, best repetition of each kept), for the ConvNet (regular), the d4-convnet
+(regular) and the ConvNet with one-pixel adversarial training (adv-1p, its default share and
+positions), at 100 x 100 x 3 and batch 128 (quick: 32); its JSON has ``step_s_<model>_<method>``,
+``d4_vs_convnet`` = the d4-convnet's step time over the ConvNet's (goal: at most 4) and
+``adv1p_vs_regular`` = adv-1p's step time over regular training's, which is also its cost per
+epoch (both draw the same number of batches per epoch).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
+from deepadversaries.adversarial import one_pixel_adversarial_batch
 from deepadversaries.config import TrainConfig
 from deepadversaries.devices import resolve_device
 from deepadversaries.losses import alignment_loss
@@ -101,6 +111,9 @@ def bare_loop(config: dict, tensors: dict, device: torch.device, warmup: int, st
             start = time.perf_counter()
         idx = torch.as_tensor(order[step * b:(step + 1) * b], device=device)
         xs, ys = x10[idx], y[idx]
+        if config.adv_share > 0:
+            xs = one_pixel_adversarial_batch(model, xs, ys, share=config.adv_share,
+                                             positions=config.adv_positions).images
         if alignment is not None:
             xb = torch.cat([xs, x1[torch.as_tensor(order_t[step * b:(step + 1) * b], device=device)]])
         else:
@@ -161,12 +174,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (CPU runs)")
     parser.add_argument("--models", default="convnet,resnet18", help="comma-separated models to time")
     parser.add_argument("--methods", default="regular,mmd,dann,coral,adabn", help="comma-separated methods")
+    parser.add_argument("--defences", action="store_true",
+                        help="time the defences' training steps side by side (d4-convnet, adv-1p; issue 25)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    if args.defences:
+        return defences(device, quick=args.quick, repeats=args.repeats)
     if device.type == "cuda":
         sizes = {"convnet": (128, 10, 60), "resnet18": (128, 10, 40)}
         repeats = args.repeats or 3
@@ -176,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         sizes = {"convnet": (128, 2, 10), "resnet18": (32, 2, 6)}
         repeats = args.repeats or 3
+    sizes["d4-convnet"] = sizes["convnet"]
     result: dict[str, float | str] = {"device": str(device), "torch_threads": torch.get_num_threads()}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         batch, warmup, steps = sizes[model]
@@ -197,6 +215,37 @@ def main(argv: list[str] | None = None) -> dict:
             for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
                 result[f"vs_mmd_{model}_{method}"] = round(result[f"project_{model}_mmd_img_s"]
                                                            / result[f"project_{model}_{method}_img_s"], 3)
+    print(json.dumps(result))
+    return result
+
+
+#: the defences' cells, timed side by side: (model, method)
+DEFENCE_CELLS = (("convnet", "regular"), ("d4-convnet", "regular"), ("convnet", "adv-1p"))
+
+
+def defences(device: torch.device, *, quick: bool = False, repeats: int | None = None) -> dict:
+    """Seconds per training step of the project's loop for :data:`DEFENCE_CELLS`, alternating, best kept."""
+    batch, warmup, steps = (32, 1, 3) if quick else (128, 1, 4)
+    if device.type == "cuda":
+        batch, warmup, steps = 128, 5, 20
+    repeats = repeats or (2 if quick else 3)
+    tensors = make_tensors(batch * (warmup + steps) + batch, 100)
+    best = {cell: 0.0 for cell in DEFENCE_CELLS}
+    for _ in range(repeats):
+        for model, method in DEFENCE_CELLS:
+            config = make_config(model, method, batch, device)
+            best[(model, method)] = max(best[(model, method)], project_loop(config, tensors, device, warmup, steps))
+    step_s = {cell: batch / best[cell] for cell in DEFENCE_CELLS}
+    result: dict[str, float | str] = {"device": str(device), "torch_threads": torch.get_num_threads(),
+                                      "batch": batch, "steps": steps, "repeats": repeats}
+    for (model, method), seconds in step_s.items():
+        result[f"step_s_{model}_{method}"] = round(seconds, 4)
+        print(f"{model:11s} {method:8s} batch {batch:4d}  {seconds:7.3f} s per step  ({best[(model, method)]:.1f} img/s)",
+              file=sys.stderr, flush=True)
+    result["d4_vs_convnet"] = round(step_s[("d4-convnet", "regular")] / step_s[("convnet", "regular")], 3)
+    result["adv1p_vs_regular"] = round(step_s[("convnet", "adv-1p")] / step_s[("convnet", "regular")], 3)
+    print(f"d4-convnet / convnet step time {result['d4_vs_convnet']} (goal <= 4); adv-1p / regular "
+          f"{result['adv1p_vs_regular']} (per step and per epoch)", file=sys.stderr, flush=True)
     print(json.dumps(result))
     return result
 

@@ -126,7 +126,8 @@ class FakePipeline:
                  "success": bool(ok), "iterations": int(it), "evaluations": int(config.pop_size * (it + 1))}
                 for t, ok, it in zip(attacked, success, iterations)]
         write_csv(folder / "results.csv", rows)
-        write_npz(folder / "latents.npz", test_index=attacked.astype(np.int64))
+        write_npz(folder / "latents.npz", test_index=attacked.astype(np.int64),
+                  z_y10=self.rng.normal(size=(len(attacked), 8)).astype(np.float32), success=success)
         flipped = iterations[success]
         summary = {"kind": "deepadv-attack", "model": "convnet", "method": Path(run).name.split("_")[-1],
                    "images_drawn": len(drawn), "correctly_classified": len(attacked), "attacked": len(attacked),
@@ -171,11 +172,14 @@ class FakePipeline:
         scale = {m: float(self.rng.uniform(5, 10)) for m in methods}
         per_image = {m: {p: self.rng.gamma(3.0, 1.0 + 0.3 * k, n) for p in ("Y10-Y1", "Y10-1P")}
                      for k, m in enumerate(methods)}
+        logit = {m: {p: self.rng.gamma(2.0, 1.0 + 0.2 * k, n) for p in ("Y10-Y1", "Y10-1P")}
+                 for k, m in enumerate(methods)}
         tables: dict[str, Any] = {}
-        for sc in ("latent", "normalised"):
+        for sc in ("latent", "logit", "spread"):
             tables[sc] = {}
             for pert in ("Y10-Y1", "Y10-1P"):
-                a, b = (per_image[m][pert] / (scale[m] if sc == "normalised" else 1.0) for m in methods)
+                a, b = ((logit if sc == "logit" else per_image)[m][pert] / (scale[m] if sc == "spread" else 1.0)
+                        for m in methods)
                 js = js_distance(a, b)
                 tables[sc][pert] = {methods[0]: summarize(a), methods[1]: summarize(b), "js_distance": js.distance,
                                     "js_base": 2, "ratio_median": float(np.median(b) / np.median(a)) if n else None,
@@ -187,11 +191,16 @@ class FakePipeline:
                 for pert in ("Y10-Y1", "Y10-1P"):
                     key = pert.lower().replace("-", "_")
                     row[f"d_{key}_{m}"] = float(per_image[m][pert][k])
-                    row[f"d_{key}_{m}_normalised"] = float(per_image[m][pert][k] / scale[m])
+                    row[f"d_{key}_{m}_logit"] = float(logit[m][pert][k])
             rows.append(row)
         write_csv(out / "distances_per_image.csv", rows,
-                  ["test_index"] + [f"d_{p}_{m}{s}" for s in ("", "_normalised") for m in methods
+                  ["test_index"] + [f"d_{p}_{m}{s}" for s in ("", "_logit") for m in methods
                                     for p in ("y10_y1", "y10_1p")])
+        attacked = sorted(set(results[methods[0]]) & set(results[methods[1]]))
+        write_csv(out / "attacked_per_image.csv",
+                  [{"test_index": t, **{f"flipped_{m}": results[m][t]["success"] == "True" for m in methods},
+                    **{f"boundary_{m}": float(self.rng.gamma(2.0, 1.0)) for m in methods}} for t in attacked],
+                  ["test_index"] + [f"flipped_{m}" for m in methods] + [f"boundary_{m}" for m in methods])
         (out / "distances.csv").write_text("perturbation\n")
         (out / "distances.md").write_text("# d\n")
         attacked_both = len(set(results[methods[0]]) & set(results[methods[1]]))
@@ -199,7 +208,7 @@ class FakePipeline:
                   "n_flipped_both": n, "n_attacked_both": attacked_both,
                   "attack": {m: {"n_attacked": len(results[m]),
                                  "n_flipped": sum(r["success"] == "True" for r in results[m].values()),
-                                 "median_latent_norm_Y10": scale[m]} for m in methods},
+                                 "latent_spread_Y10": scale[m]} for m in methods},
                   "distances": tables, "js_base": 2, "notes": ["a fabricated analysis"]}
         write_json(out / "analysis.json", result)
         return result

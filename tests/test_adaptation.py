@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import gamma, unit_roundoff
 from torch import nn
 
 from deepadversaries.adabn import adapt_batchnorm, batchnorm_layers
@@ -66,6 +67,29 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(1), flat.var(1, unbiased=True)
 
 
+def conv_error(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Bound on |float32 conv2d(x) - exact| per output (float64): gamma_{K+1} (|w| * |x| + |b|),
+    K = in_channels x kernel area (tests/tolerances.py; the input x itself exact)."""
+    k = w.shape[1] * w.shape[2] * w.shape[3] + 1
+    return gamma(k) * F.conv2d(x.abs(), w.abs(), b.abs(), padding=1)
+
+
+def stats_tolerance(h: torch.Tensor, error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds on the stored running mean and unbiased variance of a layer input h (exact, float64)
+    whose float32 entries are off by at most ``error``: AdaBN accumulates them in float64 and stores
+    float32 (one rounding), so what remains is the inputs' own error carried through the mean and
+    the variance (first and second order) and the float64 sums."""
+    u = unit_roundoff(np.float32)
+    flat = h.transpose(0, 1).reshape(h.shape[1], -1)
+    err = error.transpose(0, 1).reshape(h.shape[1], -1)
+    n = flat.shape[1]
+    mean, var = flat.mean(1), flat.var(1, unbiased=True)
+    f64 = gamma(n + 2, np.float64) * flat.pow(2).sum(1) / (n - 1)
+    mean_tol = err.mean(1) + u * mean.abs() + gamma(n, np.float64) * flat.abs().mean(1)
+    var_tol = (2 * ((flat - mean[:, None]).abs() * err).sum(1) + 2 * err.pow(2).sum(1)) / (n - 1) + u * var + f64
+    return mean_tol, var_tol
+
+
 def test_adabn_changes_only_batchnorm_running_statistics():
     model = _trained_small_conv()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -90,22 +114,38 @@ def test_adabn_statistics_are_the_target_images_statistics():
     y1 = torch.randn(9, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 1.5 - 0.4
     w, b = model.conv1.weight.double(), model.conv1.bias.double()
     # first BN: the statistics of conv1's output over all target images and pixels, whatever the batch size
-    mean1, var1 = _channel_stats(F.conv2d(y1.double(), w, b, padding=1))
+    h1 = F.conv2d(y1.double(), w, b, padding=1)
+    mean1, var1 = _channel_stats(h1)
+    error1 = conv_error(y1.double(), w, b)
+    mean1_tol, var1_tol = stats_tolerance(h1, error1)
     for batch_size in (2, 4, 9, 128):
         adapted = adapt_batchnorm(model, y1.numpy(), batch_size=batch_size)
-        torch.testing.assert_close(adapted.bn1.running_mean.double(), mean1, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(adapted.bn1.running_var.double(), var1, rtol=1e-5, atol=1e-6)
+        assert torch.all((adapted.bn1.running_mean.double() - mean1).abs() <= mean1_tol), batch_size
+        assert torch.all((adapted.bn1.running_var.double() - var1).abs() <= var1_tol), batch_size
     # second BN, all images in one batch: bn1 normalises by the whole set (biased variance, training mode),
     # dropout is off; the statistics are those of conv2's output
     h = F.conv2d(y1.double(), w, b, padding=1)
     mu, var_b = h.mean(dim=(0, 2, 3), keepdim=True), h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
-    h = (h - mu) / torch.sqrt(var_b + model.bn1.eps) * model.bn1.weight.double().view(1, -1, 1, 1) \
-        + model.bn1.bias.double().view(1, -1, 1, 1)
-    h = F.conv2d(torch.relu(h), model.conv2.weight.double(), model.conv2.bias.double(), padding=1)
+    gain, shift = model.bn1.weight.double().view(1, -1, 1, 1), model.bn1.bias.double().view(1, -1, 1, 1)
+    sigma = torch.sqrt(var_b + model.bn1.eps)
+    a = (h - mu) / sigma * gain + shift
+    w2, b2 = model.conv2.weight.double(), model.conv2.bias.double()
+    h = F.conv2d(torch.relu(a), w2, b2, padding=1)
     mean2, var2 = _channel_stats(h)
+    # float32 error of bn2's input: conv1's, through bn1's batch statistics (summed in float32 at worst:
+    # gamma_N), its normalisation (a few roundings) and the ReLU (1-Lipschitz), then conv2's own
+    u, n1 = unit_roundoff(np.float32), h1.numel() // h1.shape[1]
+    centred = (h1 - mu).abs()
+    mu_error = error1.mean(dim=(0, 2, 3), keepdim=True) + gamma(n1) * h1.abs().mean(dim=(0, 2, 3), keepdim=True)
+    var_error = 2 * (centred * error1).mean(dim=(0, 2, 3), keepdim=True) \
+        + gamma(n1 + 2) * h1.pow(2).mean(dim=(0, 2, 3), keepdim=True)
+    rho = var_error / (2 * (var_b + model.bn1.eps)) + 2 * u
+    a_error = gain.abs() * ((error1 + mu_error) / sigma + centred / sigma * rho) + 4 * u * (a.abs() + shift.abs())
+    error2 = F.conv2d(a_error, w2.abs(), padding=1) + conv_error(torch.relu(a), w2, b2)
+    mean2_tol, var2_tol = stats_tolerance(h, error2)
     adapted = adapt_batchnorm(model, y1, batch_size=9)
-    torch.testing.assert_close(adapted.bn2.running_mean.double(), mean2, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(adapted.bn2.running_var.double(), var2, rtol=1e-5, atol=1e-6)
+    assert torch.all((adapted.bn2.running_mean.double() - mean2).abs() <= mean2_tol)
+    assert torch.all((adapted.bn2.running_var.double() - var2).abs() <= var2_tol)
 
 
 def test_adabn_sees_only_the_y1_images_and_no_randomness():
@@ -271,8 +311,12 @@ def test_adabn_sets_the_target_statistics_and_aligns_the_latents(toy):
     first = net.body[0]
     pre = xt[:N_TRAIN].double() @ first.weight.double().T + first.bias.double()
     bn = adapted.body[1]
-    torch.testing.assert_close(bn.running_mean.double(), pre.mean(0), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(bn.running_var.double(), pre.var(0, unbiased=True), rtol=1e-5, atol=1e-6)
+    # the first layer in float32: gamma_{K+1} (|W| |x| + |b|) per entry (tests/tolerances.py)
+    k = first.in_features + 1
+    error = gamma(k) * (xt[:N_TRAIN].double().abs() @ first.weight.double().abs().T + first.bias.double().abs())
+    mean_tol, var_tol = stats_tolerance(pre[:, :, None], error[:, :, None])
+    assert torch.all((bn.running_mean.double() - pre.mean(0)).abs() <= mean_tol)
+    assert torch.all((bn.running_var.double() - pre.var(0, unbiased=True)).abs() <= var_tol)
     zs, zt_plain, _ = _test_latents(toy, net)
     _, zt_adapted, _ = _test_latents(toy, net, target_net=adapted)
     assert mmd2_measure(zs, zt_adapted) < 0.5 * mmd2_measure(zs, zt_plain)

@@ -161,10 +161,10 @@ def test_vocabulary_is_the_specs():
 
     assert pkg.CLASSES == ("spiral", "elliptical", "merger")  # label order of the one-hot files (SPEC 3.6)
     assert pkg.DOMAINS == ("Y10", "Y1") and pkg.SPLITS == ("train", "valid", "test")
-    assert pkg.PRESETS == ("tiny", "quick", "paper") and pkg.MODELS == ("convnet", "resnet18")
+    assert pkg.PRESETS == ("tiny", "quick", "paper") and pkg.MODELS == ("convnet", "resnet18", "d4-convnet")
     assert pkg.REFERENCE_METHOD == "regular" and pkg.METHODS[0] == "regular" and "mmd" in pkg.METHODS
     assert pkg.METHOD_SHORT["regular"] == "Reg" and pkg.METHOD_SHORT["mmd"] == "DA (MMD)"
-    assert pkg.MODEL_LABELS == {"convnet": "ConvNet", "resnet18": "ResNet18"}
+    assert pkg.MODEL_LABELS == {"convnet": "ConvNet", "resnet18": "ResNet18", "d4-convnet": "D4 ConvNet"}
     assert set(pkg.METHOD_LABELS) == set(pkg.METHOD_SHORT) == set(pkg.METHODS)
 
 

@@ -112,16 +112,21 @@ def test_convnet_map_through_the_local_evaluator_is_the_known_region():
     check_claims(model, x[i:i + 1], [res], pixels=1)
 
 
-def test_the_de_flip_is_in_the_exhaustive_map_and_never_beyond_it():
-    model = PixelModel(row=2, col=2, gain=12.0)
-    images = flat_images(4, size=5) + np.random.default_rng(3).random((4, 3, 5, 5)).astype(np.float32) * 0.2
-    de = OnePixelDE(model, pop_size=30, max_iter=15, device="cpu")(images, [0] * 4, targets=[2] * 4)
-    ex = ExhaustiveSearch(model, device="cpu")(images, [0] * 4, targets=[2] * 4)
-    for d, e in zip(de, ex):
-        assert e.success  # corners reach p > 0.5 at (2, 2): the exact answer
-        if d.success:
-            x, y = d.pixels[0]
-            assert e.flips[0, y, x]
+def test_de_finds_an_interior_flip_that_the_corner_search_misses():
+    # class 2's logit is 8 tent(v) - 2 of pixel (2, 2), tent(v) = relu(v) - 2 relu(v - 1/2): only values
+    # in about (0.37, 0.63) flip the image, so the corners of [0, 1] (and any corner search) never do
+    from certify_support import tent_pixel_model
+
+    model = tent_pixel_model(size=5, row=2, col=2)
+    images = np.zeros((2, 1, 5, 5), np.float32)
+    ex = ExhaustiveSearch(model, value_range=input_range(1), device="cpu")(images, [0, 0], targets=[2, 2])
+    assert not any(e.success for e in ex) and not any(e.flips.any() for e in ex)
+    de = OnePixelDE(model, pop_size=60, max_iter=20, value_range=input_range(1), device="cpu")(
+        images, [0, 0], targets=[2, 2], keys=[0, 1])
+    assert all(d.success for d in de)
+    for d in de:
+        assert d.pixels[0].tolist() == [2, 2] and 0.36 < d.values[0, 0] < 0.64
+        assert plain_probabilities(model, images[0], [((2, 2), d.values[0])])[2] > 0.5
 
 
 def test_verify_map_confirms_every_flagged_position():

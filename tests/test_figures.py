@@ -118,8 +118,8 @@ def test_fig6_histograms_are_fractions_with_median_lines_and_the_js_distance(toy
     axes = fig.axes
     assert len(axes) == 4
     expected = [("latent", "Y10-Y1", "d_E = ‖z(Y10) − z(Y1)‖₂"), ("latent", "Y10-1P", "d_E = ‖z(Y10) − z(1P)‖₂"),
-                ("normalised", "Y10-Y1", "‖z(Y10) − z(Y1)‖₂ / median ‖z(Y10)‖"),
-                ("normalised", "Y10-1P", "‖z(Y10) − z(1P)‖₂ / median ‖z(Y10)‖")]
+                ("spread", "Y10-Y1", "‖z(Y10) − z(Y1)‖₂ / median ‖z(Y10) − z̄‖"),
+                ("spread", "Y10-1P", "‖z(Y10) − z(1P)‖₂ / median ‖z(Y10) − z̄‖")]
     for ax, (scale, pert, xlabel) in zip(axes, expected):
         row = tables[scale][pert]
         assert ax.get_xlabel() == xlabel and ax.get_ylabel() == "fraction of images"

@@ -619,3 +619,177 @@ def test_import_memory_is_bounded_by_the_chunk(tmp_path):
     assert peak < 12 * chunk_bytes + 16 * int(np.prod(shape)) * 4 + 1_000_000, (peak, chunk_bytes)
     # 4x the images, the peak grows only by the per-row catalogue (about 1 kB a row)
     assert peak - small_peak < (size - small_size) / 20, (small_peak, peak)
+
+
+# -- scaled integers, byte order, Galaxy10 (through `deepadv import`) ------------------------
+
+
+def deepadv(*args: str) -> int:
+    """Run `deepadv ARGS` in this process; its exit status."""
+    from deepadversaries.cli import main
+
+    return main([str(a) for a in args])
+
+
+def _stored_catalog(folder: Path, hdus_of: list[list[fits.ImageHDU]] | list, n_classes: int = 2) -> Path:
+    """One FITS file per entry of ``hdus_of`` (an HDUList each) and a CSV catalogue with labels i % n_classes."""
+    (folder / "cutouts").mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, hdul in enumerate(hdus_of):
+        name = f"cutouts/c{i:03d}.fits"
+        fits.HDUList(hdul).writeto(folder / name)
+        names.append(name)
+    return write_csv_catalog(folder / "cat.csv", {"file": names, "y": [i % n_classes for i in range(len(names))]})
+
+
+def _imported_by_source_row(out: Path, slot: str = "Y10") -> np.ndarray:
+    """The imported images of every split, put back in source-row order."""
+    rows, images = [], []
+    for s in SPLITS:
+        x, _, cat = read_split(out, s, slot)
+        rows += [int(r["source_row"]) - 1 for r in cat]
+        images.append(x)
+    return np.concatenate(images)[np.argsort(rows)]
+
+
+def _scaled_hdu(stored: np.ndarray, bscale: float, bzero: float, blank: int | None = None,
+                extension: str | None = None) -> fits.ImageHDU | fits.PrimaryHDU:
+    """An image HDU holding ``stored`` as written, with BSCALE/BZERO (/BLANK) keywords."""
+    hdu = fits.ImageHDU(stored, name=extension) if extension else fits.PrimaryHDU(stored)
+    hdu.header["BSCALE"], hdu.header["BZERO"] = bscale, bzero
+    if blank is not None:
+        hdu.header["BLANK"] = blank
+    return hdu
+
+
+@pytest.mark.parametrize("layout", ["int16-cube", "uint16", "int32-hdu-per-band", "uint8-signed"])
+def test_scaled_integer_fits_read_as_bzero_plus_bscale(tmp_path, layout):
+    """BZERO + BSCALE x stored, scaled in float64 and rounded once to float32 (memory-mapping refused these)."""
+    rng = np.random.default_rng(7)
+    n, shape = 12, (2, 9, 7)
+    if layout == "int16-cube":
+        stored = rng.integers(-32768, 32767, (n, *shape), dtype=np.int16)
+        scale = [(0.0137, 1021.5)] * n
+        files = [[_scaled_hdu(x, *scale[i])] for i, x in enumerate(stored)]
+    elif layout == "uint16":  # astropy writes uint16 as int16 with BZERO = 32768: integers, kept exactly
+        physical = rng.integers(0, 65535, (n, *shape), dtype=np.uint16)
+        files = [[fits.PrimaryHDU(x)] for x in physical]
+        stored, scale = (physical.astype(np.int64) - 32768), [(1.0, 32768.0)] * n
+    elif layout == "int32-hdu-per-band":  # one 2-D HDU per band, each with its own scaling
+        stored = rng.integers(-2**31, 2**31 - 1, (n, *shape), dtype=np.int32)
+        scale = [[(1e-6 * (b + 1), -3.25 * b) for b in range(2)] for _ in range(n)]
+        files = [[fits.PrimaryHDU()] + [_scaled_hdu(x[b], *scale[i][b], extension=band)
+                                        for b, band in enumerate(("g", "r"))] for i, x in enumerate(stored)]
+    else:  # BITPIX 8 is unsigned; BZERO = -128 is the signed-byte convention
+        stored = rng.integers(0, 255, (n, *shape), dtype=np.uint8)
+        scale = [(0.5, -128.0)] * n
+        files = [[_scaled_hdu(x, *scale[i])] for i, x in enumerate(stored)]
+    cat = _stored_catalog(tmp_path / "in", files)
+    extra = ["--bands", "g,r"] if layout == "int32-hdu-per-band" else []
+    assert deepadv("import", "--out", tmp_path / "ds", "--catalog", cat, "--path-column", "file",
+                   "--label-column", "y", "--stretch", "zscore", *extra) == 0  # zscore: negative values too
+    got = _imported_by_source_row(tmp_path / "ds")
+    per_band = np.array(scale, dtype=np.float64).reshape(n, -1, 2)  # (n, 1 or bands, [bscale, bzero])
+    bscale, bzero = per_band[..., 0, None, None], per_band[..., 1, None, None]
+    expected = (bzero + bscale * stored.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(got, expected)
+    # astropy's own scaling (no memory map) agrees to float32 rounding of the same sum
+    for i, p in enumerate(sorted((tmp_path / "in" / "cutouts").glob("*.fits"))):
+        with fits.open(p, memmap=False) as hdul:
+            ref = np.stack([h.data.astype(np.float64) for h in hdul if h.data is not None]).reshape(shape)
+        bound = 4 * np.finfo(np.float32).eps * (np.abs(bzero[i]) + np.abs(bscale[i] * stored[i]))
+        assert np.all(np.abs(got[i] - ref) <= bound)
+
+
+def test_fits_blank_pixels_are_refused_as_bad_pixels(tmp_path, capsys):
+    """BLANK marks undefined pixels: read as NaN, so the cutout is refused naming it; BLANK unused imports."""
+    stored = np.arange(12 * 36, dtype=np.int16).reshape(12, 1, 6, 6) - 200
+    stored[5, 0, 4, 1] = -32768
+    files = [[_scaled_hdu(x, 2.0, 10.0, blank=-32768)] for x in stored]
+    cat = _stored_catalog(tmp_path / "in", files)
+    assert deepadv("import", "--out", tmp_path / "ds", "--catalog", cat, "--path-column", "file",
+                   "--label-column", "y") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "c005.fits: row 6 of cat.csv: 1 NaN or infinite pixel (first at band 0, y 4, x 1) " \
+                                "(FITS BLANK pixels read as NaN)" in err, err
+    assert not (tmp_path / "ds").exists()
+    stored[5, 0, 4, 1] = 0  # the keyword alone changes nothing
+    cat = _stored_catalog(tmp_path / "ok", [[_scaled_hdu(x, 2.0, 10.0, blank=-32768)] for x in stored])
+    assert deepadv("import", "--out", tmp_path / "ds", "--catalog", cat, "--path-column", "file",
+                   "--label-column", "y") == 0
+    np.testing.assert_array_equal(_imported_by_source_row(tmp_path / "ds"), (10.0 + 2.0 * stored).astype(np.float32))
+
+
+def test_big_endian_arrays_in_every_format(tmp_path):
+    """Big-endian FITS (int16, float64), HDF5 (float64 images, int16 labels, int64 ids) and .npy: the same numbers."""
+    rng = np.random.default_rng(3)
+    n = 18
+    ints = rng.integers(-30000, 30000, (n, 1, 8, 8)).astype(">i2")
+    doubles = rng.normal(100.0, 30.0, (n, 1, 8, 8)).astype(">f8")
+    for name, stored in (("int16", ints), ("float64", doubles)):
+        cat = _stored_catalog(tmp_path / name, [[fits.PrimaryHDU(x)] for x in stored])
+        assert deepadv("import", "--out", tmp_path / f"ds_{name}", "--catalog", cat, "--path-column", "file",
+                       "--label-column", "y") == 0
+        got = _imported_by_source_row(tmp_path / f"ds_{name}")
+        assert got.dtype == np.dtype("<f4") or got.dtype.isnative
+        np.testing.assert_array_equal(got, stored.astype(np.float32))
+    with h5py.File(tmp_path / "be.h5", "w") as h5:
+        h5.create_dataset("images", data=doubles)
+        h5.create_dataset("labels", data=(np.arange(n) % 3).astype(">i2"))
+        h5.create_dataset("ids", data=(np.arange(n) * 1001 + 2**40).astype(">i8"))
+    assert deepadv("import", "--out", tmp_path / "ds_h5", "--input", tmp_path / "be.h5", "--ids-key", "ids") == 0
+    for s in SPLITS:
+        x, y, rows = read_split(tmp_path / "ds_h5", s)
+        src = np.array([int(r["source_index"]) for r in rows])
+        np.testing.assert_array_equal(x, doubles[src].astype(np.float32))
+        np.testing.assert_array_equal(y.argmax(1), src % 3)
+        assert [int(r["galaxy_id"]) for r in rows] == list(src * 1001 + 2**40)
+    folder = make_toy_dataset(tmp_path / "toy", n={"train": 9, "valid": 3, "test": 3}, size=8)
+    native = {f.name: np.load(f) for f in folder.glob("*.npy")}
+    for name, a in native.items():
+        np.save(folder / name, a.astype(a.dtype.newbyteorder(">")))
+    assert np.load(folder / "images_Y10_train.npy").dtype.byteorder == ">"
+    assert deepadv("import", "--out", tmp_path / "ds_npy", "--input", folder) == 0
+    for name, a in native.items():
+        np.testing.assert_array_equal(np.load(tmp_path / "ds_npy" / name), a)
+
+
+GALAXY10_CLASSES = ("disturbed,merging,round-smooth,in-between-round-smooth,cigar-shaped-smooth,barred-spiral,"
+                    "unbarred-tight-spiral,unbarred-loose-spiral,edge-on-without-bulge,edge-on-with-bulge")
+
+
+def test_galaxy10_decals_layout_imports_without_keys(tmp_path):
+    """Galaxy10 DECaLS's file: `images` uint8 (N, H, W, 3), `ans` integer labels, ra/dec/redshift per image."""
+    rng = np.random.default_rng(10)
+    n = 50
+    images = rng.integers(0, 256, (n, 24, 24, 3), dtype=np.uint8)
+    ans = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+    ra, dec, z = rng.uniform(0, 360, n), rng.uniform(-20, 30, n), rng.uniform(0, 0.3, n)
+    with h5py.File(tmp_path / "Galaxy10_DECals.h5", "w") as h5:
+        h5["images"], h5["ans"], h5["ra"], h5["dec"], h5["redshift"] = images, ans, ra, dec, z
+        h5["pxscale"] = np.full(n, 0.262)
+    assert deepadv("import", "--out", tmp_path / "g10", "--input", tmp_path / "Galaxy10_DECals.h5",
+                   "--bands", "g,r,z", "--classes", GALAXY10_CLASSES) == 0
+    meta = json.loads((tmp_path / "g10" / "dataset.json").read_text())
+    assert meta["image_shape"] == [3, 24, 24] and meta["bands"] == ["g", "r", "z"]
+    assert meta["classes"] == GALAXY10_CLASSES.split(",")
+    assert meta["source"]["options"]["labels_key"] == "ans" and meta["source"]["options"]["band_axis"] == -1
+    seen = []
+    for s in SPLITS:
+        x, y, rows = read_split(tmp_path / "g10", s)
+        src = np.array([int(r["source_index"]) for r in rows])
+        np.testing.assert_array_equal(x, np.moveaxis(images[src], -1, 1).astype(np.float32))
+        np.testing.assert_array_equal(y.argmax(1), ans[src])
+        assert [r["label"] for r in rows] == [GALAXY10_CLASSES.split(",")[k] for k in ans[src]]
+        for column, values in (("ra", ra), ("dec", dec), ("redshift", z)):
+            assert [float(r[column]) for r in rows] == list(values[src])  # repr round trip: exact
+        seen += list(src)
+    assert sorted(seen) == list(range(n))
+    # (N, B, H, W) with few bands stays bands-first; a wrong guess is overridden with --band-axis
+    with h5py.File(tmp_path / "first.h5", "w") as h5:
+        h5["images"], h5["ans"] = np.moveaxis(images, -1, 1), ans
+    assert deepadv("import", "--out", tmp_path / "first", "--input", tmp_path / "first.h5") == 0
+    assert json.loads((tmp_path / "first" / "dataset.json").read_text())["image_shape"] == [3, 24, 24]
+    assert deepadv("import", "--out", tmp_path / "forced", "--input", tmp_path / "Galaxy10_DECals.h5",
+                   "--band-axis", "1") == 0
+    assert json.loads((tmp_path / "forced" / "dataset.json").read_text())["image_shape"] == [24, 24, 3]

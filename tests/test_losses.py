@@ -287,21 +287,23 @@ def test_domain_classifier_sees_both_domains_in_each_step():
 # the registry
 # ----------------------------------------------------------------------------------------------
 def test_methods_and_their_cited_defaults():
-    assert METHODS == ("regular", "mmd", "dann", "coral", "adabn")
+    assert METHODS == ("regular", "mmd", "dann", "coral", "adabn", "adv-1p")
     weights = {m: (s.weight_setting, s.default_weight) for m, s in METHOD_SPECS.items()}
     assert weights == {"regular": (None, None), "mmd": ("mmd_weight", 0.05), "dann": ("dann_weight", 1.0),
-                       "coral": ("coral_weight", 1.0), "adabn": (None, None)}
+                       "coral": ("coral_weight", 1.0), "adabn": (None, None), "adv-1p": (None, None)}
+    assert {m: s.adversarial_share for m, s in METHOD_SPECS.items()} == {
+        "regular": 0.0, "mmd": 0.0, "dann": 0.0, "coral": 0.0, "adabn": 0.0, "adv-1p": 0.5}
     assert [m for m in METHODS if METHOD_SPECS[m].adapts_in_training] == ["mmd", "dann", "coral"]
     assert [m for m in METHODS if METHOD_SPECS[m].adapts_before_inference] == ["adabn"]
     for spec in METHOD_SPECS.values():
         assert spec.measure in ALIGNMENT_MEASURES and spec.reference
         assert "Y10 validation accuracy" in spec.checkpoint_criterion and "no Y1 label" in spec.checkpoint_criterion
         assert (spec.weight_setting is None) == (spec.default_weight is None) == (not spec.weight_source)
-    assert alignment_loss("regular") is None and alignment_loss("adabn") is None
+    assert alignment_loss("regular") is None and alignment_loss("adabn") is None and alignment_loss("adv-1p") is None
 
 
 def test_bad_methods_and_weights_are_option_errors():
-    with pytest.raises(OptionError, match="unknown method 'cdan'; choose one of regular, mmd, dann, coral, adabn"):
+    with pytest.raises(OptionError, match="unknown method 'cdan'; choose one of regular, mmd, dann, coral, adabn, adv-1p"):
         alignment_loss("cdan")
     with pytest.raises(OptionError, match="unknown method"):
         method_spec("MMD")

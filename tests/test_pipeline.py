@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pickle
 import time
 from pathlib import Path
@@ -35,6 +36,14 @@ def write_marker(fresh: bool, *, marker: Path, log: list | None = None, extra: P
     marker.write_text(json.dumps({"fresh": fresh, "t": time.time_ns()}))
     if log is not None:
         log.append(marker.parent.name)
+
+
+def rewrite_marker_later(marker: Path) -> None:
+    """Rewrite a marker as its stage would and set its mtime 1 s past the old one, so that its
+    fingerprint (mtime, size) changes whatever the filesystem's timestamp granularity."""
+    before = marker.stat().st_mtime_ns
+    write_marker(False, marker=marker)
+    os.utime(marker, ns=(before + 10**9, before + 10**9))
 
 
 def fail(fresh: bool, *, error: BaseException) -> None:
@@ -107,8 +116,7 @@ def test_a_marker_rewritten_outside_the_pipeline_reruns_what_reads_it(folder):
     root, outside = folder
     stages = graph(root, outside)
     run_all(root, stages)
-    time.sleep(0.01)
-    write_marker(False, marker=stages[0].marker)  # e.g. the stage's verb run by hand
+    rewrite_marker_later(stages[0].marker)  # e.g. the stage's verb run by hand
     decisions = {s.name: d for s, d in plan(stages, read_timings(root))}
     assert not decisions["a"].runs
     assert (decisions["b"].runs, decisions["b"].why) == (True, "its inputs changed")
@@ -120,8 +128,7 @@ def test_a_changed_outside_file_reruns_its_stage(folder):
     root, outside = folder
     stages = graph(root, outside)
     run_all(root, stages)
-    time.sleep(0.01)
-    outside.write_text("v2, longer")
+    outside.write_text("v2, longer")  # another size: a changed fingerprint without waiting on the clock
     assert run_all(root, stages) == ["d"]
 
 
@@ -135,8 +142,7 @@ def test_decide_without_a_marker_resumes_unless_an_input_changed(folder):
     assert decide(stages[1], by_name, record, set()) == decide(stages[1], by_name, record, set())
     d = decide(stages[1], by_name, record, set())
     assert d.runs and not d.fresh  # resume what is there
-    time.sleep(0.01)
-    write_marker(False, marker=stages[0].marker)
+    rewrite_marker_later(stages[0].marker)
     d = decide(stages[1], by_name, record, set())
     assert d.runs and d.fresh and d.why == "not finished; its inputs changed"
 

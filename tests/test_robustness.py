@@ -14,7 +14,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from deepadversaries.corruptions import CORRUPTIONS, corrupt
+import functools
+
+import scipy.stats
+
+from deepadversaries.corruption_error import corruption_errors, pool_corruptions_over_seeds
+from deepadversaries.corruptions import CORRUPTIONS, CorruptionOptions, corrupt
 from deepadversaries.data import load_dataset
 from deepadversaries.errors import DeepAdvError, FileError, OptionError
 from deepadversaries.inference import forward_batches
@@ -27,32 +32,85 @@ from deepadversaries.plots.robustness import (
 from deepadversaries.robustness import (
     CHUNK,
     FIELDS,
+    check_survey_noise,
     corrupted_chunk,
-    mean_corruption_error,
     parse_corruptions,
     parse_severities,
-    relative_mean_corruption_error,
-    robustness_run,
+    robustness_dir,
 )
+from deepadversaries.robustness import robustness_run as _robustness_run
+
+#: the toy dataset's noise is not the LSST survey model's: the border-noise check is off in these tests
+robustness_run = functools.partial(_robustness_run, noise_check="off")
 from deepadversaries.runs import RUN_KIND
 
 
-# --- mCE -------------------------------------------------------------------------------------------------
-def test_mean_corruption_error_against_a_hand_computation():
-    errors = {("a", 1): 0.2, ("a", 2): 0.4, ("b", 1): 0.1, ("b", 2): 0.3, ("a", 0): 0.9}
-    base = {("a", 1): 0.4, ("a", 2): 0.6, ("b", 1): 0.2, ("b", 2): 0.2, ("c", 1): 0.5}
-    ce, mce = mean_corruption_error(errors, base)
-    # by hand: CE_a = (0.2 + 0.4) / (0.4 + 0.6) = 0.6; CE_b = (0.1 + 0.3) / (0.2 + 0.2) = 1.0; severity 0 ignored
-    assert ce == pytest.approx({"a": 0.6, "b": 1.0})
-    assert mce == pytest.approx(0.8)
-    # relative: clean errors 0.1 (model) and 0.1 (baseline):
-    # a: (0.1 + 0.3) / (0.3 + 0.5) = 0.5; b: (0.0 + 0.2) / (0.1 + 0.1) = 1.0; mean 0.75
-    rce, rmce = relative_mean_corruption_error(errors, 0.1, base, 0.1)
-    assert rce == pytest.approx({"a": 0.5, "b": 1.0}) and rmce == pytest.approx(0.75)
-    with pytest.raises(OptionError, match="no error for b at severity 3"):
-        mean_corruption_error({("b", 3): 0.1}, base)
-    assert math.isinf(mean_corruption_error({("x", 1): 0.1}, {("x", 1): 0.0})[0]["x"])
-    assert mean_corruption_error({("x", 1): 0.0}, {("x", 1): 0.0})[0]["x"] == 1.0  # both perfect: as good
+# --- corruption error ---------------------------------------------------------------------------------------
+def test_corruption_error_against_a_hand_computation():
+    """A baseline with negative, zero and significant degradation: ΔE everywhere, CE only where degraded."""
+    n = 40
+    clean = np.zeros(n, bool)
+    clean[:4] = True  # both models: 4 clean errors (10 %)
+    base = {("none", 0): clean.copy()}
+    run = {("none", 0): clean.copy()}
+    # "better": the baseline makes 2 fewer errors than clean at both severities (negative degradation)
+    b = clean.copy(); b[:2] = False
+    base[("better", 1)] = base[("better", 2)] = b
+    r = clean.copy(); r[10:13] = True
+    run[("better", 1)] = run[("better", 2)] = r
+    # "same": the baseline's errors do not change (zero degradation)
+    base[("same", 1)] = base[("same", 2)] = clean.copy()
+    r = clean.copy(); r[10] = True
+    run[("same", 1)], run[("same", 2)] = r, clean.copy()
+    # "worse": 12 more baseline errors at severity 1, 16 at severity 2 (significant); the run: 6 and 8
+    b1, b2 = clean.copy(), clean.copy(); b1[4:16] = True; b2[4:20] = True
+    base[("worse", 1)], base[("worse", 2)] = b1, b2
+    r1, r2 = clean.copy(), clean.copy(); r1[4:10] = True; r2[4:12] = True
+    run[("worse", 1)], run[("worse", 2)] = r1, r2
+    out = corruption_errors(run, base, n_boot=500, seed=1)
+    c = out["corruptions"]
+    # ΔE = Σ_s (E_run − E_base) × 100, by hand
+    assert c["better"]["delta_points"]["value"] == pytest.approx(100 * ((7 - 2) / n + (7 - 2) / n))
+    assert c["same"]["delta_points"]["value"] == pytest.approx(100 * (1 / n + 0))
+    assert c["worse"]["delta_points"]["value"] == pytest.approx(100 * ((10 - 16) / n + (12 - 20) / n))
+    for name in c:
+        d = c[name]["delta_points"]
+        assert d["ci_low"] <= d["value"] <= d["ci_high"] and d["n"] == n
+    # the sign test: "worse" has 16 images worse, none better: p = 0.5^16; the others are not degraded
+    assert c["worse"]["baseline_degradation"]["p_value"] == pytest.approx(0.5 ** 16)
+    assert c["worse"]["baseline_degradation"]["p_value"] == pytest.approx(
+        scipy.stats.binomtest(16, 16, 0.5, alternative="greater").pvalue)
+    assert c["better"]["baseline_degradation"]["p_value"] == pytest.approx(1.0)
+    assert c["same"]["baseline_degradation"]["p_value"] == 1.0  # no image changes
+    assert out["degraded"] == ["worse"] and out["not_degraded"] == ["better", "same"]
+    assert c["better"]["ce"] is None and c["same"]["relative_ce"] is None
+    # CE and relative CE of "worse", by hand
+    ce = (10 / n + 12 / n) / (16 / n + 20 / n)
+    rce = ((10 - 4) / n + (12 - 4) / n) / ((16 - 4) / n + (20 - 4) / n)
+    assert c["worse"]["ce"]["value"] == pytest.approx(ce)
+    assert c["worse"]["relative_ce"]["value"] == pytest.approx(rce)
+    assert out["mce"]["value"] == pytest.approx(ce) and out["relative_mce"]["value"] == pytest.approx(rce)
+    assert out["mce"]["ci_low"] <= ce <= out["mce"]["ci_high"]
+    with pytest.raises(OptionError, match="no result for worse at severity 3"):
+        corruption_errors({**run, ("worse", 3): r1}, base)
+
+
+def test_pooling_over_seeds_gives_a_t_interval():
+    def summary(delta: float, ce: float | None) -> dict:
+        entry = {"delta_points": {"value": delta, "ci_low": delta - 1, "ci_high": delta + 1, "n": 10},
+                 "status": "degraded" if ce is not None else "not degraded",
+                 "ce": None if ce is None else {"value": ce, "ci_low": ce - 0.1, "ci_high": ce + 0.1, "n": 10}}
+        return {"clean": {"accuracy": 0.9}, "results": [{"corruption": "a", "severity": 1, "accuracy": 0.8}],
+                "corruption_errors": {"corruptions": {"a": entry}, "degraded": ["a"] if ce is not None else [],
+                                      "mce": None}}
+    pooled = pool_corruptions_over_seeds([summary(-2.0, 0.8), summary(-4.0, 0.9), summary(-3.0, 0.7)])
+    d = pooled["corruptions"]["a"]["delta_points"]
+    half = scipy.stats.t.ppf(0.975, 2) * np.std([-2.0, -4.0, -3.0], ddof=1) / math.sqrt(3)
+    assert d["value"] == pytest.approx(-3.0) and d["ci_high"] == pytest.approx(-3.0 + half) and d["n"] == 3
+    assert pooled["mce"]["value"] == pytest.approx(0.8) and pooled["mce_corruptions"] == ["a"]
+    assert pooled["corruptions"]["a"]["seeds_degraded"] == 3
+    # a corruption not degraded in one seed leaves the pooled mCE
+    assert pool_corruptions_over_seeds([summary(-2.0, 0.8), summary(-4.0, None)])["mce"] is None
 
 
 def test_option_parsing():
@@ -142,7 +200,7 @@ def test_stage_writes_the_table_and_the_summary_last(runs, toy_dataset):
         assert 0 <= float(r["accuracy"]) <= 1 and 0 <= float(r["flip_rate"]) <= 1 and int(r["n"]) == len(labels)
     # a corrupted row recomputed here from the documented seed derivation
     raw = ds.images("Y10", "test", stretched=False)
-    rng = np.random.default_rng([0, zlib.crc32(b"sky_error"), 5, 0])
+    rng = np.random.default_rng([0, zlib.crc32(b"sky_error"), 0])  # the same stream for every severity
     images = corrupt(np.asarray(raw[:CHUNK]), "sky_error", 5, rng)
     from deepadversaries.data import apply_stretch
     pred = forward_batches(runs["model"], apply_stretch(images, *ds.stretch("Y10")), batch_size=16).predicted
@@ -152,12 +210,19 @@ def test_stage_writes_the_table_and_the_summary_last(runs, toy_dataset):
     # summary: written last, no baseline for a regular run, unnormalised mean errors
     assert summary == read_json(out / "summary.json")
     assert summary["kind"] == "deepadv-robustness" and summary["n"] == len(labels)
-    assert summary["mce"] is None and summary["baseline"]["run"] is None
+    assert summary["mce"] is None and summary["corruption_errors"] is None and summary["baseline"]["run"] is None
     assert "regular run" in summary["baseline"]["chosen_by"]
     errors = [1 - float(r["accuracy"]) for r in rows[1:]]
     assert summary["mean_error"] == pytest.approx(np.mean(errors))
+    # what the model's input saw: a sky error changes every pixel; the clean row's clip fraction by hand
+    assert float(row["frac_pixels_changed"]) == 1.0 and float(row["mean_abs_delta_input"]) > 0
+    lo, hi = ds.stretch("Y10")
+    raw_all = np.asarray(raw)
+    assert float(rows[0]["frac_clipped"]) == pytest.approx(np.mean((raw_all < lo) | (raw_all > hi)))
+    delta = np.abs(apply_stretch(images, lo, hi).astype(np.float64) - apply_stretch(np.asarray(raw[:CHUNK]), lo, hi))
+    assert float(row["mean_abs_delta_input"]) == pytest.approx(delta.mean(), rel=1e-5)
     last = (out / "summary.json").stat().st_mtime_ns
-    for name in ("robustness.csv", "accuracy.png", "corruption_grid.png"):
+    for name in ("robustness.csv", "outcomes.npz", "accuracy.png", "corruption_grid.png"):
         assert (out / name).stat().st_mtime_ns <= last
 
 
@@ -172,12 +237,13 @@ def test_paired_images_and_the_default_baseline(runs):
     mmd_rows = _read_csv(runs["mmd"] / "robustness" / "robustness.csv")
     # same model, same corrupted images (for every corruption): the same table
     assert mmd_rows == [r for r in regular_rows if r["severity"] in ("0", "5")]
-    assert all(v == pytest.approx(1.0) for v in summary["corruption_errors"].values())
-    assert summary["mce"] == pytest.approx(1.0)
+    block = summary["corruption_errors"]["corruptions"]
+    assert all(b["delta_points"]["value"] == 0.0 for b in block.values())
+    assert all(b["ce"]["value"] == pytest.approx(1.0) for b in block.values() if b["status"] == "degraded")
     # without the baseline's own result, the baseline is evaluated on the same images: same answer
     again = robustness_run(runs["mmd"], severities="5", device="cpu", batch_size=16, overwrite=True,
                            baseline=runs["regular"], figures=False)
-    assert again["mce"] == pytest.approx(summary["mce"])
+    assert again["corruption_errors"]["corruptions"] == summary["corruption_errors"]["corruptions"]
     (runs["regular"] / "robustness" / "summary.json").rename(runs["regular"] / "robustness" / "hidden.json")
     try:
         fresh = robustness_run(runs["mmd"], severities="5", device="cpu", batch_size=16, overwrite=True,
@@ -185,21 +251,66 @@ def test_paired_images_and_the_default_baseline(runs):
     finally:
         (runs["regular"] / "robustness" / "hidden.json").rename(runs["regular"] / "robustness" / "summary.json")
     assert fresh["baseline"]["errors_from"].startswith("evaluated here")
-    assert fresh["mce"] == pytest.approx(summary["mce"])
+    assert fresh["corruption_errors"]["corruptions"] == summary["corruption_errors"]["corruptions"]
 
 
-def test_corruption_errors_against_the_two_tables(runs, tmp_path):
+def test_corruption_errors_against_the_baseline_recomputed_here(runs, toy_dataset):
+    """ΔE and the baseline's errors against the baseline model's own predictions, recomputed here on the
+    documented corrupted images (a benchmark that scored the baseline with the run's model fails this)."""
     summary = robustness_run(runs["mmd"], corruptions="seeing,depth,satellite", severities="2,4", device="cpu",
                              batch_size=16, overwrite=True, baseline=runs["other"], figures=False)
     assert summary["baseline"]["errors_from"].startswith("evaluated here")
+    ds = load_dataset(toy_dataset)
+    labels = ds.labels("test")
+    raw = ds.images("Y10", "test", stretched=False)
+    other = _probe_model(toy_dataset, 1)
     ours = {(r["corruption"], int(r["severity"])): 1 - float(r["accuracy"])
             for r in _read_csv(runs["mmd"] / "robustness" / "robustness.csv")[1:]}
-    theirs = {(r["corruption"], r["severity"]): r["error"] for r in summary["baseline"]["errors"]}
+    recorded = {(r["corruption"], r["severity"]): r["error"] for r in summary["baseline"]["errors"]}
     for c in ("seeing", "depth", "satellite"):
-        num = ours[(c, 2)] + ours[(c, 4)]
-        den = theirs[(c, 2)] + theirs[(c, 4)]
-        expected = num / den if den else (1.0 if num == 0 else math.inf)
-        assert summary["corruption_errors"][c] == pytest.approx(expected)
+        theirs = {}
+        for s in (2, 4):
+            images = ds.model_input(corrupted_chunk(raw, c, s, 0), "Y10")
+            pred = forward_batches(other, images, batch_size=16).predicted
+            theirs[s] = float(np.mean(pred != labels))
+            assert recorded[(c, s)] == pytest.approx(theirs[s])
+        expected = 100 * (ours[(c, 2)] + ours[(c, 4)] - theirs[2] - theirs[4])
+        assert summary["corruption_errors"]["corruptions"][c]["delta_points"]["value"] == pytest.approx(expected)
+
+
+def test_blend_keeps_the_primary_label(runs, toy_dataset):
+    summary = robustness_run(runs["regular"], corruptions="blend", severities="5", device="cpu", batch_size=16,
+                             overwrite=True, figures=False)
+    ds = load_dataset(toy_dataset)
+    images = ds.model_input(corrupted_chunk(ds.images("Y10", "test", stretched=False), "blend", 5, 0), "Y10")
+    pred = forward_batches(runs["model"], images, batch_size=16).predicted
+    # scored against the dataset's labels: the primary's
+    assert summary["results"][0]["accuracy"] == pytest.approx(np.mean(pred == ds.labels("test")))
+
+
+def test_y1_domain_and_variants_write_their_own_folders(runs, toy_dataset):
+    summary = robustness_run(runs["regular"], corruptions="hot_pixels", severities="1", domain="Y1",
+                             defects="masked", stress=True, device="cpu", batch_size=16, overwrite=True, figures=False)
+    folder = robustness_dir(runs["regular"], "Y1", CorruptionOptions("stress", "masked"))
+    assert folder.name == "robustness_Y1_stress_masked" and (folder / "summary.json").is_file()
+    assert summary["domain"] == "Y1" and summary["settings"]["defects"] == "masked"
+    ds = load_dataset(toy_dataset)
+    raw = ds.images("Y1", "test", stretched=False)
+    images = ds.model_input(corrupted_chunk(raw, "hot_pixels", 1, 0, domain="Y1",
+                                            options=CorruptionOptions("stress", "masked")), "Y1")
+    pred = forward_batches(runs["model"], images, batch_size=16).predicted
+    assert summary["results"][0]["accuracy"] == pytest.approx(np.mean(pred == ds.labels("test")))
+
+
+def test_noise_unlike_the_survey_is_refused_or_warned(runs, toy_dataset):
+    ds = load_dataset(toy_dataset)
+    with pytest.raises(FileError, match="--noise-check warn") as err:
+        check_survey_noise(ds, "Y10", ds.bands, "refuse")
+    assert "\n" not in str(err.value) and err.value.exit_code == 2
+    report = check_survey_noise(ds, "Y10", ds.bands, "warn")
+    assert report["ok"] is False and report["ratios"]["r"] < 0.2  # toy sky sigma 22 e- against sqrt(B) = 357 e-
+    with pytest.raises(FileError, match="border-pixel noise"):
+        _robustness_run(runs["regular"], corruptions="depth", severities="1", device="cpu", overwrite=True)
 
 
 def test_corrupted_images_depend_only_on_seed_and_chunk(toy_dataset):
@@ -208,7 +319,7 @@ def test_corrupted_images_depend_only_on_seed_and_chunk(toy_dataset):
     b = corrupted_chunk(raw, "cosmic_rays", 5, 0, seed=3)
     assert np.array_equal(a, b)
     expected = corrupt(np.asarray(raw[:CHUNK]), "cosmic_rays", 5,
-                       np.random.default_rng([3, zlib.crc32(b"cosmic_rays"), 5, 0]))
+                       np.random.default_rng([3, zlib.crc32(b"cosmic_rays"), 0]))
     assert np.array_equal(a, expected)
     assert not np.array_equal(corrupted_chunk(raw, "depth", 5, 0, seed=3), corrupted_chunk(raw, "depth", 5, 0, seed=4))
 
@@ -303,7 +414,8 @@ def test_corruption_grid_shows_every_corruption_and_severity(toy_dataset):
     ds = load_dataset(toy_dataset)
     image = np.asarray(ds.images("Y10", "test", stretched=False)[0])
     lo, hi = ds.stretch("Y10")
-    fig = corruption_grid_figure(image, lo, hi, corruptions=["seeing", "dead_pixels"], seed=0)
+    fig = corruption_grid_figure(image, lo, hi, corruptions=["seeing", "dead_pixels"], seed=0,
+                                 options=CorruptionOptions("stress", "no-dither"))
     (ax,) = fig.get_axes()
     assert [t.get_text() for t in ax.get_yticklabels()] == ["seeing", "dead pixels"]
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"severity {s}" for s in range(6)]
@@ -322,3 +434,27 @@ def test_corruption_grid_shows_every_corruption_and_severity(toy_dataset):
     dead_panel = mosaic[step:step + 100, 5 * step:5 * step + 100]
     assert 30 < (dead_panel.max(axis=-1) == 0).sum() < 200
     assert (mosaic[100:step] == 1).all()  # a white gap between the rows
+
+
+def test_the_grid_shows_the_images_the_model_was_scored_on(runs, toy_dataset, monkeypatch):
+    import deepadversaries.robustness as robustness
+
+    captured = {}
+
+    def capture(image, lo, hi, out, **kwargs):
+        captured.update(kwargs, image=image)
+        return out
+
+    monkeypatch.setattr(robustness, "plot_corruption_grid", capture)
+    robustness_run(runs["regular"], corruptions="satellite,hot_pixels", severities="1,5", device="cpu",
+                   batch_size=16, overwrite=True)
+    raw = load_dataset(toy_dataset).images("Y10", "test", stretched=False)
+    panels = captured["panels"]
+    for name in ("satellite", "hot_pixels"):
+        for severity in (1, 5):
+            assert np.array_equal(panels[(name, severity)], corrupted_chunk(raw, name, severity, 0)[0])
+        assert np.array_equal(panels[(name, 0)], np.asarray(raw[0]))
+    # nested draws: the severity-5 hot pixels include the severity-1 ones
+    low = panels[("hot_pixels", 1)] != np.asarray(raw[0])
+    high = panels[("hot_pixels", 5)] != np.asarray(raw[0])
+    assert (low <= high).all() and high.sum() > low.sum()

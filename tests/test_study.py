@@ -20,8 +20,8 @@ from deepadversaries.stats import VERDICTS
 from deepadversaries.study import parse_methods, parse_seeds, study
 
 SEEDS = "0-1"
-FINDING_KEYS = {"id", "model", "method", "effect", "ci_low", "ci_high", "ci_level", "verdict", "threshold",
-                "per_seed", "n_seeds", "how"}
+FINDING_KEYS = {"id", "model", "method", "primary", "effect", "ci_low", "ci_high", "ci_level", "verdict", "label",
+                "magnitude", "paper_effect", "bound", "per_seed", "n_seeds", "how"}
 
 
 # --------------------------------------------------------------------------------------
@@ -171,6 +171,99 @@ def test_tiny_study_writes_findings_with_intervals_and_cells(baseline):
     assert newest.name == "study.json"
 
 
+def _correct(cell: Path, domain: str):
+    import numpy as np
+
+    with np.load(cell / "predictions.npz") as npz:
+        return npz[f"probabilities_{domain}"].argmax(axis=1) == npz["labels"]
+
+
+def _flips(cell: Path) -> dict[int, bool]:
+    import csv
+
+    with open(cell / "attack" / "results.csv", newline="") as fh:
+        return {int(r["test_index"]): r["success"] == "True" for r in csv.DictReader(fh)}
+
+
+def _hand_verdict(low: float, high: float, direction: str, bound: float) -> str:
+    """SPEC 10 in words: held when the whole interval lies on the claimed side of the bound (no effect,
+    or for (c) the −3-point margin), contradicted when wholly on the other side, else inconclusive."""
+    above, below = low > bound, high < bound
+    held, contradicted = (above, below) if direction == "greater" else (below, above)
+    return "held" if held else "contradicted" if contradicted else "inconclusive"
+
+
+def _edit_seed(cells: Path, seed: int) -> None:
+    """Make one seed's cells differ from the others (the tiny models agree on every image): some Y1
+    (regular) and Y10 (MMD) predictions turned right or wrong, and two images flipped under regular."""
+    import csv
+
+    import numpy as np
+
+    for cell, domain, k in ((f"convnet_regular_s{seed}", "Y1", 9), (f"convnet_mmd_s{seed}", "Y10", 5)):
+        path = cells / cell / "predictions.npz"
+        with np.load(path) as npz:
+            arrays = {name: np.array(npz[name]) for name in npz.files}
+        p = arrays[f"probabilities_{domain}"]
+        labels = arrays["labels"]
+        wrong = np.flatnonzero(p.argmax(axis=1) != labels)[:k]  # made right
+        right = np.flatnonzero(p.argmax(axis=1) == labels)[: k // 2]  # made wrong
+        p[wrong] = np.eye(p.shape[1])[labels[wrong]]
+        p[right] = np.eye(p.shape[1])[(labels[right] + 1) % p.shape[1]]
+        np.savez(path, **arrays)
+    path = cells / f"convnet_regular_s{seed}" / "attack" / "results.csv"
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames, list(reader)
+    for row in rows[:2]:
+        row["success"] = "True"  # flipped under regular only: the images flipped under both are unchanged
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.slow
+def test_study_verdicts_recomputed_from_the_cells_files(baseline, tmp_path):
+    """(a)-(c) from each seed's predictions.npz and (e) from each seed's attack/results.csv: the pooled
+    effect is the mean of the per-seed effects, the interval mean ± t·s/√n, the verdict SPEC 10's.
+    Seed 1's cells are edited first so that the seeds differ: a study that read one seed's cell for
+    every seed gives other numbers."""
+    import shutil
+
+    import numpy as np
+    from scipy import stats
+
+    from deepadversaries.study_report import write_study
+
+    root = Path(shutil.copytree(baseline, tmp_path / "study"))
+    cells = root / "cells"
+    _edit_seed(cells, 1)
+    record = json.loads(write_study(root).read_text())
+    seeds = record["seeds"]
+    per_seed: dict[str, list[float]] = {k: [] for k in "abce"}
+    for seed in seeds:
+        reg, mmd = cells / f"convnet_regular_s{seed}", cells / f"convnet_mmd_s{seed}"
+        per_seed["a"].append(_correct(reg, "Y1").mean() - _correct(reg, "Y10").mean())
+        per_seed["b"].append(_correct(mmd, "Y1").mean() - _correct(reg, "Y1").mean())
+        per_seed["c"].append(_correct(mmd, "Y10").mean() - _correct(reg, "Y10").mean())
+        flips_r, flips_m = _flips(reg), _flips(mmd)
+        both = sorted(set(flips_r) & set(flips_m))
+        per_seed["e"].append(np.mean([flips_m[t] - flips_r[t] for t in both]))
+    for fid, values in per_seed.items():  # the seeds differ
+        assert len(set(np.round(values, 12))) == len(seeds), (fid, values)
+    rules = {"a": ("less", 0.0), "b": ("greater", 0.0), "c": ("greater", -0.03), "e": ("less", 0.0)}
+    by_id = {f["id"]: f for f in record["findings"]}
+    for fid, values in per_seed.items():
+        f = by_id[fid]
+        assert [s["effect"] for s in f["per_seed"]] == pytest.approx(values, abs=1e-12), fid
+        mean, sd, n = float(np.mean(values)), float(np.std(values, ddof=1)), len(values)
+        half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+        assert f["effect"] == pytest.approx(mean, abs=1e-12), fid
+        assert (f["ci_low"], f["ci_high"]) == pytest.approx((mean - half, mean + half), abs=1e-12), fid
+        assert f["verdict"] == _hand_verdict(mean - half, mean + half, *rules[fid]), fid
+
+
 def _ran(path: Path) -> int:
     try:
         stages = json.loads((path / "timings.json").read_text())["stages"]
@@ -220,12 +313,9 @@ def test_worker_and_driver_killed_then_rerun_give_the_same_study_json(cluster, b
 def test_study_report_renders_in_chromium(baseline, tmp_path):
     """The study's report.html opens in headless Chromium: every forest plot decodes, the tables are there."""
     from reproduce_support import parse_html
-    from test_report_browser import CHROMIUM, chromium
+    from test_report_browser import chromium, require_chromium
 
-    if CHROMIUM is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("headless Chromium is missing under CI=true (.ci/run installs it: apt-get install chromium)")
-        pytest.skip("headless Chromium is not installed (apt-get install chromium runs this test)")
+    require_chromium()  # a failure under CI (as in_ci() reads it: true, 1 or yes), a skip elsewhere
     report = baseline / "report.html"
     n_images = len(parse_html(report.read_text()).images)
     assert n_images == 5 + 1  # one forest plot per finding, and the corruption benchmark's curves
@@ -237,7 +327,7 @@ def test_study_report_renders_in_chromium(baseline, tmp_path):
     for table in ("table_findings", "table_accuracy_per_seed", "table_cells", "table_methods_convnet",
                   "table_distances_convnet_mmd"):
         assert dom.tables.get(table), table
-    verdicts = [row[4] for row in dom.tables["table_findings"]]  # header rows are dropped by the parser
+    verdicts = [row[5].split()[0] for row in dom.tables["table_findings"]]  # header rows are dropped
     assert len(verdicts) == 5 and set(verdicts) <= set(VERDICTS)
     assert len(dom.tables["table_accuracy_per_seed"]) == 4
 

@@ -20,15 +20,16 @@ PRESETS: tuple[str, ...] = ("tiny", "quick", "paper")
 #: the built-in architectures (SPEC 4); besides these, ``timm:NAME`` (any timm backbone with the
 #: package's bottleneck and head) trains too, and ``file:NAME`` names a TorchScript model trained
 #: elsewhere and adopted into a run folder (:mod:`deepadversaries.models`)
-MODELS: tuple[str, ...] = ("convnet", "resnet18")
+MODELS: tuple[str, ...] = ("convnet", "resnet18", "d4-convnet")
 #: prefixes of the model names outside :data:`MODELS`: a timm backbone, an adopted TorchScript file
 TIMM_PREFIX = "timm:"
 FILE_PREFIX = "file:"
 #: band names of the simulator's images (and the default of a 3-band folder without ``dataset.json``)
 BANDS: tuple[str, ...] = ("g", "r", "i")
-#: training methods: regular, and domain adaptation towards unlabelled Y1 (mmd, the paper's;
-#: dann, coral, adabn); their specs: :mod:`deepadversaries.methods`
-METHODS: tuple[str, ...] = ("regular", "mmd", "dann", "coral", "adabn")
+#: training methods: regular, domain adaptation towards unlabelled Y1 (mmd, the paper's;
+#: dann, coral, adabn) and one-pixel adversarial training (adv-1p); their specs:
+#: :mod:`deepadversaries.methods`
+METHODS: tuple[str, ...] = ("regular", "mmd", "dann", "coral", "adabn", "adv-1p")
 #: the paper's grid of methods (reproduce's default)
 PAPER_METHODS: tuple[str, ...] = ("regular", "mmd")
 #: the method every domain-adapted run is compared with
@@ -49,10 +50,11 @@ class _ModelLabels(dict):
 
 
 #: how figures and reports name the models and methods
-MODEL_LABELS: dict[str, str] = _ModelLabels({"convnet": "ConvNet", "resnet18": "ResNet18"})
+MODEL_LABELS: dict[str, str] = _ModelLabels({"convnet": "ConvNet", "resnet18": "ResNet18",
+                                                       "d4-convnet": "D4 ConvNet"})
 METHOD_LABELS: dict[str, str] = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)",
                                  "dann": "Domain adaptation (DANN)", "coral": "Domain adaptation (CORAL)",
-                                 "adabn": "Domain adaptation (AdaBN)"}
+                                 "adabn": "Domain adaptation (AdaBN)", "adv-1p": "One-pixel adversarial training"}
 #: the short form of table columns (the paper's "Reg" and "DA")
 METHOD_SHORT: dict[str, str] = {"regular": "Reg", "mmd": "DA (MMD)", "dann": "DA (DANN)", "coral": "DA (CORAL)",
-                                "adabn": "DA (AdaBN)"}
+                                "adabn": "DA (AdaBN)", "adv-1p": "Adv-1p"}

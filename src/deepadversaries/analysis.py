@@ -10,6 +10,15 @@ Conventions
 - Two runs are compared by method name: the reference (``regular``) and the adapted run
   (e.g. ``mmd``); ratios are adapted over reference.
 - Distances are compared on the images flipped by the attack under *both* runs.
+- Two trained models' latent spaces have no common unit: a shift of every latent by a
+  constant (absorbed by the head's bias) or a scale (absorbed by its weights) changes ‖z‖
+  but not the model. Beside raw d_E (the paper's quantity, scale ``latent``) the tables give
+  two versions no such reparametrisation changes: ``logit`` — ‖head(z') − head(z(Y10))‖ —
+  and ``spread`` — d_E divided by the model's latent spread, the median ‖z − z̄‖ over the
+  Y10 latents of the images attacked under both runs. Nothing is divided by ‖z‖.
+- The distance from z(Y10) to the decision boundary of its true class (linear head:
+  min over the other classes t of the margin / ‖w_y − w_t‖) is measured for every attacked
+  image, flipped or not.
 - Standard error = std / sqrt(n) with the population std (ddof = 0), as the authors' code.
 - The JS distance is ``scipy.spatial.distance.jensenshannon`` in base 2 (so it lies in
   [0, 1]) between histograms on common bins (numpy's ``"auto"`` edges of the pooled
@@ -37,10 +46,12 @@ from threadpoolctl import threadpool_limits
 from . import CLASSES
 from .errors import OptionError
 from .inference import model_device
-from .stats import success_curve
+from .stats import latent_spread, success_curve
 
 PERTURBATIONS: tuple[str, ...] = ("Y10-Y1", "Y10-1P")
-SCALES: tuple[str, ...] = ("latent", "normalised")
+SCALES: tuple[str, ...] = ("latent", "logit", "spread")
+#: the scales Figure 6 draws (one row each)
+FIGURE_SCALES: tuple[str, ...] = ("latent", "spread")
 JS_BASE = 2
 JS_BINS = "auto"
 CHURCH_EXTENT = 1.1
@@ -336,12 +347,9 @@ class Triplets:
         hits = np.flatnonzero(self.test_index == test_index)
         return int(hits[0]) if hits.size else None
 
-    def median_latent_norm(self, rows: np.ndarray | None = None) -> float:
-        """Median ‖z(Y10)‖ over ``rows`` [default: all attacked images]: the scale of this latent space."""
-        z = self.z_y10 if rows is None else self.z_y10[rows]
-        if len(z) == 0:
-            return float("nan")
-        return float(np.median(np.linalg.norm(z.astype(np.float64), axis=1)))
+    def spread(self, rows: np.ndarray | None = None) -> float:
+        """The latent spread, median ‖z(Y10) − z̄‖, over ``rows`` [default: all attacked images]."""
+        return latent_spread(self.z_y10 if rows is None else self.z_y10[rows])
 
 
 @dataclass
@@ -353,25 +361,28 @@ class PairedDistances:
         test_index: (n,) test indices flipped under both, sorted.
         rows: per method, (n,) the images' rows in that run's :class:`Triplets`.
         distances: per method and perturbation, (n,) d_E.
-        scale: per method, the median ‖z(Y10)‖ over the images attacked under both runs: the
-            common scale that divides its distances on the normalised scale.
+        logit: per method and perturbation, (n,) the same distances between the logits
+            (NaN when the model has no head).
+        spread: per method, the latent spread (median ‖z(Y10) − z̄‖) over the images attacked
+            under both runs, which divides its distances on the ``spread`` scale.
     """
 
     methods: tuple[str, str]
     test_index: np.ndarray
     rows: dict[str, np.ndarray]
     distances: dict[str, dict[str, np.ndarray]]
-    scale: dict[str, float]
-
-    def normalised(self, method: str, perturbation: str) -> np.ndarray:
-        """d_E divided by the method's latent scale."""
-        return self.distances[method][perturbation] / self.scale[method]
+    logit: dict[str, dict[str, np.ndarray]]
+    spread: dict[str, float]
 
     def values(self, method: str, perturbation: str, scale: str) -> np.ndarray:
-        """d_E on the ``latent`` or the ``normalised`` scale."""
+        """The distances on the ``latent``, ``logit`` or ``spread`` scale."""
         if scale == "latent":
             return self.distances[method][perturbation]
-        return self.normalised(method, perturbation)
+        if scale == "logit":
+            return self.logit[method][perturbation]
+        if scale == "spread":
+            return self.distances[method][perturbation] / self.spread[method]
+        raise OptionError(f"unknown distance scale {scale!r}; expected one of {', '.join(SCALES)}")
 
 
 def flipped_under_both(a: Triplets, b: Triplets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -382,28 +393,71 @@ def flipped_under_both(a: Triplets, b: Triplets) -> tuple[np.ndarray, np.ndarray
             np.array([b.row(int(t)) for t in common], dtype=np.int64))
 
 
-def paired_distances(runs: Mapping[str, Triplets]) -> PairedDistances:
-    """d_E (Y10–Y1, Y10–1P) of each run on the images flipped under both.
+def paired_distances(runs: Mapping[str, Triplets],
+                     heads: Mapping[str, Callable[[np.ndarray], np.ndarray] | None] | None = None) -> PairedDistances:
+    """d_E (Y10–Y1, Y10–1P) of each run on the images flipped under both, raw and in logit space.
 
     Args:
         runs: two entries, method name → its triplets; the first is the reference.
+        heads: method → the model's latent-to-logits map on (n, d) arrays, giving (n, K)
+            [default: none: the logit distances are NaN].
 
     Returns:
-        The per-image distances. The common scale of each run is its median ‖z(Y10)‖ over
-        the same images for both runs — those attacked under both — so that the two runs'
-        normalised distances divide by a normaliser measured on one image set.
+        The per-image distances. The spread of each run is measured over the same images for
+        both runs — those attacked under both.
     """
+    heads = heads or {}
     (ref, data_ref), (ada, data_ada) = runs.items()
     common, rows_ref, rows_ada = flipped_under_both(data_ref, data_ada)
     rows = {ref: rows_ref, ada: rows_ada}
-    dist = {}
+    dist, logit = {}, {}
     for method, data in runs.items():
         r = rows[method]
         dist[method] = perturbation_distances(data.z_y10[r], data.z_y1[r], data.z_1p[r]) if len(r) else \
             {p: np.zeros(0) for p in PERTURBATIONS}
+        head = heads.get(method)
+        if head is not None and len(r):
+            logit[method] = perturbation_distances(*(np.asarray(head(z[r]), np.float64)
+                                                     for z in (data.z_y10, data.z_y1, data.z_1p)))
+        else:
+            logit[method] = {p: np.full(len(r), np.nan) for p in PERTURBATIONS}
     both = attacked_under_both(data_ref, data_ada)
-    scale = {ref: data_ref.median_latent_norm(both[1]), ada: data_ada.median_latent_norm(both[2])}
-    return PairedDistances((ref, ada), common, rows, dist, scale)
+    spread = {ref: data_ref.spread(both[1]), ada: data_ada.spread(both[2])}
+    return PairedDistances((ref, ada), common, rows, dist, logit, spread)
+
+
+def boundary_distances(z: np.ndarray, true: Sequence[int] | np.ndarray, weight: np.ndarray,
+                       bias: np.ndarray) -> np.ndarray:
+    """Distance from each latent to the decision boundary of its true class, for a linear head.
+
+    The region where a linear head ``W z + b`` predicts class y is the intersection of the
+    half-spaces (w_y − w_t)·z + b_y − b_t ≥ 0, t ≠ y; from a point inside it, the distance to
+    its boundary is the smallest distance to one of those hyperplanes:
+    min_t [(w_y − w_t)·z + b_y − b_t] / ‖w_y − w_t‖. It is negative for a latent the head
+    classifies wrongly. It needs no attack: every attacked image has one.
+
+    Args:
+        z: (n, d) latents.
+        true: (n,) true class of each.
+        weight: (K, d) the head's weights.
+        bias: (K,) the head's biases.
+
+    Returns:
+        (n,) distances in latent units.
+    """
+    z = np.asarray(z, np.float64)
+    w, b = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
+    y = np.asarray(true, np.int64)
+    if z.ndim != 2 or w.ndim != 2 or w.shape[1] != z.shape[1] or b.shape != (w.shape[0],) or y.shape != (len(z),):
+        raise OptionError(f"boundary distances need z (n, d), true (n,), weight (K, d), bias (K,); got {z.shape}, "
+                          f"{y.shape}, {w.shape}, {b.shape}")
+    logits = z @ w.T + b
+    out = np.full(len(z), np.inf)
+    for t in range(w.shape[0]):
+        other = y != t
+        gap = w[y[other]] - w[t]
+        out[other] = np.minimum(out[other], (logits[other, y[other]] - logits[other, t]) / np.linalg.norm(gap, axis=1))
+    return out
 
 
 def attacked_under_both(a: Triplets, b: Triplets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -414,7 +468,8 @@ def attacked_under_both(a: Triplets, b: Triplets) -> tuple[np.ndarray, np.ndarra
 
 
 def distance_tables(paired: PairedDistances) -> dict[str, Any]:
-    """Summaries, ratios and JS distances for every scale and perturbation (Tables 3/5).
+    """Summaries, ratios and JS distances for every scale (``latent``, ``logit``, ``spread``) and
+    perturbation (Tables 3/5 on the first).
 
     Returns:
         ``tables[scale][perturbation]`` with, per method, :func:`summarize`'s numbers, and
@@ -428,10 +483,12 @@ def distance_tables(paired: PairedDistances) -> dict[str, Any]:
         for pert in PERTURBATIONS:
             a = paired.values(ref, pert, scale)
             b = paired.values(ada, pert, scale)
-            js = js_distance(a, b)
+            # logit distances of a model without a head are NaN: no histogram, no JS distance
+            js = js_distance(a, b) if np.isfinite(a).all() and np.isfinite(b).all() else \
+                JSResult(float("nan"), np.zeros(0), np.zeros(0), np.zeros(0))
             out[scale][pert] = {
                 ref: summarize(a), ada: summarize(b),
-                "js_distance": js.distance, "js_base": js.base, "js_bins": len(js.edges) - 1,
+                "js_distance": js.distance, "js_base": js.base, "js_bins": max(len(js.edges) - 1, 0),
                 "js_bin_edges": js.edges.tolist(),
                 "ratio_median": _ratio(np.median(b) if b.size else np.nan, np.median(a) if a.size else np.nan),
                 "ratio_mean": _ratio(np.mean(b) if b.size else np.nan, np.mean(a) if a.size else np.nan),

@@ -3,7 +3,10 @@
 Reads both runs' attack results (``RUN/attack/{results.csv, latents.npz, summary.json}``),
 computes the paper's Tables 3/5 and Figures 3–6 with :mod:`deepadversaries.analysis` and
 :mod:`deepadversaries.plots.latent`, and writes into the output folder:
-``distances.csv``, ``distances.md``, ``distances_per_image.csv``, ``fig3_church_isomap.png``,
+``distances.csv``, ``distances.md``, ``distances_per_image.csv`` (images flipped under both:
+d_E raw, in logit space, and divided by the latent spread), ``attacked_per_image.csv`` (images
+attacked under both: flipped or not, and the latent distance from z(Y10) to its true class's
+decision boundary), ``fig3_church_isomap.png``,
 ``fig4_isomap3d.png``, ``fig5_church_windows.png``, ``fig6_distances.png``,
 ``isomap3d_<method>.gif`` for each run and, last (the finished marker), ``analysis.json``.
 
@@ -44,6 +47,7 @@ from .analysis import (
     PairedDistances,
     Triplets,
     attacked_under_both,
+    boundary_distances,
     church_window_grid,
     dangerous_pixel_shares,
     light_centroid,
@@ -230,9 +234,11 @@ def distances_markdown(tables: dict[str, Any], header: dict[str, Any], notes: Se
                  f"{header['n_flipped'][ada]} of {header['n_attacked'][ada]}).")
     lines.append("")
     titles = {
-        "latent": "## d_E in each model's latent space",
-        "normalised": "## d_E divided by each model's median ‖z(Y10)‖ "
-                      f"({ref} {fmt_sig(header['scale'][ref])}, {ada} {fmt_sig(header['scale'][ada])})",
+        "latent": "## d_E in each model's latent space (the paper's quantity)",
+        "logit": "## The same distances between the logits, ‖head(z') − head(z(Y10))‖ (no reparametrisation of "
+                 "the latent space changes them)",
+        "spread": "## d_E divided by each model's latent spread, median ‖z(Y10) − z̄‖ over the images attacked "
+                  f"under both ({ref} {fmt_sig(header['spread'][ref])}, {ada} {fmt_sig(header['spread'][ada])})",
     }
     for scale in SCALES:
         lines += [titles[scale], "", "| Perturb. | Training | Median | Mean | St. Err. | n | JS distance (base 2) |",
@@ -360,7 +366,7 @@ def analyze_runs(regular: str | Path, adapted: str | Path, out: str | Path, *, n
     skipped: list[dict[str, str]] = []
     with OutputLock(out, "analyze"), make_progress() as progress:
         lap = _StageClock(progress, progress.add_task("analyze", total=7))
-        paired, tables = _distances(out, runs, notes)
+        paired, tables = _distances(out, runs, notes, _heads(runs, device_t))
         suite = _attack_suite(out, runs, notes, figures)
         lap("distances")
         if figures:
@@ -460,15 +466,17 @@ def _record(runs: dict[str, AttackData], paired: PairedDistances, tables: dict[s
         "data": runs[ref].config.data, "classes": list(runs[ref].classes), "n_isomap": len(sample_index),
         "attack": {m: {"n_attacked": len(d.test_index), "n_flipped": int(d.success.sum()),
                        "flip_rate": float(np.mean(d.success)) if len(d.success) else float("nan"),
-                       "median_latent_norm_Y10": paired.scale[m]} for m, d in runs.items()},
+                       "latent_spread_Y10": paired.spread[m]} for m, d in runs.items()},
         "n_attacked_both": _attacked_both(runs),
         "n_flipped_both": len(paired.test_index),
         "flipped_both_test_index": paired.test_index.tolist(),
         "distances": tables,
         "js_base": JS_BASE,
         "stderr_definition": "std/sqrt(n), population std (ddof=0)",
-        "normalisation": "the common scale: distances divided by each model's median ||z(Y10)|| over the images "
-                         "attacked under both runs (one image set for both models)",
+        "scales": {"latent": "d_E in each model's latent space (the paper's quantity)",
+                   "logit": "the same distances between the head's logits",
+                   "spread": "d_E divided by each model's latent spread, the median ||z(Y10) - mean z(Y10)|| over "
+                             "the images attacked under both runs (one image set for both models)"},
         "examples": [_example_json(p, runs[ref].classes) for p in panels],
         "isomap_sample": {"test_index": sample_index.tolist(), "n_neighbors": ISOMAP_NEIGHBORS,
                           "eigen_solver": "dense", **sample_stats},
@@ -500,9 +508,44 @@ def _attacked_both(runs: dict[str, AttackData]) -> int:
     return len(attacked_under_both(*runs.values())[0])
 
 
-def _distances(out: Path, runs: dict[str, AttackData], notes: list[str]) -> tuple[PairedDistances, dict[str, Any]]:
-    """Step 1: d_E on the images flipped under both runs; writes the three distance files."""
-    paired = paired_distances(runs)
+@dataclass
+class _Head:
+    """A model's latent-to-logits map on numpy arrays, and its weights when it is linear."""
+
+    model: torch.nn.Module
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            device = next(self.model.parameters()).device
+            return self.model.head(torch.as_tensor(np.asarray(z, np.float32), device=device)).float().cpu().numpy()
+
+    @property
+    def linear(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(weight (K, d), bias (K,)) of a linear head, else None."""
+        layer = getattr(self.model, "output", None)
+        if not isinstance(layer, torch.nn.Linear) or layer.bias is None:
+            return None
+        return layer.weight.detach().cpu().double().numpy(), layer.bias.detach().cpu().double().numpy()
+
+
+def _heads(runs: dict[str, AttackData], device: torch.device) -> dict[str, _Head | None]:
+    """Each run's head (None for a model without ``head(z)``)."""
+    heads: dict[str, _Head | None] = {}
+    for method, data in runs.items():
+        model = load_model(data.run, device=device)
+        heads[method] = _Head(model) if getattr(model, "has_head", True) else None
+    return heads
+
+
+def _distances(out: Path, runs: dict[str, AttackData], notes: list[str],
+               heads: dict[str, _Head | None] | None = None) -> tuple[PairedDistances, dict[str, Any]]:
+    """Step 1: d_E on the images flipped under both runs; writes the distance files."""
+    heads = heads or {}
+    paired = paired_distances(runs, heads)
+    headless = [m for m in runs if heads.get(m) is None]
+    if headless:
+        notes.append(f"no head(z) for {', '.join(headless)}: the logit-space distances and the distances to the "
+                     "decision boundary are not measured (NaN)")
     tables = distance_tables(paired)
     n_both = len(paired.test_index)
     if n_both == 0:
@@ -516,9 +559,26 @@ def _distances(out: Path, runs: dict[str, AttackData], notes: list[str]) -> tupl
               "runs": {m: str(d.run) for m, d in runs.items()}, "n_both": n_both,
               "n_attacked_both": _attacked_both(runs),
               "n_attacked": {m: len(d.test_index) for m, d in runs.items()},
-              "n_flipped": {m: int(d.success.sum()) for m, d in runs.items()}, "scale": paired.scale}
+              "n_flipped": {m: int(d.success.sum()) for m, d in runs.items()}, "spread": paired.spread}
     _write_distance_files(out, paired, tables, header, runs, notes)
+    _write_attacked_file(out, runs, heads)
     return paired, tables
+
+
+def _write_attacked_file(out: Path, runs: dict[str, AttackData], heads: dict[str, _Head | None]) -> None:
+    """``attacked_per_image.csv``: every image attacked under both runs, whether each flipped it and
+    the latent distance from its z(Y10) to its true class's decision boundary (NaN without a linear head)."""
+    index, *rows = attacked_under_both(*runs.values())
+    columns: dict[str, Any] = {"test_index": index}
+    for (method, data), r in zip(runs.items(), rows):
+        head = heads.get(method)
+        linear = head.linear if head is not None else None
+        columns[f"flipped_{method}"] = data.success[r]
+        columns[f"boundary_{method}"] = (boundary_distances(data.z_y10[r], np.asarray(data.true)[r], *linear)
+                                         if linear is not None and len(r) else np.full(len(r), np.nan))
+    write_csv(out / "attacked_per_image.csv",
+              [{k: (bool(v[i]) if k.startswith("flipped_") else int(v[i]) if k == "test_index" else float(v[i]))
+                for k, v in columns.items()} for i in range(len(index))], list(columns))
 
 
 def _attack_suite(out: Path, runs: dict[str, AttackData], notes: list[str], figures: bool) -> dict[str, Any]:
@@ -752,10 +812,10 @@ def _write_distance_files(out: Path, paired: PairedDistances, tables: dict[str, 
             for pert in PERTURBATIONS:
                 key = pert.lower().replace("-", "_")
                 row[f"d_{key}_{method}"] = float(paired.distances[method][pert][k])
-                row[f"d_{key}_{method}_normalised"] = float(paired.normalised(method, pert)[k])
+                row[f"d_{key}_{method}_logit"] = float(paired.logit[method][pert][k])
         per_image.append(row)
     fields = ["test_index", "galaxy_id", "true", f"target_{ref}", f"target_{ada}", f"iterations_{ref}",
-              f"iterations_{ada}"] + [f"d_{p.lower().replace('-', '_')}_{m}{suf}" for suf in ("", "_normalised")
+              f"iterations_{ada}"] + [f"d_{p.lower().replace('-', '_')}_{m}{suf}" for suf in ("", "_logit")
                                       for m in paired.methods for p in PERTURBATIONS]
     write_csv(out / "distances_per_image.csv", per_image, fields)
     write_text(out / "distances.md", distances_markdown(tables, header, notes))

@@ -118,6 +118,12 @@ def is_success(probs: np.ndarray, label: int, target: int | None, rule: str = "p
     return bool(ok[0]) if single else ok
 
 
+def subsample_index(n_test: int, n_images: int, seed: int) -> np.ndarray:
+    """The attack campaign's seeded test subsample: ``n_images`` distinct indices of ``n_test``
+    test images drawn with ``seed``, sorted (``deepadv attack`` and ``deepadv certify`` draw the same)."""
+    return np.sort(np.random.default_rng(seed).choice(n_test, n_images, replace=False))
+
+
 # --------------------------------------------------------------------------------------
 # value ranges
 # --------------------------------------------------------------------------------------

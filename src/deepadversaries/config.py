@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from . import FILE_PREFIX, METHODS, MODELS, PRESETS, TIMM_PREFIX
 from .errors import OptionError, check_choice
-from .methods import METHOD_SPECS
+from .methods import ADV_1P_POSITIONS, METHOD_SPECS
 
 
 def _flag(name: str) -> str:
@@ -189,10 +189,10 @@ class TrainConfig:
     """Settings of ``deepadv train`` (SPEC 5): what a preset sets and a user may override.
 
     Attributes:
-        model: ``convnet``, ``resnet18``, ``timm:NAME`` (a timm backbone; trained with the
-            resnet18 preset) or ``file:NAME`` (an adopted TorchScript model, not trained here)
+        model: ``convnet``, ``d4-convnet`` (trained with the ConvNet's preset), ``resnet18``,
+            ``timm:NAME`` (a timm backbone; trained with the resnet18 preset) or ``file:NAME`` (an adopted TorchScript model, not trained here)
             [default: "convnet"].
-        method: ``regular``, ``mmd``, ``dann``, ``coral`` or ``adabn`` [default: "regular"]; for
+        method: ``regular``, ``mmd``, ``dann``, ``coral``, ``adabn`` or ``adv-1p`` [default: "regular"]; for
             an adopted model, how it was trained elsewhere (not ``adabn``).
         preset: the preset the other values came from [default: "quick"].
         seed: seed of weights and batch order [default: 0].
@@ -210,6 +210,11 @@ class TrainConfig:
             reversal strength follows Ganin et al.'s schedule λ_p = 2/(1 + exp(−10p)) − 1.
         mmd_estimator: ``unbiased`` (paper eq. 2) or ``biased`` (the published code).
         mmd_sigmas2: kernel widths σ² of the multi-kernel MMD.
+        adv_share: the share of each Y10 batch replaced by its most damaging one-pixel change
+            (:mod:`deepadversaries.adversarial`) [default: 0.5 with ``adv-1p``
+            (:data:`~deepadversaries.methods.ADV_1P_SHARE`), else 0]; with ``mmd``, ``dann``,
+            ``coral`` or ``adabn`` a share > 0 adds the same one-pixel adversarial training.
+        adv_positions: pixel positions the corner search ranks and tries per image [default: 8].
         compile: ``torch.compile`` the model [default: False].
         channels_last: NHWC memory layout [default: on for the ConvNet and on GPUs].
         precision: Lightning precision: ``32-true`` (the paper), ``bf16-mixed`` or ``16-mixed``
@@ -220,19 +225,21 @@ class TrainConfig:
     """
 
     PRESETS: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "tiny": {"convnet": _TINY, "resnet18": _TINY},
-        "quick": {"convnet": _QUICK_CONVNET, "resnet18": _QUICK_RESNET},
-        "paper": {"convnet": _PAPER_TRAINING, "resnet18": _PAPER_TRAINING},
+        "tiny": {"convnet": _TINY, "resnet18": _TINY, "d4-convnet": _TINY},
+        "quick": {"convnet": _QUICK_CONVNET, "resnet18": _QUICK_RESNET, "d4-convnet": _QUICK_CONVNET},
+        "paper": {"convnet": _PAPER_TRAINING, "resnet18": _PAPER_TRAINING, "d4-convnet": _PAPER_TRAINING},
     }
     #: weight decay (the paper: 1e-3 regular, 1e-4 with domain adaptation during training)
     WEIGHT_DECAY: ClassVar[dict[bool, float]] = {False: 1e-3, True: 1e-4}
     OVERRIDABLE: ClassVar[tuple[str, ...]] = (
         "epochs", "lr", "batch_size", "eval_batch_size", "mmd_weight", "coral_weight", "dann_weight", "weight_decay",
-        "patience", "schedule", "mmd_estimator", "compile", "channels_last", "precision", "devices", "num_nodes")
+        "patience", "schedule", "mmd_estimator", "compile", "channels_last", "precision", "devices", "num_nodes",
+        "adv_share", "adv_positions")
     #: settings that must be the same when an unfinished run is continued
     RESUME_KEYS: ClassVar[tuple[str, ...]] = (
         "model", "method", "preset", "seed", "epochs", "lr", "betas", "eps", "weight_decay", "batch_size",
-        "patience", "schedule", "mmd_weight", "mmd_estimator", "mmd_sigmas2", "coral_weight", "dann_weight")
+        "patience", "schedule", "mmd_weight", "mmd_estimator", "mmd_sigmas2", "coral_weight", "dann_weight",
+        "adv_share", "adv_positions")
 
     model: str = "convnet"
     method: str = "regular"
@@ -252,6 +259,8 @@ class TrainConfig:
     mmd_sigmas2: tuple[float, ...] = MMD_SIGMAS2
     coral_weight: float = 0.0
     dann_weight: float = 0.0
+    adv_share: float = 0.0
+    adv_positions: int = ADV_1P_POSITIONS
     compile: bool = False
     channels_last: bool = True
     precision: str = "32-true"
@@ -276,6 +285,15 @@ class TrainConfig:
         _check_number("eps", self.eps, positive=True)
         for name in ("mmd_weight", "coral_weight", "dann_weight", "weight_decay"):
             _check_number(name, getattr(self, name), non_negative=True)
+        _check_number("adv_share", self.adv_share, non_negative=True)
+        if self.adv_share > 1:
+            raise OptionError(f"--adv-share is a share of each batch, in [0, 1]; got {self.adv_share!r}")
+        _check_int("adv_positions", self.adv_positions, 1)
+        if self.method == "adv-1p" and self.adv_share == 0:
+            raise OptionError("--method adv-1p with --adv-share 0 is regular training; use --method regular")
+        if self.method == "regular" and self.adv_share > 0:
+            raise OptionError("--adv-share with --method regular is one-pixel adversarial training: use --method adv-1p "
+                              f"--adv-share {self.adv_share}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise OptionError(f"Adam betas must be two numbers in [0, 1), got {self.betas!r}")
         check_choice(self.schedule, SCHEDULES, "schedule")
@@ -308,6 +326,7 @@ class TrainConfig:
                     channels_last=device_type == "cuda" or model == "convnet")
         if spec.weight_setting is not None:
             base[spec.weight_setting] = spec.default_weight
+        base["adv_share"] = spec.adversarial_share
         # measured on the 2-core CPU: channels_last made ConvNet training steps 1.0-1.3x and its evaluation
         # 1.6x faster, but ResNet18 training 2x slower; on a GPU it is the layout tensor cores want
         for key, value in given.items():
@@ -403,7 +422,8 @@ class AttackConfig:
             and keep the population's fittest member) or ``first`` (the first candidate over the
             threshold) [default: "fittest"].
         search: ``de`` (differential evolution, the paper's), ``exhaustive`` (every position ×
-            a value set: the exact one-pixel answer) or ``sparse-rs`` (Croce et al. 2022)
+            a value set, the corner search: exhaustive over that set only, a lower bound) or
+            ``sparse-rs`` (Croce et al. 2022)
             [default: "de"].
         value_range: ``input`` ([0, 1] of the stretched image, the paper's) or ``physical``
             (0 e⁻ to the full well through the stretch) [default: "input"].
@@ -501,8 +521,8 @@ class AttackConfig:
         if self.success != "paper":
             out.append("success when the target becomes the top class (paper: p(target) > 0.5)")
         if self.search != "de":
-            out.append({"exhaustive": "exhaustive search: every pixel position × the value set (the exact answer "
-                                      "for that set; paper: differential evolution)",
+            out.append({"exhaustive": "the corner search: every pixel position × the value set, exhaustive over "
+                                      "that set only (paper: differential evolution)",
                         "sparse-rs": f"Sparse-RS random search (Croce et al. 2022), {self.query_budget} queries per "
                                      "target (paper: differential evolution)"}[self.search])
         if self.value_range != "input":

@@ -11,6 +11,11 @@ expected calibration error (15 equal-width bins), Brier score and negative log-l
 domain in ``metrics.json`` (``ece``, ``brier``, ``nll``, ``mean_confidence``, ``reliability``)
 and the reliability diagram ``reliability.png``. A run adapted before inference (``adabn``)
 is evaluated on Y1 with its Y1 model (``checkpoints/best_y1.pt``).
+
+With a test-time augmentation (``tta="d4"``, ``deepadv evaluate --tta d4``) the model's
+predictions are averaged over the eight rotations and flips of each image
+(:class:`deepadversaries.equivariant.D4Average`: the mean of the eight softmaxes) and the same
+files are written to ``RUN/tta_d4/`` instead, leaving the run's own evaluation as it is.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from . import CLASSES, DOMAINS
 from .data import image_file, load_dataset
 from .devices import resolve_device
-from .errors import file_error
+from .equivariant import TTA_CHOICES, with_tta
+from .errors import check_choice, file_error
 from .inference import forward_batches
 from .io import OutputLock, write_json, write_npz
 from .models import check_input_shape, load_model
@@ -61,8 +67,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
     }
 
 
+def evaluation_dir(run: str | Path, tta: str = "none") -> Path:
+    """Where an evaluation is written: the run folder, or ``RUN/tta_<name>/`` with a test-time augmentation."""
+    return Path(run) if check_choice(tta, TTA_CHOICES, "test-time augmentation") == "none" else Path(run) / f"tta_{tta}"
+
+
 def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str = "auto",
-                 batch_size: int | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, tta: str = "none") -> dict[str, Any]:
     """Evaluate a run's kept checkpoint on the Y10 and Y1 test sets; write ``metrics.json``.
 
     Args:
@@ -70,13 +81,16 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
         data: the dataset folder [default: the one recorded in the run's ``config.json``].
         device: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
         batch_size: images per forward pass [default: the run's evaluation batch size, at least 64].
+        tta: ``none`` or ``d4`` (average over the eight rotations and flips; square images)
+            [default: "none"].
 
     Returns:
         The metrics in SPEC 6 layout, ``{"Y10": {...}, "Y1": {...}}`` (a domain the dataset
         lacks is left out), also written to ``RUN/metrics.json`` with ``confusion_{domain}.png``
-        and ``reliability.png``.
+        and ``reliability.png`` (with ``tta="d4"``: in ``RUN/tta_d4/``).
     """
     run = Path(run)
+    out = evaluation_dir(run, tta)
     config = read_run_config(run)
     if not (run / TRAINING_DONE).is_file():
         raise file_error(run, f"the training has not finished (no {TRAINING_DONE}); run 'deepadv train' first")
@@ -85,7 +99,11 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
     torch_device = resolve_device(device)
     check_input_shape(load_model(run, device=torch_device), dataset.image_shape,
                       dataset.path / image_file("Y10", "test"))
-    label = f"{config.model} {config.method}"
+    height, width = dataset.image_shape[1:]
+    if tta != "none" and height != width:
+        raise file_error(dataset.path / image_file("Y10", "test"), f"images of {height}x{width} pixels: the D4 "
+                         "average rotates them by 90 degrees, which needs square images")
+    label = f"{config.model} {config.method}" + ("" if tta == "none" else f" · TTA {tta}")
     names = dataset.domain_names
     batch_size = batch_size or max(config.train.eval_batch_size, 64)
     labels = dataset.labels("test")
@@ -96,16 +114,17 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, *, device: str
             if not dataset.has_domain(domain):
                 info(f"{dataset.path}: no {domain} images; {domain} is not evaluated")
                 continue
-            model = load_model(run, device=torch_device, domain=domain)  # AdaBN runs: Y1 statistics for Y1
+            model = with_tta(load_model(run, device=torch_device, domain=domain), tta)  # AdaBN: Y1 statistics for Y1
             outputs = forward_batches(model, dataset.images(domain, "test"), batch_size=batch_size,
                                       device=torch_device, progress=f"evaluate {domain}")
             metrics[domain] = classification_metrics(labels, outputs.predicted, dataset.classes)
             metrics[domain].update(calibration_metrics_from_logits(outputs.logits, labels))
             probabilities[f"probabilities_{domain}"] = outputs.probabilities
             where = domain if names[domain] == domain else f"{names[domain]} ({domain})"
-            plot_confusion_matrix(metrics[domain]["confusion"], run / f"confusion_{domain}.png",
+            out.mkdir(parents=True, exist_ok=True)
+            plot_confusion_matrix(metrics[domain]["confusion"], out / f"confusion_{domain}.png",
                                   title=f"{label} · {where} test", classes=dataset.classes)
-        plot_reliability_diagram(metrics, run / RELIABILITY_NAME, title=f"{label} · test")
-        write_npz(run / PREDICTIONS_NAME, labels=labels.astype(np.int64), **probabilities)
-        write_json(run / METRICS_NAME, metrics)
+        plot_reliability_diagram(metrics, out / RELIABILITY_NAME, title=f"{label} · test")
+        write_npz(out / PREDICTIONS_NAME, labels=labels.astype(np.int64), **probabilities)
+        write_json(out / METRICS_NAME, metrics)
     return metrics

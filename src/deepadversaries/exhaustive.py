@@ -1,12 +1,18 @@
-"""Exhaustive one-pixel search: the exact flip map of an image under a value set.
+"""The corner search: every pixel position × every value of a value set (``--search exhaustive``).
 
 DE samples the space of one-pixel changes; a DE failure does not mean that no pixel
 flips the image. This search evaluates every pixel position with every value of a value
 set — by default the 8 corners of the value cube (each band at the lowest or the highest
-value of the range) — and so answers exactly, for that value set: which positions flip
-the image to which class, how confident the most dangerous change at each position is,
-and whether the image can be flipped at all. Its query count is fixed: H x W x V per
-image.
+value of the range) — and so is exhaustive *over the value set*: which positions flip
+the image to which class with one of those values, how confident the most dangerous of
+them is, and whether some value of the set flips the image at all. Its query count is
+fixed: H x W x V per image.
+
+It is a lower bound on one-pixel vulnerability, not the exact answer: the logit margin as
+a function of one pixel's band values is piecewise linear (ReLU, max-pool) and p(target)
+is not monotone in it, so a flip may need a value inside the cube that no corner reaches
+(``tests/test_exhaustive.py`` has a model where DE finds such a flip and this search
+cannot). The exact, provable answer is ``deepadv certify`` (:mod:`deepadversaries.certify`).
 
 The maps come from the same evaluators as the searches (:class:`LocalConvNetEvaluator`
 for the ConvNet, exact to float rounding; batched full forward passes otherwise), so the

@@ -8,15 +8,24 @@ This module converts a user's data into it, checked once:
   the first numpy axis, or ``band_axis``) in the primary HDU or the first image HDU, or one
   2-D HDU per band (``bands`` names their EXTNAMEs, or ``hdus`` their numbers). A label
   column (class names or integers), optional id, split, augmentation and second-domain
-  (``target_path_column``) columns.
+  (``target_path_column``) columns. Scaled integers (BZERO/BSCALE, e.g. int16 from a cutout
+  service) are read as BZERO + BSCALE x stored value, scaled in float64 and rounded once to
+  float32; BLANK pixels become NaN and so are refused like any NaN pixel (:func:`_physical`).
 - **HDF5** (:func:`import_hdf5`): one file with named datasets: images (N, B, H, W), or
-  (N, H, W, B) with ``band_axis=-1``, or (N, H, W) for one band; labels (N,) as integers or
-  (byte) strings, or one-hot (N, K); optional split (N,) strings, ids (N,) and a second
-  domain's images of the same shape, in the same order. Or one group per domain and
-  split: ``/{domain}/{split}/images`` and ``/{source}/{split}/labels`` (``groups``).
+  (N, H, W, B) (``band_axis=-1``; found by itself when the last axis has at most 4 entries
+  and the image side more, as in Galaxy10 DECaLS's ``images`` uint8 (N, 256, 256, 3)), or
+  (N, H, W) for one band; labels (N,) as integers or (byte) strings, or one-hot (N, K)
+  (``labels``, or Galaxy10's ``ans`` when the file has no ``labels``); optional split (N,)
+  strings, ids (N,) and a second domain's images of the same shape, in the same order; the
+  file's other per-image (N,) datasets (e.g. ``ra``, ``dec``, ``redshift``) become catalogue
+  columns. Or one group per domain and split: ``/{domain}/{split}/images`` and
+  ``/{source}/{split}/labels`` (``groups``).
 - **npy** (:func:`import_npy`): a folder in the dataset layout (e.g. the published data, or
   arrays of another shape): copied with validation, the normalisation recomputed, the
   folder's own split kept.
+
+Any byte order and numeric dtype is read (FITS is big-endian; HDF5 and ``.npy`` may be
+either); the dataset folder holds native float32.
 
 Whatever the source, the result is: the labelled training domain in the "Y10" slot
 (``images_Y10_{split}.npy``), the optional second (shifted) domain in the "Y1" slot, raw
@@ -679,13 +688,41 @@ class _FitsLayout:
 
 
 def _open_fits(path: Path, where: str):
+    """The cutout opened with its stored values unscaled (memory-mapped where the file allows).
+
+    ``do_not_scale_image_data``: astropy refuses to memory-map an image with BZERO/BSCALE/BLANK
+    and would scale 16-bit integers in float32; :func:`_physical` scales them instead.
+    """
     try:
-        return fits.open(path, memmap=True, lazy_load_hdus=False)
+        return fits.open(path, memmap=True, lazy_load_hdus=False, do_not_scale_image_data=True)
     except FileNotFoundError as exc:
         raise file_error(path, f"{where}: cutout not found; fix the path or drop the row") from exc
     except Exception as exc:
         raise file_error(path, f"{where}: not a readable FITS file ({type(exc).__name__}: {exc}); "
                                "replace the file or drop the row") from exc
+
+
+def _physical(hdu: Any) -> np.ndarray:
+    """An image HDU's pixels in physical units, float32 of the HDU's shape.
+
+    FITS stores scaled integers (BITPIX 8/16/32/64, common from cutout services) as
+    value = BZERO + BSCALE x stored; pixels equal to BLANK are undefined. Here the stored
+    values (read unscaled) are scaled in float64 and rounded once to float32, BLANK pixels
+    become NaN, so the import's bad-pixel check refuses the cutout naming the first one.
+    Integer results below 2**24 (unsigned 16-bit via BZERO = 32768, BSCALE 1) are kept exactly.
+    Byte order is the file's (big-endian); the result is native float32.
+    """
+    data = hdu.data
+    header = hdu.header
+    bscale, bzero = float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0))
+    blank = header.get("BLANK") if data.dtype.kind in "iu" else None
+    if bscale == 1.0 and bzero == 0.0 and blank is None:
+        return np.array(data, dtype=np.float32)
+    stored = np.asarray(data)
+    values = bzero + bscale * stored.astype(np.float64)
+    if blank is not None:
+        values[stored == int(blank)] = np.nan
+    return values.astype(np.float32)
 
 
 def _hdu_names(hdul: Any) -> str:
@@ -747,20 +784,20 @@ def _read_cutout(path: Path, where: str, layout: _FitsLayout) -> np.ndarray:
                     shape = None if data is None else data.shape
                     raise file_error(path, f"{where}: HDU {key!r} holds {shape} instead of a 2-D image; "
                                            "one HDU per band must each be 2-D")
-                planes.append(np.array(data, dtype=np.float32))
                 del data
+                planes.append(_physical(hdu))
             return np.stack(planes)
         hdu = hdul[layout.keys[0]] if layout.keys[0] < len(hdul) else None
         data = hdu.data if hdu is not None and hdu.is_image else None
         if data is None or data.ndim not in (2, 3):
             for h in hdul:  # another file may put the cube elsewhere: the first image HDU
                 if h.is_image and h.data is not None and h.data.ndim in (2, 3):
-                    data = h.data
+                    hdu = h
                     break
             else:
                 raise file_error(path, f"{where}: holds no 2-D or 3-D image (HDUs {_hdu_names(hdul)})")
-        img = np.array(data, dtype=np.float32)
         del data
+        img = _physical(hdu)
         return img[None] if img.ndim == 2 else np.ascontiguousarray(np.moveaxis(img, layout.band_axis, 0))
     except FileError:
         raise
@@ -921,23 +958,62 @@ def _h5_image_shape(ds: Any, key: str, file: Path, band_axis: int) -> tuple[int,
 
 #: one domain's images: [(dataset, its name, its first row)], one part per split in the groups layout
 _H5Parts = list[tuple[Any, str, int]]
+#: the labels dataset tried in turn when none is named: ours, then Galaxy10's (``ans``)
+H5_LABELS_KEYS: tuple[str, ...] = ("labels", "ans")
+#: most bands of a channels-last (N, H, W, B) images dataset recognised without ``band_axis``
+MAX_TRAILING_BANDS = 4
 
 
-def hdf5_source(file: str | Path, *, images_key: str = "images", labels_key: str = "labels",
+def _h5_labels_key(h5: Any, groups: Sequence[str] | None) -> str:
+    """The first of :data:`H5_LABELS_KEYS` the file holds (in the source group's train split), else "labels"."""
+    prefix = f"{groups[0]}/{SPLITS[0]}/" if groups is not None else ""
+    for key in H5_LABELS_KEYS:
+        if isinstance(h5.get(prefix + key), h5py.Dataset):
+            return key
+    return H5_LABELS_KEYS[0]
+
+
+def _h5_band_axis(ds: Any) -> int:
+    """-1 for channels-last images (N, H, W, B) with B <= MAX_TRAILING_BANDS < H (Galaxy10's RGB), else 0."""
+    if ds.ndim == 4 and ds.shape[3] <= MAX_TRAILING_BANDS < min(ds.shape[1], ds.shape[2]):
+        return -1
+    return 0
+
+
+def _h5_extra(h5: Any, n: int, used: Sequence[str | None]) -> dict[str, np.ndarray]:
+    """The file's other per-image datasets (N,) of numbers or strings, by path (catalogue columns)."""
+    taken = {k.strip("/") for k in used if k is not None}
+    extra: dict[str, np.ndarray] = {}
+    for name in _h5_datasets(h5):
+        ds = h5[name]
+        text = h5py.check_string_dtype(ds.dtype) is not None
+        if name.strip("/") not in taken and ds.shape == (n,) and (ds.dtype.kind in "biufS" or text):
+            values = ds.asstr()[()] if text else ds[()]
+            extra[name.strip("/")] = np.asarray(values, dtype=object if text else None)
+    return extra
+
+
+def hdf5_source(file: str | Path, *, images_key: str = "images", labels_key: str | None = None,
                 split_key: str | None = None, ids_key: str | None = None, target_images_key: str | None = None,
                 augmentation_key: str | None = None, groups: Sequence[str] | None = None,
-                bands: Sequence[str] | None = None, band_axis: int = 0) -> Source:
+                bands: Sequence[str] | None = None, band_axis: int | None = None) -> Source:
     """Open an HDF5 file (see :func:`import_hdf5` for the arguments)."""
     file = Path(file)
     h5 = _open_h5(file)
+    extra: dict[str, np.ndarray] = {}
     try:
+        if labels_key is None:
+            labels_key = _h5_labels_key(h5, groups)
         meta_keys = (("--labels-key", labels_key), ("--split-key", split_key), ("--ids-key", ids_key),
                      ("--augmentation-key", augmentation_key))
         if groups is None:
             parts, meta, n = _h5_datasets_layout(h5, file, images_key, target_images_key, meta_keys)
+            extra = _h5_extra(h5, n, [images_key, target_images_key] + [key for _, key in meta_keys])
         else:
             parts, meta, n = _h5_groups_layout(h5, file, groups, images_key, split_key, target_images_key, meta_keys)
         first, first_key = parts[0][0][0], parts[0][0][1]
+        if band_axis is None:
+            band_axis = _h5_band_axis(first)
         shape = _h5_check_parts(parts, file, band_axis)
         if n == 0:
             raise file_error(file, f"dataset {first_key!r} holds no images")
@@ -956,7 +1032,7 @@ def hdf5_source(file: str | Path, *, images_key: str = "images", labels_key: str
         split_what=f"groups {groups[0]}/{{train,valid,test}}" if groups is not None else f"dataset {split_key!r}",
         n_domains=len(parts), image_shape=shape, bands=band_names,
         read=_h5_reader(parts, file, shape, band_axis), locate=_h5_locator(parts, file),
-        row_column="source_index", row_offset=0,
+        row_column="source_index", row_offset=0, extra=extra,
         files={file.name: file},
         options={"input": str(file), "images_key": images_key, "labels_key": labels_key, "split_key": split_key,
                  "ids_key": ids_key, "target_images_key": target_images_key, "augmentation_key": augmentation_key,
@@ -1518,8 +1594,9 @@ def _check_finite(source: Source, block: np.ndarray, domain: int, start: int) ->
         band, y, x = (int(v) for v in np.argwhere(~np.isfinite(block[r]))[0])
         nbad = int((~np.isfinite(block[r])).sum())
         path, where = source.locate(domain, start + r)
+        blank = " (FITS BLANK pixels read as NaN)" if source.format == "fits" else ""
         raise file_error(path, f"{where}: {nbad} NaN or infinite pixel{'s' if nbad > 1 else ''} "
-                               f"(first at band {band}, y {y}, x {x}); replace them (e.g. by 0 or "
+                               f"(first at band {band}, y {y}, x {x}){blank}; replace them (e.g. by 0 or "
                                "the sky level) or drop the row")
 
 
@@ -1639,10 +1716,10 @@ def import_fits(out: str | Path, catalog: str | Path, *, path_column: str, label
     return run_import(out, source, options)
 
 
-def import_hdf5(out: str | Path, file: str | Path, *, images_key: str = "images", labels_key: str = "labels",
+def import_hdf5(out: str | Path, file: str | Path, *, images_key: str = "images", labels_key: str | None = None,
                 split_key: str | None = None, ids_key: str | None = None, target_images_key: str | None = None,
-                augmentation_key: str | None = None, groups: Sequence[str] | None = None, band_axis: int = 0,
-                options: ImportOptions | None = None) -> Path:
+                augmentation_key: str | None = None, groups: Sequence[str] | None = None,
+                band_axis: int | None = None, options: ImportOptions | None = None) -> Path:
     """Import an HDF5 file into the dataset folder ``out``.
 
     Two layouts. Named datasets (the default): ``images_key`` (N, ...), ``labels_key`` (N,) and
@@ -1651,19 +1728,23 @@ def import_hdf5(out: str | Path, file: str | Path, *, images_key: str = "images"
     ``/{group}/{split}/{labels_key}`` (and ``ids_key``, ``augmentation_key``) for split in
     train/valid/test; the groups give the split and the domains (and, by default, the
     domains' names); the target group's images are the source's galaxies in the same order.
+    In the named-datasets layout the file's other (N,) datasets of numbers or strings (e.g.
+    Galaxy10's ``ra``, ``dec``, ``redshift``) are copied into the catalogues as columns.
 
     Args:
         out: dataset folder to write (new or empty, unless ``options.overwrite``).
         file: the HDF5 file.
         images_key: images (N, B, H, W), (N, H, W, B) with ``band_axis=-1``, or (N, H, W) [default: "images"].
-        labels_key: labels (N,) integers or (byte) strings, or one-hot (N, K) [default: "labels"].
+        labels_key: labels (N,) integers or (byte) strings, or one-hot (N, K) [default: "labels", or
+            "ans" (Galaxy10 DECaLS's integer labels) when the file has no "labels"].
         split_key: (N,) train/valid/test strings [default: a seeded stratified 70:10:20 split].
         ids_key: (N,) galaxy ids [default: the index].
         target_images_key: the second (shifted) domain's images, same shape and order [default: none].
         augmentation_key: (N,) names of augmented copies of one id [default: none].
         groups: the source and optional target group names of the groups layout [default: none,
             named datasets].
-        band_axis: axis of the bands within one image [default: 0].
+        band_axis: axis of the bands within one image [default: -1 when the images are (N, H, W, B)
+            with B <= 4 < H, W (Galaxy10's uint8 (N, 256, 256, 3)), else 0].
         options: the shared options.
 
     Returns:

@@ -20,6 +20,13 @@ from . import METHODS
 from .errors import check_choice
 
 #: how every method chooses its kept checkpoint (see the module docstring for why)
+#: the share of each training batch that ``adv-1p`` replaces by one-pixel adversarial examples (the one
+#: place it is declared; ``--adv-share`` overrides it, and adds the same examples to ``mmd``, ``dann``,
+#: ``coral`` or ``adabn`` training): half, so every step still sees as many clean images as changed ones
+ADV_1P_SHARE = 0.5
+#: pixel positions the corner search of adv-1p ranks by first-order gain and tries per image
+ADV_1P_POSITIONS = 8
+
 CHECKPOINT_CRITERION = ("best Y10 validation accuracy, ties broken by the lower Y10 validation loss "
                         "(Y10 labels only; no Y1 label is read)")
 
@@ -42,6 +49,8 @@ class MethodSpec:
         measure: the method's own alignment measure (a key of :data:`ALIGNMENT_MEASURES`).
         reference: the method's paper.
         checkpoint_criterion: the label-free (for Y1) rule that keeps the checkpoint.
+        adversarial_share: the share of each Y10 batch replaced by one-pixel adversarial
+            examples by default (:mod:`deepadversaries.adversarial`); 0: none.
     """
 
     name: str
@@ -54,6 +63,7 @@ class MethodSpec:
     measure: str
     reference: str
     checkpoint_criterion: str = CHECKPOINT_CRITERION
+    adversarial_share: float = 0.0
 
 
 METHOD_SPECS: dict[str, MethodSpec] = {
@@ -92,6 +102,15 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         adapts_in_training=False, adapts_before_inference=True,
         weight_setting=None, default_weight=None, weight_source="",
         measure="mmd2", reference="Li et al. 2016, AdaBN"),
+    "adv-1p": MethodSpec(
+        name="adv-1p",
+        summary=("regular training where a share of each batch is replaced by its most damaging one-pixel "
+                 "change (corner values at sampled positions, lowest p(true))"),
+        adapts_in_training=False, adapts_before_inference=False,
+        weight_setting=None, default_weight=None, weight_source="",
+        measure="mmd2", reference="Madry et al. 2018 (min-max adversarial training), with the one-pixel threat "
+                                  "model of Su et al. 2019",
+        adversarial_share=ADV_1P_SHARE),
 }
 
 
@@ -100,4 +119,4 @@ def method_spec(method: str) -> MethodSpec:
     return METHOD_SPECS[check_choice(method, METHOD_SPECS, "method")]
 
 
-__all__ = ["CHECKPOINT_CRITERION", "METHODS", "METHOD_SPECS", "MethodSpec", "method_spec"]
+__all__ = ["ADV_1P_POSITIONS", "ADV_1P_SHARE", "CHECKPOINT_CRITERION", "METHODS", "METHOD_SPECS", "MethodSpec", "method_spec"]

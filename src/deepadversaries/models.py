@@ -10,6 +10,14 @@ Model names (``--model``):
   and two dense layers; the flatten size follows the image: 32 x (H // 8) x (W // 8) for
   (B, H, W) images (three floor-halvings; at least 8 x 8 pixels). At the paper's
   (3, 100, 100) and 3 classes it has 1,187,203 parameters.
+- ``d4-convnet``: the ConvNet made equivariant to the eight rotations and flips of the square
+  (D4; :mod:`deepadversaries.equivariant`): a lifting convolution and two group convolutions
+  with shared, rotated and flipped filters (2, 4 and 16 field channels of 8 orientations),
+  the group's batch norm, ReLU and group-symmetric max-pools, then invariant pooling (mean and
+  max over the aligned orientations, 32 channels) before the ConvNet's flatten and 256-d
+  bottleneck, so its latent and logits do not change when a square image is rotated by 90°
+  or flipped. 1,186,075 parameters at (3, 100, 100) and 3 classes (ConvNet: 1,187,203).
+  Square images only.
 - ``resnet18``: torchvision's ResNet18 trunk; a first convolution for the band count when
   it is not 3; any image size.
 - ``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=0, in_chans=bands)``
@@ -34,6 +42,7 @@ from torch import nn
 
 from . import CLASSES, MODEL_LABELS, MODELS, TIMM_PREFIX
 from .config import check_model_name, is_adopted, is_timm
+from .equivariant import D4Features
 from .errors import OptionError, check_choice, file_error
 from .io import sha256_of
 from .runs import best_checkpoint_path, read_run_config, scripted_model_path, target_checkpoint_path
@@ -146,6 +155,44 @@ class ConvNet(GalaxyClassifier):
         self.input_shape = self.image_shape
 
 
+#: field channels of the d4-convnet's three blocks: the fewest that keep a training step within 4x
+#: the ConvNet's on a CPU (benchmarks/train.py) while the invariant pooling's mean and max give
+#: 2 x 16 = 32 channels, the ConvNet's last-block width, so the bottleneck has the ConvNet's size
+D4_CHANNELS: tuple[int, int, int] = (2, 4, 16)
+
+
+class D4ConvNet(GalaxyClassifier):
+    """The ConvNet with D4-equivariant convolutions and invariant pooling before the bottleneck;
+    1,186,075 parameters at the paper's (3, 100, 100) with 3 classes (the ConvNet's: 1,187,203).
+
+    Its logits and latent are invariant under the eight rotations and flips of a square image
+    (exactly in real arithmetic; to float rounding in practice): ``features`` is a
+    :class:`~deepadversaries.equivariant.D4Features`, whose output (B, 32, H // 8, W // 8)
+    feeds the bottleneck as the ConvNet's does.
+
+    Args:
+        image_shape: (bands, height, width), height = width [default: (3, 100, 100)].
+        n_classes: K [default: 3].
+
+    Raises:
+        OptionError: non-square images, images smaller than 8 x 8, fewer than 2 classes.
+    """
+
+    def __init__(self, image_shape: Sequence[int] = PAPER_SHAPE, n_classes: int = N_CLASSES) -> None:
+        bands, height, width = _check_shape(image_shape)
+        if height != width:
+            raise OptionError(f"the d4-convnet's rotations need square images, got {height}x{width}; crop them "
+                              "square or use convnet")
+        fh, fw = convnet_feature_size(height, width)
+        if fh < 1:
+            raise OptionError(f"images of {height}x{width} pixels are too small for the d4-convnet: its three "
+                              "max-pools need at least 8x8")
+        features = D4Features(bands, D4_CHANNELS)
+        super().__init__(features, features.out_channels * fh * fw, _check_classes(n_classes))
+        self.image_shape = (bands, height, width)
+        self.input_shape = self.image_shape
+
+
 class ResNet18(GalaxyClassifier):
     """torchvision's ResNet18 trunk, dropout 0.5 before global pooling; 11,308,611 parameters
     with 3 bands and 3 classes. Another band count gets its own first convolution (same
@@ -237,7 +284,7 @@ def build_model(name: str, image_shape: Sequence[int] = PAPER_SHAPE, n_classes: 
     """A freshly initialised model.
 
     Args:
-        name: ``convnet``, ``resnet18`` or ``timm:NAME``.
+        name: ``convnet``, ``d4-convnet``, ``resnet18`` or ``timm:NAME``.
         image_shape: (bands, height, width) of its input [default: (3, 100, 100), the paper's].
         n_classes: K, outputs of its head [default: 3].
 
@@ -251,7 +298,7 @@ def build_model(name: str, image_shape: Sequence[int] = PAPER_SHAPE, n_classes: 
     name = check_model_name(name, trainable=True)
     if is_timm(name):
         return TimmClassifier(name[len(TIMM_PREFIX):], image_shape, n_classes)
-    builders = {"convnet": ConvNet, "resnet18": ResNet18}
+    builders = {"convnet": ConvNet, "d4-convnet": D4ConvNet, "resnet18": ResNet18}
     return builders[check_choice(name, MODELS, "model")](image_shape, n_classes)
 
 

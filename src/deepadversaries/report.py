@@ -8,6 +8,7 @@ rendering is :mod:`deepadversaries.document`'s.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -16,22 +17,32 @@ import numpy as np
 
 from . import METHOD_SHORT, MODEL_LABELS, REFERENCE_METHOD, __version__
 from .config import AttackConfig
+from .corruption_error import pool_corruptions_over_seeds
 from .data import load_dataset
 from .document import Bullets, Code, Document, Figure, Heading, Para, Table, render_html, render_markdown
 from .errors import DeepAdvError
-from .findings import TESTS, Evidence, collect_evidence, compute_findings
+from .findings import ONE_MODEL, TESTS, Evidence, collect_evidence, compute_findings, effect_text, magnitude_text
 from .formatting import fmt_fixed, fmt_pm, fmt_seconds, fmt_sig, nan_to_none
 from .io import write_json, write_text
 from .layout import DROPPED_MODEL_REASON
 from .paper import PAPER_DISTANCES, PAPER_METRICS, PAPER_SIZES
 from .plots import dataset as dataset_plots
 from .plots.robustness import plot_accuracy_curves
-from .results import ReportInputs, RunFiles, get_path, load_inputs, n_test_images, need_json
+from .results import ReportInputs, RunFiles, get_path, load_inputs, n_test_images, need_json, need_path
 from .stats import t_interval
 
 METRIC_LABEL = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1 score"}
 PERT_LABEL = {"Y10-Y1": "Y10–Y1", "Y10-1P": "Y10–1P"}
 TABLE_NUMBERS = {"resnet18": (2, 3), "convnet": (4, 5)}  # (metrics table, distances table)
+#: the verdict rule in words (SPEC 10), for the reports
+RULE_TEXT = ("Each of the paper's findings has one pre-stated primary endpoint, reported with its 95 % confidence "
+             "interval and one word about the paper's direction: **held** when the whole interval lies on the "
+             "claimed side of no effect (for (c), a non-inferiority claim, above a −3-point margin that is ours, "
+             "not the paper's), **contradicted** when it lies wholly on the other side, **inconclusive** otherwise. "
+             "Beside the word, the magnitude: the paper's own number (ConvNet / ResNet18) inside the interval "
+             "(consistent with the paper's), further from no effect than the whole interval (smaller than the "
+             "paper's) or nearer to no effect (larger than the paper's). Secondary measures are reported and never "
+             "decide the word.")
 
 
 # --------------------------------------------------------------------------------------
@@ -86,28 +97,31 @@ def _distance_table(inp: ReportInputs, model: str) -> Table:
                  f"table{number}")
 
 
-def _normalised_table(inp: ReportInputs, model: str, method: str) -> Table:
+def _sensitivity_table(inp: ReportInputs, model: str, method: str) -> Table:
+    """The distances on the two scales no reparametrisation of a latent space changes."""
     an = inp.analyses[(model, method)]
     rows = []
-    for pert in ("Y10-Y1", "Y10-1P"):
-        t = an["distances"]["normalised"][pert]
-        for k, tr in enumerate((REFERENCE_METHOD, method)):
-            s = t[tr]
-            rows.append([PERT_LABEL[pert] if k == 0 else "", METHOD_SHORT.get(tr, tr), fmt_sig(s["median"]),
-                         fmt_sig(s["mean"]), fmt_pm(s["stderr"]), str(s["n"]),
-                         fmt_sig(t["js_distance"]) if k == 0 else ""])
-    scale = an["attack"]
-    return Table(["Perturb.", "Training", "Median", "Mean", "St. Err.", "n", "JS distance"], rows,
-                 f"{MODEL_LABELS[model]}: d_E divided by each model's median ‖z(Y10)‖ ({REFERENCE_METHOD} "
-                 f"{fmt_sig(scale[REFERENCE_METHOD]['median_latent_norm_Y10'])}, {method} "
-                 f"{fmt_sig(scale[method]['median_latent_norm_Y10'])}): the two latent spaces differ in scale.",
-                 f"normalised_{model}_{method}")
+    for scale, words in (("logit", "logit space"), ("spread", "÷ latent spread")):
+        for pert in ("Y10-Y1", "Y10-1P"):
+            t = an["distances"][scale][pert]
+            for k, tr in enumerate((REFERENCE_METHOD, method)):
+                s = t[tr]
+                rows.append([words if k == 0 and pert == "Y10-Y1" else "", PERT_LABEL[pert] if k == 0 else "",
+                             METHOD_SHORT.get(tr, tr), fmt_sig(s["median"]), fmt_sig(s["mean"]), fmt_pm(s["stderr"]),
+                             str(s["n"]), fmt_sig(t["ratio_median"]) if k == 0 else ""])
+    spread = an["attack"]
+    return Table(["Scale", "Perturb.", "Training", "Median", "Mean", "St. Err.", "n", "Median ratio"], rows,
+                 f"{MODEL_LABELS[model]}: the distances of Table {TABLE_NUMBERS.get(model, ('', '?'))[1]} on two "
+                 "scales that no shift or scale of a latent space changes: between the logits, and divided by each "
+                 f"model's latent spread, median ‖z(Y10) − z̄‖ ({REFERENCE_METHOD} "
+                 f"{fmt_sig(spread[REFERENCE_METHOD].get('latent_spread_Y10'))}, {method} "
+                 f"{fmt_sig(spread[method].get('latent_spread_Y10'))}).", f"sensitivity_{model}_{method}")
 
 
 def _attack_table(inp: ReportInputs) -> Table:
-    exact = {(model, m): inp.layout.run(model, m) / "attack_exhaustive" / "summary.json"
-             for model in inp.models for m in inp.methods}
-    with_exact = all(p.is_file() for p in exact.values())
+    corner = {(model, m): inp.layout.run(model, m) / "attack_exhaustive" / "summary.json"
+              for model in inp.models for m in inp.methods}
+    with_corner = all(p.is_file() for p in corner.values())
     rows = []
     for model in inp.models:
         for method in inp.methods:
@@ -115,9 +129,9 @@ def _attack_table(inp: ReportInputs) -> Table:
             row = [MODEL_LABELS[model], METHOD_SHORT.get(method, method), str(s.get("images_drawn", "n/a")),
                    str(s.get("correctly_classified", "n/a")), str(s.get("attacked", "n/a")),
                    str(s.get("flipped", "n/a")), fmt_fixed(s.get("success_rate"))]
-            if with_exact:
-                e = need_json(exact[(model, method)])
-                row.append(fmt_fixed(e.get("exact_flip_rate")))
+            if with_corner:
+                need_json(corner[(model, method)])  # the campaign finished
+                row.append(fmt_fixed(_corner_rate(corner[(model, method)].parent / "results.csv")))
             row += [fmt_sig(s.get("median_p_target_flipped")), fmt_sig(s.get("mean_iterations_flipped")),
                     fmt_sig(s.get("median_iterations_flipped")), fmt_sig(s.get("mean_iterations")),
                     str(s.get("flipped_in_initial_population", "n/a"))]
@@ -125,7 +139,7 @@ def _attack_table(inp: ReportInputs) -> Table:
     st = inp.run(inp.models[0], REFERENCE_METHOD).summary.get("settings", {})
     paper = AttackConfig.from_preset("paper")
     header = ["Model", "Training", "Images drawn", "Correctly classified", "Attacked", "Flipped", "Flip rate (DE)"]
-    header += ["Exact flip rate (exhaustive, 8 corners)"] if with_exact else []
+    header += ["Flip rate (corner search, a lower bound)"] if with_corner else []
     header += ["Median p(target) of the flips", "Mean iterations (flips)", "Median iterations (flips)",
                "Mean iterations (all, failures at the cap)", "Flipped by the initial population"]
     return Table(header, rows,
@@ -134,13 +148,53 @@ def _attack_table(inp: ReportInputs) -> Table:
                  f"successful generation kept ({st.get('keep', 'fittest')}); population {st.get('pop_size', 'n/a')}, "
                  f"at most {st.get('max_iter', 'n/a')} iterations (paper: {paper.n_images} images, population "
                  f"{paper.pop_size}, {paper.max_iter} iterations)."
-                 + (" The exact flip rate is the share of attacked images that some pixel set to a corner of the "
-                    "value cube flips (every position tried): DE's rate is a lower bound of it." if with_exact else ""),
+                 + (" The corner search's rate is the share of its attacked images that some pixel set to a corner "
+                    "of the value cube (or a chosen value) flips, every position tried: a lower bound on one-pixel "
+                    "vulnerability, since the worst value can lie inside the cube." if with_corner else ""),
                  "table_attack")
+
+
+def _corner_rate(path: Path) -> float | None:
+    """The share of the corner search's images that it flipped (its ``results.csv``)."""
+    with open(need_path(path), newline="", encoding="utf-8") as fh:
+        flags = [r["success"] == "True" for r in csv.DictReader(fh)]
+    return sum(flags) / len(flags) if flags else None
+
+
+def _certify_table(inp: ReportInputs) -> Table | None:
+    """The flip-rate sandwich of ``deepadv certify`` per run, when every run has ``RUN/certify/summary.json``."""
+    paths = {(model, m): inp.layout.run(model, m) / "certify" / "summary.json"
+             for model in inp.models for m in inp.methods}
+    if not paths or not all(p.is_file() for p in paths.values()):
+        return None
+
+    def rate(r: dict | None) -> str:
+        if not r or r.get("value") is None:
+            return "n/a"
+        return f"{fmt_fixed(r['value'])} [{fmt_fixed(r['ci_low'])}, {fmt_fixed(r['ci_high'])}]"
+
+    rows = []
+    for (model, method), path in paths.items():
+        s = json.loads(path.read_text(encoding="utf-8"))
+        de, corner = s.get("de") or {}, s.get("corner_search") or {}
+        rows.append([MODEL_LABELS[model], METHOD_SHORT.get(method, method), str(s["n_images"]), str(s["flippable"]),
+                     str(s["certified"]), str(s["undecided"]), rate(s["rate_lower"]), rate(s["rate_upper"]),
+                     rate(de.get("rate")), rate(corner.get("rate")),
+                     str(de.get("missed_flippable", "n/a")), str(corner.get("missed_flippable", "n/a"))])
+    return Table(["Model", "Training", "Images", "Flippable", "Certified", "Undecided", "Flip rate ≥ (95% CI)",
+                  "Flip rate ≤ (95% CI)", "DE's rate", "Corner search's rate", "Flippable, DE missed",
+                  "Flippable, corner search missed"], rows,
+                 "Provable one-pixel robustness (deepadv certify): flippable images have a witness pixel re-checked "
+                 "by a plain forward pass, certified ones a proof from sound bounds that no pixel at any value in "
+                 "the range flips them, undecided ones ran out of time. The one-pixel flip rate lies between "
+                 "flippable / n and (flippable + undecided) / n (Clopper–Pearson 95% intervals).", "table_certify")
 
 
 def _add_attack_suite(doc: Document, inp: ReportInputs) -> None:
     """Success against queries per search, and where the dangerous pixels lie (when the runs have them)."""
+    certified = _certify_table(inp)
+    if certified is not None:
+        doc.add(certified)
     for (model, method), an in inp.analyses.items():
         table, shares = an.get("success_against_queries"), an.get("dangerous_pixels")
         label = f"{MODEL_LABELS[model]}, regular vs {METHOD_SHORT.get(method, method)}"
@@ -326,11 +380,9 @@ def build_document(inp: ReportInputs, findings: list[dict[str, Any]], figures: d
     doc = Document("DeepAdversaries reproduction report")
     _add_overview(doc, inp)
     doc.add(Heading("Findings", 2, "findings"))
-    doc.add(Para("Each of the paper's findings, tested on this run's numbers with a 95 % confidence interval: "
-                 "**held** when the whole interval lies beyond the finding's threshold in the claimed direction, "
-                 "**contradicted** when it lies wholly on the other side of no effect, **inconclusive** otherwise. "
-                 "One run has one seed: its intervals are bootstraps over the test images (`deepadv study` adds "
-                 "seeds). Rules: " + "; ".join(f"({k}) {v}" for k, v in TESTS.items()) + "."))
+    doc.add(Para(RULE_TEXT + f" One run is {ONE_MODEL}: its intervals are bootstraps over the test images of one "
+                 "trained model, which leave out the seed-to-seed variation a new training meets. Rules: "
+                 + "; ".join(f"({k}) {v}" for k, v in TESTS.items()) + "."))
     doc.add(findings_table(findings, "table_findings"))
     if len(inp.methods) > 2:
         doc.add(Heading("Training methods compared", 2, "methods"))
@@ -344,7 +396,7 @@ def build_document(inp: ReportInputs, findings: list[dict[str, Any]], figures: d
     doc.add(Heading("Latent-space distances (Tables 3 and 5)", 2, "distances"))
     doc.add(_distance_table(inp, "resnet18"), _distance_table(inp, "convnet"))
     for (model, method), an in inp.analyses.items():
-        doc.add(_normalised_table(inp, model, method))
+        doc.add(_sensitivity_table(inp, model, method))
         for note in an.get("notes", []):
             doc.add(Para(f"Note ({MODEL_LABELS[model]}, regular vs {method} analysis): {note}"))
     doc.add(Heading("One-pixel attack", 2, "attack"))
@@ -369,18 +421,17 @@ def findings_table(findings: list[dict[str, Any]], name: str) -> Table:
     """One row per finding: effect with its 95 % CI, verdict, what it rests on, and the statement."""
     rows = []
     for f in findings:
-        effect, low, high = f["effect"], f["ci_low"], f["ci_high"]
-        scale = 100.0 if f["id"] in ("a", "b", "c", "e") else 1.0
-        unit = " points" if scale == 100.0 else ""
-        ci = (f"{fmt_sig(scale * effect) if effect is not None else 'n/a'}{unit} "
-              f"[{fmt_sig(scale * low) if low is not None and low == low else 'n/a'}, "
-              f"{fmt_sig(scale * high) if high is not None and high == high else 'n/a'}]")
+        fid = f["id"]
+        ci = (f"{effect_text(fid, f['effect'])} [{effect_text(fid, f['ci_low'], sign=False)}, "
+              f"{effect_text(fid, f['ci_high'], sign=False)}]")
         n = f.get("n_images") or sum(p.get("n_images", 0) for p in f["per_seed"])
         rests = f"{f['n_seeds']} seed{'s' if f['n_seeds'] != 1 else ''}, {n} images"
-        rows.append([f"({f['id']})", f"{MODEL_LABELS[f['model']]}, {METHOD_SHORT.get(f['method'], f['method'])}",
-                     f["claim"], ci, f["verdict"], rests, f["statement"]])
-    return Table(["Finding", "Model, method", "Claim", "Effect [95 % CI]", "Verdict", "Rests on", "Our numbers"],
-                 rows, None, name)
+        rows.append([f"({fid})", f"{MODEL_LABELS.get(f['model'], f['model'])}, "
+                                 f"{METHOD_SHORT.get(f['method'], f['method'])}",
+                     f["claim"], f["primary"], ci, f.get("label", f["verdict"]),
+                     magnitude_text(fid, f["model"], f["method"], f.get("magnitude")), rests, f["statement"]])
+    return Table(["Finding", "Model, method", "Claim", "Primary endpoint", "Effect [95 % CI]", "Verdict",
+                  "Magnitude", "Rests on", "Our numbers"], rows, None, name)
 
 
 def run_numbers(run: Path) -> dict[str, float | None]:
@@ -418,55 +469,130 @@ def method_table(model: str, numbers: dict[str, list[dict[str, float | None]]],
                 row.append(fmt_fixed(values[0]) if values else "n/a")
         d = ratio.get(method)
         row.append("—" if d is None else f"{fmt_sig(d['effect'])} [{fmt_sig(d['ci_low'])}, {fmt_sig(d['ci_high'])}]"
-                   f" ({d['verdict']})")
+                   f" ({d.get('label', d['verdict'])})")
         rows.append(row)
     n = max(len(v) for v in numbers.values())
     how = f"mean over {n} seeds [95 % t-interval, cut to the range 0–1]" if n > 1 else "one seed"
     return Table(["Method", "Y10 accuracy", "Y1 accuracy", "Y1 ECE (15 bins)", "One-pixel flip rate",
                   "d_E(Y10–1P) ratio vs regular [95 % CI]"], rows,
                  f"{MODEL_LABELS[model]}: every training method on the same data and attack ({how}). The d_E ratio "
-                 "is finding (d)'s: adapted over regular median distance of the flipped images, on the common "
-                 "scale.", name)
+                 "is finding (d)'s: adapted over regular median raw distance of the images flipped under both.", name)
+
+
+def _interval_text(block: Any, scale: float = 1.0, digits: int = 3) -> str:
+    """'v [lo, hi]' of a {value, ci_low, ci_high, n} block; a bare number as itself; n/a for None."""
+    if isinstance(block, dict):
+        if block.get("value") is None:
+            return "n/a"
+        text = fmt_fixed(block["value"] * scale, digits)
+        if block.get("ci_low") is not None and block.get("ci_high") is not None:
+            text += f" [{fmt_fixed(block['ci_low'] * scale, digits)}, {fmt_fixed(block['ci_high'] * scale, digits)}]"
+        return text
+    return "n/a" if block is None else fmt_fixed(float(block), digits)
+
+
+def domain_summaries(summaries: dict[str, list[dict[str, Any]]], domain: str) -> dict[str, list[dict[str, Any]]] | None:
+    """Each method's per-seed summaries of ``domain`` (Y1: read from ``RUN/robustness_Y1`` beside the Y10
+    result); None when a seed lacks one."""
+    if domain == "Y10":
+        return summaries
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method, per_seed in summaries.items():
+        out[method] = []
+        for s in per_seed:
+            path = Path(s["run"]) / f"robustness_{domain}" / "summary.json" if s.get("run") else None
+            if path is None or not path.is_file():
+                return None
+            out[method].append(json.loads(path.read_text()))
+    return out
+
+
+def corruption_comparison_table(model: str, summaries: dict[str, list[dict[str, Any]]], domain: str,
+                                name: str) -> Table | None:
+    """Per corruption: each method's mean accuracy over the severities and each adapted method's ΔE against
+    regular in points, pooled over seeds with 95 % intervals (:func:`pool_corruptions_over_seeds`); the
+    last row the mCE over the corruptions that degrade regular in every seed. None without ΔE results."""
+    pooled = {m: pool_corruptions_over_seeds(v) for m, v in summaries.items()}
+    adapted = [m for m in summaries if m != REFERENCE_METHOD and pooled[m]["mce_corruptions"] is not None
+               and any("delta_points" in e for e in pooled[m]["corruptions"].values())]
+    if not adapted:
+        return None
+    names = list(next(iter(pooled.values()))["corruptions"])
+    header = ["Corruption"] + [f"{METHOD_SHORT.get(m, m)} accuracy" for m in summaries] + \
+             [f"ΔE {METHOD_SHORT.get(m, m)} − regular (points; seeds degraded)" for m in adapted]
+    rows = [["clean"] + [_interval_text(pooled[m]["clean_accuracy"]) for m in summaries] + ["" for _ in adapted]]
+    for c in names:
+        row = [c.replace("_", " ")] + [_interval_text(pooled[m]["corruptions"][c]["accuracy"]) for m in summaries]
+        for m in adapted:
+            e = pooled[m]["corruptions"][c]
+            row.append(f"{_interval_text(e.get('delta_points'), digits=1)} ({e.get('seeds_degraded', 0)}/"
+                       f"{pooled[m]['n_seeds']})")
+        rows.append(row)
+    rows.append(["mCE vs regular (degraded in every seed)"] + ["" for _ in summaries]
+                + [_interval_text(pooled[m]["mce"]) for m in adapted])
+    n = pooled[adapted[0]]["n_seeds"]
+    return Table(header, rows, f"{MODEL_LABELS[model]}, {domain} test set: accuracy (mean over severities) and ΔE = "
+                               "Σ_s (E_method − E_regular) in points, mean over "
+                               f"{n} seed{'s' if n != 1 else ''} with a 95 % {'t' if n > 1 else 'paired bootstrap'} "
+                               "interval; (k/n) = seeds whose regular run is significantly degraded by the "
+                               "corruption (one-sided sign test, p < 0.05). CE and mCE only over corruptions "
+                               "degraded in every seed; a corruption that does not degrade regular has no CE.", name)
 
 
 def robustness_blocks(model: str, summaries: dict[str, list[dict[str, Any]]], flip_rates: dict[str, list[float]],
                       figure: Path, root: Path, name: str) -> list[Any]:
-    """The survey-corruption benchmark of one model's methods: a table, the curves, and whether the
-    one-pixel flip rate ranks the methods as the natural corruptions do.
+    """The survey-corruption benchmark of one model's methods: a table, the per-corruption comparison with
+    intervals (both domains when Y1 results exist), the curves, and whether the one-pixel flip rate ranks
+    the methods as the natural corruptions do.
 
     Args:
         model: the model.
-        summaries: method → each seed's ``robustness/summary.json``.
+        summaries: method → each seed's ``robustness/summary.json`` (Y10).
         flip_rates: method → each seed's one-pixel flip rate.
         figure: where to draw the accuracy-versus-severity curves (first seed).
         root: the report's folder (figures are embedded relative to it).
         name: the HTML table's id.
     """
     rows, mean_error, rate = [], {}, {}
+    n_seeds = min(len(v) for v in summaries.values())
     for method, per_seed in summaries.items():
         mean_error[method] = float(np.mean([s["mean_error"] for s in per_seed if s.get("mean_error") is not None]))
         rate[method] = float(np.mean([r for r in flip_rates[method] if r is not None]))
-        mces = [s["mce"] for s in per_seed if s.get("mce") is not None]
         clean = float(np.mean([s["clean"]["accuracy"] for s in per_seed]))
-        rows.append([METHOD_SHORT.get(method, method), fmt_fixed(clean), fmt_fixed(1 - mean_error[method]),
-                     fmt_fixed(float(np.mean(mces))) if mces else "reference", fmt_fixed(rate[method])])
+        if method == REFERENCE_METHOD:
+            mce = "reference"
+        elif all(isinstance(s.get("corruption_errors"), dict) for s in per_seed):
+            mce = _interval_text(pool_corruptions_over_seeds(per_seed)["mce"])
+        else:
+            values = [s["mce"] for s in per_seed if isinstance(s.get("mce"), (int, float))]
+            mce = fmt_fixed(float(np.mean(values))) if values else "n/a"
+        rows.append([METHOD_SHORT.get(method, method), fmt_fixed(clean), fmt_fixed(1 - mean_error[method]), mce,
+                     fmt_fixed(rate[method])])
     blocks: list[Any] = [Table(["Method", "Clean Y10 accuracy", "Mean accuracy under the corruptions",
-                                "mCE vs regular", "One-pixel flip rate"], rows,
+                                "mCE vs regular [95 % CI]", "One-pixel flip rate"], rows,
                                f"{MODEL_LABELS[model]}: the corruption benchmark (every corruption of "
-                               "docs/robustness.md at the pipeline's severities, Y10 test set; mCE as ImageNet-C: "
-                               "summed errors over severities relative to the regular run, averaged over "
-                               "corruptions; below 1 = more robust than regular).", name)]
+                               "docs/robustness.md at the pipeline's severities, Rubin-grounded tables, Y10 test "
+                               "set; mCE: summed errors over severities relative to the regular run, averaged over "
+                               "the corruptions that significantly degrade the regular run; below 1 = more robust "
+                               f"than regular; {n_seeds} seed{'s' if n_seeds != 1 else ''}).", name)]
+    for domain in ("Y10", "Y1"):
+        per_domain = domain_summaries(summaries, domain)
+        table = corruption_comparison_table(model, per_domain, domain, f"{name}_{domain}") if per_domain else None
+        if table is not None:
+            blocks.append(table)
     plot_accuracy_curves({METHOD_SHORT.get(m, m): v[0] for m, v in summaries.items()}, figure,
                          title=f"{MODEL_LABELS[model]}: accuracy under survey corruptions")
-    blocks.append(Figure(figure, f"{MODEL_LABELS[model]}: accuracy against severity per corruption and method.", root))
+    blocks.append(Figure(figure, f"{MODEL_LABELS[model]}: accuracy against severity per corruption and method "
+                                 "(first seed).", root))
     if len(summaries) > 1:
         by_error = sorted(summaries, key=lambda m: mean_error[m])
         by_rate = sorted(summaries, key=lambda m: rate[m])
         same = by_error == by_rate
         blocks.append(Para(
-            f"Does the one-pixel attack rank the methods as the natural corruptions do? From most to least robust, "
-            f"by mean corruption error: {', '.join(METHOD_SHORT.get(m, m) for m in by_error)}; by one-pixel flip "
-            f"rate: {', '.join(METHOD_SHORT.get(m, m) for m in by_rate)} — "
+            f"Does the one-pixel attack rank the methods as the natural corruptions do ({n_seeds} "
+            f"seed{'s' if n_seeds != 1 else ''}, point estimates; the intervals are in the tables above)? From most "
+            f"to least robust, by mean corruption error: {', '.join(METHOD_SHORT.get(m, m) for m in by_error)}; "
+            f"by one-pixel flip rate: {', '.join(METHOD_SHORT.get(m, m) for m in by_rate)} — "
             + ("the same order." if same else "**a different order**: the one-pixel flip rate is not a proxy for "
                                                "these survey defects here.")))
     return blocks

@@ -69,11 +69,16 @@ class ReportInputs:
         return tuple(m for m in self.methods if m != REFERENCE_METHOD)
 
 
-def need_json(path: Path) -> Any:
-    """A stage file's JSON, or a one-line error saying to finish the reproduction."""
+def need_path(path: Path) -> Path:
+    """A stage file's path, or a one-line error saying to finish the reproduction."""
     if not path.is_file():
         raise file_error(path, "file not found; finish the reproduction first ('deepadv reproduce' resumes it)")
-    return read_json(path)
+    return path
+
+
+def need_json(path: Path) -> Any:
+    """A stage file's JSON, or a one-line error saying to finish the reproduction."""
+    return read_json(need_path(path))
 
 
 def load_inputs(out: str | Path) -> ReportInputs:

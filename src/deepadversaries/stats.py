@@ -1,44 +1,45 @@
 """Statistics of the findings: confidence intervals, paired tests and the verdict rule.
 
 Every finding of the paper (SPEC 10) is reported as an effect with a 95 % confidence
-interval, the numbers of seeds and images behind it, and one word: *held*, *contradicted*
-or *inconclusive* (:func:`verdict`). This module computes those numbers from arrays; it
-reads no files and knows nothing about models. Every comparison is **B relative to A**:
-a difference is ``B − A`` and a ratio ``B / A``.
+interval, the numbers of seeds and images behind it, one word about the paper's direction —
+*held*, *contradicted* or *inconclusive* (:func:`verdict`) — and, beside it, a magnitude
+statement against the paper's own number (:func:`magnitude`). This module computes those
+numbers from arrays; it reads no files and knows nothing about models. Every comparison is
+**B relative to A**: a difference is ``B − A`` and a ratio ``B / A``.
 
-Which interval each finding uses, and why
------------------------------------------
-(a) accuracy drop Y10 → Y1 of the regular model (A = regular on Y1, B = regular on Y10),
-(b) Y1 gain of MMD (A = regular on Y1, B = MMD on Y1),
-(c) Y10 cost of MMD (A = MMD on Y10, B = regular on Y10):
-    per seed, :func:`accuracy_difference` — a *paired* percentile bootstrap over the test
-    images, because the two accuracies are measured on the same galaxies (Y10 and Y1 test
-    sets hold the same galaxies in the same order; both models see the same images), so
-    resampling image indices jointly keeps the correlation that makes the difference
-    precise. Across seeds, :func:`pool_differences` — a t-interval of the per-seed
-    differences (the seed-to-seed spread is what a new training run would meet; the
-    per-seed bootstrap intervals are shown beside it). One seed: its own bootstrap interval.
-(d) ratio DA / regular of the median d_E(Y10–1P) on the images flipped under both models
-    (A = regular, B = DA), raw and on the common scale (distances divided by each model's
-    median ‖z(Y10)‖; the verdict uses the common scale): per seed, :func:`median_ratio` —
-    a paired percentile bootstrap over images (a median has no simple standard error, and
-    the same images enter both medians). Across seeds, :func:`pool_log_ratios` — a
-    random-effects meta-analysis of the log ratios with a Hartung–Knapp t-interval, which
-    keeps its coverage with the 3–5 seeds a study affords.
-(e) attack success (A = regular, B = MMD), on the images attacked under both models:
-    the flip-rate difference with the exact McNemar test and its exact conditional interval
-    (:func:`paired_rate_difference`; across seeds :func:`pooled_rate_difference` sums the
-    discordant pairs, the stratified McNemar test), and the time to flip (queries or
-    generations), right-censored at the attack budget for images never flipped:
-    Kaplan–Meier (:func:`success_curve`), the restricted mean time to flip
-    (:func:`restricted_mean`) and its paired bootstrap difference with a log-rank p-value
-    (:func:`censored_difference`). Across seeds, per-seed RMST differences pool with
-    :func:`pool_differences`. The two parts combine with :func:`combine_verdicts`.
+The verdict rule (SPEC 10)
+--------------------------
+Each finding has one pre-stated primary endpoint and one rule (:data:`FINDING_RULES`):
+*held* when the whole interval lies on the claimed side of no effect (for (c), a
+non-inferiority claim, of a 3-point margin that is ours, not the paper's), *contradicted*
+when it lies wholly on the other side, *inconclusive* otherwise. Secondary measures are
+reported and never decide the word: there is no "or" of two tests.
+
+Which interval each endpoint uses, and why
+------------------------------------------
+(a)–(c) accuracy differences: per seed, :func:`accuracy_difference` — a *paired*
+    percentile bootstrap over the test images (one trained model). Across seeds,
+    :func:`pool_differences` — a t-interval of the per-seed differences (the seed is the
+    unit that varies). The seeds share one test set, whose sampling error is common to
+    all of them and not in the t-interval.
+(d) ratio adapted / regular of the median d_E(Y10–1P) on the images flipped under both:
+    per seed :func:`median_ratio` (paired bootstrap over images); across seeds
+    :func:`log_ratio_t_interval`, a t-interval of the per-seed log ratios (each seed one
+    number, whatever its bootstrap width). The spread-normalised sensitivity version is
+    :func:`spread_normalised_ratio` (the spread, :func:`latent_spread`, recomputed inside
+    every resample).
+(e) paired flip-rate difference on the images attacked under both: per seed
+    :func:`paired_rate_difference` (exact McNemar, conditional interval); across seeds
+    :func:`pool_differences` of the per-seed differences, with
+    :func:`cluster_bootstrap_difference` (galaxy × seed) as a sensitivity and
+    :func:`pooled_rate_difference` (McNemar on summed pairs) only as a check conditional on
+    the trained models. Time to flip: Kaplan–Meier (:func:`success_curve`),
+    :func:`restricted_mean`, :func:`censored_difference` (secondary).
 
 Contracts
 ---------
-- Deterministic: every resampling draws from ``numpy.random.default_rng(seed)`` handed to
-  ``scipy.stats.bootstrap``; the same arguments give the same interval, bit for bit.
+- Deterministic: every resampling draws from ``numpy.random.default_rng(seed)``; the same
+  arguments give the same interval, bit for bit.
 - Undefined is NaN, never an exception: an interval of one observation, of no images, or
   of a statistic undefined on some resamples has NaN bounds (its verdict is
   *inconclusive*); scipy's warnings about such cases never reach the user.
@@ -420,56 +421,6 @@ def median_ratio(reference: Sequence[float] | np.ndarray, other: Sequence[float]
                               n_resamples=n_resamples, seed=seed, unit="images")
 
 
-def pool_log_ratios(per_seed: Sequence[Interval], level: float = DEFAULT_LEVEL) -> Interval:
-    """Pool per-seed ratios on the log scale: random-effects meta-analysis, Hartung–Knapp CI.
-
-    For seed i: y_i = log(estimate_i) and, from its own interval at level ℓ_i,
-    SE_i = (log high_i − log low_i) / (2 z_{(1+ℓ_i)/2}). With w_i = 1/SE_i², the
-    DerSimonian–Laird between-seed variance is τ² = max(0, (Q − (k−1)) / (Σw − Σw²/Σw)),
-    Q = Σ w_i (y_i − ȳ_w)². The pooled log ratio is μ = Σ w*_i y_i / Σ w*_i with
-    w*_i = 1/(SE_i² + τ²), and its interval μ ± t_{k−1,(1+level)/2} √(q* / Σ w*_i) with
-    q* = max(1, Σ w*_i (y_i − μ)² / (k−1)). The t quantile with k − 1 degrees of freedom
-    (Hartung & Knapp 2001, Stat. Med. 20, 3875; Sidik & Jonkman 2002, Stat. Med. 21,
-    3153) keeps the coverage with few seeds, and the floor q* ≥ 1 (Knapp & Hartung 2003,
-    Stat. Med. 22, 2693; Röver, Knapp & Friede 2015, BMC Med. Res. Methodol. 15, 99)
-    stops very similar seeds from giving an interval narrower than their own ones.
-    DerSimonian & Laird 1986, Control. Clin. Trials 7, 177.
-
-    Args:
-        per_seed: the per-seed ratio intervals (e.g. from :func:`median_ratio`). Seeds
-            whose estimate or bounds are not positive finite numbers, or whose interval
-            has zero width, carry no usable weight and are left out.
-        level: confidence level of the pooled interval, in (0, 1) [default: 0.95].
-
-    Returns:
-        The pooled ratio exp(μ) with its interval; ``n`` is the number of seeds pooled.
-        One usable seed: that seed's own interval. None: NaN.
-    """
-    level = _check_level(level)
-    usable = [iv for iv in per_seed
-              if all(math.isfinite(x) and x > 0 for x in (iv.estimate, iv.low, iv.high)) and iv.high > iv.low]
-    k = len(usable)
-    if k == 1:
-        return usable[0]
-    method = f"random-effects log-ratio pool (DerSimonian–Laird, Hartung–Knapp t) over {_count(k, 'seed')}"
-    if k < len(per_seed):
-        method += f" ({len(per_seed) - k} of {len(per_seed)} left out: no usable interval)"
-    if k == 0:
-        return Interval(NAN, NAN, NAN, level, method, 0)
-    y = np.log([iv.estimate for iv in usable])
-    z = stats.norm.ppf([(1 + iv.level) / 2 for iv in usable])
-    se = (np.log([iv.high for iv in usable]) - np.log([iv.low for iv in usable])) / (2 * z)
-    w = 1 / se**2
-    y_fixed = np.sum(w * y) / np.sum(w)
-    q_stat = np.sum(w * (y - y_fixed) ** 2)
-    tau2 = max(0.0, (q_stat - (k - 1)) / (np.sum(w) - np.sum(w**2) / np.sum(w)))
-    w_random = 1 / (se**2 + tau2)
-    mu = np.sum(w_random * y) / np.sum(w_random)
-    q_hk = max(1.0, np.sum(w_random * (y - mu) ** 2) / (k - 1))
-    half = stats.t.ppf((1 + level) / 2, k - 1) * math.sqrt(q_hk / np.sum(w_random))
-    return Interval(math.exp(mu), math.exp(mu - half), math.exp(mu + half), level, method, k)
-
-
 # --------------------------------------------------------------------------------------
 # (e): flip rates, exact McNemar
 # --------------------------------------------------------------------------------------
@@ -568,11 +519,15 @@ def paired_rate_difference(flipped_a: Sequence[bool] | np.ndarray, flipped_b: Se
 
 
 def pooled_rate_difference(per_seed: Sequence[PairedFlips], *, level: float = DEFAULT_LEVEL) -> Comparison:
-    """The flip-rate difference pooled over seeds: stratified (Mantel–Haenszel) McNemar.
+    """McNemar on the discordant pairs summed over seeds: a check *conditional on these
+    trained models*, never a verdict.
 
-    For matched pairs the Mantel–Haenszel test over strata (seeds) is McNemar's test on
-    the summed discordant pairs, so the pooled difference is Σ(c − b)/Σn and its interval
-    and p-value are those of :func:`paired_rate_difference` on Σn, Σb, Σc.
+    It treats every image of every seed as independent, so the seed-to-seed variation of
+    the trained models never enters (and the seeds' images are draws of the same galaxies):
+    with a seed-level spread it rejects far more often than its nominal level. The verdict
+    of (e) pools one paired difference per seed (:func:`pool_differences`). The pooled
+    difference here is Σ(c − b)/Σn, with the interval and p-value of
+    :func:`paired_rate_difference` on Σn, Σb, Σc.
 
     Args:
         per_seed: each seed's counts (from :func:`paired_flips`).
@@ -585,7 +540,8 @@ def pooled_rate_difference(per_seed: Sequence[PairedFlips], *, level: float = DE
     total = PairedFlips(n=sum(f.n for f in per_seed), b=sum(f.b for f in per_seed),
                         c=sum(f.c for f in per_seed))
     k = len(per_seed)
-    result = _rate_comparison(total, level, f", stratified over {k} seeds" if k > 1 else "")
+    result = _rate_comparison(total, level, f", pairs summed over {k} seeds, conditional on these trained models"
+                              if k > 1 else "")
     return Comparison(result.interval, result.p_value, result.test, {**result.counts, "seeds": k})
 
 
@@ -739,60 +695,255 @@ def censored_difference(times_a: Sequence[float] | np.ndarray, observed_a: Seque
     return Comparison(interval, _logrank_p(ta, ea, tb, eb), "log-rank (scipy.stats.logrank)", counts)
 
 
+
+
 # --------------------------------------------------------------------------------------
-# verdicts
+# (d): seeds pooled on the log scale; the spread-normalised ratio
 # --------------------------------------------------------------------------------------
+def log_ratio_t_interval(ratios: Sequence[float] | np.ndarray, level: float = DEFAULT_LEVEL) -> Interval:
+    """Pool per-seed ratios: exp of the t-interval of their logs (each seed one number).
+
+    Args:
+        ratios: one positive ratio per seed, shape (k,). Non-positive or non-finite values
+            (an undefined ratio) are left out and ``n`` counts the others.
+        level: confidence level, in (0, 1) [default: 0.95].
+
+    Returns:
+        exp(mean log ratio) with exp of its t-interval; NaN bounds for fewer than two seeds.
+    """
+    level = _check_level(level)
+    r = _as_vector(ratios, "ratios")
+    r = r[np.isfinite(r) & (r > 0)]
+    iv = t_interval(np.log(r), level)
+    return Interval(math.exp(iv.estimate) if iv.n else NAN, math.exp(iv.low) if iv.defined else NAN,
+                    math.exp(iv.high) if iv.defined else NAN, level,
+                    f"t-interval of the log ratios over {_count(iv.n, 'seed')}", iv.n)
+
+
+def latent_spread(z: np.ndarray) -> float:
+    """The spread of a set of latents: median ‖z − z̄‖ (z̄ their mean).
+
+    Unlike ‖z‖, it is unchanged when every latent moves by one constant vector (a shift the
+    head's bias can absorb without changing the model), and it scales with the latents.
+
+    Args:
+        z: (n, d) latent vectors.
+
+    Returns:
+        The median distance to the mean; NaN for no vectors.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2:
+        raise OptionError(f"latents must be a 2-D array (n, d), got shape {z.shape}")
+    if len(z) == 0:
+        return NAN
+    return float(np.median(np.linalg.norm(z - z.mean(axis=0), axis=1)))
+
+
+def _resampled_spreads(z: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """:func:`latent_spread` of ``z[index[b]]`` for every row b of ``index`` (B, m), vectorised.
+
+    ‖z_i − z̄_b‖² = ‖z_i‖² − 2 z_i·z̄_b + ‖z̄_b‖², with z̄_b the mean of resample b.
+    """
+    b_count, m = index.shape
+    weights = np.zeros((b_count, len(z)))
+    np.add.at(weights, (np.repeat(np.arange(b_count), m), index.ravel()), 1.0)
+    centre = weights @ z / m
+    squared = (np.sum(z**2, axis=1)[None, :] - 2.0 * centre @ z.T + np.sum(centre**2, axis=1)[:, None])
+    distance = np.sqrt(np.clip(squared, 0.0, None))
+    return np.median(np.take_along_axis(distance, index, axis=1), axis=1)
+
+
+def spread_normalised_ratio(d_reference: Sequence[float] | np.ndarray, d_other: Sequence[float] | np.ndarray,
+                            z_reference: np.ndarray, z_other: np.ndarray, flipped: Sequence[bool] | np.ndarray, *,
+                            level: float = DEFAULT_LEVEL, n_resamples: int = DEFAULT_RESAMPLES,
+                            seed: int = 0) -> Interval:
+    """Ratio of median distances, each model's divided by its latent spread, with a bootstrap.
+
+    ratio = [median(d_B) / spread(z_B)] / [median(d_A) / spread(z_A)], the medians over the
+    images flipped under both, the spreads (:func:`latent_spread`) over all images attacked
+    under both. The bootstrap resamples the attacked images, stratified by whether they were
+    flipped under both (so every resample has the same number of flipped images), and
+    recomputes both medians and both spreads in every resample: the normaliser's own
+    uncertainty is in the interval. Invariant to a shift of either model's latents, and to a
+    scale of either (distances and spread scale together).
+
+    Args:
+        d_reference: A's distance per flipped image, shape (n_f,) (the flipped images in the
+            order of ``flipped``'s True rows).
+        d_other: B's distances on the same images, shape (n_f,).
+        z_reference: A's (n, d) Y10 latents of the images attacked under both.
+        z_other: B's (n, d') Y10 latents of the same images in the same order.
+        flipped: (n,) bool, which rows were flipped under both; n_f of them.
+        level: confidence level, in (0, 1) [default: 0.95].
+        n_resamples: bootstrap resamples [default: 9999].
+        seed: seed of the resampling [default: 0].
+
+    Returns:
+        The ratio with its percentile interval; NaN when undefined (no flipped image, a zero
+        median or spread), NaN bounds with fewer than two flipped images.
+    """
+    level = _check_level(level)
+    n_resamples = _check_resamples(n_resamples)
+    d_a, d_b = _as_vector(d_reference, "d_reference"), _as_vector(d_other, "d_other")
+    mask = _as_vector(flipped, "flipped", bool)
+    z_a, z_b = np.asarray(z_reference, np.float64), np.asarray(z_other, np.float64)
+    if z_a.ndim != 2 or z_b.ndim != 2 or len(z_a) != len(mask) or len(z_b) != len(mask):
+        raise OptionError(f"latents must be (n, d) arrays with one row per attacked image ({len(mask)}), got "
+                          f"{z_a.shape} and {z_b.shape}")
+    n_f = _check_same_length([d_a, d_b], "d_reference and d_other")
+    if n_f != int(mask.sum()):
+        raise OptionError(f"{n_f} distances but {int(mask.sum())} flipped rows")
+    how = (f"stratified percentile bootstrap over {len(mask)} attacked images ({n_f} flipped under both), "
+           f"spreads recomputed in every resample, {n_resamples} resamples")
+
+    def ratio(da: np.ndarray, db: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return (np.median(db, axis=-1) / sb) / (np.median(da, axis=-1) / sa)
+
+    if n_f == 0:
+        return Interval(NAN, NAN, NAN, level, how, n_f)
+    estimate = float(ratio(d_a, d_b, np.float64(latent_spread(z_a)), np.float64(latent_spread(z_b))))
+    if n_f < 2:
+        return Interval(estimate, NAN, NAN, level, how, n_f)
+    rng = np.random.default_rng(seed)
+    rows_f, rows_n = np.flatnonzero(mask), np.flatnonzero(~mask)
+    order_f = np.full(len(mask), -1)
+    order_f[rows_f] = np.arange(n_f)
+    values = []
+    for start in range(0, n_resamples, 500):
+        b = min(500, n_resamples - start)
+        pick_f = rows_f[rng.integers(0, n_f, size=(b, n_f))]
+        pick_n = rows_n[rng.integers(0, len(rows_n), size=(b, len(rows_n)))] if len(rows_n) else \
+            np.zeros((b, 0), np.int64)
+        index = np.concatenate([pick_f, pick_n], axis=1)
+        values.append(ratio(d_a[order_f[pick_f]], d_b[order_f[pick_f]], _resampled_spreads(z_a, index),
+                            _resampled_spreads(z_b, index)))
+    distribution = np.concatenate(values)
+    if not np.all(np.isfinite(distribution)):
+        return Interval(estimate, NAN, NAN, level, how + f"; undefined on {int((~np.isfinite(distribution)).sum())}",
+                        n_f)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(distribution, [alpha, 1 - alpha])
+    return Interval(estimate, float(low), float(high), level, how, n_f)
+
+
+# --------------------------------------------------------------------------------------
+# (e): the galaxy × seed cluster bootstrap
+# --------------------------------------------------------------------------------------
+def cluster_bootstrap_difference(galaxies: Sequence[Sequence[Any]], differences: Sequence[Sequence[float]], *,
+                                 level: float = DEFAULT_LEVEL, n_resamples: int = DEFAULT_RESAMPLES,
+                                 seed: int = 0) -> Interval:
+    """Mean over seeds of the per-seed mean paired difference, with a two-way cluster bootstrap.
+
+    Each seed's images are draws of the same test galaxies, so an image's result is
+    correlated with the same galaxy's in the other seeds as well as with its seed's. Every
+    resample draws the seeds with replacement and, independently, the galaxies with
+    replacement (a galaxy drawn k times counts k times in every seed that attacked it); the
+    statistic is the mean over the drawn seeds of each one's weighted mean difference.
+
+    Args:
+        galaxies: per seed, the galaxy key of each image (test index or id), shape (n_s,).
+        differences: per seed, each image's paired difference (e.g. flipped under B − under A,
+            in {−1, 0, 1}), shape (n_s,).
+        level: confidence level, in (0, 1) [default: 0.95].
+        n_resamples: bootstrap resamples [default: 9999].
+        seed: seed of the resampling [default: 0].
+
+    Returns:
+        The mean of the per-seed means with the percentile interval; NaN bounds with fewer
+        than two seeds.
+    """
+    level = _check_level(level)
+    n_resamples = _check_resamples(n_resamples)
+    if len(galaxies) != len(differences):
+        raise OptionError(f"{len(galaxies)} seeds of galaxies but {len(differences)} of differences")
+    keys = sorted({g for seed_keys in galaxies for g in seed_keys}, key=str)
+    column = {g: j for j, g in enumerate(keys)}
+    k, g_count = len(galaxies), len(keys)
+    how = f"galaxy × seed cluster bootstrap ({k} seeds, {g_count} galaxies), {n_resamples} resamples"
+    total = np.zeros((k, g_count))
+    count = np.zeros((k, g_count))
+    for s, (seed_keys, values) in enumerate(zip(galaxies, differences)):
+        v = _as_vector(values, "differences")
+        if len(v) != len(seed_keys):
+            raise OptionError(f"seed {s}: {len(seed_keys)} galaxies but {len(v)} differences")
+        np.add.at(total[s], [column[g] for g in seed_keys], v)
+        np.add.at(count[s], [column[g] for g in seed_keys], 1.0)
+    with np.errstate(all="ignore"):
+        per_seed = total.sum(axis=1) / count.sum(axis=1)
+    estimate = float(np.mean(per_seed)) if k else NAN
+    if k < 2 or g_count == 0:
+        return Interval(estimate, NAN, NAN, level, how, k)
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, n_resamples, 1000):
+        b = min(1000, n_resamples - start)
+        weights = rng.multinomial(g_count, np.full(g_count, 1.0 / g_count), size=b).astype(np.float64)
+        with np.errstate(all="ignore"):
+            means = (weights @ total.T) / (weights @ count.T)  # (b, k): each seed's mean in this resample
+        drawn = rng.integers(0, k, size=(b, k))
+        values.append(np.mean(np.take_along_axis(means, drawn, axis=1), axis=1))
+    distribution = np.concatenate(values)
+    distribution = distribution[np.isfinite(distribution)]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(distribution, [alpha, 1 - alpha])
+    return Interval(estimate, float(low), float(high), level, how, k)
+
+
+# --------------------------------------------------------------------------------------
+# verdicts and magnitudes
+# --------------------------------------------------------------------------------------
+#: the words of the magnitude statement, in the order "inside", "beyond", "short of" the interval
+MAGNITUDES = ("consistent with the paper's", "smaller than the paper's", "larger than the paper's")
+
+
 @dataclass(frozen=True)
 class Rule:
-    """How an interval becomes a verdict.
+    """How an interval becomes a verdict (SPEC 10).
 
     Attributes:
-        direction: ``"greater"`` when the finding claims a large effect, ``"less"`` when
-            it claims a small one.
-        claim_bound: the finding's threshold: *held* when the whole interval lies beyond
-            it in the claimed direction.
-        contradict_bound: *contradicted* when the whole interval lies strictly on the
-            other side of it (no effect, or for a non-inferiority claim the margin).
-        claim_inclusive: whether a bound equal to ``claim_bound`` still holds (True for
-            "≥ 10 points"; False for "more than no effect") [default: True].
+        direction: ``"greater"`` when the finding claims an effect above ``bound``, ``"less"``
+            when it claims one below.
+        bound: no effect (0 for a difference, 1 for a ratio) or, for a non-inferiority
+            claim, the margin: *held* when the whole interval lies strictly beyond it in the
+            claimed direction, *contradicted* when it lies strictly on the other side.
+        null: no effect, the origin of the magnitude statement (0 or 1).
+        ratio: the effect is a ratio (magnitudes compared on the log scale) [default: False].
         description: the rule in words.
     """
 
     direction: Literal["greater", "less"]
-    claim_bound: float
-    contradict_bound: float
-    claim_inclusive: bool = True
+    bound: float
+    null: float = 0.0
+    ratio: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
         check_choice(self.direction, DIRECTIONS, "direction")
-        wrong = (self.contradict_bound > self.claim_bound if self.direction == "greater"
-                 else self.contradict_bound < self.claim_bound)
-        if wrong:
-            raise OptionError(f"contradict_bound {self.contradict_bound} lies beyond claim_bound "
-                              f"{self.claim_bound} in the claimed direction ({self.direction})")
 
 
-#: The findings' rules. Effects are B − A (or B / A) as the module docstring sets out.
+#: The findings' rules. Effects are B − A (or B / A) as the findings define them.
+NON_INFERIORITY_MARGIN = 0.03
 FINDING_RULES: dict[str, Rule] = {
-    "a": Rule("greater", 0.10, 0.0, True,
-              "regular Y10 − Y1 accuracy: held if the CI lies at or above 0.10 (10 points), "
-              "contradicted if it lies below 0 (Y1 more accurate)"),
-    "b": Rule("greater", 0.05, 0.0, True,
-              "MMD − regular Y1 accuracy: held if the CI lies at or above 0.05, "
-              "contradicted if it lies below 0 (MMD worse on Y1)"),
-    "c": Rule("less", 0.03, 0.03, True,
-              "regular − MMD Y10 accuracy (non-inferiority): held if the CI lies at or below 0.03, "
-              "contradicted if it lies above 0.03 (MMD costs more than 3 points)"),
-    "d": Rule("greater", 1.0, 1.0, False,
-              "DA / regular median d_E(Y10–1P) on the common scale: held if the CI lies above 1, "
-              "contradicted if it lies below 1"),
-    "e_rate": Rule("less", 0.0, 0.0, False,
-                   "MMD − regular flip rate: held if the CI lies below 0, contradicted if above 0"),
-    "e_queries": Rule("greater", 0.0, 0.0, False,
-                      "MMD − regular restricted mean time to flip: held if the CI lies above 0, "
-                      "contradicted if below 0"),
+    "a": Rule("less", 0.0, 0.0, False,
+              "regular Y1 − Y10 accuracy: held if the whole CI lies below 0, contradicted if above 0"),
+    "b": Rule("greater", 0.0, 0.0, False,
+              "adapted − regular Y1 accuracy: held if the whole CI lies above 0, contradicted if below 0"),
+    "c": Rule("greater", -NON_INFERIORITY_MARGIN, 0.0, False,
+              "adapted − regular Y10 accuracy (non-inferiority, a 3-point margin that is ours, not the paper's): "
+              "held if the whole CI lies above −3 points, contradicted if below −3 points"),
+    "d": Rule("greater", 1.0, 1.0, True,
+              "adapted / regular median raw d_E(Y10–1P), images flipped under both: held if the whole CI lies "
+              "above 1, contradicted if below 1"),
+    "e": Rule("less", 0.0, 0.0, False,
+              "adapted − regular flip rate of the paper's attack, paired on the images attacked under both: held "
+              "if the whole CI lies below 0, contradicted if above 0"),
 }
+
+
+def _rule(rule: Rule | str) -> Rule:
+    return FINDING_RULES[check_choice(rule, FINDING_RULES, "finding")] if isinstance(rule, str) else rule
 
 
 def verdict(interval: Interval, rule: Rule | str) -> str:
@@ -800,44 +951,52 @@ def verdict(interval: Interval, rule: Rule | str) -> str:
 
     Args:
         interval: the effect and its interval (NaN bounds: undefined).
-        rule: a :class:`Rule`, or a key of :data:`FINDING_RULES` (``"a"``, ``"b"``, ``"c"``,
-            ``"d"``, ``"e_rate"``, ``"e_queries"``).
+        rule: a :class:`Rule`, or a key of :data:`FINDING_RULES` (``"a"`` … ``"e"``).
 
     Returns:
-        ``"held"`` when the whole interval lies beyond the claim bound in the claimed
-        direction, ``"contradicted"`` when it lies wholly on the other side of the
-        contradiction bound, ``"inconclusive"`` otherwise (and whenever a bound is NaN).
-        Comparisons allow a tolerance of 1e-9 for float noise.
+        ``"held"`` when the whole interval lies strictly beyond the rule's bound in the
+        claimed direction, ``"contradicted"`` when it lies strictly on the other side,
+        ``"inconclusive"`` otherwise (and whenever a bound is NaN). A bound within 1e-9 of
+        the rule's counts as touching it.
     """
-    if isinstance(rule, str):
-        rule = FINDING_RULES[check_choice(rule, FINDING_RULES, "finding")]
+    rule = _rule(rule)
     low, high = interval.low, interval.high
     if math.isnan(low) or math.isnan(high):
         return "inconclusive"
-    if rule.direction == "greater":
-        held = low >= rule.claim_bound - TOLERANCE if rule.claim_inclusive else low > rule.claim_bound + TOLERANCE
-        contradicted = high < rule.contradict_bound - TOLERANCE
-    else:
-        held = high <= rule.claim_bound + TOLERANCE if rule.claim_inclusive else high < rule.claim_bound - TOLERANCE
-        contradicted = low > rule.contradict_bound + TOLERANCE
+    above, below = low > rule.bound + TOLERANCE, high < rule.bound - TOLERANCE
+    held, contradicted = (above, below) if rule.direction == "greater" else (below, above)
     return "held" if held else "contradicted" if contradicted else "inconclusive"
 
 
-def combine_verdicts(*words: str) -> str:
-    """One verdict from the verdicts of a finding's parts (finding (e): rate and queries).
+def magnitude(interval: Interval, paper: float | None, rule: Rule | str) -> str | None:
+    """Where the paper's number lies against our interval (SPEC 10).
 
     Args:
-        words: part verdicts, each ``"held"``, ``"contradicted"`` or ``"inconclusive"``.
+        interval: our effect and its interval.
+        paper: the paper's number for this effect (None: the paper has none).
+        rule: the finding's rule (its ``null`` and ``ratio``).
 
     Returns:
-        ``"held"`` if some part held and none was contradicted; ``"contradicted"`` if some
-        part was contradicted and none held; ``"inconclusive"`` otherwise.
+        ``"consistent with the paper's"`` when the paper's number lies inside the interval,
+        ``"smaller than the paper's"`` when it lies further from no effect than the whole
+        interval (in the paper's direction), ``"larger than the paper's"`` when it lies
+        nearer to no effect than the whole interval; None without a paper number or an
+        interval.
     """
-    for word in words:
-        check_choice(word, VERDICTS, "verdict")
-    held, contradicted = "held" in words, "contradicted" in words
-    if held and not contradicted:
-        return "held"
-    if contradicted and not held:
-        return "contradicted"
-    return "inconclusive"
+    rule = _rule(rule)
+    if paper is None or not interval.defined or (rule.ratio and paper <= 0):
+        return None
+
+    def axis(x: float) -> float:  # position along the paper's direction, from no effect
+        return math.log(x / rule.null) if rule.ratio else x - rule.null
+
+    p = axis(paper)
+    sign = -1.0 if p < 0 else 1.0
+    try:
+        low, high = sorted((sign * axis(interval.low), sign * axis(interval.high)))
+    except ValueError:  # a ratio bound at or below 0
+        return None
+    p *= sign
+    if low - TOLERANCE <= p <= high + TOLERANCE:
+        return MAGNITUDES[0]
+    return MAGNITUDES[1] if p > high else MAGNITUDES[2]

@@ -3,11 +3,13 @@
 Reads every cell's and analysis's files (:func:`deepadversaries.findings.collect_evidence`),
 pools the seeds (:func:`deepadversaries.findings.compute_findings`) and writes:
 
-- ``study.json``: ``{"kind": "deepadv-study", ..., "findings": [{id, model, method, effect,
-  ci_low, ci_high, ci_level, verdict, threshold, per_seed: [{seed, effect, ci_low, ci_high,
-  n_images, ...}], n_seeds, how, ...}], "cells": [...]}``;
-- the report: the findings table with intervals and verdicts, one forest plot per finding,
-  accuracy per seed, pooled distance tables, and what each cell ran and how long.
+- ``study.json``: ``{"kind": "deepadv-study", ..., "findings": [{id, model, method, primary,
+  effect, ci_low, ci_high, ci_level, verdict, magnitude, paper_effect, bound, per_seed: [{seed,
+  effect, ci_low, ci_high, n_images, ...}], n_seeds, how, ...}], "cells": [...],
+  "distances": per (model, method) and seed, the median distances}``;
+- the report: the findings table with intervals, verdicts and magnitudes, one forest plot per
+  finding, accuracy per seed, per-seed distance medians (latent spaces of different trained
+  models are never pooled into one sample), and what each cell ran and how long.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from . import METHOD_SHORT, MODEL_LABELS, REFERENCE_METHOD, __version__
-from .analysis import PERTURBATIONS, summarize
+from .analysis import PERTURBATIONS
 from .document import Code, Document, Figure, Heading, Para, Table, render_html, render_markdown
-from .findings import TESTS, Evidence, collect_evidence, compute_findings
-from .formatting import fmt_fixed, fmt_pm, fmt_seconds, fmt_sig, nan_to_none, utc_now
+from .findings import MIN_IMAGES, TESTS, Evidence, collect_evidence, compute_findings
+from .formatting import fmt_fixed, fmt_seconds, fmt_sig, nan_to_none, utc_now
 from .io import read_json, write_json, write_text
 from .layout import Layout, read_manifest, read_timings
 from .plots.study import forest_plot
-from .report import findings_table, method_table, robustness_blocks, run_numbers
+from .report import RULE_TEXT, findings_table, method_table, robustness_blocks, run_numbers
 
 STUDY_KIND = "deepadv-study"
 STUDY_NAME = "study.json"
@@ -62,7 +64,7 @@ def write_study(root: str | Path) -> Path:
     write_text(layout.report_html, render_html(doc))
     record = {"kind": STUDY_KIND, "version": __version__, "preset": manifest["preset"], "seeds": seeds,
               "models": manifest["models"], "methods": manifest["methods"], "ci_level": 0.95, "tests": TESTS,
-              "findings": findings, "cells": cells, "distances": _pooled_distances(pairs),
+              "findings": findings, "cells": cells, "distances": _seed_distances(pairs),
               "written": utc_now()}
     path = root / STUDY_NAME
     write_json(path, nan_to_none(record))
@@ -94,17 +96,20 @@ def _cells(layout: Layout, manifest: dict[str, Any], timings: dict[str, Any]) ->
     return out
 
 
-def _pooled_distances(pairs: dict[tuple[str, str], list[Evidence]]) -> dict[str, Any]:
-    """Per (model, method): d_E of every image flipped under both runs, all seeds together."""
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def _seed_distances(pairs: dict[tuple[str, str], list[Evidence]]) -> dict[str, Any]:
+    """Per (model, method) and seed: the median d_E (raw and in logit space) of the images flipped
+    under both runs, and their number. Each trained model has its own latent scale: seeds are never
+    concatenated into one sample."""
     out: dict[str, Any] = {}
     for (model, method), evidence in pairs.items():
-        table: dict[str, Any] = {}
-        for scale in ("latent", "normalised"):
-            table[scale] = {}
-            for pert in PERTURBATIONS:
-                table[scale][pert] = {m: summarize(np.concatenate([ev.distances[scale][pert][m] for ev in evidence]))
-                                      for m in (REFERENCE_METHOD, method)}
-        out[f"{model}_{method}"] = table
+        out[f"{model}_{method}"] = [
+            {"seed": ev.seed, "n_flipped_both": ev.n_flipped_both,
+             **{f"{scale}_{pert}": {m: _median(ev.distances[scale][pert][m]) for m in (REFERENCE_METHOD, method)}
+                for scale in ("latent", "logit") for pert in PERTURBATIONS}} for ev in evidence]
     return out
 
 
@@ -122,11 +127,9 @@ def _document(manifest: dict[str, Any], findings: list[dict[str, Any]],
                  f"`{env.get('device', 'n/a')}`; stage wall time in total {fmt_seconds(total)} (stages run in "
                  f"parallel on Dask, so the elapsed time was shorter). deepadversaries {__version__}."))
     doc.add(Heading("Findings", 2, "findings"))
-    doc.add(Para("Each finding pooled over the seeds, with its 95 % confidence interval: **held** when the whole "
-                 "interval lies beyond the finding's threshold in the claimed direction, **contradicted** when it "
-                 "lies wholly on the other side of no effect, **inconclusive** otherwise. Accuracy findings pool "
-                 "the per-seed differences with a t-interval; (d) pools per-seed log ratios (random effects, "
-                 "Hartung–Knapp); (e) sums the discordant pairs over seeds (stratified McNemar). Rules: "
+    doc.add(Para(RULE_TEXT + " Pooled over the seeds, the unit that varies: (a)–(c) and (e) by a t-interval of "
+                 "the per-seed differences, (d) by a t-interval of the per-seed log ratios (seeds with fewer than "
+                 f"{MIN_IMAGES} images flipped under both are listed and left out). Rules: "
                  + "; ".join(f"({k}) {v}" for k, v in TESTS.items()) + "."))
     doc.add(findings_table(findings, "table_findings"))
     doc.add(Heading("Training methods compared", 2, "methods"))
@@ -139,7 +142,7 @@ def _document(manifest: dict[str, Any], findings: list[dict[str, Any]],
         doc.add(Figure(forests[(f["model"], f["method"], f["id"])],
                        f"Finding ({f['id']}), {MODEL_LABELS[f['model']]}, {METHOD_SHORT.get(f['method'], f['method'])}:"
                        f" each seed's effect with its 95 % interval, the pooled interval (diamond, coloured by the "
-                       f"verdict: {f['verdict']}).", root))
+                       f"verdict: {f['verdict']}), no effect (grey) and the paper's number (dotted).", root))
     doc.add(Heading("Accuracy per seed", 2, "accuracy"))
     doc.add(_accuracy_table(cells))
     if all((layout.run(m, method, seed) / "robustness" / "summary.json").is_file()
@@ -152,7 +155,7 @@ def _document(manifest: dict[str, Any], findings: list[dict[str, Any]],
                          for seed in seeds] for m in manifest["methods"]}
             doc.add(*robustness_blocks(model, summaries, rates, layout.figures / f"robustness_{model}.png", root,
                                        f"table_robustness_{model}"))
-    doc.add(Heading("Latent distances, all seeds pooled", 2, "distances"))
+    doc.add(Heading("Latent distances per seed", 2, "distances"))
     for (model, method), evidence in pairs.items():
         doc.add(_distance_table(model, method, evidence))
     doc.add(Heading("Cells", 2, "cells"))
@@ -171,17 +174,18 @@ def _accuracy_table(cells: list[dict[str, Any]]) -> Table:
 
 def _distance_table(model: str, method: str, evidence: list[Evidence]) -> Table:
     rows = []
-    for scale in ("latent", "normalised"):
-        for pert in PERTURBATIONS:
-            for m in (REFERENCE_METHOD, method):
-                s = summarize(np.concatenate([ev.distances[scale][pert][m] for ev in evidence]))
-                rows.append([scale, pert, METHOD_SHORT.get(m, m), fmt_sig(s["median"]), fmt_sig(s["mean"]),
-                             fmt_pm(s["stderr"]), str(s["n"])])
-    return Table(["Scale", "Perturbation", "Method", "Median d_E", "Mean d_E", "St. err.", "n"], rows,
-                 f"{MODEL_LABELS[model]}, regular vs {METHOD_SHORT.get(method, method)}: d_E of the images flipped "
-                 f"under both runs, all {len(evidence)} seeds together (latent scales differ between trained models: "
-                 "the common scale divides each model's distances by its median ‖z(Y10)‖ over the images "
-                 "attacked under both).", f"table_distances_{model}_{method}")
+    for ev in evidence:
+        for scale in ("latent", "logit"):
+            d = ev.distances[scale]["Y10-1P"]
+            rows.append([str(ev.seed), scale, str(ev.n_flipped_both), fmt_sig(_median(d[REFERENCE_METHOD])),
+                         fmt_sig(_median(d[method])),
+                         fmt_sig(_median(d[method]) / _median(d[REFERENCE_METHOD]) if len(d[method]) else None)])
+    return Table(["Seed", "Scale", "n", "Median d_E(Y10–1P), regular", f"Median, {METHOD_SHORT.get(method, method)}",
+                  "Ratio"], rows,
+                 f"{MODEL_LABELS[model]}, regular vs {METHOD_SHORT.get(method, method)}: median distance of the images "
+                 "flipped under both runs, seed by seed (each trained model has its own latent scale, so seeds are "
+                 "not pooled into one sample; `logit` is the same distance between the logits).",
+                 f"table_distances_{model}_{method}")
 
 
 def _cells_table(cells: list[dict[str, Any]]) -> Table:

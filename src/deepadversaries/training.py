@@ -46,6 +46,7 @@ from .errors import DeepAdvError, OptionError, file_error
 from .formatting import nan_to_none, utc_now
 from .io import LOCK_NAME, OutputLock, atomic_path, read_json, remove_temporaries, write_csv, write_json
 from .adabn import adapt_batchnorm, batchnorm_layers, check_adabn_model
+from .adversarial import one_pixel_adversarial_batch
 from .losses import GaussianKernels, MMDLoss, alignment_loss, class_weights
 from .methods import method_spec
 from .models import PAPER_SHAPE, build_model, check_model_available, load_checkpoint, model_from_checkpoint
@@ -57,8 +58,11 @@ LOG_NAME = "log.csv"
 #: the alignment terms' epoch means in log.csv (NaN for methods without them)
 ALIGNMENT_COLUMNS = ("train_mmd2", "train_coral", "train_dann_domain_loss", "train_dann_domain_acc",
                      "train_dann_lambda")
+#: one-pixel adversarial training (``adv-1p``, ``--adv-share``): of the images the search changed, the share
+#: that the model (evaluation mode) misclassifies after the change, and their mean p(true) (NaN without it)
+ADVERSARIAL_COLUMNS = ("train_adv_flip_rate", "train_adv_p_true")
 LOG_COLUMNS = ("epoch", "train_loss", "train_ce", *ALIGNMENT_COLUMNS, "train_acc", "val_loss", "val_acc_y10",
-               "val_acc_y1", "val_mmd2", "lr", "epoch_seconds", "epoch_cpu_seconds")
+               "val_acc_y1", "val_mmd2", "lr", "epoch_seconds", "epoch_cpu_seconds", *ADVERSARIAL_COLUMNS)
 #: latents per domain used for the (information-only) validation MMD²
 VAL_MMD_SAMPLE = 512
 
@@ -271,6 +275,7 @@ class GalaxyClassifierModule(L.LightningModule):
         self.register_buffer("ce_weight", torch.tensor(list(class_weights), dtype=torch.float32))
         self.mmd_loss = MMDLoss(GaussianKernels(config.mmd_sigmas2), estimator=config.mmd_estimator)
         self.alignment = alignment_loss(config.method, **config.alignment_settings)
+        self.adv_share, self.adv_positions = config.adv_share, config.adv_positions
         self.__dict__["_compiled"] = None  # kept out of the module tree: state_dict keys stay plain
         self.nan_check_every = 1
         self._total_steps = 1
@@ -322,6 +327,14 @@ class GalaxyClassifierModule(L.LightningModule):
         else:
             x_source, y = batch
             x = x_source
+        if self.adv_share > 0:  # one-pixel adversarial training: the searched share replaces its clean images
+            adv = one_pixel_adversarial_batch(self.model, x_source, y, share=self.adv_share,
+                                              positions=self.adv_positions)
+            x_source = adv.images
+            x = torch.cat([x_source, x[len(y):]], dim=0) if self.alignment is not None else x_source
+            self._add("adv_n", torch.tensor(float(adv.n_changed), device=x.device))
+            self._add("adv_flipped", torch.tensor(float(adv.flipped.sum()), device=x.device))
+            self._add("adv_p_true", torch.tensor(float(adv.p_true.sum()), device=x.device))
         n = len(y)
         logits, z = self._forward(self._prepare(x))
         source_logits = logits[:n].float()
@@ -407,6 +420,9 @@ class GalaxyClassifierModule(L.LightningModule):
                  **{col: s[col[len("train_"):]] / n if col[len("train_"):] in s else float("nan")
                     for col in ALIGNMENT_COLUMNS},
                  "train_acc": s.get("correct", float("nan")) / n}
+        n_adv = s.get("adv_n", 0.0) or float("nan")
+        train.update(train_adv_flip_rate=s.get("adv_flipped", float("nan")) / n_adv,
+                     train_adv_p_true=s.get("adv_p_true", float("nan")) / n_adv)
         self.epoch_metrics.update(train)
         for key, value in train.items():
             if math.isfinite(value):
@@ -462,9 +478,10 @@ class RunRecorder(Callback):
         m = pl_module.epoch_metrics
         epoch = trainer.current_epoch + 1
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        row = {"epoch": epoch, **{k: float(m.get(k, float("nan"))) for k in LOG_COLUMNS[1:-3]},
-               "lr": float(lr), "epoch_seconds": time.perf_counter() - self._epoch_start,
-               "epoch_cpu_seconds": time.process_time() - self._epoch_cpu_start}
+        timing = {"lr": float(lr), "epoch_seconds": time.perf_counter() - self._epoch_start,
+                  "epoch_cpu_seconds": time.process_time() - self._epoch_cpu_start}
+        row = {k: timing[k] if k in timing else float(m.get(k, float("nan"))) for k in LOG_COLUMNS[1:]}
+        row = {"epoch": epoch, **row}
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
         acc, vloss = row["val_acc_y10"], row["val_loss"]
         improved = acc > self.best_val_acc or (acc == self.best_val_acc and vloss < self.best_val_loss)
@@ -646,7 +663,9 @@ def _prepare_run_folder(run: Path, config: RunConfig, *, resume: bool, overwrite
         raise file_error(run, "holds a finished training; use --overwrite to train again "
                               "(or --resume, which leaves it as it is)")
     wanted = config.to_json()
-    diffs = [k for k in (*TrainConfig.RESUME_KEYS, "data") if _normal(stored.get(k)) != _normal(wanted.get(k))]
+    defaults = TrainConfig().to_json()  # a setting added since the run was started had its default then
+    diffs = [k for k in (*TrainConfig.RESUME_KEYS, "data")
+             if _normal(stored.get(k, defaults.get(k))) != _normal(wanted.get(k))]
     if diffs:
         detail = ", ".join(f"{k} {stored.get(k)!r} vs {wanted.get(k)!r}" for k in diffs[:4])
         raise file_error(run, f"holds a run with other settings ({detail}); "

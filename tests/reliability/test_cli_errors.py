@@ -16,7 +16,7 @@ from deepadversaries.cli import main
 from deepadversaries.config import SPLIT_MODES
 from deepadversaries.simulate import min_galaxies
 
-from .conftest import mount_tmpfs, unmount
+from .conftest import mount_tmpfs, tmpfs_or_skip, unmount
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -74,10 +74,10 @@ def read_only_dir(tmp_path) -> Path:
     if not mounted:
         import os
 
-        if os.geteuid() == 0:
-            pytest.skip("root without mount permission: every folder is writable; runs as a non-root user, or "
-                        "as root where 'mount -t tmpfs' works (a privileged container)")
-        ro.chmod(0o500)
+        if os.geteuid() == 0:  # root writes everywhere: only a read-only mount makes a folder unwritable
+            mounted = tmpfs_or_skip(ro, "ro,size=1m") is not None  # fails under CI unless DEEPADV_SKIP_TMPFS=1
+        else:
+            ro.chmod(0o500)
     yield ro
     if mounted:
         unmount(ro)
@@ -114,3 +114,24 @@ def test_internal_errors_are_short_unless_debugging(capsys, monkeypatch, tmp_pat
     else:
         assert err == ("internal error: ZeroDivisionError: a bug, not the user's fault "
                        "(set DEEPADV_DEBUG=1 for the traceback)")
+
+
+def test_a_refused_tmpfs_mount_fails_under_ci_unless_opted_out(tmp_path, monkeypatch):
+    """The disk-full and read-only tests need `mount -t tmpfs`: a skip locally, a failure under CI
+    (CI=true/1/yes, as .ci/run sets it) unless DEEPADV_SKIP_TMPFS=1 opts out."""
+    from . import conftest
+
+    monkeypatch.setattr(conftest, "mount_tmpfs", lambda mnt, options: False)
+    monkeypatch.delenv("DEEPADV_SKIP_TMPFS", raising=False)
+    for ci in ("true", "1", "YES"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.fail.Exception, match="DEEPADV_SKIP_TMPFS=1"):
+            conftest.tmpfs_or_skip(tmp_path / "m", "size=1m")
+    monkeypatch.setenv("DEEPADV_SKIP_TMPFS", "1")
+    with pytest.raises(pytest.skip.Exception, match="cannot mount a tmpfs"):
+        conftest.tmpfs_or_skip(tmp_path / "m", "size=1m")
+    monkeypatch.delenv("DEEPADV_SKIP_TMPFS")
+    for ci in ("", "false", "0"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.skip.Exception, match="cannot mount a tmpfs"):
+            conftest.tmpfs_or_skip(tmp_path / "m", "size=1m")

@@ -14,7 +14,7 @@ import traceback
 import typer
 
 from ..errors import DeepAdvError
-from . import analyze, attack, evaluate, import_data, reproduce, robustness, simulate, study, train
+from . import analyze, attack, card, certify, evaluate, import_data, reproduce, robustness, simulate, study, train
 
 app = typer.Typer(
     name="deepadv",
@@ -38,7 +38,7 @@ app.add_typer(plot_app, name="plot")
 
 
 def _register_all() -> None:
-    for module in (simulate, import_data, train, evaluate, attack, robustness, analyze, reproduce, study):
+    for module in (simulate, import_data, train, evaluate, attack, certify, robustness, analyze, reproduce, study, card):
         module.register(app, plot_app)
 
 

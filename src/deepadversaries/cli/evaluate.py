@@ -16,6 +16,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         run: Path = typer.Option(..., "--run", help="Run folder written by 'deepadv train'."),
         data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder (default: the one the run was trained on)."),
         device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu or cuda."),
+        tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or d4 (average the predictions over the eight rotations and flips of each square image: mean softmax, mean latent; written to RUN/tta_d4/, docs/defences.md)."),
     ) -> None:
         """Evaluate the run's kept checkpoint on the Y10 and Y1 test sets (the paper's Tables 2 and 4).
 
@@ -23,7 +24,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         """
         from ..evaluation import evaluate_run
 
-        metrics = evaluate_run(run, data, device=device)
+        metrics = evaluate_run(run, data, device=device, tta=tta)
         for domain, m in metrics.items():
             typer.echo(f"{domain:>4}: accuracy {m['accuracy']:.3f}  precision {m['precision']:.3f}  "
                        f"recall {m['recall']:.3f}  F1 {m['f1']:.3f}  (n = {m['n']})")

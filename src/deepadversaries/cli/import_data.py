@@ -33,8 +33,10 @@ FITS cutouts listed in a catalogue (FITS binary table or CSV):
       --domain-names deep,wide --split-column split --stretch asinh:8
 \b
 HDF5, named datasets (one entry per image, same order):
-  deepadv import --out mydata --input galaxies.h5 --images-key images \\
-      --labels-key ans --band-axis -1 --stretch zscore
+  deepadv import --out mydata --input galaxies.h5 --images-key x \\
+      --labels-key y --band-axis -1 --stretch zscore
+HDF5 as Galaxy10 DECaLS (images uint8 (N, 256, 256, 3), labels "ans"):
+  deepadv import --out galaxy10 --input Galaxy10_DECals.h5 --bands g,r,z
 HDF5, one group per domain and split (/deep/train/images, ...):
   deepadv import --out mydata --input survey.h5 --groups deep,wide
 \b
@@ -75,12 +77,15 @@ _TARGET_PATH_COLUMN = typer.Option(None, "--target-path-column", help="fits: col
 _HDUS = typer.Option(None, "--hdus", help="fits: one 2-D HDU per band, by number (0 is the primary), e.g. --hdus "
                                           "1,2,3 (default: a cube in the primary or first image HDU, or the "
                                           "EXTNAMEs of --bands).")
-_BAND_AXIS = typer.Option(0, "--band-axis", help="fits cube / hdf5 images: numpy axis of the bands within one "
-                                                 "image: 0 for (bands, H, W), -1 for (H, W, bands).")
+_BAND_AXIS = typer.Option(None, "--band-axis", help="fits cube / hdf5 images: numpy axis of the bands within one "
+                                                    "image: 0 for (bands, H, W), -1 for (H, W, bands) (default: "
+                                                    "0; hdf5: -1 when the last axis has at most 4 entries and the "
+                                                    "image side more, e.g. (N, 256, 256, 3)).")
 _IMAGES_KEY = typer.Option(None, "--images-key", help="hdf5: dataset of images (N, bands, H, W), (N, H, W, bands) "
                                                       "with --band-axis -1, or (N, H, W) (default: images).")
 _LABELS_KEY = typer.Option(None, "--labels-key", help="hdf5: dataset of labels (N,): integers or (byte) strings; "
-                                                      "or one-hot (N, K) (default: labels).")
+                                                      "or one-hot (N, K) (default: labels, or ans as Galaxy10 "
+                                                      "names it).")
 _SPLIT_KEY = typer.Option(None, "--split-key", help="hdf5: dataset (N,) of train/valid/test (default: seeded "
                                                     "stratified split).")
 _IDS_KEY = typer.Option(None, "--ids-key", help="hdf5: dataset (N,) of galaxy ids (default: the index).")
@@ -127,7 +132,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         augmentation_column: Optional[str] = _AUGMENTATION_COLUMN,
         target_path_column: Optional[str] = _TARGET_PATH_COLUMN,
         hdus: Optional[str] = _HDUS,
-        band_axis: int = _BAND_AXIS,
+        band_axis: Optional[int] = _BAND_AXIS,
         images_key: Optional[str] = _IMAGES_KEY,
         labels_key: Optional[str] = _LABELS_KEY,
         split_key: Optional[str] = _SPLIT_KEY,
@@ -193,7 +198,7 @@ def _reject_foreign_options(form: str, fits_only: dict[str, Any], hdf5_only: dic
             raise OptionError(f"{name} does not apply to --format {form}")
 
 
-def _import_catalog(out: Path, given: dict[str, Any], band_axis: int, options: ImportOptions) -> Path:
+def _import_catalog(out: Path, given: dict[str, Any], band_axis: int | None, options: ImportOptions) -> Path:
     """Check the FITS options (by option name in ``given``) and import the catalogue's cutouts."""
     # deferred for start-up time (h5py, astropy)
     from ..importing import import_fits
@@ -206,7 +211,7 @@ def _import_catalog(out: Path, given: dict[str, Any], band_axis: int, options: I
                        label_column=given["--label-column"], id_column=given["--id-column"],
                        split_column=given["--split-column"], augmentation_column=given["--augmentation-column"],
                        target_path_column=given["--target-path-column"], hdus=_hdu_numbers(given["--hdus"]),
-                       band_axis=band_axis, options=options)
+                       band_axis=band_axis if band_axis is not None else 0, options=options)
 
 
 def _hdu_numbers(hdus: str | None) -> list[int] | None:
@@ -220,7 +225,7 @@ def _hdu_numbers(hdus: str | None) -> list[int] | None:
         raise OptionError(f"--hdus takes comma-separated HDU numbers, e.g. 1,2,3; got {hdus!r}") from None
 
 
-def _import_input(out: Path, form: str, input: Path | None, given: dict[str, Any], band_axis: int,
+def _import_input(out: Path, form: str, input: Path | None, given: dict[str, Any], band_axis: int | None,
                   options: ImportOptions) -> Path:
     """Import ``--input``: an HDF5 file (its options by name in ``given``) or an npy folder."""
     # deferred for start-up time (h5py, astropy)
@@ -231,7 +236,7 @@ def _import_input(out: Path, form: str, input: Path | None, given: dict[str, Any
     if form == "npy":
         return import_npy(out, input, options=options)
     return import_hdf5(out, input, images_key=given["--images-key"] or "images",
-                       labels_key=given["--labels-key"] or "labels", split_key=given["--split-key"],
+                       labels_key=given["--labels-key"], split_key=given["--split-key"],
                        ids_key=given["--ids-key"], target_images_key=given["--target-images-key"],
                        augmentation_key=given["--augmentation-key"], groups=split_names(given["--groups"]),
                        band_axis=band_axis, options=options)

@@ -29,8 +29,8 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
                                     "mmd, dann, coral, adabn); regular is the reference the others are compared "
                                     "with. Default: the paper's regular and mmd."),
         attacks: str = typer.Option("de", "--attacks", help="One-pixel searches on the same images: de (the "
-                                    "paper's differential evolution, always), exhaustive (the exact one-pixel "
-                                    "answer: every position x the value-cube corners), sparse-rs (Croce et al. "
+                                    "paper's differential evolution, always), exhaustive (the corner search: every "
+                                    "position x the value-cube corners, a lower bound), sparse-rs (Croce et al. "
                                     "2022). E.g. 'de,exhaustive,sparse-rs'."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes for simulating the "
                                               "dataset (default: the number of CPUs)."),

@@ -8,16 +8,21 @@ from typing import Any, List, Optional
 import typer
 
 CORRUPTIONS_HELP = (
-    "'all' or a comma-separated list of: seeing (worse seeing, FWHM up to 2x the median), sky_error (+- a fraction "
-    "of the sky), cosmic_rays (muon tracks surviving co-addition), hot_pixels, dead_pixels, bad_columns, "
-    "saturation (a bright star with bleed trails), satellite (a LEO-satellite trail), misregistration (one band "
-    "shifted), compression (fpack quantisation), depth (Y7 ... Y1 noise). Tables and sources: docs/robustness.md."
+    "'all' or a comma-separated list of: seeing (a worse co-add PSF), psf_ellipticity (a sheared, band-dependent "
+    "PSF), sky_error (+- a fraction of the sky), background_gradient (a plane and local over-subtraction), "
+    "cosmic_rays (tracks surviving rejection), hot_pixels, dead_pixels, bad_columns (see --defects), "
+    "star_neighbour (a star at least 4\" from the galaxy), bleed (a saturated star's bleed trail running into "
+    "the stamp), blend (a second galaxy from the simulator), satellite (a LEO-satellite trail), misregistration "
+    "(one band shifted), correlated_noise (co-add warping), compression (RICE quantisation), depth (a shallower "
+    "co-add). Tables and sources: docs/robustness.md."
 )
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
-    """Add the ``robustness`` command and the ``plot robustness-grid`` / ``plot robustness-curves`` figures."""
+    """Add the ``robustness`` and ``robustness-table`` commands and the ``plot robustness-grid`` /
+    ``plot robustness-curves`` figures."""
     app.command("robustness")(_robustness)
+    app.command("robustness-table")(_robustness_table)
     plot_app.command("robustness-grid")(_robustness_grid)
     plot_app.command("robustness-curves")(_robustness_curves)
 
@@ -27,39 +32,64 @@ def _robustness(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder; default: the one recorded in the run's config.json."),
     corruptions: str = typer.Option("all", "--corruptions", help=CORRUPTIONS_HELP),
     severities: str = typer.Option("1-5", "--severities", help="Severities to apply: a range '1-5' or a list '1,3,5' (0 = clean, always evaluated)."),
+    domain: str = typer.Option("Y10", "--domain", help="Test images to corrupt: Y10, Y1 or both (RUN/robustness for Y10, RUN/robustness_Y1 for Y1)."),
+    stress: bool = typer.Option(False, "--stress", help="Use the stress tables (the first version's strongest levels: bad single visits, unmasked bright trails, lossy compression beyond Rubin's recipe) instead of the Rubin-grounded ones; writes RUN/robustness[_Y1]_stress."),
+    defects: str = typer.Option("dithered", "--defects", help="Detector defects (hot/dead pixels, bad columns): dithered (per visit, new positions each visit; default), masked (masked and interpolated from the neighbours) or no-dither (the same sky pixel in every visit, unmasked: an assumption, the worst case)."),
+    noise_check: str = typer.Option("refuse", "--noise-check", help="When the test images' border-pixel noise is not the LSST survey model's sqrt(sky) (imported data): refuse, warn or off."),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruptions; the same seed gives every run the same corrupted images (paired comparison)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Run whose errors normalise the corruption errors (CE, mCE). Default: for a non-regular run, the regular run of the same model beside it (RUN/../MODEL_regular); a regular run has none."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Run whose per-image outcomes give the corruption errors (ΔE, CE, mCE). Default: for a non-regular run, the regular run of the same model beside it (RUN/../MODEL_regular); a regular run has none."),
     device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU if there is one), cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per forward pass."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished result in RUN/robustness."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished result."),
 ) -> None:
-    """Evaluate the run's kept checkpoint on the Y10 test set under survey-realistic corruptions.
+    """Evaluate the run's kept checkpoint on a test set under survey-realistic corruptions.
 
-    Each corruption (detector, pipeline and observing-condition errors with LSST parameters) is applied to the raw images before the stretch, at severities 1-5; every run gets the same corrupted images for one --seed. It needs raw electrons in LSST bands (your own data: imported with --bands g,r,... and not --stretch none). Per (corruption, severity): accuracy, flip rate against the clean prediction and mean p(true).
+    Each corruption (detector, pipeline, observing-condition and scene errors with Rubin-grounded parameters) is applied to the raw images before the stretch, at severities 1-5; every run gets the same corrupted images for one --seed. It needs raw electrons in LSST bands (your own data: imported with --bands g,r,... and not --stretch none) whose noise is the survey model's. Per (corruption, severity): accuracy, flip rate, mean p(true), mean |Δ model input|, fraction of pixels changed and clipped by the stretch.
 
-    Writes RUN/robustness/robustness.csv, accuracy.png, corruption_grid.png and summary.json (last), with ImageNet-C's corruption errors CE_c = sum_s E(run) / sum_s E(baseline) and their mean, mCE.
+    Writes RUN/robustness[_Y1][_stress][_masked|_no-dither]/robustness.csv, outcomes.npz, accuracy.png, corruption_grid.png and summary.json (last), with ΔE against the baseline (points, paired bootstrap 95 % interval) for every corruption and CE / mCE over the corruptions that significantly degrade the baseline.
     """
-    from ..robustness import robustness_dir, robustness_run  # deferred for start-up time (torch)
+    from ..errors import check_choice  # deferred for start-up time (torch)
+    from ..robustness import robustness_dir, robustness_run
+    from ..corruptions import CorruptionOptions
 
-    summary = robustness_run(run, data, corruptions=corruptions, severities=severities, seed=seed,
-                             baseline=baseline, device=device, batch_size=batch_size, overwrite=overwrite)
-    _report_summary(summary)
-    typer.echo(str(robustness_dir(run)))
+    check_choice(domain, ("Y10", "Y1", "both"), "domain")
+    for one in (("Y10", "Y1") if domain == "both" else (domain,)):
+        summary = robustness_run(run, data, corruptions=corruptions, severities=severities, seed=seed,
+                                 baseline=baseline, domain=one, stress=stress, defects=defects,
+                                 noise_check=noise_check, device=device, batch_size=batch_size, overwrite=overwrite)
+        _report_summary(summary)
+        typer.echo(str(robustness_dir(run, one, CorruptionOptions("stress" if stress else "rubin", defects))))
+
+
+def _format(block: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    """'v [lo, hi]' of an interval block."""
+    if not block or block.get("value") is None:
+        return "n/a"
+    lo, hi = block.get("ci_low"), block.get("ci_high")
+    text = f"{block['value'] * scale:.{digits}f}"
+    return text + (f" [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]" if lo is not None and hi is not None else "")
 
 
 def _report_summary(summary: dict[str, Any]) -> None:
-    """Log the clean accuracy, each corruption's mean accuracy (and CE), the mCE and the timing."""
+    """Log the clean accuracy, each corruption's mean accuracy (and ΔE / CE), the mCE and the timing."""
     from ..progress import info  # deferred for start-up time
 
     clean = summary["clean"]["accuracy"]
-    info(f"clean accuracy {clean:.3f} on {summary['n']} Y10 test images")
-    ce = summary["corruption_errors"] or {}
+    info(f"clean accuracy {clean:.3f} on {summary['n']} {summary['domain']} test images")
+    block = (summary.get("corruption_errors") or {}).get("corruptions", {})
     for name, err in summary["mean_errors"].items():
-        extra = f"  CE {ce[name]:.3f}" if name in ce else ""
-        info(f"  {name:<16} mean accuracy {1.0 - err:.3f}{extra}")
-    if summary["mce"] is not None:
-        info(f"mCE {summary['mce']:.3f} relative to {summary['baseline']['run']} "
-             f"(relative mCE {summary['relative_mce']:.3f})")
+        extra = ""
+        if name in block:
+            entry = block[name]
+            extra = f"  ΔE {_format(entry['delta_points'], digits=1)} points"
+            extra += f"  CE {_format(entry['ce'])}" if entry["ce"] else "  (baseline not degraded)"
+        info(f"  {name:<20} mean accuracy {1.0 - err:.3f}{extra}")
+    if summary.get("corruption_errors"):
+        if summary["mce"] is not None:
+            info(f"mCE {_format(summary['mce'])} over {len(summary['corruption_errors']['degraded'])} degraded "
+                 f"corruptions, relative mCE {_format(summary['relative_mce'])}, against {summary['baseline']['run']}")
+        else:
+            info("no corruption degrades the baseline significantly: no mCE")
     else:
         info(f"mean error {summary['mean_error']:.3f} (no baseline: {summary['baseline']['chosen_by']})")
     info(f"in {summary['timing']['wall_time_s']:.0f} s "
@@ -71,31 +101,40 @@ def _robustness_grid(
     index: int = typer.Option(0, "--index", help="Index of the galaxy in the test split."),
     domain: str = typer.Option("Y10", "--domain", help="Depth of the images to corrupt: Y10 or Y1."),
     corruptions: str = typer.Option("all", "--corruptions", help="'all' or a comma-separated list of corruption names (rows)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the corruptions."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the corruptions (the benchmark's --seed: the panels are the images it scores)."),
+    stress: bool = typer.Option(False, "--stress", help="The stress tables instead of the Rubin-grounded ones."),
+    defects: str = typer.Option("dithered", "--defects", help="Detector-defect placement: dithered, masked or no-dither."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: DATA/figures/robustness_grid.png)."),
 ) -> None:
-    """One test galaxy under every corruption (rows) and severity 0-5 (columns), stretched as a model sees it."""
+    """One test galaxy under every corruption (rows) and severity 0-5 (columns), stretched as a model sees it:
+    the very realisation 'deepadv robustness' scores for that --seed."""
     # deferred for start-up time (numpy, torch, matplotlib)
     import numpy as np
 
+    from ..corruptions import CorruptionOptions
     from ..data import load_dataset
     from ..errors import OptionError, check_choice
     from ..plots.robustness import plot_corruption_grid
-    from ..robustness import check_dataset, grid_normalisation, parse_corruptions
+    from ..robustness import CHUNK, check_dataset, corrupted_chunk, grid_normalisation, parse_corruptions
 
     names = parse_corruptions(corruptions)
+    options = CorruptionOptions("stress" if stress else "rubin", defects)
     dataset = load_dataset(data)
     check_choice(domain, dataset.domains, "domain")
     bands = check_dataset(dataset)
     raw = dataset.images(domain, "test", stretched=False)
     if not 0 <= index < len(raw):
         raise OptionError(f"--index {index} is outside the test split (0-{len(raw) - 1})")
+    chunk, position = divmod(index, CHUNK)
+    panels = {(name, severity): corrupted_chunk(raw, name, severity, chunk, seed=seed, domain=domain, bands=bands,
+                                                options=options)[position]
+              for name in names for severity in range(1, 6)}
     lo, hi, to_input = grid_normalisation(dataset, domain)
     label = dataset.classes[int(dataset.labels("test")[index])]
     path = plot_corruption_grid(np.asarray(raw[index]), lo, hi,
                                 out if out is not None else dataset.path / "figures" / "robustness_grid.png",
                                 corruptions=names, seed=seed, domain=domain, bands=bands, to_input=to_input,
-                                title=f"test galaxy {index} ({label}), {domain}")
+                                panels=panels, options=options, title=f"test galaxy {index} ({label}), {domain}")
     typer.echo(str(path))
 
 
@@ -126,3 +165,46 @@ def _read_summaries(runs: List[Path]) -> dict[str, Any]:
             raise file_error(path, f"not a robustness summary (expected \"kind\": \"{KIND}\")")
         summaries[f"{summary['model']} {summary['method']} ({Path(run).name})"] = summary
     return summaries
+
+
+def _robustness_table(
+    folders: List[Path] = typer.Option(..., "--runs", help="A folder holding run folders (a study's DIR or DIR/cells, a reproduce DIR/runs); repeat for several. Every run with a finished 'deepadv robustness' result counts as one seed of its model and method."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Markdown file to write (default: print it)."),
+) -> None:
+    """The per-corruption table, regular against each adapted method, Y10 and Y1, pooled over seeds with 95 % intervals.
+
+    Accuracy per corruption (mean over the severities) for every method, ΔE = Σ_s (E_method − E_regular) in points per adapted method (each seed against its own regular run), mean over seeds with a Student-t interval (one seed: its paired bootstrap interval), and the mCE over the corruptions that degrade regular significantly in every seed.
+    """
+    # deferred for start-up time (torch)
+    from ..document import Document, render_markdown
+    from ..errors import OptionError
+    from ..io import read_json, write_text
+    from ..report import domain_summaries, corruption_comparison_table
+    from ..robustness import KIND, SUMMARY_NAME, robustness_dir
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for folder in folders:
+        for config in sorted(list(Path(folder).glob("*/config.json")) + list(Path(folder).glob("*/*/config.json"))):
+            summary_path = robustness_dir(config.parent) / SUMMARY_NAME
+            if not summary_path.is_file():
+                continue
+            summary = read_json(summary_path)
+            if summary.get("kind") == KIND:
+                groups.setdefault((summary["model"], summary["method"]), []).append(summary)
+    if not groups:
+        raise OptionError("no run with a finished robustness result under " + ", ".join(str(f) for f in folders))
+    doc = Document("Survey corruptions: methods compared per corruption")
+    for model in sorted({m for m, _ in groups}):
+        summaries = {method: v for (m, method), v in sorted(groups.items(), key=lambda kv: kv[0][1] != "regular")
+                     if m == model}
+        for domain in ("Y10", "Y1"):
+            per_domain = domain_summaries(summaries, domain)
+            table = corruption_comparison_table(model, per_domain, domain, f"{model}_{domain}") if per_domain else None
+            if table is not None:
+                doc.add(table)
+    text = render_markdown(doc)
+    if out is not None:
+        write_text(out, text)
+        typer.echo(str(out))
+    else:
+        typer.echo(text)

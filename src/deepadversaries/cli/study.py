@@ -28,8 +28,8 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
                                     "mmd, dann, coral, adabn); regular is the reference every other method is "
                                     "compared with."),
         attacks: str = typer.Option("de", "--attacks", help="One-pixel searches on the same images: de (the "
-                                    "paper's differential evolution, always), exhaustive (the exact one-pixel "
-                                    "answer: every position x the value-cube corners), sparse-rs (Croce et al. "
+                                    "paper's differential evolution, always), exhaustive (the corner search: every "
+                                    "position x the value-cube corners, a lower bound), sparse-rs (Croce et al. "
                                     "2022). E.g. 'de,exhaustive,sparse-rs'."),
         attack_images: Optional[int] = typer.Option(None, "--attack-images", help="Y10 test images drawn for the "
                                                     "one-pixel attack of every cell (default: the preset's study "
@@ -49,7 +49,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     ) -> None:
         """Train, evaluate and attack every (model, method, seed) cell on Dask, then pool the seeds.
 
-        Writes DIR/cells/<model>_<method>_s<seed>/ (run folders), DIR/analysis/, DIR/report.html, DIR/report.md and, last, DIR/study.json: each of the paper's findings with its effect, 95 % confidence interval, per-seed effects and a verdict (held, contradicted, inconclusive). A killed study resumes when the same command is run again.
+        Writes DIR/cells/<model>_<method>_s<seed>/ (run folders), DIR/analysis/, DIR/report.html, DIR/report.md and, last, DIR/study.json: each of the paper's findings with its primary endpoint's effect, 95 % confidence interval over the seeds, per-seed effects, a verdict on the paper's direction (held, contradicted, inconclusive) and a magnitude statement against the paper's number. A killed study resumes when the same command is run again.
         """
         from ..study import study  # deferred for start-up time (torch, Dask)
 

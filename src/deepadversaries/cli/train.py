@@ -1,4 +1,5 @@
-"""`deepadv train`: train ConvNet, ResNet18 or a timm backbone, regular or with domain adaptation;
+"""`deepadv train`: train ConvNet, the D4-equivariant ConvNet, ResNet18 or a timm backbone, regular, with
+domain adaptation or with one-pixel adversarial training;
 or adopt a TorchScript model trained elsewhere (``--model-file``)."""
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 def _train(
     data: Path = typer.Option(..., "--data", help="Dataset folder (from 'deepadv simulate', 'deepadv import' or the published .npy files); the model adapts to its image size, band count and classes."),
     out: Path = typer.Option(..., "--out", help="Run folder to write (config.json, checkpoints/, log.csv, training.json)."),
-    model: str = typer.Option("convnet", "--model", help="Architecture: convnet (paper Table 1), resnet18, or timm:NAME, any timm backbone (random initialisation, nothing downloaded) with the package's 256-d bottleneck and head, e.g. timm:resnet10t; list names with python -c \"import timm; print(timm.list_models('*resnet*'))\"."),
+    model: str = typer.Option("convnet", "--model", help="Architecture: convnet (paper Table 1), d4-convnet (the ConvNet with convolutions equivariant to the eight rotations and flips and a latent invariant to them, square images; docs/defences.md), resnet18, or timm:NAME, any timm backbone (random initialisation, nothing downloaded) with the package's 256-d bottleneck and head, e.g. timm:resnet10t; list names with python -c \"import timm; print(timm.list_models('*resnet*'))\"."),
     model_file: Optional[Path] = typer.Option(None, "--model-file", help="Adopt a TorchScript model trained elsewhere (torch.jit.script(model).save('model.pt'); never a pickle) instead of training: writes the run folder (checkpoints/model.ts, config.json, training.json) that evaluate, attack, robustness and analyze then use. With embed() and head() methods every analysis works; otherwise give --latent-layer."),
     latent_layer: Optional[str] = typer.Option(None, "--latent-layer", help="With --model-file, for a model without embed()/head(): the submodule whose output is the latent (dotted for nested ones, e.g. layer4 or backbone.fc); analyses that need head(z) (church windows) are then skipped."),
     method: str = typer.Option("regular", "--method",
-                               help="regular (Y10 labels only); domain adaptation towards the unlabelled Y1 images: mmd (the paper: + lambda*MMD^2 of the Y10 and Y1 latents), dann (a domain classifier behind a gradient-reversal layer, Ganin et al. 2016), coral (Deep CORAL: the latent covariances aligned, Sun & Saenko 2016), adabn (regular training, then batch-norm statistics re-estimated on Y1 for Y1 inference, Li et al. 2016). Domain adaptation needs a dataset with two domains. With --model-file: how the model was trained elsewhere (a label that analyze uses; not adabn)."),
+                               help="regular (Y10 labels only); domain adaptation towards the unlabelled Y1 images: mmd (the paper: + lambda*MMD^2 of the Y10 and Y1 latents), dann (a domain classifier behind a gradient-reversal layer, Ganin et al. 2016), coral (Deep CORAL: the latent covariances aligned, Sun & Saenko 2016), adabn (regular training, then batch-norm statistics re-estimated on Y1 for Y1 inference, Li et al. 2016); adv-1p (one-pixel adversarial training: a share of each batch, --adv-share, replaced by its most damaging one-pixel corner change; docs/defences.md). Domain adaptation needs a dataset with two domains. With --model-file: how the model was trained elsewhere (a label that analyze uses; not adabn)."),
     preset: str = typer.Option("quick", "--preset",
                                help="tiny (a smoke test), quick (sized for a CPU: lr 1e-3, cosine decay over 10 epochs) or paper (SPEC 5 exactly: lr 1e-5, up to 100 epochs)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum number of epochs (overrides the preset)."),
@@ -33,6 +34,8 @@ def _train(
     mmd_weight: Optional[float] = typer.Option(None, "--mmd-weight", help="lambda of the MMD^2 term (paper 0.05; the authors' code 0.01)."),
     coral_weight: Optional[float] = typer.Option(None, "--coral-weight", help="Weight of the Deep CORAL term (default 1, DomainBed's; Sun & Saenko balance it with the cross-entropy at the end of training: see log.csv)."),
     dann_weight: Optional[float] = typer.Option(None, "--dann-weight", help="Weight of the DANN domain loss (default 1, Ganin et al.; the reversal strength follows their schedule)."),
+    adv_share: Optional[float] = typer.Option(None, "--adv-share", help="Share of each Y10 batch replaced by its most damaging one-pixel corner change (default 0.5 with --method adv-1p). With --method mmd (or dann, coral, adabn) a share > 0 adds one-pixel adversarial training to the domain adaptation, e.g. --method mmd --adv-share 0.5."),
+    adv_positions: Optional[int] = typer.Option(None, "--adv-positions", help="Pixel positions the adversarial corner search ranks (by first-order gain) and tries per image (default 8); the cost per step grows with it."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Adam weight decay (paper 1e-3 regular, 1e-4 with domain adaptation)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: epochs without a lower validation loss."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, batch order); the same seed repeats a CPU run exactly."),
@@ -54,6 +57,7 @@ def _train(
         _refuse_training_options({
             "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--mmd-weight": mmd_weight,
             "--coral-weight": coral_weight, "--dann-weight": dann_weight, "--weight-decay": weight_decay,
+            "--adv-share": adv_share, "--adv-positions": adv_positions,
             "--patience": patience, "--devices": devices, "--num-nodes": num_nodes, "--precision": precision,
             "--compile": True if compile_ else None, "--resume": True if resume else None,
             "--model": None if model == "convnet" else model})
@@ -66,6 +70,7 @@ def _train(
     run = _train_run(data, out, preset, device=device, resume=resume, overwrite=overwrite, model=model,
                      method=method, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, mmd_weight=mmd_weight,
                      coral_weight=coral_weight, dann_weight=dann_weight, weight_decay=weight_decay,
+                     adv_share=adv_share, adv_positions=adv_positions,
                      patience=patience, precision=precision, devices=devices, num_nodes=num_nodes,
                      compile=True if compile_ else None)
     typer.echo(str(run))

@@ -13,7 +13,7 @@ from .. import METHOD_LABELS
 from ..analysis import DANGER_RADII
 from . import CLASS_COLORS, DPI, plt, save_figure
 
-SEARCH_LABELS = {"de": "differential evolution", "sparse-rs": "Sparse-RS", "exhaustive": "exhaustive (exact)"}
+SEARCH_LABELS = {"de": "differential evolution", "sparse-rs": "Sparse-RS", "exhaustive": "corner search (lower bound)"}
 SEARCH_STYLES = {"de": ("-", CLASS_COLORS[2]), "sparse-rs": ("--", CLASS_COLORS[1]), "exhaustive": (":", "k")}
 
 

@@ -29,7 +29,7 @@ from matplotlib.patches import Patch
 from scipy import ndimage
 
 from .. import CLASSES, METHOD_LABELS, METHOD_SHORT
-from ..analysis import PERTURBATIONS, SCALES, ChurchWindow, IsomapEmbedding, PairedDistances, js_distance
+from ..analysis import FIGURE_SCALES, PERTURBATIONS, ChurchWindow, IsomapEmbedding, PairedDistances, js_distance
 from ..io import TMP_MARK
 from . import CLASS_COLORS, DPI, class_colors, save_figure
 #: marker of each member of a triplet: Y10 image, Y1 image, one-pixel-attacked image
@@ -375,7 +375,7 @@ def save_isomap_gif(path: str | Path, emb: IsomapEmbedding | None, *, title: str
 def save_distances_figure(path: str | Path, paired: PairedDistances, tables: dict[str, Any], dpi: int = DPI) -> Path:
     """Figure 6: d_E histograms per perturbation, reference vs adapted run, mean/median lines, JS distance.
 
-    Top row: distances in each latent space; bottom row: divided by each model's latent scale.
+    Top row: distances in each latent space; bottom row: divided by each model's latent spread.
     """
     ref, ada = paired.methods
     ref_label, ada_label = METHOD_SHORT.get(ref, ref), METHOD_SHORT.get(ada, ada)
@@ -383,14 +383,14 @@ def save_distances_figure(path: str | Path, paired: PairedDistances, tables: dic
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.14, hspace=0.42, wspace=0.22)
     xlabels = {("latent", "Y10-Y1"): "d_E = ‖z(Y10) − z(Y1)‖₂",
                ("latent", "Y10-1P"): "d_E = ‖z(Y10) − z(1P)‖₂",
-               ("normalised", "Y10-Y1"): "‖z(Y10) − z(Y1)‖₂ / median ‖z(Y10)‖",
-               ("normalised", "Y10-1P"): "‖z(Y10) − z(1P)‖₂ / median ‖z(Y10)‖"}
+               ("spread", "Y10-Y1"): "‖z(Y10) − z(Y1)‖₂ / median ‖z(Y10) − z̄‖",
+               ("spread", "Y10-1P"): "‖z(Y10) − z(1P)‖₂ / median ‖z(Y10) − z̄‖"}
     titles = {"Y10-Y1": "Y10–Y1 (survey noise)", "Y10-1P": "Y10–1P (one-pixel attack)"}
     n = len(paired.test_index)
-    for r, scale in enumerate(SCALES):
+    for r, scale in enumerate(FIGURE_SCALES):
         for c, pert in enumerate(PERTURBATIONS):
             ax = axes[r, c]
-            ax.set_title(f"{titles[pert]}{' — scaled' if scale == 'normalised' else ''}", fontsize=12)
+            ax.set_title(f"{titles[pert]}{' — divided by the latent spread' if scale == 'spread' else ''}", fontsize=12)
             ax.set_xlabel(xlabels[(scale, pert)], fontsize=10)
             ax.set_ylabel("fraction of images", fontsize=10)
             if n == 0:

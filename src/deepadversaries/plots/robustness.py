@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import BANDS
-from ..corruptions import CORRUPTIONS, MAX_SEVERITY, corrupt, parameter_label
+from ..corruptions import CORRUPTIONS, DEFAULT_OPTIONS, MAX_SEVERITY, CorruptionOptions, corrupt, parameter_label
 from ..data import apply_stretch
 from ..errors import OptionError
 from . import plt, save_figure
@@ -50,21 +50,27 @@ GRID_GAP = 6
 
 def corruption_grid_mosaic(image: np.ndarray, lo: float | None, hi: float | None, corruptions: Sequence[str],
                            severities: Sequence[int], seed: int = 0, domain: str = "Y10",
-                           bands: Sequence[str] = BANDS, to_input: Any = None) -> np.ndarray:
+                           bands: Sequence[str] = BANDS, to_input: Any = None,
+                           panels: Mapping[tuple[str, int], np.ndarray] | None = None,
+                           options: CorruptionOptions = DEFAULT_OPTIONS) -> np.ndarray:
     """The grid's pixels: panel (r, c) is corruption r at severity c, as RGB in [0, 1].
 
-    Panel (r, c) starts at row ``r * (H + GRID_GAP)`` and column ``c * (W + GRID_GAP)``; it is
-    drawn with ``numpy.random.default_rng([seed, crc32(corruption), severity])`` and flipped
-    vertically, so that the image's y axis points up in a figure drawn top-down.
+    Panel (r, c) starts at row ``r * (H + GRID_GAP)`` and column ``c * (W + GRID_GAP)``; it shows
+    ``panels[(corruption, severity)]`` (raw electrons) when given -- the benchmark passes the very
+    images it scored -- else ``image`` corrupted alone with ``numpy.random.default_rng([seed,
+    crc32(corruption)])`` for every severity (nested draws); flipped vertically, so that the
+    image's y axis points up in a figure drawn top-down.
 
     Args:
         image: (B, H, W) raw electrons.
         lo, hi: the paper stretch's constants (None with ``to_input``).
         corruptions, severities: rows and columns.
-        seed: seed of the corruptions [default: 0].
+        seed: seed of the corruptions without ``panels`` [default: 0].
         domain: depth of ``image`` [default: "Y10"].
         bands: the image's LSST bands [default: g, r, i].
         to_input: another normalisation, raw (B, H, W) -> model input [default: None = the paper stretch].
+        panels: {(corruption, severity): (B, H, W) raw electrons} to show [default: None: draw them].
+        options: table set and defect placement of drawn panels [default: Rubin, dithered].
 
     Returns:
         (R (H + gap) - gap, C (W + gap) - gap, 3) float64, gaps white.
@@ -82,8 +88,11 @@ def corruption_grid_mosaic(image: np.ndarray, lo: float | None, hi: float | None
     mosaic = np.ones((len(corruptions) * (h + GRID_GAP) - GRID_GAP, len(severities) * (w + GRID_GAP) - GRID_GAP, 3))
     for r, name in enumerate(corruptions):
         for c, severity in enumerate(severities):
-            rng = np.random.default_rng([int(seed), zlib.crc32(name.encode()), int(severity)])
-            electrons = corrupt(image, name, severity, rng, domain, bands)
+            if panels is not None and (name, severity) in panels:
+                electrons = np.asarray(panels[(name, severity)], dtype=np.float32)
+            else:
+                rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+                electrons = corrupt(image, name, severity, rng, domain, bands, options)
             panel = _display(to_input(electrons), vmin, vmax)[::-1]
             y0, x0 = r * (h + GRID_GAP), c * (w + GRID_GAP)
             mosaic[y0:y0 + h, x0:x0 + w] = panel
@@ -94,7 +103,8 @@ def corruption_grid_figure(image: np.ndarray, lo: float | None, hi: float | None
                            corruptions: Sequence[str] | None = None,
                            severities: Sequence[int] = tuple(range(MAX_SEVERITY + 1)), seed: int = 0,
                            domain: str = "Y10", title: str | None = None, bands: Sequence[str] = BANDS,
-                           to_input: Any = None) -> plt.Figure:
+                           to_input: Any = None, panels: Mapping[tuple[str, int], np.ndarray] | None = None,
+                           options: CorruptionOptions = DEFAULT_OPTIONS) -> plt.Figure:
     """One galaxy under every corruption and severity, normalised as the model sees it.
 
     Args:
@@ -108,11 +118,13 @@ def corruption_grid_figure(image: np.ndarray, lo: float | None, hi: float | None
         title: figure title [default: none].
         bands: the image's LSST bands [default: g, r, i].
         to_input: the dataset's normalisation when it is not the paper stretch [default: None].
+        panels: the images to show per (corruption, severity) [default: None: drawn here].
+        options: table set and defect placement (labels and drawn panels) [default: Rubin, dithered].
 
     Returns:
         The figure: one axes showing :func:`corruption_grid_mosaic`, its y tick labels the
         corruptions, its x tick labels the severities, one text per panel with the table's
-        parameter (e.g. ``1.12"``; ``clean`` at severity 0).
+        parameter (e.g. ``0.84"``; ``clean`` at severity 0).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[0] != len(bands):
@@ -120,7 +132,7 @@ def corruption_grid_figure(image: np.ndarray, lo: float | None, hi: float | None
     names = list(corruptions) if corruptions is not None else list(CORRUPTIONS)
     severities = list(severities)
     _, h, w = image.shape
-    mosaic = corruption_grid_mosaic(image, lo, hi, names, severities, seed, domain, bands, to_input)
+    mosaic = corruption_grid_mosaic(image, lo, hi, names, severities, seed, domain, bands, to_input, panels, options)
     fig, ax = plt.subplots(figsize=(1.25 * len(severities) + 1.4, 1.25 * len(names) + 0.5))
     ax.imshow(mosaic, origin="upper", interpolation="nearest")
     ax.set_xticks([c * (w + GRID_GAP) + w / 2 for c in range(len(severities))],
@@ -133,7 +145,7 @@ def corruption_grid_figure(image: np.ndarray, lo: float | None, hi: float | None
         spine.set_visible(False)
     for r, name in enumerate(names):
         for c, severity in enumerate(severities):
-            ax.text(c * (w + GRID_GAP) + 2, r * (h + GRID_GAP) + h - 3, parameter_label(name, severity),
+            ax.text(c * (w + GRID_GAP) + 2, r * (h + GRID_GAP) + h - 3, parameter_label(name, severity, options),
                     color="white", fontsize=6, va="bottom", ha="left",
                     bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
     if title:

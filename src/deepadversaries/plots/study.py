@@ -13,10 +13,10 @@ from . import CLASS_COLORS, DPI, plt, save_figure
 
 #: how each finding's effect is drawn: axis label, scale factor, log axis, no-effect value
 AXES: dict[str, tuple[str, float, bool, float]] = {
-    "a": ("regular Y10 − Y1 accuracy (points)", 100.0, False, 0.0),
+    "a": ("regular Y1 − Y10 accuracy (points)", 100.0, False, 0.0),
     "b": ("adapted − regular Y1 accuracy (points)", 100.0, False, 0.0),
-    "c": ("regular − adapted Y10 accuracy (points)", 100.0, False, 0.0),
-    "d": ("adapted / regular median d_E(Y10–1P), common scale", 1.0, True, 1.0),
+    "c": ("adapted − regular Y10 accuracy (points)", 100.0, False, 0.0),
+    "d": ("adapted / regular median raw d_E(Y10–1P)", 1.0, True, 1.0),
     "e": ("adapted − regular flip rate (points)", 100.0, False, 0.0),
 }
 VERDICT_COLORS = {"held": "#2e7d32", "contradicted": "#c62828", "inconclusive": "#757575"}
@@ -28,11 +28,12 @@ def _number(x: Any) -> float:
 
 def forest_plot(finding: dict[str, Any], path: str | Path, dpi: int = DPI) -> Path:
     """A forest plot of one finding: each seed's effect with its 95 % interval, the pooled
-    interval (diamond) below, the finding's threshold (dashed) and no effect (grey).
+    interval (diamond) below, no effect (grey), a non-inferiority margin (dashed) and the
+    paper's number (dotted).
 
     Args:
         finding: one entry of ``study.json``'s findings (``id``, ``per_seed``, ``effect``,
-            ``ci_low``, ``ci_high``, ``threshold``, ``verdict``, ``model``, ``method``).
+            ``ci_low``, ``ci_high``, ``bound``, ``paper_effect``, ``verdict``, ``model``, ``method``).
         path: the PNG to write.
 
     Returns:
@@ -56,9 +57,16 @@ def forest_plot(finding: dict[str, Any], path: str | Path, dpi: int = DPI) -> Pa
     elif math.isfinite(est):
         ax.plot([est], [0.5], "D", color=color, ms=9)
     ax.axvline(null, color="0.6", lw=1.2, zorder=0)
-    threshold = _number(finding.get("threshold")) * scale
-    if math.isfinite(threshold) and threshold != null:
-        ax.axvline(threshold, color=CLASS_COLORS[1], ls="--", lw=1.2, zorder=0, label="threshold")
+    bound = _number(finding.get("bound")) * scale
+    labelled = False
+    if math.isfinite(bound) and bound != null:
+        ax.axvline(bound, color=CLASS_COLORS[1], ls="--", lw=1.2, zorder=0, label="non-inferiority margin (ours)")
+        labelled = True
+    paper = _number(finding.get("paper_effect")) * scale
+    if math.isfinite(paper):
+        ax.axvline(paper, color=CLASS_COLORS[0], ls=":", lw=1.5, zorder=0, label="the paper's number")
+        labelled = True
+    if labelled:
         ax.legend(loc="upper right", fontsize=8, frameon=False)
     ax.set_yticks(list(ys) + [0.5])
     ax.set_yticklabels([f"seed {s['seed']} (n = {s.get('n_images', '?')})" for s in seeds] + ["pooled"])

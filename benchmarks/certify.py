@@ -1,0 +1,103 @@
+"""Benchmark: `deepadv certify` against the corner search on a run's attacked images.
+
+One command (nothing is written into the run)::
+
+    python benchmarks/certify.py --run RUN [--n-images 10] [--budget 60] [--threads 2]
+
+For the first N images of the run's DE campaign (``RUN/attack/results.csv``; without one,
+the campaign's seeded subsample) it times, side by side on the same images:
+
+- the corner search (``ExhaustiveSearch``: every position × the 8 corners), seconds per image;
+- the certification (``ImageCertifier.certify`` with ``--budget`` seconds per image): status,
+  seconds, boxes bounded.
+
+It prints one line per image, the medians and the ratio certify / corner search, the issue-21
+goals (at least 99 % of the images decided, median at most 5 s, slowest at most 30 s) with
+whether they were met, and as its last line a JSON object with every number. It says what
+else was running (the load average) since the machine's cores are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from deepadversaries.certify import CertifyConfig, ImageCertifier, _choose_images, _success_rule, _value_range  # noqa: E402
+from deepadversaries.data import load_dataset  # noqa: E402
+from deepadversaries.exhaustive import ExhaustiveSearch  # noqa: E402
+from deepadversaries.models import load_model  # noqa: E402
+from deepadversaries.runs import read_run_config  # noqa: E402
+
+GOALS = {"decided_share": 0.99, "median_s": 5.0, "max_s": 30.0}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--n-images", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=60.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    run_config = read_run_config(args.run)
+    dataset = load_dataset(run_config.data)
+    model = load_model(args.run, "cpu")
+    config = CertifyConfig(n_images=args.n_images, budget_s=args.budget)
+    rule, de_settings = _success_rule(args.run, config)
+    chosen = _choose_images(args.run, model, dataset, config, de_settings)
+    value_range = _value_range("input", dataset)
+    certifier = ImageCertifier(model, value_range, rule)
+    corner = ExhaustiveSearch(model, value_range=value_range, success=rule, device="cpu")
+    rows = []
+    for k, t in enumerate(chosen.test_index):
+        label = int(chosen.labels[k])
+        targets = [c for c in range(certifier.net.n_classes) if c != label]
+        t0 = time.perf_counter()
+        ex = next(corner.run(chosen.images[k: k + 1], [label], targets=[targets]))
+        corner_s = time.perf_counter() - t0
+        cert = certifier.certify(chosen.images[k], label, targets, args.budget)
+        rows.append({"test_index": int(t), "status": cert.status, "seconds": round(cert.seconds, 3),
+                     "boxes": cert.boxes, "found_by": cert.found_by, "corner_flip": bool(ex.success),
+                     "corner_s": round(corner_s, 3)})
+        print(f"image {int(t):5d}: {cert.status:10s} {cert.seconds:7.1f} s ({cert.boxes} boxes, {cert.found_by}); "
+              f"corner search {'flips' if ex.success else 'no flip'} in {corner_s:.1f} s", flush=True)
+    seconds = np.array([r["seconds"] for r in rows])
+    corner_s = np.array([r["corner_s"] for r in rows])
+    decided = float(np.mean([r["status"] != "undecided" for r in rows]))
+    out = {
+        "benchmark": "certify", "run": str(args.run), "model": run_config.model, "method": run_config.method,
+        "n_images": len(rows), "budget_s": args.budget, "threads": args.threads,
+        "counts": {s: sum(r["status"] == s for r in rows) for s in ("flippable", "certified", "undecided")},
+        "missed_by_corner_search": sum(r["status"] == "flippable" and not r["corner_flip"] for r in rows),
+        "certify_median_s": float(np.median(seconds)), "certify_max_s": float(seconds.max()),
+        "corner_median_s": float(np.median(corner_s)),
+        "ratio_median_certify_to_corner": float(np.median(seconds) / np.median(corner_s)),
+        "decided_share": decided,
+        "goals": GOALS,
+        "goals_met": {"decided_share": decided >= GOALS["decided_share"],
+                      "median_s": float(np.median(seconds)) <= GOALS["median_s"],
+                      "max_s": float(seconds.max()) <= GOALS["max_s"]},
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "images": rows,
+    }
+    print(f"certify: median {out['certify_median_s']:.1f} s, slowest {out['certify_max_s']:.1f} s per image; "
+          f"corner search median {out['corner_median_s']:.1f} s; ratio {out['ratio_median_certify_to_corner']:.1f}x; "
+          f"decided {decided:.0%} (goal {GOALS['decided_share']:.0%}); load average "
+          f"{out['load_average_before'][0]} -> {out['load_average_after'][0]} on {os.cpu_count()} cores")
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""`deepadv card`: one run's robustness card; `deepadv leaderboard`: cards side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+CARD_HELP = """Make the robustness card of a model: every number with its 95 % interval and n.
+
+Runs what the run folder lacks, with a protocol fixed per --level: evaluate (accuracy, ECE,
+Brier, NLL per domain), the survey corruptions, the one-pixel attack (differential evolution)
+and the corner search on the same images, and the certification when it is installed. Then
+writes CARD/card.json (last; versioned schema, shipped in the package), card.html (one
+self-contained page: five headline numbers, tables, figures), card.md and model_index.yaml
+(a Hugging Face model-index block).
+
+\b
+  deepadv card --run runs/cnn_reg --out cards/cnn_reg
+  deepadv card --run runs/cnn_mmd --baseline runs/cnn_reg --out cards/cnn_mmd
+  deepadv card --run runs/adopted --data data/mine --out cards/mine     # TorchScript model, your data
+  deepadv card --run runs/cnn_reg --data data/hubble --unlabelled --out cards/hubble
+
+--level quick: corruptions at severities 1, 3, 5; DE (quick preset) and the corner search on
+150 test images; 20 images certified at 5 s each. --level full: severities 1-5; DE with the
+paper's 80 generations and the corner search on 500 images (about 12 min for a quick ConvNet
+on a 2-core CPU); every attacked image certified at up to 30 s each (up to hours: use a GPU).
+The expected cost is printed before the card starts. --level tiny: a smoke test (CI).
+--unlabelled: prediction stability (agreement with the clean prediction) instead of accuracy;
+the data's labels are not read.
+"""
+
+LEADERBOARD_HELP = """Rank robustness cards: leaderboard.csv, leaderboard.md and leaderboard.html.
+
+One row per card, every headline number with its 95 % interval and n; the page sorts by any
+column. Cards of different test data or protocols are refused (or ranked in separate groups
+with --group), never mixed in one ranking.
+
+\b
+  deepadv leaderboard cards/*/ --out board
+  deepadv leaderboard cards/a/card.json cards/b/card.json --sort one_pixel_flip_rate --out board
+"""
+
+
+def register(app: typer.Typer, plot_app: typer.Typer) -> None:
+    """Add the ``card`` and ``leaderboard`` commands (no figures)."""
+    app.command("card", help=CARD_HELP)(_card)
+    app.command("leaderboard", help=LEADERBOARD_HELP)(_leaderboard)
+
+
+def _card(
+    run: Path = typer.Option(..., "--run", help="Run folder: trained by 'deepadv train', or a TorchScript model adopted with 'deepadv train --model-file'."),
+    out: Path = typer.Option(..., "--out", help="Card folder to write (card.json, card.html, card.md, model_index.yaml, figures/)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder to measure on (simulated or imported); default: the run's own."),
+    level: str = typer.Option("quick", "--level", help="quick or full: the protocol of the stages the run lacks (tiny: a smoke test, too few images for a verdict)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the corruptions and of the attacked subsample."),
+    unlabelled: bool = typer.Option(False, "--unlabelled", help="Label-free card: prediction stability instead of accuracy."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Regular run whose errors normalise CE and mCE (default: a regular run of the same model beside the run)."),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU if there is one), cpu or cuda."),
+    no_run: bool = typer.Option(False, "--no-run", help="Run no stage: card only what the run folder holds."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished card in --out."),
+) -> None:
+    # deferred for start-up time (torch)
+    from ..card import card_run
+    from ..card_render import fmt_number, render_card
+    from ..progress import info
+
+    card = card_run(run, out, data=data, level=level, seed=seed, unlabelled=unlabelled, baseline=baseline,
+                    device=device, run_missing=not no_run, overwrite=overwrite)
+    paths = render_card(card, out)
+    for h in card["headline"]:
+        info(f"  {h['label']}: {fmt_number(h['number'])}")
+    for name, why in card["absent"].items():
+        info(f"  not on the card: {name}: {why}")
+    typer.echo(str(paths["html"]))
+
+
+def _leaderboard(
+    cards: List[Path] = typer.Argument(..., help="card.json files or card folders."),
+    out: Path = typer.Option(..., "--out", help="Folder to write leaderboard.csv, leaderboard.md and leaderboard.html."),
+    group: bool = typer.Option(False, "--group", help="Rank cards of different data or protocols in separate groups instead of refusing them."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="Headline key to rank by, e.g. clean_accuracy, corruption_accuracy, one_pixel_flip_rate (default: corruption_accuracy, or corruption_stability for label-free cards)."),
+) -> None:
+    from ..leaderboard import leaderboard  # deferred for start-up time
+
+    result = leaderboard(cards, out, group=group, sort=sort)
+    for g in result["groups"]:
+        for r in g["rows"]:
+            typer.echo(f"{r['rank']:>3}  {r['name']}")
+    typer.echo(str(Path(out) / "leaderboard.html"))

@@ -1,0 +1,103 @@
+"""The sound one-pixel bounds (deepadversaries.bounds) against sampled values of plain float64 models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.special import logsumexp
+from torch import nn
+
+from certify_support import random_network
+from deepadversaries import bounds
+from deepadversaries.errors import OptionError
+from deepadversaries.models import GalaxyClassifier
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZE = 8
+N_SAMPLES = 10_000
+
+
+def _margin_reference(model: nn.Module, image: np.ndarray, row: int, col: int, values: np.ndarray, label: int,
+                      targets: list, rule: str) -> np.ndarray:
+    """min over targets of minus the success score, per value (V,), with a plain float64 forward pass
+    and scipy's logsumexp (the test's own reading of the success rules)."""
+    x = torch.from_numpy(np.repeat(image[None], len(values), axis=0))
+    x[:, :, row, col] = torch.from_numpy(values)
+    with torch.no_grad():
+        z = model(x)[0].numpy()
+    scores = []
+    for t in targets:
+        if t is None:
+            others = np.delete(z, label, axis=1) - z[:, [label]]
+            s = logsumexp(others, axis=1) - np.log(19.0) if rule == "paper" else others.max(axis=1)
+        else:
+            others = np.delete(z, t, axis=1)
+            s = z[:, t] - (logsumexp(others, axis=1) if rule == "paper" else others.max(axis=1))
+        scores.append(s)
+    return -np.max(np.stack(scores, 1), axis=1)
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["convnet", "resnet"]),
+       row=st.integers(0, SIZE - 1), col=st.integers(0, SIZE - 1),
+       lo=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+       width=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+       rule=st.sampled_from(["paper", "top-class"]), untargeted=st.booleans())
+def test_the_certified_margin_is_never_above_any_sampled_value(seed, kind, row, col, lo, width, rule, untargeted):
+    model = random_network(seed, kind, SIZE)
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0, 1, (3, SIZE, SIZE))
+    low = np.asarray(lo)
+    high = np.minimum(low + np.asarray(width), 1.0)
+    net = bounds.compile_network(model)
+    clean = bounds.clean_pass(net, image)
+    label = int(torch.argmax(clean.logits))
+    targets = [t for t in range(3) if t != label] + ([None] if untargeted else [])
+    rules = bounds.target_rules(label, targets, rule, 3, clean.logits.numpy())
+    win = bounds.propagate(net, clean, np.array([row]), np.array([col]), low[None], high[None])
+    lower, upper = bounds.row_bounds(net, clean, win, bounds.stacked_rows(rules))
+    certified_margin = -bounds.success_upper_bounds(upper, rules).max()
+    corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1).T
+    values = np.concatenate([low + rng.uniform(0, 1, (N_SAMPLES, 3)) * (high - low), corners])
+    sampled = _margin_reference(model, image, row, col, values, label, targets, rule)
+    assert certified_margin <= sampled.min() + 1e-9
+    # every logit row's bounds hold at every sample, too
+    eye = torch.eye(3, dtype=torch.float64)
+    lo_l, up_l = bounds.row_bounds(net, clean, win, eye)
+    x = torch.from_numpy(np.repeat(image[None], len(values), axis=0))
+    x[:, :, row, col] = torch.from_numpy(values)
+    with torch.no_grad():
+        z = model(x)[0].numpy()
+    assert np.all(z >= lo_l.numpy() - 1e-9) and np.all(z <= up_l.numpy() + 1e-9)
+
+
+@pytest.mark.parametrize("kind", ["convnet", "resnet"])
+def test_a_box_of_zero_width_gives_the_models_logits(kind):
+    model = random_network(3, kind, SIZE)
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0, 1, (3, SIZE, SIZE))
+    net = bounds.compile_network(model)
+    clean = bounds.clean_pass(net, image)
+    rows, cols = rng.integers(0, SIZE, 20), rng.integers(0, SIZE, 20)
+    values = rng.uniform(0, 1, (20, 3))
+    got = bounds.point_logits(net, clean, rows, cols, values).numpy()
+    x = torch.from_numpy(np.repeat(image[None], 20, axis=0))
+    x[np.arange(20), :, rows, cols] = torch.from_numpy(values)
+    with torch.no_grad():
+        want = model(x)[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+
+
+def test_an_unsupported_layer_is_refused_by_name():
+    model = GalaxyClassifier(nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.GELU()), 2 * SIZE * SIZE, 3).eval()
+    with pytest.raises(OptionError, match="GELU"):
+        bounds.compile_network(model)
+
+
+def test_a_model_without_the_classifier_layers_is_refused():
+    with pytest.raises(OptionError, match="bottleneck"):
+        bounds.compile_network(nn.Sequential(nn.Conv2d(3, 2, 3)))

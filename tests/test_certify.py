@@ -1,0 +1,255 @@
+"""`deepadv certify`: completeness on models with known answers, agreement with the corner search,
+a trained ConvNet checked on dense value grids, and the stage's files, resumption and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import beta
+
+from certify_support import (
+    blob_images,
+    interior_convnet,
+    linear_pixel_model,
+    tent_pixel_model,
+    train_tiny_convnet,
+)
+from conftest import make_toy_dataset
+from deepadversaries import certify as certify_mod
+from deepadversaries.attacks import input_range, is_success
+from deepadversaries.certify import CertifyConfig, ImageCertifier, certify_run
+from deepadversaries.cli import main
+from deepadversaries.errors import OptionError
+from deepadversaries.exhaustive import ExhaustiveSearch
+from deepadversaries.io import write_json
+from deepadversaries.runs import RunConfig, best_checkpoint_path
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def plain_probs(model, image, row, col, value) -> np.ndarray:
+    x = torch.from_numpy(np.asarray(image, np.float32)[None].copy())
+    x[0, :, row, col] = torch.as_tensor(np.asarray(value, np.float32))
+    with torch.no_grad():
+        return torch.softmax(model(x)[0].double(), 1)[0].numpy()
+
+
+def corner_search(model, image, label, targets, bands):
+    return ExhaustiveSearch(model, value_range=input_range(bands), device="cpu")(
+        image[None], [label], targets=[targets])[0]
+
+
+# --------------------------------------------------------------------------------------
+# known answers
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, scan_levels, interval", [
+    (linear_pixel_model, 2, (0.29, 0.71)),  # issue 21's first counterexample; the scan's centre finds it
+    (tent_pixel_model, 2, (0.37, 0.63)),  # the issue's tent relu(v) - 2 relu(v - 1/2)
+    (lambda: tent_pixel_model(peak=0.2, gain=20.0), 2, (0.14, 0.41)),  # neither corners nor centre: bisection
+])
+def test_certify_finds_the_interior_flip_the_corner_search_misses(make, scan_levels, interval):
+    model = make()
+    image = np.zeros((1, 4, 4), np.float32)
+    label = int(np.argmax(plain_probs(model, image, 0, 0, [0.0])))
+    corners = corner_search(model, image, label, [2], 1)
+    assert not corners.success and not corners.flips.any()
+    cert = ImageCertifier(model, input_range(1), scan_levels=scan_levels).certify(image, label, [2], budget_s=60)
+    assert cert.status == "flippable" and cert.target == 2 and (cert.row, cert.col) == (1, 2)
+    assert interval[0] < cert.value[0] < interval[1]
+    p = plain_probs(model, image, cert.row, cert.col, cert.value)
+    assert is_success(p, label, 2) and p[2] == pytest.approx(cert.p_target, abs=1e-6)
+
+
+def test_the_bisection_finds_what_the_scan_cannot():
+    model = tent_pixel_model(peak=0.2, gain=20.0)
+    image = np.zeros((1, 4, 4), np.float32)
+    cert = ImageCertifier(model, input_range(1)).certify(image, 0, [1, 2], budget_s=60)
+    assert cert.found_by == "branch-and-bound" and cert.boxes > 0
+
+
+def test_a_convnet_that_flips_only_inside_the_range():
+    model = interior_convnet(16)
+    image = np.zeros((3, 16, 16), np.float32)
+    corners = corner_search(model, image, 0, [1, 2], 3)
+    assert not corners.success
+    cert = ImageCertifier(model, input_range(3)).certify(image, 0, [1, 2], budget_s=120)
+    assert cert.status == "flippable" and cert.target == 2
+    assert 0.37 < cert.value[0] < 0.63  # the tent of g is high enough only there
+    assert is_success(plain_probs(model, image, cert.row, cert.col, cert.value), 0, 2)
+
+
+@pytest.mark.parametrize("bias, expected", [(-6.0, "flippable"), (-20.0, "certified")])
+def test_certify_agrees_with_the_corner_search_when_flips_lie_at_corners(bias, expected):
+    model = interior_convnet(16, monotone=True)  # class-2 logit 8 relu(g) + bias: largest at g = 1
+    with torch.no_grad():
+        model.output.bias[2] = bias
+    image = np.zeros((3, 16, 16), np.float32)
+    corners = corner_search(model, image, 0, [1, 2], 3)
+    cert = ImageCertifier(model, input_range(3)).certify(image, 0, [1, 2], budget_s=120)
+    assert cert.status == expected
+    assert corners.success == (expected == "flippable")
+    if expected == "flippable":
+        assert corners.flips[corners.map_targets.index(cert.target), cert.row, cert.col]
+    else:
+        assert (cert.status_map == certify_mod.CERTIFIED).all()
+        assert np.nanmin(cert.margin_map) > 0
+
+
+def test_a_trained_convnet_certificates_hold_on_dense_value_grids():
+    size = 12
+    images, labels = blob_images(90, size, seed=1)
+    model = train_tiny_convnet(images[:60], labels[:60], steps=80)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(images[60:]))[0].argmax(1).numpy()
+    chosen = [60 + i for i in np.flatnonzero(pred == labels[60:])[:3]]
+    certifier = ImageCertifier(model, input_range(3))
+    grid = np.stack(np.meshgrid(*[np.linspace(0, 1, 6)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    rng = np.random.default_rng(0)
+    decided = 0
+    for i in chosen:
+        label = int(labels[i])
+        targets = [t for t in range(3) if t != label]
+        cert = certifier.certify(images[i], label, targets, budget_s=100)
+        print(i, cert.status, cert.boxes, round(cert.seconds, 1))
+        decided += cert.status != "undecided"
+        if cert.status == "flippable":
+            p = plain_probs(model, images[i], cert.row, cert.col, cert.value)
+            assert is_success(p, label, cert.target)
+        elif cert.status == "certified":
+            assert (cert.margin_map > 0).all()  # every leaf box of every position proved
+            for pos in rng.choice(size * size, 24, replace=False):
+                r, c = divmod(int(pos), size)
+                x = torch.from_numpy(np.repeat(images[i][None], len(grid), 0))
+                x[:, :, r, c] = torch.from_numpy(grid.astype(np.float32))
+                with torch.no_grad():
+                    p = torch.softmax(model(x)[0].double(), 1).numpy()
+                for t in targets:
+                    assert not is_success(p, label, t).any()
+    assert decided >= 1
+
+
+# --------------------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------------------
+def write_small_run(root: Path, model: torch.nn.Module) -> Path:
+    data = make_toy_dataset(root / "data", n={"train": 6, "valid": 3, "test": 12}, size=16)
+    from deepadversaries.config import TrainConfig
+    from deepadversaries.data import load_dataset
+
+    ds = load_dataset(data)
+    labels = ds.labels("train")
+    run = root / "run"
+    config = RunConfig(train=TrainConfig(model="convnet", method="regular", preset="tiny"),
+                       data=str(data.resolve()), resolved_device="cpu", image_shape=tuple(ds.image_shape),
+                       domains=tuple(ds.domains), counts={s: int(len(ds.labels(s))) for s in ("train", "valid", "test")},
+                       class_counts={c: int((labels == k).sum()) for k, c in enumerate(ds.classes)})
+    best_checkpoint_path(run).parent.mkdir(parents=True)
+    write_json(run / "config.json", config.to_json())
+    torch.save({"model": "convnet", "state_dict": model.state_dict(), "image_shape": [3, 16, 16], "n_classes": 3},
+               best_checkpoint_path(run))
+    return run
+
+
+def stage_model() -> torch.nn.Module:
+    """A ConvNet for 16x16 toy images: confident enough that some images flip and some do not."""
+    torch.manual_seed(0)
+    model = interior_convnet(16, monotone=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    return write_small_run(tmp_path_factory.mktemp("certify"), stage_model())
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_the_stage_writes_the_sandwich_and_resumes(small_run, monkeypatch):
+    out = small_run / "certify"
+    calls = {"n": 0}
+    real = ImageCertifier.certify
+
+    def dies_on_the_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageCertifier, "certify", dies_on_the_third)
+    config = CertifyConfig(n_images=3, budget_s=60, subsample=12)
+    with pytest.raises(KeyboardInterrupt):
+        certify_run(small_run, config, device="cpu")
+    assert not (out / "summary.json").exists() and not (out / "results.csv").exists()
+    assert len((out / "progress.jsonl").read_text().splitlines()) == 2  # settings + one image
+    monkeypatch.setattr(ImageCertifier, "certify", real)
+    summary = certify_run(small_run, config, device="cpu")
+    assert summary["timing"]["sessions"] == 2
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == summary["n_images"] == 3
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("flippable", "certified", "undecided")}
+    assert {k: summary[k] for k in counts} == counts
+    n, k = 3, counts["flippable"]
+    lo = summary["rate_lower"]
+    assert lo["value"] == pytest.approx(k / n) and lo["n"] == n
+    assert lo["ci_low"] == pytest.approx(beta.ppf(0.025, k, n - k + 1) if k else 0.0, abs=1e-9)
+    assert lo["ci_high"] == pytest.approx(beta.ppf(0.975, k + 1, n - k) if k < n else 1.0, abs=1e-9)
+    assert summary["rate_upper"]["value"] == pytest.approx((k + counts["undecided"]) / n)
+    with np.load(out / "certmap.npz") as npz:
+        assert npz["status"].shape == (3, 16, 16) and npz["margin_lower"].shape == (3, 16, 16)
+        np.testing.assert_array_equal(npz["test_index"], [int(r["test_index"]) for r in rows])
+    # every witness re-verifies with the plain model, on the stage's own images
+    from deepadversaries.data import load_dataset
+
+    ds = load_dataset(json.loads((small_run / "config.json").read_text())["data"])
+    model = stage_model()
+    for r in rows:
+        if r["status"] == "flippable":
+            idx = int(r["test_index"])
+            image = ds.model_input(np.asarray(ds.images("Y10", "test", stretched=False)[[idx]]), "Y10")[0]
+            value = [float(r[f"value_{b}"]) for b in ds.bands]
+            p = plain_probs(model, image, int(r["row"]), int(r["col"]), value)
+            assert is_success(p, int(r["label"]), ds.classes.index(r["target"]))
+    # an uninterrupted run gives the same answers
+    again = certify_run(small_run, config, device="cpu", overwrite=True)
+    assert [(r["test_index"], r["status"]) for r in read_rows(out / "results.csv")] == \
+        [(r["test_index"], r["status"]) for r in rows]
+    assert again["n_images"] == 3
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, small_run, capsys):
+    run = tmp_path / "untrained"
+    run.mkdir()
+    (run / "config.json").write_text((small_run / "config.json").read_text())
+    assert main(["certify", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "checkpoint not found" in err
+    assert not (run / "certify").exists()
+    assert main(["certify", "--run", str(small_run), "--budget", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--budget" in err
+    with pytest.raises(OptionError, match="--budget"):
+        CertifyConfig(budget_s=-1)
+
+
+def test_an_unsupported_layer_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    run = write_small_run(tmp_path, stage_model())
+    from torch import nn
+
+    def gelu_model(*args, **kwargs):
+        model = stage_model()
+        model.features[2] = nn.GELU()
+        return model
+
+    monkeypatch.setattr(certify_mod, "load_model", gelu_model)
+    assert main(["certify", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "GELU" in err
+    assert not (run / "certify").exists()
