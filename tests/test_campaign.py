@@ -138,21 +138,21 @@ def test_interrupted_campaign_resumes_to_identical_files(tmp_path, model_and_dat
     broken = make_run(tmp_path / "broken", data, model)
     import deepadversaries.campaign as campaign
 
-    real_append = campaign._append_line
+    real_append = campaign.append_json_line
     calls = {"n": 0}
 
     def dying_append(path, record):  # die after three finished images, leaving a torn line
-        calls["n"] += 1
-        if calls["n"] == 5:
+        calls["n"] += 1  # (the log's header is written by io.read_progress_log, not through here)
+        if calls["n"] == 4:
             with open(path, "ab") as fh:
                 fh.write(b'{"test_index": 9')
             raise KeyboardInterrupt
         real_append(path, record)
 
-    monkeypatch.setattr(campaign, "_append_line", dying_append)
+    monkeypatch.setattr(campaign, "append_json_line", dying_append)
     with pytest.raises(KeyboardInterrupt):  # first session on one fixed thread, the second on two, adaptive
         attack_run(broken, SMALL, device="cpu", batch_images=3, threads=1, adaptive_threads=False)
-    monkeypatch.setattr(campaign, "_append_line", real_append)
+    monkeypatch.setattr(campaign, "append_json_line", real_append)
     assert not (broken / "attack" / "summary.json").exists()
     assert (broken / "attack" / "progress.jsonl").exists()
     with pytest.raises(DeepAdvError, match="other settings"):

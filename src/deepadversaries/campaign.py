@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
-import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -53,7 +50,8 @@ from .devices import resolve_device
 from .equivariant import TTA_CHOICES, with_tta
 from .errors import OptionError, check_choice, file_error
 from .inference import forward_batches
-from .io import OutputLock, read_json, remove_temporaries, write_csv, write_json, write_npz
+from .io import (OutputLock, append_json_line, read_json, read_progress_log, remove_temporaries, write_csv,
+                 write_json, write_npz)
 from .models import check_input_shape, load_model
 from .progress import info, make_progress
 from .runs import RunConfig, attack_dir, check_same_classes, kept_model_path, read_run_config
@@ -81,62 +79,6 @@ def result_columns(pixels: int, classes: tuple[str, ...] = CLASSES, bands: tuple
     cols += [f"p_{c}" for c in classes]
     cols += ["iterations_total", "evaluations", "targets_tried"]
     return cols
-
-
-# --------------------------------------------------------------------------------------
-# the progress file
-# --------------------------------------------------------------------------------------
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single write, then fsync."""
-    data = (json.dumps(record) + "\n").encode("utf-8")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if os.write(fd, data) != len(data):  # a short write: the disk filled up
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:  # a torn last line is dropped when the campaign resumes
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise file_error(path, "no space left on device; free some space and run again") from exc
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise file_error(path, f"cannot write ({exc.strerror})") from exc
-        raise
-
-
-def _read_progress(path: Path, settings: dict[str, Any]) -> tuple[dict[int, dict], float, int]:
-    """Finished records by test index, earlier sessions' wall time and count; drops a torn last line."""
-    if not path.is_file():
-        _append_line(path, {"settings": settings, "version": 1})
-        return {}, 0.0, 0
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    records: dict[int, dict] = {}
-    elapsed: dict[int, float] = {}  # per earlier session: time to its last finished image
-    good = 0  # bytes of complete, parseable lines
-    for i, line in enumerate(lines[:-1]):  # the last element follows the final newline
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if i == 0:
-            if rec.get("settings") != settings:
-                raise file_error(path, "holds an unfinished campaign with other settings; run again with the "
-                                       "same options to resume it, or add --overwrite to start afresh")
-        else:
-            records[int(rec["test_index"])] = rec
-            session = int(rec.get("session", 0))
-            elapsed[session] = max(elapsed.get(session, 0.0), float(rec.get("elapsed_s", 0.0)))
-        good += len(line) + 1
-    if good == 0:  # not even a header: start again
-        path.unlink()
-        return _read_progress(path, settings)
-    if good < len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(good)
-    sessions = max(elapsed) + 1 if elapsed else 0
-    return records, float(sum(elapsed.values())), sessions
 
 
 # --------------------------------------------------------------------------------------
@@ -213,7 +155,7 @@ def attack_run(run: str | Path, config: AttackConfig | None = None, *, data: str
         check_same_classes(run_config, dataset.classes, dataset.path)
         value_range = _value_range(config, dataset)
         sample = draw_subsample(model, dataset, config, dev)
-        records, wall_before, sessions = _read_progress(out / PROGRESS_NAME, config.to_json())
+        records, wall_before, sessions = read_progress_log(out / PROGRESS_NAME, config.to_json(), "campaign")
         todo = _images_to_attack(out / PROGRESS_NAME, sample, records)
         governor = ThreadGovernor(threads, adaptive=adaptive_threads) if dev.type == "cpu" else None
         attack = _make_search(config, model, value_range, dev, batch_images=batch_images, chunk_size=chunk_size,
@@ -345,7 +287,7 @@ def _search(attack: Attack, sample: Subsample, todo: np.ndarray, records: dict[i
                 write_npz(out / MAPS_DIR / f"{rec['test_index']}.npz", map_targets=np.asarray(res.map_targets),
                           values_tried=res.values_tried, **{k: getattr(res, k) for k in MAP_ARRAYS})
                 rec.update(flip_positions=res.flip_positions(), seconds=round(res.seconds, 3))
-            _append_line(progress_path, rec)
+            append_json_line(progress_path, rec)
             records[rec["test_index"]] = rec
             flips += int(res.success)
             progress.update(task, advance=1, flipped=flips)

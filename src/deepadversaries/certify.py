@@ -38,9 +38,6 @@ time) can change an answer, from ``undecided`` to a decided one.
 from __future__ import annotations
 
 import csv
-import errno
-import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -66,7 +63,8 @@ from .data import GalaxyDataset, image_file, load_dataset
 from .inference import forward_batches
 from .devices import resolve_device
 from .errors import OptionError, check_choice, file_error
-from .io import OutputLock, read_json, remove_temporaries, write_csv, write_json, write_npz
+from .io import (OutputLock, append_json_line, read_json, read_progress_log, remove_temporaries, write_csv,
+                 write_json, write_npz)
 from .models import check_input_shape, load_model
 from .progress import info, make_progress
 from .runs import attack_dir, check_same_classes, kept_model_path, read_run_config
@@ -132,54 +130,6 @@ class CertifyConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single write, then fsync (a torn last line is dropped on resuming)."""
-    data = (json.dumps(record) + "\n").encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise file_error(path, f"cannot write ({exc.strerror})") from exc
-
-
-def _read_progress(path: Path, settings: dict[str, Any]) -> tuple[dict[int, dict], float, int]:
-    """Finished records by test index, earlier sessions' wall time and their count."""
-    if not path.is_file():
-        _append_line(path, {"settings": settings, "version": 1})
-        return {}, 0.0, 0
-    raw = path.read_bytes()
-    records: dict[int, dict] = {}
-    elapsed: dict[int, float] = {}
-    good = 0
-    for i, line in enumerate(raw.split(b"\n")[:-1]):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if i == 0:
-            if rec.get("settings") != settings:
-                raise file_error(path, "holds an unfinished certification with other settings; run again with the "
-                                       "same options to resume it, or add --overwrite to start afresh")
-        else:
-            records[int(rec["test_index"])] = rec
-            session = int(rec.get("session", 0))
-            elapsed[session] = max(elapsed.get(session, 0.0), float(rec.get("elapsed_s", 0.0)))
-        good += len(line) + 1
-    if good == 0:
-        path.unlink()
-        return _read_progress(path, settings)
-    if good < len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(good)
-    return records, float(sum(elapsed.values())), (max(elapsed) + 1 if elapsed else 0)
 
 
 def certify_dir(run: str | Path) -> Path:
@@ -480,7 +430,7 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
     with OutputLock(out, "certify"):
         _prepare_output(out, overwrite)
         chosen = _choose_images(run, model, dataset, config, de_settings)
-        records, wall_before, sessions = _read_progress(out / PROGRESS_NAME, settings)
+        records, wall_before, sessions = read_progress_log(out / PROGRESS_NAME, settings, "certification")
         index_set = set(chosen.test_index.tolist())
         if set(records) - index_set:
             raise file_error(out / PROGRESS_NAME, "records images this certification does not cover; add "
@@ -507,7 +457,7 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
                        "found_by": cert.found_by,
                        "positions_certified": int((cert.status_map == CERTIFIED).sum()),
                        "session": sessions, "elapsed_s": round(time.perf_counter() - t_start, 3)}
-                _append_line(out / PROGRESS_NAME, rec)
+                append_json_line(out / PROGRESS_NAME, rec)
                 records[t_idx] = rec
                 counts[cert.status] += 1
                 progress.update(task, advance=1, counts=_counts_text(counts))

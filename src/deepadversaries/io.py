@@ -188,6 +188,80 @@ def _csv_value(v: Any) -> Any:
     return v
 
 
+def append_json_line(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line to a progress log with a single ``write``, then ``fsync``.
+
+    A crash can leave at most a torn last line, which :func:`read_progress_log` drops.
+
+    Raises:
+        FileError: the disk is full ("no space left on device") or the folder cannot be written.
+    """
+    path = Path(path)
+    data = (json.dumps(record) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.write(fd, data) != len(data):  # a short write: the disk filled up
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise file_error(path, "no space left on device; free some space and run again") from exc
+        raise file_error(path, f"cannot write ({exc.strerror})") from exc
+
+
+def read_progress_log(path: str | Path, settings: Mapping[str, Any],
+                      what: str = "campaign") -> tuple[dict[int, dict], float, int]:
+    """Resume a per-image progress log (JSON lines: a settings header, then one record per image).
+
+    A missing or header-less log is started afresh with ``settings`` as its header; a torn last
+    line (a crash mid-write) is cut off the file.
+
+    Args:
+        path: the ``progress.jsonl`` file.
+        settings: the settings the records must have been made with.
+        what: the noun for the error message ("campaign", "certification") [default: "campaign"].
+
+    Returns:
+        (records by ``test_index``, earlier sessions' summed wall time in s, number of earlier sessions).
+
+    Raises:
+        FileError: the log was started with other settings.
+    """
+    path = Path(path)
+    if not path.is_file():
+        append_json_line(path, {"settings": dict(settings), "version": 1})
+        return {}, 0.0, 0
+    raw = path.read_bytes()
+    records: dict[int, dict] = {}
+    elapsed: dict[int, float] = {}  # per earlier session: time to its last finished image
+    good = 0  # bytes of complete, parseable lines
+    for i, line in enumerate(raw.split(b"\n")[:-1]):  # the last element follows the final newline
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if i == 0:
+            if rec.get("settings") != settings:
+                raise file_error(path, f"holds an unfinished {what} with other settings; run again with the "
+                                       "same options to resume it, or add --overwrite to start afresh")
+        else:
+            records[int(rec["test_index"])] = rec
+            session = int(rec.get("session", 0))
+            elapsed[session] = max(elapsed.get(session, 0.0), float(rec.get("elapsed_s", 0.0)))
+        good += len(line) + 1
+    if good == 0:  # not even a header: start again
+        path.unlink()
+        return read_progress_log(path, settings, what)
+    if good < len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    return records, float(sum(elapsed.values())), (max(elapsed) + 1 if elapsed else 0)
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file, with a one-line error naming the file if it is missing or corrupt."""
     path = Path(path)

@@ -136,10 +136,10 @@ def test_resumed_campaign_equals_the_uninterrupted_one(chain, reference):
 def test_disk_full_mid_campaign_from_a_patched_writer(attack_template, reference, tmp_path, monkeypatch, capsys):
     """The third append (the second attacked image) fails with ENOSPC; one clear line, exit 2;
     after freeing space the same command resumes and ends with the reference's files."""
-    import deepadversaries.campaign as campaign
+    import deepadversaries.io as io_module  # the progress log's writer (io.append_json_line)
 
     run = copy_run(attack_template, tmp_path / "run")
-    real_write, calls = campaign.os.write, []
+    real_write, calls = io_module.os.write, []
 
     def write(fd, data):  # os.write is only used for the progress lines; count those
         if bytes(data[:2]) == b'{"':
@@ -148,7 +148,7 @@ def test_disk_full_mid_campaign_from_a_patched_writer(attack_template, reference
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(campaign.os, "write", write)
+    monkeypatch.setattr(io_module.os, "write", write)
     assert main(argv(run)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: {run / 'attack' / PROGRESS_NAME}: no space left on device; free some space and run again"
