@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fresh machine -> the test suite (under 5 minutes on 2 cores).
+# Fresh machine -> the test suite (about 10 minutes on 2 cores; README says the measured time).
 set -euo pipefail
 source "$(dirname "$0")/venv.sh"
 cd "$(dirname "$0")/.."
