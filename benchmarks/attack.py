@@ -54,18 +54,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from deepadversaries.attacks import (  # noqa: E402
+from deepadversaries.attacks.onepixel import (  # noqa: E402
     OnePixelDE,
     make_value_range,
     optimized_for_inference,
     reference_attack,
 )
 from deepadversaries.cli import main as cli_main  # noqa: E402
-from deepadversaries.data import apply_stretch, invert_stretch, load_dataset  # noqa: E402
+from deepadversaries.data.dataset import apply_stretch, invert_stretch, load_dataset  # noqa: E402
 from deepadversaries.devices import resolve_device  # noqa: E402
-from deepadversaries.exhaustive import ExhaustiveSearch  # noqa: E402
-from deepadversaries.models import build_model  # noqa: E402
-from deepadversaries.sparse_rs import SparseRS  # noqa: E402
+from deepadversaries.attacks.exhaustive import ExhaustiveSearch  # noqa: E402
+from deepadversaries.models.networks import build_model  # noqa: E402
+from deepadversaries.attacks.sparse_rs import SparseRS  # noqa: E402
 
 #: (images, iteration cap) for the speed section's (a) and (b); (a) costs pop x (cap + 1) passes per target
 SIZES = {

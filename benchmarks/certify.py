@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepadversaries.certify import CertifyConfig, ImageCertifier, _choose_images, _success_rule, _value_range  # noqa: E402
-from deepadversaries.data import load_dataset  # noqa: E402
-from deepadversaries.exhaustive import ExhaustiveSearch  # noqa: E402
-from deepadversaries.models import load_model  # noqa: E402
-from deepadversaries.runs import read_run_config  # noqa: E402
+from deepadversaries.certify.certify import CertifyConfig, ImageCertifier, _choose_images, _success_rule, _value_range  # noqa: E402
+from deepadversaries.data.dataset import load_dataset  # noqa: E402
+from deepadversaries.attacks.exhaustive import ExhaustiveSearch  # noqa: E402
+from deepadversaries.models.networks import load_model  # noqa: E402
+from deepadversaries.models.runs import read_run_config  # noqa: E402
 
 GOALS = {"decided_share": 0.99, "median_s": 5.0, "max_s": 30.0}
 

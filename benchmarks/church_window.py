@@ -19,13 +19,13 @@ import time
 import numpy as np
 import torch
 
-from deepadversaries.analysis import (
+from deepadversaries.analysis.latent import (
     church_window_grid,
     church_window_loop,
     grid_coordinates,
 )
-from deepadversaries.analyze import load_attack
-from deepadversaries.models import build_model, load_model
+from deepadversaries.analysis.analyze import load_attack
+from deepadversaries.models.networks import build_model, load_model
 
 
 def published_style_loop(head, z_y10, z_y1, z_1p) -> np.ndarray:

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from attack import find_data, fitted_model  # noqa: E402
 
-from deepadversaries.attacks import OnePixelDE  # noqa: E402
+from deepadversaries.attacks.onepixel import OnePixelDE  # noqa: E402
 from deepadversaries.cpu_threads import ThreadGovernor  # noqa: E402
-from deepadversaries.data import load_dataset  # noqa: E402
+from deepadversaries.data.dataset import load_dataset  # noqa: E402
 
 
 def timed(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, threads: int, adaptive: bool,

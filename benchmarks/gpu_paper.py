@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepadversaries.attacks import OnePixelDE, reference_attack  # noqa: E402
+from deepadversaries.attacks.onepixel import OnePixelDE, reference_attack  # noqa: E402
 from deepadversaries.config import TrainConfig  # noqa: E402
-from deepadversaries.data import image_file, label_file, load_dataset  # noqa: E402
-from deepadversaries.models import load_model  # noqa: E402
-from deepadversaries.training import train_model  # noqa: E402
+from deepadversaries.data.dataset import image_file, label_file, load_dataset  # noqa: E402
+from deepadversaries.models.networks import load_model  # noqa: E402
+from deepadversaries.training.train import train_model  # noqa: E402
 
 PAPER_TRAIN_IMAGES = 24_500  # ~35,000 images x 0.7
 PAPER_EPOCHS = 100

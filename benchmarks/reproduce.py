@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from deepadversaries.layout import read_timings
-from deepadversaries.reproduce import reproduce
+from deepadversaries.workflow.layout import read_timings
+from deepadversaries.workflow.reproduce import reproduce
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -38,13 +38,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from deepadversaries.corruptions import CORRUPTIONS, CorruptionOptions, band_sky
-from deepadversaries.data import image_file, label_file, load_dataset
+from deepadversaries.corruptions.suite import CORRUPTIONS, CorruptionOptions, band_sky
+from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.io import write_json
-from deepadversaries.models import build_model
-from deepadversaries.grid import ROBUSTNESS_SEVERITIES
-from deepadversaries.robustness import CHUNK, corrupted_chunk, robustness_run
-from deepadversaries.runs import RUN_KIND
+from deepadversaries.models.networks import build_model
+from deepadversaries.workflow.grid import ROBUSTNESS_SEVERITIES
+from deepadversaries.corruptions.benchmark import CHUNK, corrupted_chunk, robustness_run
+from deepadversaries.models.runs import RUN_KIND
 
 BUDGET_S = 30.0
 SEVERITIES = ROBUSTNESS_SEVERITIES["quick"]

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deepadversaries import data as _data  # noqa: F401  (import torch before timing: assembly needs it)
-from deepadversaries import galaxies, morphology
+from deepadversaries.data import dataset as _data  # noqa: F401  (import torch before timing: assembly needs it)
+from deepadversaries.simulation import galaxies, morphology
 from deepadversaries.config import SimulateConfig
-from deepadversaries.simulate import simulate_dataset, simulate_galaxy, target_classes
+from deepadversaries.simulation.simulate import simulate_dataset, simulate_galaxy, target_classes
 
 
 def stage_shares(n: int) -> dict[str, float]:

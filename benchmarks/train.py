@@ -43,13 +43,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from deepadversaries.adversarial import one_pixel_adversarial_batch
+from deepadversaries.training.adversarial import one_pixel_adversarial_batch
 from deepadversaries.config import TrainConfig
 from deepadversaries.devices import resolve_device
-from deepadversaries.losses import alignment_loss
-from deepadversaries.models import build_model
+from deepadversaries.adaptation.losses import alignment_loss
+from deepadversaries.models.networks import build_model
 from deepadversaries.progress import quiet_lightning
-from deepadversaries.training import (
+from deepadversaries.training.train import (
     GalaxyClassifierModule,
     GalaxyDataModule,
     make_trainer,

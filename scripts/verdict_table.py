@@ -188,9 +188,9 @@ def extract(study_dir: Path) -> None:
     """Write the committed JSON from a finished study: its findings, and seed 0's alone."""
     sys.path.insert(0, str(ROOT / "src"))
     from deepadversaries import REFERENCE_METHOD
-    from deepadversaries.findings import collect_evidence, compute_findings
+    from deepadversaries.reporting.findings import collect_evidence, compute_findings
     from deepadversaries.formatting import nan_to_none
-    from deepadversaries.layout import Layout, read_manifest
+    from deepadversaries.workflow.layout import Layout, read_manifest
 
     record = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepadversaries.models import ConvNet, build_model
+from deepadversaries.models.networks import ConvNet, build_model
 
 #: the hand-built model's bright-pixel detector fires above this stretched g value
 LEVEL = 0.9

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from deepadversaries.config import TrainConfig
-from deepadversaries.data import load_dataset
+from deepadversaries.data.dataset import load_dataset
 from deepadversaries.io import write_json
-from deepadversaries.runs import RunConfig, best_checkpoint_path
+from deepadversaries.models.runs import RunConfig, best_checkpoint_path
 
 #: the mmd toy model's latent scale relative to the regular one
 LATENT_SCALE = 2.0
@@ -72,7 +72,7 @@ def toy_models(data: Path) -> dict[str, torch.nn.Module]:
 
 def make_toy_campaign(root: Path, data: Path) -> dict[str, Any]:
     """Both toy runs, attacked with the real campaign; {"regular": run, "mmd": run, "models": {...}}."""
-    from deepadversaries.campaign import attack_run
+    from deepadversaries.attacks.campaign import attack_run
     from deepadversaries.config import AttackConfig
 
     models = toy_models(data)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from deepadversaries.models import ConvNet, GalaxyClassifier
+from deepadversaries.models.networks import ConvNet, GalaxyClassifier
 
 
 def _pixel_head(model: GalaxyClassifier, feature: int, n_features: int, out_weight, out_bias) -> GalaxyClassifier:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from deepadversaries import SPLITS
-from deepadversaries.data import image_file, label_file
+from deepadversaries.data.dataset import image_file, label_file
 
 
 def make_toy_dataset(path: Path, n: dict[str, int] | None = None, size: int = 100, seed: int = 0,
@@ -77,7 +77,7 @@ def toy_dataset(tmp_path_factory) -> Path:
 def tiny_dataset(tmp_path_factory) -> Path:
     """The simulator's ``tiny`` preset (60 galaxies), made once per test session."""
     from deepadversaries.config import SimulateConfig
-    from deepadversaries.simulate import simulate_dataset
+    from deepadversaries.simulation.simulate import simulate_dataset
 
     return simulate_dataset(tmp_path_factory.mktemp("tiny") / "data", SimulateConfig.from_preset("tiny", seed=0),
                             workers=1)
@@ -87,7 +87,7 @@ def _train_tiny(data: Path, out: Path, method: str) -> Path:
     import torch
 
     from deepadversaries.config import TrainConfig
-    from deepadversaries.training import train_model
+    from deepadversaries.training.train import train_model
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # a 3-epoch run on small batches: one thread is as fast and immune to load
@@ -120,7 +120,7 @@ def tiny_campaign(regular_run, mmd_run) -> dict[str, Path]:
     """
     import torch
 
-    from deepadversaries.campaign import attack_run
+    from deepadversaries.attacks.campaign import attack_run
     from deepadversaries.config import AttackConfig
 
     n = torch.get_num_threads()
@@ -152,7 +152,7 @@ def toy_analysis(toy_campaign, tmp_path_factory) -> dict:
     import torch
     from campaign_support import FigureRecorder
 
-    from deepadversaries.analyze import analyze_runs
+    from deepadversaries.analysis.analyze import analyze_runs
     from deepadversaries.plots import latent
 
     out = tmp_path_factory.mktemp("toy_analysis") / "analysis"

@@ -1,7 +1,7 @@
 """Support for the reproduce/report tests: fake stage functions and table readers.
 
 ``FakePipeline`` installs stand-ins for the five stage functions that the stage graph calls
-(``deepadversaries.grid``'s names) and for the report's dataset figures. They take the
+(``deepadversaries.workflow.grid``'s names) and for the report's dataset figures. They take the
 stages' real arguments (typed configs) and write the files of the architecture contracts
 (markers last) with fabricated but self-consistent numbers: ``metrics.json`` from the
 fabricated per-image ``predictions.npz``, ``summary.json`` from the ``results.csv`` rows,
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from deepadversaries import CLASSES
-from deepadversaries.analysis import js_distance, summarize
+from deepadversaries.analysis.latent import js_distance, summarize
 from deepadversaries.io import write_csv, write_json, write_npz
-from deepadversaries.runs import RunConfig
+from deepadversaries.models.runs import RunConfig
 
 MODELS_METHODS = (("convnet", "regular"), ("convnet", "mmd"))
 N_TEST = 40
@@ -54,7 +54,7 @@ def _read_results(run: Path) -> dict[int, dict[str, str]]:
 
 
 class FakePipeline:
-    """Fake stage functions (installed into ``deepadversaries.grid`` by ``install``) recording what ran."""
+    """Fake stage functions (installed into ``deepadversaries.workflow.grid`` by ``install``) recording what ran."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -144,7 +144,7 @@ class FakePipeline:
         name = f"robustness:{Path(run).name}"
         self.calls.append(name)
         self._maybe_fail(name)
-        from deepadversaries.corruptions import CORRUPTIONS
+        from deepadversaries.corruptions.suite import CORRUPTIONS
 
         corruption = next(iter(CORRUPTIONS))
         accuracy = [float(a) for a in self.rng.uniform(0.3, 0.8, 2)]
@@ -222,8 +222,8 @@ class FakePipeline:
         return {"fig1": root / "figures" / "fig1_gini_m20.png", "fig2": root / "figures" / "fig2_examples.png"}
 
     def install(self, monkeypatch) -> "FakePipeline":
-        import deepadversaries.grid as grid
-        import deepadversaries.report as report
+        import deepadversaries.workflow.grid as grid
+        import deepadversaries.reporting.report as report
 
         for fn in ("simulate_dataset", "train_model", "evaluate_run", "attack_run", "robustness_run", "analyze_runs"):
             monkeypatch.setattr(grid, fn, getattr(self, fn))
@@ -333,7 +333,7 @@ _TINY: dict[str, Any] = {}
 def tiny_reproduction(tmp_path_factory) -> dict[str, Any]:
     """Run ``reproduce(preset='tiny')`` once per session: {"out": Path, "seconds": float}."""
     if "out" not in _TINY:
-        from deepadversaries.reproduce import reproduce
+        from deepadversaries.workflow.reproduce import reproduce
 
         out = tmp_path_factory.mktemp("tiny_reproduce") / "out"
         t0 = time.perf_counter()

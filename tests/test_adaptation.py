@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from tolerances import gamma, unit_roundoff
 from torch import nn
 
-from deepadversaries.adabn import adapt_batchnorm, batchnorm_layers
+from deepadversaries.adaptation.adabn import adapt_batchnorm, batchnorm_layers
 from deepadversaries.errors import OptionError
-from deepadversaries.losses import alignment_loss, alignment_measure, mmd2_measure
-from deepadversaries.models import ConvNet, ResNet18
+from deepadversaries.adaptation.losses import alignment_loss, alignment_measure, mmd2_measure
+from deepadversaries.models.networks import ConvNet, ResNet18
 
 BN_STATS = ("running_mean", "running_var")
 

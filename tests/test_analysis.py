@@ -23,7 +23,7 @@ from tolerances import gamma, linear_error
 from PIL import Image
 
 from deepadversaries import CLASSES
-from deepadversaries.analysis import (
+from deepadversaries.analysis.latent import (
     IsomapEmbedding,
     church_window_grid,
     church_window_loop,
@@ -36,7 +36,7 @@ from deepadversaries.analysis import (
     paired_distances,
     summarize,
 )
-from deepadversaries.analyze import (
+from deepadversaries.analysis.analyze import (
     ANALYZE_PRESETS,
     AttackData,
     analyze_runs,
@@ -46,9 +46,9 @@ from deepadversaries.analyze import (
 )
 from deepadversaries.cli import main
 from deepadversaries.config import TrainConfig
-from deepadversaries.data import load_dataset
+from deepadversaries.data.dataset import load_dataset
 from deepadversaries.errors import DeepAdvError, OptionError
-from deepadversaries.runs import RunConfig, read_run_config
+from deepadversaries.models.runs import RunConfig, read_run_config
 
 STRETCH_SCALE = 0.85  # SPEC 3.5: (arcsinh(0.85 x / p99.9) + 1) / 2
 
@@ -632,7 +632,7 @@ def test_cli_refuses_runs_of_different_models_datasets_or_the_same_method(toy_ca
 
 def test_cli_analyze_passes_its_options_and_prints_the_tables(toy_campaign, toy_analysis, tmp_path, capsys,
                                                               monkeypatch):
-    import deepadversaries.analyze as analyze
+    import deepadversaries.analysis.analyze as analyze
 
     calls = []
 
@@ -687,7 +687,7 @@ def test_load_attack_reads_the_run_config(toy_campaign):
 
 
 def test_write_run_helper_gives_a_loadable_run(toy_dataset, tmp_path):
-    from deepadversaries.models import build_model, load_model
+    from deepadversaries.models.networks import build_model, load_model
 
     torch.manual_seed(0)
     run = write_run(tmp_path / "run", toy_dataset, build_model("convnet"), "mmd")

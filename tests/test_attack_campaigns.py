@@ -17,12 +17,12 @@ import torch
 from attack_support import REGION
 from campaign_support import TOY_ATTACK, toy_models, write_run
 from deepadversaries import CLASSES
-from deepadversaries.analysis import dangerous_pixel_shares, queries_to_reach
-from deepadversaries.analyze import analyze_runs
-from deepadversaries.campaign import attack_run
+from deepadversaries.analysis.latent import dangerous_pixel_shares, queries_to_reach
+from deepadversaries.analysis.analyze import analyze_runs
+from deepadversaries.attacks.campaign import attack_run
 from deepadversaries.cli import main
 from deepadversaries.config import AttackConfig
-from deepadversaries.data import apply_stretch, invert_stretch, load_dataset
+from deepadversaries.data.dataset import apply_stretch, invert_stretch, load_dataset
 
 ELLIPTICAL = CLASSES.index("elliptical")
 FULL_WELL = 100_000.0
@@ -163,9 +163,9 @@ def test_bad_attack_options_are_one_line_exit_2(suite, args, words, capsys):
 
 
 def test_finding_e_states_the_corner_search_rate_difference_when_both_runs_have_it(suite, tmp_path):
-    from deepadversaries.findings import collect_evidence, finding_e
+    from deepadversaries.reporting.findings import collect_evidence, finding_e
 
-    from deepadversaries.evaluation import evaluate_run
+    from deepadversaries.evaluation.evaluate import evaluate_run
 
     runs = {m: Path(shutil.copytree(run, tmp_path / run.name)) for m, run in suite["runs"].items()}
     for run in runs.values():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepadversaries.attacks import (
+from deepadversaries.attacks.onepixel import (
     FULL_WELL_ELECTRONS,
     CandidateEvaluator,
     LocalConvNetEvaluator,
@@ -26,9 +26,9 @@ from deepadversaries.attacks import (
     physical_range,
     reference_attack,
 )
-from deepadversaries.data import apply_stretch, invert_stretch
+from deepadversaries.data.dataset import apply_stretch, invert_stretch
 from deepadversaries.errors import OptionError
-from deepadversaries.models import build_model
+from deepadversaries.models.networks import build_model
 
 from attack_support import PixelModel, bright_pixel_case, check_claims, flat_images, plain_probabilities
 

@@ -1,4 +1,4 @@
-"""The sound one-pixel bounds (deepadversaries.bounds) against sampled values of plain float64 models."""
+"""The sound one-pixel bounds (deepadversaries.certify.bounds) against sampled values of plain float64 models."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from scipy.special import logsumexp
 from torch import nn
 
 from certify_support import random_network
-from deepadversaries import bounds
+from deepadversaries.certify import bounds
 from deepadversaries.errors import OptionError
-from deepadversaries.models import GalaxyClassifier
+from deepadversaries.models.networks import GalaxyClassifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

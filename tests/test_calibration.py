@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import log_loss
 
-from deepadversaries.calibration import (NLL_EPS, brier_score, calibration_metrics, calibration_metrics_from_logits,
+from deepadversaries.evaluation.calibration import (NLL_EPS, brier_score, calibration_metrics, calibration_metrics_from_logits,
                                          expected_calibration_error, negative_log_likelihood, reliability_bins)
 from deepadversaries.errors import OptionError
 from deepadversaries.plots.calibration import plot_reliability_diagram

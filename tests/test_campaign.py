@@ -14,10 +14,10 @@ from attack_support import LEVEL, bright_pixel_convnet_for, make_run
 from tolerances import linear_error
 
 from deepadversaries import CLASSES
-from deepadversaries.campaign import attack_run, result_columns
+from deepadversaries.attacks.campaign import attack_run, result_columns
 from deepadversaries.cli import main as cli_main
 from deepadversaries.config import AttackConfig
-from deepadversaries.data import apply_stretch, load_dataset
+from deepadversaries.data.dataset import apply_stretch, load_dataset
 from deepadversaries.errors import DeepAdvError
 
 
@@ -136,7 +136,7 @@ def test_interrupted_campaign_resumes_to_identical_files(tmp_path, model_and_dat
     whole = make_run(tmp_path / "whole", data, model)
     attack_run(whole, SMALL, device="cpu")
     broken = make_run(tmp_path / "broken", data, model)
-    import deepadversaries.campaign as campaign
+    import deepadversaries.attacks.campaign as campaign
 
     real_append = campaign.append_json_line
     calls = {"n": 0}

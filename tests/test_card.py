@@ -28,8 +28,8 @@ from scipy import stats as scipy_stats
 from torch import nn
 
 from deepadversaries import SPLITS
-from deepadversaries.adopt import adopt_model
-from deepadversaries.card import (
+from deepadversaries.models.adopt import adopt_model
+from deepadversaries.card.build import (
     MAX_WIDTH,
     MIN_N,
     card_run,
@@ -40,10 +40,10 @@ from deepadversaries.card import (
     unreliable_numbers,
     validate_card,
 )
-from deepadversaries.card_render import render_card
+from deepadversaries.card.render import render_card
 from deepadversaries.cli import main
-from deepadversaries.corruptions import band_sky
-from deepadversaries.data import image_file, label_file, load_dataset
+from deepadversaries.corruptions.suite import band_sky
+from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.errors import FileError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -417,7 +417,7 @@ def test_hubble_example_label_free_card_end_to_end(hubble, regular_run, tmp_path
     n = len(dataset.labels("test"))
     assert card["data"]["n_test"] == n >= 15 and not card["data"]["labelled"]
     # agreement of the shallow image's prediction with the deep one's, recomputed with the model
-    from deepadversaries.models import load_model
+    from deepadversaries.models.networks import load_model
 
     model = load_model(regular_run)
     with torch.no_grad():

@@ -20,14 +20,14 @@ from certify_support import (
     train_tiny_convnet,
 )
 from conftest import make_toy_dataset
-from deepadversaries import certify as certify_mod
-from deepadversaries.attacks import input_range, is_success
-from deepadversaries.certify import CertifyConfig, ImageCertifier, certify_run
+from deepadversaries.certify import certify as certify_mod
+from deepadversaries.attacks.onepixel import input_range, is_success
+from deepadversaries.certify.certify import CertifyConfig, ImageCertifier, certify_run
 from deepadversaries.cli import main
 from deepadversaries.errors import OptionError
-from deepadversaries.exhaustive import ExhaustiveSearch
+from deepadversaries.attacks.exhaustive import ExhaustiveSearch
 from deepadversaries.io import write_json
-from deepadversaries.runs import RunConfig, best_checkpoint_path
+from deepadversaries.models.runs import RunConfig, best_checkpoint_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -139,7 +139,7 @@ def test_a_trained_convnet_certificates_hold_on_dense_value_grids():
 def write_small_run(root: Path, model: torch.nn.Module) -> Path:
     data = make_toy_dataset(root / "data", n={"train": 6, "valid": 3, "test": 12}, size=16)
     from deepadversaries.config import TrainConfig
-    from deepadversaries.data import load_dataset
+    from deepadversaries.data.dataset import load_dataset
 
     ds = load_dataset(data)
     labels = ds.labels("train")
@@ -206,7 +206,7 @@ def test_the_stage_writes_the_sandwich_and_resumes(small_run, monkeypatch):
         assert npz["status"].shape == (3, 16, 16) and npz["margin_lower"].shape == (3, 16, 16)
         np.testing.assert_array_equal(npz["test_index"], [int(r["test_index"]) for r in rows])
     # every witness re-verifies with the plain model, on the stage's own images
-    from deepadversaries.data import load_dataset
+    from deepadversaries.data.dataset import load_dataset
 
     ds = load_dataset(json.loads((small_run / "config.json").read_text())["data"])
     model = stage_model()

@@ -14,10 +14,10 @@ import pytest
 import scipy.ndimage
 import scipy.stats
 
-from deepadversaries import corruptions as C
-from deepadversaries.corruptions import CORRUPTIONS, corrupt
+from deepadversaries.corruptions import suite as C
+from deepadversaries.corruptions.suite import CORRUPTIONS, corrupt
 from deepadversaries.errors import OptionError
-from deepadversaries.survey import sky_level
+from deepadversaries.simulation.survey import sky_level
 
 #: the first version's levels (the stress set) with defects fixed on the sky (no dither)
 STRESS = C.CorruptionOptions("stress", "no-dither")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deepadversaries import cpu_threads
-from deepadversaries.attacks import OnePixelDE
+from deepadversaries.attacks.onepixel import OnePixelDE
 from deepadversaries.cpu_threads import ThreadGovernor, busy_seconds, threads_for
 
 from attack_support import bright_pixel_convnet

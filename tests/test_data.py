@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepadversaries.cli import main
-from deepadversaries.data import (
+from deepadversaries.data.dataset import (
     apply_stretch,
     image_file,
     invert_stretch,

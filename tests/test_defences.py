@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from scipy.stats import fisher_exact
 from torch import nn
 
-from deepadversaries.adversarial import corner_search, one_pixel_adversarial_batch
+from deepadversaries.training.adversarial import corner_search, one_pixel_adversarial_batch
 from deepadversaries.config import TrainConfig
-from deepadversaries.equivariant import COMPOSE, INVERSE, D4Average, D4Features, transform, with_tta
+from deepadversaries.models.equivariant import COMPOSE, INVERSE, D4Average, D4Features, transform, with_tta
 from deepadversaries.errors import OptionError
-from deepadversaries.exhaustive import ExhaustiveSearch
-from deepadversaries.models import ConvNet, D4ConvNet, build_model, count_parameters
-from deepadversaries.scripted import ScriptedClassifier
+from deepadversaries.attacks.exhaustive import ExhaustiveSearch
+from deepadversaries.models.networks import ConvNet, D4ConvNet, build_model, count_parameters
+from deepadversaries.models.scripted import ScriptedClassifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -313,8 +313,8 @@ def small_toy(tmp_path_factory):
 def test_train_d4_convnet_and_adv_1p_with_mmd_through_the_stage(small_toy, tmp_path):
     import csv
 
-    from deepadversaries.models import load_model
-    from deepadversaries.training import train_model
+    from deepadversaries.models.networks import load_model
+    from deepadversaries.training.train import train_model
 
     run = train_model(small_toy, tmp_path / "d4", TrainConfig.from_preset("tiny", model="d4-convnet"), device="cpu",
                       progress=False)
@@ -344,13 +344,13 @@ def test_train_d4_convnet_and_adv_1p_with_mmd_through_the_stage(small_toy, tmp_p
 
 
 def test_evaluate_and_attack_with_tta_d4(small_toy, tmp_path):
-    from deepadversaries.campaign import attack_run
+    from deepadversaries.attacks.campaign import attack_run
     from deepadversaries.config import AttackConfig
-    from deepadversaries.data import load_dataset
-    from deepadversaries.evaluation import evaluate_run
+    from deepadversaries.data.dataset import load_dataset
+    from deepadversaries.evaluation.evaluate import evaluate_run
     from deepadversaries.io import read_json
-    from deepadversaries.models import load_model
-    from deepadversaries.training import train_model
+    from deepadversaries.models.networks import load_model
+    from deepadversaries.training.train import train_model
 
     run = train_model(small_toy, tmp_path / "run", TrainConfig.from_preset("tiny"), device="cpu", progress=False)
     plain = evaluate_run(run, device="cpu")

@@ -12,13 +12,13 @@ import torch
 from conftest import make_toy_dataset
 
 from deepadversaries import CLASSES
-from deepadversaries.campaign import attack_run
+from deepadversaries.attacks.campaign import attack_run
 from deepadversaries.config import AttackConfig, TrainConfig
-from deepadversaries.data import load_dataset
-from deepadversaries.evaluation import evaluate_run
-from deepadversaries.models import count_parameters, load_model
-from deepadversaries.runs import read_run_config
-from deepadversaries.training import train_model
+from deepadversaries.data.dataset import load_dataset
+from deepadversaries.evaluation.evaluate import evaluate_run
+from deepadversaries.models.networks import count_parameters, load_model
+from deepadversaries.models.runs import read_run_config
+from deepadversaries.training.train import train_model
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 
-from deepadversaries.data import load_dataset
+from deepadversaries.data.dataset import load_dataset
 from deepadversaries.errors import DeepAdvError
-from deepadversaries.evaluation import classification_metrics, evaluate_run
+from deepadversaries.evaluation.evaluate import classification_metrics, evaluate_run
 from deepadversaries.io import write_json
-from deepadversaries.models import build_model
-from deepadversaries.runs import RUN_KIND
+from deepadversaries.models.networks import build_model
+from deepadversaries.models.runs import RUN_KIND
 
 
 def _weighted_by_hand(y_true, y_pred):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepadversaries.attacks import OnePixelDE, ValueRange, input_range
+from deepadversaries.attacks.onepixel import OnePixelDE, ValueRange, input_range
 from deepadversaries.errors import OptionError
-from deepadversaries.exhaustive import ExhaustiveSearch, value_set
+from deepadversaries.attacks.exhaustive import ExhaustiveSearch, value_set
 
 from attack_support import PixelModel, bright_pixel_case, check_claims, flat_images, plain_probabilities
 

@@ -18,7 +18,7 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from deepadversaries import CLASSES, SPLITS
-from deepadversaries.data import load_dataset
+from deepadversaries.data.dataset import load_dataset
 
 #: the paper's class colours (spiral, elliptical, merger), as written in its figures
 COLOURS = {"spiral": "#ffa600", "elliptical": "#bc5090", "merger": "#003f5c"}

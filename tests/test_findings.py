@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-from deepadversaries.findings import IDENTICAL_Y10, Evidence, finding_d, finding_e
+from deepadversaries.reporting.findings import IDENTICAL_Y10, Evidence, finding_d, finding_e
 
 
 def _evidence(seed: int, regular: np.ndarray, adapted: np.ndarray, method: str = "adabn") -> Evidence:

@@ -22,9 +22,9 @@ from conftest import make_toy_dataset
 
 from deepadversaries import SPLITS
 from deepadversaries.cli import import_data
-from deepadversaries.data import apply_stretch, load_dataset, stretch_constants
+from deepadversaries.data.dataset import apply_stretch, load_dataset, stretch_constants
 from deepadversaries.errors import DeepAdvError, FileError, OptionError
-from deepadversaries.importing import (
+from deepadversaries.data.importing import (
     WORK_DIR,
     ImportOptions,
     import_fits,
@@ -32,7 +32,7 @@ from deepadversaries.importing import (
     import_npy,
     split_sizes,
 )
-from deepadversaries.stretches import apply as apply_norm
+from deepadversaries.data.stretches import apply as apply_norm
 
 # -- generated inputs --------------------------------------------------------------------
 

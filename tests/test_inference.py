@@ -10,7 +10,7 @@ import torch
 from tolerances import gamma, unit_roundoff
 from torch import nn
 
-from deepadversaries.inference import (
+from deepadversaries.evaluation.inference import (
     Outputs,
     classify_latents,
     forward_batches,
@@ -113,7 +113,7 @@ def test_the_batch_size_and_a_memory_mapped_input_change_nothing(tmp_path):
 
 
 def test_no_images_give_empty_outputs_of_the_models_sizes():
-    from deepadversaries.models import build_model
+    from deepadversaries.models.networks import build_model
 
     out = forward_batches(build_model("convnet"), np.zeros((0, 3, 100, 100), np.float32))
     assert out.logits.shape == (0, 3) and out.latents.shape == (0, 256)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from deepadversaries.card import KIND, SCHEMA_VERSION, validate_card
+from deepadversaries.card.build import KIND, SCHEMA_VERSION, validate_card
 from deepadversaries.cli import main
 from deepadversaries.errors import FileError, OptionError
-from deepadversaries.leaderboard import leaderboard
+from deepadversaries.card.leaderboard import leaderboard
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

@@ -13,12 +13,12 @@ import torch
 from deepadversaries.cli import main
 from deepadversaries.config import TrainConfig
 from deepadversaries.errors import OptionError
-from deepadversaries.evaluation import evaluate_run
-from deepadversaries.inference import forward_batches
+from deepadversaries.evaluation.evaluate import evaluate_run
+from deepadversaries.evaluation.inference import forward_batches
 from deepadversaries.io import read_json
-from deepadversaries.models import load_model
-from deepadversaries.runs import best_checkpoint_path, last_checkpoint_path, target_checkpoint_path
-from deepadversaries.training import train_model
+from deepadversaries.models.networks import load_model
+from deepadversaries.models.runs import best_checkpoint_path, last_checkpoint_path, target_checkpoint_path
+from deepadversaries.training.train import train_model
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ def test_dann_trains_its_domain_classifier(runs):
     """
     import lightning as L
 
-    from deepadversaries.runs import read_run_config
-    from deepadversaries.training import GalaxyClassifierModule
+    from deepadversaries.models.runs import read_run_config
+    from deepadversaries.training.train import GalaxyClassifierModule
 
     run = runs["dann"][0]
     config = read_run_config(run)
@@ -118,7 +118,7 @@ def test_adabn_adapts_only_batch_norm_statistics_for_y1(runs, toy_dataset):
     differ = {k for k in y10 if not torch.equal(y10[k], y1[k])}
     assert differ and all(k.endswith(("running_mean", "running_var")) for k in differ)
     # evaluate used the Y1 model on Y1 and the Y10 model on Y10
-    from deepadversaries.data import load_dataset
+    from deepadversaries.data.dataset import load_dataset
 
     ds = load_dataset(toy_dataset)
     labels = ds.labels("test")
@@ -130,7 +130,7 @@ def test_adabn_adapts_only_batch_norm_statistics_for_y1(runs, toy_dataset):
 
 def test_evaluate_writes_calibration(runs, toy_dataset):
     run, metrics = runs["coral"]
-    from deepadversaries.data import load_dataset
+    from deepadversaries.data.dataset import load_dataset
 
     ds = load_dataset(toy_dataset)
     labels = ds.labels("test")

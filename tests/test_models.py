@@ -8,14 +8,14 @@ import torch.nn.functional as F
 
 from deepadversaries.errors import DeepAdvError
 from deepadversaries.io import write_json
-from deepadversaries.models import (
+from deepadversaries.models.networks import (
     LATENT_DIM,
     build_model,
     check_input_shape,
     count_parameters,
     load_model,
 )
-from deepadversaries.runs import RUN_KIND, best_checkpoint_path
+from deepadversaries.models.runs import RUN_KIND, best_checkpoint_path
 
 
 def test_parameter_counts_match_the_paper():

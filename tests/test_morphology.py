@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from deepadversaries import CLASSES, SPLITS, galaxies, morphology
+from deepadversaries import CLASSES, SPLITS
+from deepadversaries.simulation import galaxies, morphology
 
 
 class _StatmorphGiniM20:

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from deepadversaries import stretches
-from deepadversaries.attacks import FULL_WELL_ELECTRONS, make_value_range
+from deepadversaries.data import stretches
+from deepadversaries.attacks.onepixel import FULL_WELL_ELECTRONS, make_value_range
 from deepadversaries.cli import main
-from deepadversaries.corruptions import SKY_ERROR_FRACTION, corrupt
-from deepadversaries.data import apply_stretch, load_dataset
+from deepadversaries.corruptions.suite import SKY_ERROR_FRACTION, corrupt
+from deepadversaries.data.dataset import apply_stretch, load_dataset
 from deepadversaries.errors import FileError, OptionError
-from deepadversaries.survey import sky_level
+from deepadversaries.simulation.survey import sky_level
 
 CLASSES4 = ("disk", "compact", "pair", "edge")
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,8 +131,8 @@ def test_non_default_shapes_train_evaluate_and_attack(own):
 
 
 def test_timm_backbone_trains_evaluates_and_attacks(own):
-    from deepadversaries.inference import forward_batches
-    from deepadversaries.models import TimmClassifier, load_model
+    from deepadversaries.evaluation.inference import forward_batches
+    from deepadversaries.models.networks import TimmClassifier, load_model
 
     run = own["tmp"] / "timm_test_resnet"
     assert main(["train", "--data", str(own["data"]), "--out", str(run), "--model", "timm:test_resnet", "--preset",

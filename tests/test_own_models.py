@@ -19,19 +19,19 @@ import pytest
 import torch
 from torch import nn
 
-from deepadversaries.attacks import set_pixels
+from deepadversaries.attacks.onepixel import set_pixels
 from deepadversaries.cli import main
-from deepadversaries.data import load_dataset
+from deepadversaries.data.dataset import load_dataset
 from deepadversaries.errors import DeepAdvError, FileError, OptionError
-from deepadversaries.evaluation import evaluate_run
-from deepadversaries.models import (
+from deepadversaries.evaluation.evaluate import evaluate_run
+from deepadversaries.models.networks import (
     ConvNet,
     ResNet18,
     build_model,
     count_parameters,
     load_model,
 )
-from deepadversaries.scripted import ScriptedClassifier, load_torchscript
+from deepadversaries.models.scripted import ScriptedClassifier, load_torchscript
 
 
 def _script(model: nn.Module, path: Path) -> Path:
@@ -276,9 +276,9 @@ def test_bad_model_files_stop_with_one_line_and_write_nothing(toy_dataset, tmp_p
 
 
 def test_attacks_take_any_band_count_and_class_count():
-    from deepadversaries.attacks import LocalConvNetEvaluator, OnePixelDE
-    from deepadversaries.exhaustive import ExhaustiveSearch
-    from deepadversaries.sparse_rs import SparseRS
+    from deepadversaries.attacks.onepixel import LocalConvNetEvaluator, OnePixelDE
+    from deepadversaries.attacks.exhaustive import ExhaustiveSearch
+    from deepadversaries.attacks.sparse_rs import SparseRS
 
     torch.manual_seed(0)
     model = ConvNet((4, 16, 16), 5).eval()

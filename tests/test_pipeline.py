@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from deepadversaries.errors import DeepAdvError, FileError, StageFailed
-from deepadversaries.layout import read_timings
-from deepadversaries.pipeline import (
+from deepadversaries.workflow.layout import read_timings
+from deepadversaries.workflow.stages import (
     Recorder,
     Stage,
     decide,
@@ -202,8 +202,8 @@ def test_stage_actions_are_picklable_for_dask(folder):
     for stage in graph(root, outside):
         assert pickle.loads(pickle.dumps(stage.action)).keywords["marker"] == stage.marker
     from deepadversaries.config import SimulateConfig, TrainConfig
-    from deepadversaries.grid import Grid, build_stages
-    from deepadversaries.layout import Layout
+    from deepadversaries.workflow.grid import Grid, build_stages
+    from deepadversaries.workflow.layout import Layout
 
     stages = build_stages(Layout(root), Grid(preset="tiny", device="cpu"))
     for stage in stages:
@@ -224,7 +224,7 @@ def test_stage_actions_are_picklable_for_dask(folder):
 
 def test_layout_paths_and_manifest_errors(tmp_path):
     from deepadversaries.errors import FileError
-    from deepadversaries.layout import Layout, read_manifest
+    from deepadversaries.workflow.layout import Layout, read_manifest
 
     lay = Layout(tmp_path)
     assert lay.data() == tmp_path / "data" and lay.data(3) == tmp_path / "data_s3"

@@ -31,9 +31,9 @@ from reproduce_support import (
 from deepadversaries.config import SimulateConfig, TrainConfig
 from deepadversaries.errors import DeepAdvError, StageFailed
 from deepadversaries.io import read_json
-from deepadversaries.layout import Layout, read_timings
+from deepadversaries.workflow.layout import Layout, read_timings
 from deepadversaries.paper import PAPER_DISTANCES, PAPER_METRICS
-from deepadversaries.reproduce import reproduce
+from deepadversaries.workflow.reproduce import reproduce
 
 ALL_STAGES = ["simulate", "train:convnet_regular", "train:convnet_mmd", "evaluate:convnet_regular",
               "evaluate:convnet_mmd", "attack:convnet_regular", "attack:convnet_mmd", "robustness:convnet_regular",

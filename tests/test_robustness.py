@@ -18,18 +18,18 @@ import functools
 
 import scipy.stats
 
-from deepadversaries.corruption_error import corruption_errors, pool_corruptions_over_seeds
-from deepadversaries.corruptions import CORRUPTIONS, CorruptionOptions, corrupt
-from deepadversaries.data import load_dataset
+from deepadversaries.corruptions.error import corruption_errors, pool_corruptions_over_seeds
+from deepadversaries.corruptions.suite import CORRUPTIONS, CorruptionOptions, corrupt
+from deepadversaries.data.dataset import load_dataset
 from deepadversaries.errors import DeepAdvError, FileError, OptionError
-from deepadversaries.inference import forward_batches
+from deepadversaries.evaluation.inference import forward_batches
 from deepadversaries.io import read_json, write_json
-from deepadversaries.models import build_model
+from deepadversaries.models.networks import build_model
 from deepadversaries.plots.robustness import (
     accuracy_curves_figure,
     corruption_grid_figure,
 )
-from deepadversaries.robustness import (
+from deepadversaries.corruptions.benchmark import (
     CHUNK,
     FIELDS,
     check_survey_noise,
@@ -38,11 +38,11 @@ from deepadversaries.robustness import (
     parse_severities,
     robustness_dir,
 )
-from deepadversaries.robustness import robustness_run as _robustness_run
+from deepadversaries.corruptions.benchmark import robustness_run as _robustness_run
 
 #: the toy dataset's noise is not the LSST survey model's: the border-noise check is off in these tests
 robustness_run = functools.partial(_robustness_run, noise_check="off")
-from deepadversaries.runs import RUN_KIND
+from deepadversaries.models.runs import RUN_KIND
 
 
 # --- corruption error ---------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_stage_writes_the_table_and_the_summary_last(runs, toy_dataset):
     raw = ds.images("Y10", "test", stretched=False)
     rng = np.random.default_rng([0, zlib.crc32(b"sky_error"), 0])  # the same stream for every severity
     images = corrupt(np.asarray(raw[:CHUNK]), "sky_error", 5, rng)
-    from deepadversaries.data import apply_stretch
+    from deepadversaries.data.dataset import apply_stretch
     pred = forward_batches(runs["model"], apply_stretch(images, *ds.stretch("Y10")), batch_size=16).predicted
     row = next(r for r in rows if r["corruption"] == "sky_error" and r["severity"] == "5")
     assert float(row["accuracy"]) == pytest.approx(np.mean(pred == labels))
@@ -408,7 +408,7 @@ def test_accuracy_curves_plot_the_accuracies():
 
 
 def test_corruption_grid_shows_every_corruption_and_severity(toy_dataset):
-    from deepadversaries.data import apply_stretch
+    from deepadversaries.data.dataset import apply_stretch
     from deepadversaries.plots.robustness import GRID_GAP
 
     ds = load_dataset(toy_dataset)
@@ -437,7 +437,7 @@ def test_corruption_grid_shows_every_corruption_and_severity(toy_dataset):
 
 
 def test_the_grid_shows_the_images_the_model_was_scored_on(runs, toy_dataset, monkeypatch):
-    import deepadversaries.robustness as robustness
+    import deepadversaries.corruptions.benchmark as robustness
 
     captured = {}
 

@@ -17,9 +17,9 @@ import pytest
 from deepadversaries import CLASSES, SPLITS
 from deepadversaries.cli import main
 from deepadversaries.config import SimulateConfig
-from deepadversaries.data import load_dataset, stretch_constants
+from deepadversaries.data.dataset import load_dataset, stretch_constants
 from deepadversaries.errors import OptionError
-from deepadversaries.simulate import (
+from deepadversaries.simulation.simulate import (
     AUGMENTATIONS,
     WORK_DIR,
     augment,
@@ -157,7 +157,7 @@ def test_augment_rejects_unknown():
 def test_resume_after_kill_with_two_workers_is_bit_identical(tiny_dataset, tmp_path, capsys):
     """SIGKILL a run after its first shard, resume it with 2 workers through the CLI: same arrays as 1 worker."""
     out = tmp_path / "data"
-    code = ("from deepadversaries.simulate import simulate_dataset; "
+    code = ("from deepadversaries.simulation.simulate import simulate_dataset; "
             "from deepadversaries.config import SimulateConfig; "
             f"simulate_dataset({str(out)!r}, SimulateConfig.from_preset('tiny', seed=0), workers=1)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepadversaries.attacks import ValueRange
+from deepadversaries.attacks.onepixel import ValueRange
 from deepadversaries.errors import OptionError
-from deepadversaries.sparse_rs import ALPHA_INIT, SparseRS, alpha_schedule
+from deepadversaries.attacks.sparse_rs import ALPHA_INIT, SparseRS, alpha_schedule
 
 from attack_support import PixelModel, bright_pixel_case, check_claims, flat_images, plain_probabilities
 

@@ -1,4 +1,4 @@
-"""Tests of deepadversaries.stats against independent references.
+"""Tests of deepadversaries.analysis.stats against independent references.
 
 References: hand formulas written here (t-interval, t-interval of log ratios, Clopper–Pearson via
 beta quantiles, McNemar as a binomial tail sum), seeded resampling loops written here
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from deepadversaries import stats
+from deepadversaries.analysis import stats
 from deepadversaries.errors import OptionError
-from deepadversaries.stats import Interval
+from deepadversaries.analysis.stats import Interval
 
 
 def _iv(low: float, high: float, estimate: float | None = None) -> Interval:

@@ -7,9 +7,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from deepadversaries import data, stretches
+from deepadversaries.data import dataset as data, stretches
 from deepadversaries.errors import OptionError
-from deepadversaries.stretches import Stretch, apply, fit, parse, percentiles_inplace, sample_indices
+from deepadversaries.data.stretches import Stretch, apply, fit, parse, percentiles_inplace, sample_indices
 
 
 def raw_images(n: int = 20, bands: int = 3, size: int = 12, seed: int = 0) -> np.ndarray:

@@ -16,8 +16,8 @@ import pytest
 
 from deepadversaries.cli import main
 from deepadversaries.errors import OptionError
-from deepadversaries.stats import VERDICTS
-from deepadversaries.study import parse_methods, parse_seeds, study
+from deepadversaries.analysis.stats import VERDICTS
+from deepadversaries.workflow.study import parse_methods, parse_seeds, study
 
 SEEDS = "0-1"
 FINDING_KEYS = {"id", "model", "method", "primary", "effect", "ci_low", "ci_high", "ci_level", "verdict", "label",
@@ -234,7 +234,7 @@ def test_study_verdicts_recomputed_from_the_cells_files(baseline, tmp_path):
     import numpy as np
     from scipy import stats
 
-    from deepadversaries.study_report import write_study
+    from deepadversaries.reporting.study_report import write_study
 
     root = Path(shutil.copytree(baseline, tmp_path / "study"))
     cells = root / "cells"
@@ -287,7 +287,7 @@ def test_worker_and_driver_killed_then_rerun_give_the_same_study_json(cluster, b
     address, client = cluster
     out = tmp_path / "study"
     fault_marker.unlink()  # arm: the first worker to write a training.json dies right before renaming it
-    code = ("from deepadversaries.study import study; "
+    code = ("from deepadversaries.workflow.study import study; "
             f"study({str(out)!r}, 'tiny', seeds={SEEDS!r}, device='cpu', scheduler={address!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -337,7 +337,7 @@ def test_method_table_intervals_stay_inside_the_range_of_a_share():
     import numpy as np
     from scipy import stats
 
-    from deepadversaries.report import method_table
+    from deepadversaries.reporting.report import method_table
 
     y10 = [0.99, 0.60, 0.98]
     ece = [0.01, 0.40, 0.02]

@@ -6,8 +6,8 @@ import galsim
 import numpy as np
 import pytest
 
-from deepadversaries import survey
-from deepadversaries.data import load_dataset
+from deepadversaries.simulation import survey
+from deepadversaries.data.dataset import load_dataset
 
 # SPEC 3.1, written out independently of survey.BAND_SPECS
 ZERO_POINT = {"g": 50.70, "r": 43.70, "i": 32.36}

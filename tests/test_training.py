@@ -22,16 +22,16 @@ import torch
 from conftest import make_toy_dataset
 from lightning.pytorch.callbacks import Callback
 
-from deepadversaries import training
+from deepadversaries.training import train as training
 from deepadversaries.cli import main
 from deepadversaries.config import TrainConfig
-from deepadversaries.data import load_dataset
+from deepadversaries.data.dataset import load_dataset
 from deepadversaries.errors import DeepAdvError
-from deepadversaries.evaluation import evaluate_run
-from deepadversaries.models import build_model
+from deepadversaries.evaluation.evaluate import evaluate_run
+from deepadversaries.models.networks import build_model
 from deepadversaries.progress import quiet_lightning
-from deepadversaries.runs import read_run_config
-from deepadversaries.training import (
+from deepadversaries.models.runs import read_run_config
+from deepadversaries.training.train import (
     GalaxyClassifierModule,
     GalaxyDataModule,
     IndexBatches,
@@ -315,7 +315,7 @@ def test_quiet_lightning_silences_its_loggers_and_restores_them():
 
 
 def test_dann_warns_when_its_domain_classifier_wins():
-    from deepadversaries.training import training_warnings
+    from deepadversaries.training.train import training_warnings
 
     diverged = [{"epoch": 1, "train_dann_domain_acc": 0.55}, {"epoch": 2, "train_dann_domain_acc": 0.999}]
     converged = [{"epoch": 1, "train_dann_domain_acc": 1.0}, {"epoch": 2, "train_dann_domain_acc": 0.62}]

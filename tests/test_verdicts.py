@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from deepadversaries.analysis import Triplets, boundary_distances, paired_distances
-from deepadversaries.findings import (Evidence, finding_a, finding_b, finding_c, finding_d, finding_e)
-from deepadversaries.stats import Interval, latent_spread, magnitude, verdict
+from deepadversaries.analysis.latent import Triplets, boundary_distances, paired_distances
+from deepadversaries.reporting.findings import (Evidence, finding_a, finding_b, finding_c, finding_d, finding_e)
+from deepadversaries.analysis.stats import Interval, latent_spread, magnitude, verdict
 
 N_TEST = 200
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepadversaries.data import load_dataset
+from deepadversaries.data.dataset import load_dataset
 
 
 class SmallCNN(nn.Module):

@@ -19,7 +19,7 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 PRESETS: tuple[str, ...] = ("tiny", "quick", "paper")
 #: the built-in architectures (SPEC 4); besides these, ``timm:NAME`` (any timm backbone with the
 #: package's bottleneck and head) trains too, and ``file:NAME`` names a TorchScript model trained
-#: elsewhere and adopted into a run folder (:mod:`deepadversaries.models`)
+#: elsewhere and adopted into a run folder (:mod:`deepadversaries.models.networks`)
 MODELS: tuple[str, ...] = ("convnet", "resnet18", "d4-convnet")
 #: prefixes of the model names outside :data:`MODELS`: a timm backbone, an adopted TorchScript file
 TIMM_PREFIX = "timm:"

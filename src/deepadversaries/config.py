@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from . import FILE_PREFIX, METHODS, MODELS, PRESETS, TIMM_PREFIX
-from .errors import OptionError, check_choice
-from .methods import ADV_1P_POSITIONS, METHOD_SPECS
+from deepadversaries import FILE_PREFIX, METHODS, MODELS, PRESETS, TIMM_PREFIX
+from deepadversaries.errors import OptionError, check_choice
+from deepadversaries.methods import ADV_1P_POSITIONS, METHOD_SPECS
 
 
 def _flag(name: str) -> str:
@@ -211,7 +211,7 @@ class TrainConfig:
         mmd_estimator: ``unbiased`` (paper eq. 2) or ``biased`` (the published code).
         mmd_sigmas2: kernel widths σ² of the multi-kernel MMD.
         adv_share: the share of each Y10 batch replaced by its most damaging one-pixel change
-            (:mod:`deepadversaries.adversarial`) [default: 0.5 with ``adv-1p``
+            (:mod:`deepadversaries.training.adversarial`) [default: 0.5 with ``adv-1p``
             (:data:`~deepadversaries.methods.ADV_1P_SHARE`), else 0]; with ``mmd``, ``dann``,
             ``coral`` or ``adabn`` a share > 0 adds the same one-pixel adversarial training.
         adv_positions: pixel positions the corner search ranks and tries per image [default: 8].
@@ -345,7 +345,7 @@ class TrainConfig:
 
     @property
     def alignment_settings(self) -> dict[str, Any]:
-        """The settings of the method's alignment term (:func:`deepadversaries.losses.alignment_loss`)."""
+        """The settings of the method's alignment term (:func:`deepadversaries.adaptation.losses.alignment_loss`)."""
         return {"mmd_weight": self.mmd_weight, "mmd_sigmas2": self.mmd_sigmas2, "mmd_estimator": self.mmd_estimator,
                 "coral_weight": self.coral_weight, "dann_weight": self.dann_weight}
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import OptionError
+from deepadversaries.errors import OptionError
 
 #: fraction of a core that other processes may use before the governor gives that core up
 SPARE = 0.3

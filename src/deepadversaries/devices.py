@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DeepAdvError, check_choice
+from deepadversaries.errors import DeepAdvError, check_choice
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 

@@ -23,8 +23,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import file_error
-from .formatting import nan_to_none
+from deepadversaries.errors import file_error
+from deepadversaries.formatting import nan_to_none
 
 TMP_MARK = ".tmp-"
 LOCK_NAME = ".deepadv.lock"

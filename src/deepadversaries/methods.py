@@ -1,6 +1,6 @@
 """The training methods as values: what each needs, its weight setting and its cited default.
 
-Plain data, no torch: configs, stages and reports read it; :mod:`deepadversaries.losses`
+Plain data, no torch: configs, stages and reports read it; :mod:`deepadversaries.adaptation.losses`
 builds each method's alignment term. ``METHODS`` is the package's list
 (:data:`deepadversaries.METHODS`).
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import METHODS
-from .errors import check_choice
+from deepadversaries import METHODS
+from deepadversaries.errors import check_choice
 
 #: how every method chooses its kept checkpoint (see the module docstring for why)
 #: the share of each training batch that ``adv-1p`` replaces by one-pixel adversarial examples (the one
@@ -50,7 +50,7 @@ class MethodSpec:
         reference: the method's paper.
         checkpoint_criterion: the label-free (for Y1) rule that keeps the checkpoint.
         adversarial_share: the share of each Y10 batch replaced by one-pixel adversarial
-            examples by default (:mod:`deepadversaries.adversarial`); 0: none.
+            examples by default (:mod:`deepadversaries.training.adversarial`); 0: none.
     """
 
     name: str

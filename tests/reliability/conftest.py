@@ -212,15 +212,15 @@ def assert_clean_error(result: Result, *fragments: str) -> str:
 @pytest.fixture(scope="session")
 def attack_forkserver(forkserver) -> ForkServer:
     """The fork server with the attack campaign imported before forking."""
-    forkserver.preload("deepadversaries.campaign")
+    forkserver.preload("deepadversaries.attacks.campaign")
     return forkserver
 
 
 @pytest.fixture(scope="session")
 def warm_forkserver(attack_forkserver) -> ForkServer:
     """The fork server with every stage imported (Lightning, scikit-learn, matplotlib) before forking."""
-    attack_forkserver.preload("deepadversaries.training", "deepadversaries.evaluation", "deepadversaries.analyze",
-                              "deepadversaries.reproduce", "deepadversaries.report")
+    attack_forkserver.preload("deepadversaries.training.train", "deepadversaries.evaluation.evaluate", "deepadversaries.analysis.analyze",
+                              "deepadversaries.workflow.reproduce", "deepadversaries.reporting.report")
     return attack_forkserver
 
 
@@ -232,7 +232,7 @@ def attack_template(tiny_dataset, tmp_path_factory) -> Path:
     import torch
     from attack_support import bright_pixel_convnet, make_run
 
-    from deepadversaries.data import load_dataset
+    from deepadversaries.data.dataset import load_dataset
 
     ds = load_dataset(tiny_dataset)
     with torch.no_grad():

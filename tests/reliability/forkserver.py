@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-PRELOAD = ("deepadversaries.cli", "deepadversaries.simulate", "deepadversaries.data")
+PRELOAD = ("deepadversaries.cli", "deepadversaries.simulation.simulate", "deepadversaries.data.dataset")
 
 
 def _child(request: dict) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepadversaries.campaign import LATENTS_NAME, PROGRESS_NAME, RESULTS_NAME, SUMMARY_NAME
+from deepadversaries.attacks.campaign import LATENTS_NAME, PROGRESS_NAME, RESULTS_NAME, SUMMARY_NAME
 from deepadversaries.cli import main
 from deepadversaries.io import LOCK_NAME, TMP_MARK
 

@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 from deepadversaries import SPLITS
 from deepadversaries.cli import main
-from deepadversaries.data import image_file, label_file, load_dataset
+from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.errors import DeepAdvError
 
 from conftest import make_toy_dataset

@@ -20,11 +20,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepadversaries.analyze import load_attack
+from deepadversaries.analysis.analyze import load_attack
 from deepadversaries.cli import main
 from deepadversaries.errors import DeepAdvError
 from deepadversaries.io import LOCK_NAME
-from deepadversaries.runs import REQUIRED_KEYS
+from deepadversaries.models.runs import REQUIRED_KEYS
 
 from .conftest import CAMPAIGN, copy_run, snapshot
 from .test_checkpoints import Payload
@@ -89,8 +89,8 @@ def test_attack_refuses_an_unreadable_config(run, capsys, text, fragment):
 
 def test_unknown_config_keys_are_tolerated(run):
     """Deliberate: a run folder of a later version may record more settings; the keys used are checked."""
-    from deepadversaries.models import load_model
-    from deepadversaries.runs import read_run_config
+    from deepadversaries.models.networks import load_model
+    from deepadversaries.models.runs import read_run_config
 
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "a_future_setting": [1, 2]}))

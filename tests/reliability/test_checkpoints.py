@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepadversaries.errors import DeepAdvError
-from deepadversaries.models import build_model, model_from_checkpoint
+from deepadversaries.models.networks import build_model, model_from_checkpoint
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,8 +72,8 @@ def test_crafted_pickle_is_refused_and_never_runs(tmp_path, convnet_checkpoint, 
 
 
 def test_crafted_pickle_in_a_run_folder_is_refused_by_load_model(tmp_path):
-    from deepadversaries.models import load_model
-    from deepadversaries.runs import best_checkpoint_path
+    from deepadversaries.models.networks import load_model
+    from deepadversaries.models.runs import best_checkpoint_path
 
     run = tmp_path / "run"
     run.mkdir()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from deepadversaries import PRESETS
 from deepadversaries.cli import main
 from deepadversaries.config import SPLIT_MODES
-from deepadversaries.simulate import min_galaxies
+from deepadversaries.simulation.simulate import min_galaxies
 
 from .conftest import mount_tmpfs, tmpfs_or_skip, unmount
 
@@ -105,7 +105,7 @@ def test_internal_errors_are_short_unless_debugging(capsys, monkeypatch, tmp_pat
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug, not the user's fault")
 
-    monkeypatch.setattr("deepadversaries.simulate.simulate_dataset", broken)
+    monkeypatch.setattr("deepadversaries.simulation.simulate.simulate_dataset", broken)
     monkeypatch.setenv("DEEPADV_DEBUG", debug)
     assert main(["simulate", "--preset", "tiny", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()

@@ -9,7 +9,7 @@ import pytest
 
 from deepadversaries.errors import DeepAdvError
 from deepadversaries.io import LOCK_NAME, STARTING_LOCK_S, OutputLock
-from deepadversaries.simulate import WORK_DIR
+from deepadversaries.simulation.simulate import WORK_DIR
 
 from .conftest import assert_clean_error, wait_for
 

@@ -21,9 +21,9 @@ import pytest
 from deepadversaries import SPLITS
 from deepadversaries.cli import main
 from deepadversaries.config import SimulateConfig
-from deepadversaries.data import load_dataset
+from deepadversaries.data.dataset import load_dataset
 from deepadversaries.io import LOCK_NAME, TMP_MARK
-from deepadversaries.simulate import SHARD_SIZE, WORK_DIR
+from deepadversaries.simulation.simulate import SHARD_SIZE, WORK_DIR
 
 from .conftest import (
     assert_clean_error,

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepadversaries.io import LOCK_NAME, TMP_MARK
-from deepadversaries.models import model_from_checkpoint
+from deepadversaries.models.networks import model_from_checkpoint
 
 from .conftest import assert_clean_error, leftovers, read_or_none, snapshot, wait_for
 from .test_checkpoints import Payload

@@ -13,8 +13,10 @@ import traceback
 
 import typer
 
-from ..errors import DeepAdvError
-from . import analyze, attack, card, certify, evaluate, import_data, reproduce, robustness, simulate, study, train
+from deepadversaries.errors import DeepAdvError
+from deepadversaries.cli import (
+    analyze, attack, card, certify, evaluate, import_data, reproduce, robustness, simulate, study, train,
+)
 
 app = typer.Typer(
     name="deepadv",

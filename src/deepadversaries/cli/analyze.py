@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from .. import PRESETS
-from ..formatting import fmt_pm, fmt_sig
+from deepadversaries import PRESETS
+from deepadversaries.formatting import fmt_pm, fmt_sig
 
 ANALYZE_HELP = (
     "Compare a regular and a domain-adapted run of the same model on the same dataset, both "
@@ -46,7 +46,7 @@ def _analyze(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the models run."),
 ) -> None:
     """Run the analysis of two runs (help: ANALYZE_HELP) and print its headline numbers."""
-    from ..analyze import analyze_runs  # deferred for start-up time (torch)
+    from deepadversaries.analysis.analyze import analyze_runs  # deferred for start-up time (torch)
 
     result = analyze_runs(regular, adapted, out, n_isomap=n_isomap, examples=examples, seed=seed,
                           preset=preset, overwrite=overwrite, device=device)
@@ -56,7 +56,7 @@ def _analyze(
 
 def _report_analysis(result: dict[str, Any]) -> None:
     """Print the images flipped under both runs, the median and mean d_E per perturbation and the notes."""
-    from ..analysis import PERTURBATIONS  # deferred for start-up time (torch)
+    from deepadversaries.analysis.latent import PERTURBATIONS  # deferred for start-up time (torch)
 
     ref, ada = result["methods"]
     attack = result["attack"]
@@ -81,8 +81,8 @@ def _church_window(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the model runs."),
 ) -> None:
     """Draw the church window of one attacked image (help: CHURCH_WINDOW_HELP)."""
-    from ..analyze import analyze_single_window  # deferred for start-up time (torch)
-    from ..plots.latent import save_single_church_window
+    from deepadversaries.analysis.analyze import analyze_single_window  # deferred for start-up time (torch)
+    from deepadversaries.plots.latent import save_single_church_window
 
     trip = analyze_single_window(run, index, device=device)
     target = out if out is not None else run / "attack" / f"church_window_{index}.png"

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from ..config import AttackConfig
-from ..errors import OptionError
-from ..runs import attack_dir
-from ..progress import info
+from deepadversaries.config import AttackConfig
+from deepadversaries.errors import OptionError
+from deepadversaries.models.runs import attack_dir
+from deepadversaries.progress import info
 
 
 def parse_values(text: str) -> tuple[tuple[float, ...], ...]:
@@ -59,7 +59,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
         Works on any dataset and model the run holds (your own data from 'deepadv import', timm or adopted TorchScript models). Only correctly classified images are attacked; in targeted mode the other classes are tried in turn and the first success is kept. Writes results.csv, latents.npz and summary.json (last) in RUN/attack/ (or RUN/attack_exhaustive/, RUN/attack_sparse_rs/ for the other searches). An interrupted campaign resumes where it stopped when the same command is run again.
         """
-        from ..campaign import attack_run  # deferred for start-up time (torch)
+        from deepadversaries.attacks.campaign import attack_run  # deferred for start-up time (torch)
 
         config = AttackConfig.from_preset(preset, n_images=n_images, pop_size=pop_size, max_iter=max_iter,
                                           pixels=pixels, mode=mode, success=success, seed=seed, precision=precision,

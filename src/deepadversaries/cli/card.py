@@ -62,9 +62,9 @@ def _card(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished card in --out."),
 ) -> None:
     # deferred for start-up time (torch)
-    from ..card import card_run
-    from ..card_render import fmt_number, render_card
-    from ..progress import info
+    from deepadversaries.card.build import card_run
+    from deepadversaries.card.render import fmt_number, render_card
+    from deepadversaries.progress import info
 
     card = card_run(run, out, data=data, level=level, seed=seed, unlabelled=unlabelled, baseline=baseline,
                     device=device, run_missing=not no_run, overwrite=overwrite)
@@ -82,7 +82,7 @@ def _leaderboard(
     group: bool = typer.Option(False, "--group", help="Rank cards of different data or protocols in separate groups instead of refusing them."),
     sort: Optional[str] = typer.Option(None, "--sort", help="Headline key to rank by, e.g. clean_accuracy, corruption_accuracy, one_pixel_flip_rate (default: corruption_accuracy, or corruption_stability for label-free cards)."),
 ) -> None:
-    from ..leaderboard import leaderboard  # deferred for start-up time
+    from deepadversaries.card.leaderboard import leaderboard  # deferred for start-up time
 
     result = leaderboard(cards, out, group=group, sort=sort)
     for g in result["groups"]:

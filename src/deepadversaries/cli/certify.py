@@ -31,9 +31,9 @@ def _certify(
 
     Each image ends flippable (a witness pixel, value and target, re-checked by a plain forward pass), certified (sound float64 bounds over every position and every value in the range, refined by branch and bound) or undecided (the budget ran out; counted, never hidden). Writes RUN/certify/results.csv, certmap.npz and summary.json (last) with the flip-rate sandwich: at least flippable / n, at most (flippable + undecided) / n. An interrupted run resumes when the same command is run again.
     """
-    from ..certify import CertifyConfig, certify_dir, certify_run  # deferred for start-up time (torch)
-    from ..errors import OptionError
-    from ..progress import info
+    from deepadversaries.certify.certify import CertifyConfig, certify_dir, certify_run  # deferred for start-up time (torch)
+    from deepadversaries.errors import OptionError
+    from deepadversaries.progress import info
 
     if all_images and n_images is not None:
         raise OptionError("give --n-images N or --all, not both")

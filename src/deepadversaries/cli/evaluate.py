@@ -22,7 +22,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
         Works on any run: trained here (ConvNet, ResNet18, timm) or adopted from a TorchScript file, on the simulated data or your own (its classes and both domains, or the one it has). Writes RUN/metrics.json, RUN/confusion_Y10.png and RUN/confusion_Y1.png, and prints a summary.
         """
-        from ..evaluation import evaluate_run
+        from deepadversaries.evaluation.evaluate import evaluate_run
 
         metrics = evaluate_run(run, data, device=device, tta=tta)
         for domain, m in metrics.items():

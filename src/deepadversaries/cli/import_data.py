@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from .. import SPLITS
-from ..errors import OptionError
-from ..io import read_json
-from ..stretches import describe
+from deepadversaries import SPLITS
+from deepadversaries.errors import OptionError
+from deepadversaries.io import read_json
+from deepadversaries.data.stretches import describe
 
 if TYPE_CHECKING:
-    from ..importing import ImportOptions
+    from deepadversaries.data.importing import ImportOptions
 
 HELP = """Convert your own galaxy cutouts into a dataset folder, checked once.
 
@@ -170,7 +170,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 def _resolve_format(fmt: str | None, catalog: Path | None, input: Path | None) -> str:
     """The checked ``--format``, or the one the given inputs imply."""
     # deferred for start-up time (h5py, astropy)
-    from ..importing import check_format, guess_format
+    from deepadversaries.data.importing import check_format, guess_format
 
     return check_format(fmt.strip().lower()) if fmt else guess_format(catalog, input)
 
@@ -179,7 +179,7 @@ def _shared_options(*, stretch: str, seed: int, chunk: int, fit_sample: int, cla
                     bands: str | None, domain_names: str | None, overwrite: bool) -> ImportOptions:
     """The options every format shares, from the command line (checked by the import)."""
     # deferred for start-up time (h5py, astropy)
-    from ..importing import ImportOptions, split_names
+    from deepadversaries.data.importing import ImportOptions, split_names
 
     return ImportOptions(stretch=stretch, seed=seed, chunk=chunk, fit_sample=fit_sample,
                          classes=split_names(classes), bands=split_names(bands),
@@ -201,7 +201,7 @@ def _reject_foreign_options(form: str, fits_only: dict[str, Any], hdf5_only: dic
 def _import_catalog(out: Path, given: dict[str, Any], band_axis: int | None, options: ImportOptions) -> Path:
     """Check the FITS options (by option name in ``given``) and import the catalogue's cutouts."""
     # deferred for start-up time (h5py, astropy)
-    from ..importing import import_fits
+    from deepadversaries.data.importing import import_fits
 
     missing = [name for name in ("--catalog", "--path-column", "--label-column") if given[name] is None]
     if missing:
@@ -217,7 +217,7 @@ def _import_catalog(out: Path, given: dict[str, Any], band_axis: int | None, opt
 def _hdu_numbers(hdus: str | None) -> list[int] | None:
     """``--hdus 1,2,3`` as HDU numbers (``None`` stays ``None``)."""
     # deferred for start-up time (h5py, astropy)
-    from ..importing import split_names
+    from deepadversaries.data.importing import split_names
 
     try:
         return [int(h) for h in split_names(hdus)] if hdus is not None else None
@@ -229,7 +229,7 @@ def _import_input(out: Path, form: str, input: Path | None, given: dict[str, Any
                   options: ImportOptions) -> Path:
     """Import ``--input``: an HDF5 file (its options by name in ``given``) or an npy folder."""
     # deferred for start-up time (h5py, astropy)
-    from ..importing import import_hdf5, import_npy, split_names
+    from deepadversaries.data.importing import import_hdf5, import_npy, split_names
 
     if input is None:
         raise OptionError(f"--format {form} needs --input ({'an HDF5 file' if form == 'hdf5' else 'a folder'})")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..devices import DEVICE_CHOICES
+from deepadversaries.devices import DEVICE_CHOICES
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
@@ -45,7 +45,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
         Each stage is skipped when its outputs are already finished, so an interrupted run continues where it stopped; deleting one stage's outputs re-runs that stage and the ones that depend on it. A failing stage stops the run with one line naming the stage and its log in OUT/logs/.
         """
-        from ..reproduce import reproduce  # deferred for start-up time (torch, GalSim)
+        from deepadversaries.workflow.reproduce import reproduce  # deferred for start-up time (torch, GalSim)
 
         chosen = [m for m in models.split(",")] if models else None
         path = reproduce(out, preset=preset, seed=seed, device=device, models=chosen, methods=methods, workers=workers,
@@ -57,9 +57,9 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="A reproduction folder made by 'deepadv reproduce'."),
     ) -> None:
         """Re-render OUT/report.md, OUT/report.html and OUT/findings.json from the stage files."""
-        from ..io import OutputLock  # deferred for start-up time
-        from ..layout import read_manifest
-        from ..report import write_report
+        from deepadversaries.io import OutputLock  # deferred for start-up time
+        from deepadversaries.workflow.layout import read_manifest
+        from deepadversaries.reporting.report import write_report
 
         read_manifest(out)  # a clear error before taking the lock if OUT is not a reproduction
         with OutputLock(out, "report"):

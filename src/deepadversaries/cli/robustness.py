@@ -48,9 +48,9 @@ def _robustness(
 
     Writes RUN/robustness[_Y1][_stress][_masked|_no-dither]/robustness.csv, outcomes.npz, accuracy.png, corruption_grid.png and summary.json (last), with ΔE against the baseline (points, paired bootstrap 95 % interval) for every corruption and CE / mCE over the corruptions that significantly degrade the baseline.
     """
-    from ..errors import check_choice  # deferred for start-up time (torch)
-    from ..robustness import robustness_dir, robustness_run
-    from ..corruptions import CorruptionOptions
+    from deepadversaries.errors import check_choice  # deferred for start-up time (torch)
+    from deepadversaries.corruptions.benchmark import robustness_dir, robustness_run
+    from deepadversaries.corruptions.suite import CorruptionOptions
 
     check_choice(domain, ("Y10", "Y1", "both"), "domain")
     for one in (("Y10", "Y1") if domain == "both" else (domain,)):
@@ -72,7 +72,7 @@ def _format(block: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -
 
 def _report_summary(summary: dict[str, Any]) -> None:
     """Log the clean accuracy, each corruption's mean accuracy (and ΔE / CE), the mCE and the timing."""
-    from ..progress import info  # deferred for start-up time
+    from deepadversaries.progress import info  # deferred for start-up time
 
     clean = summary["clean"]["accuracy"]
     info(f"clean accuracy {clean:.3f} on {summary['n']} {summary['domain']} test images")
@@ -111,11 +111,13 @@ def _robustness_grid(
     # deferred for start-up time (numpy, torch, matplotlib)
     import numpy as np
 
-    from ..corruptions import CorruptionOptions
-    from ..data import load_dataset
-    from ..errors import OptionError, check_choice
-    from ..plots.robustness import plot_corruption_grid
-    from ..robustness import CHUNK, check_dataset, corrupted_chunk, grid_normalisation, parse_corruptions
+    from deepadversaries.corruptions.suite import CorruptionOptions
+    from deepadversaries.data.dataset import load_dataset
+    from deepadversaries.errors import OptionError, check_choice
+    from deepadversaries.plots.robustness import plot_corruption_grid
+    from deepadversaries.corruptions.benchmark import (
+        CHUNK, check_dataset, corrupted_chunk, grid_normalisation, parse_corruptions,
+    )
 
     names = parse_corruptions(corruptions)
     options = CorruptionOptions("stress" if stress else "rubin", defects)
@@ -143,7 +145,7 @@ def _robustness_curves(
     out: Path = typer.Option(..., "--out", help="PNG to write."),
 ) -> None:
     """Accuracy versus severity per corruption, one line per run (labelled MODEL METHOD (folder))."""
-    from ..plots.robustness import plot_accuracy_curves  # deferred for start-up time (matplotlib)
+    from deepadversaries.plots.robustness import plot_accuracy_curves  # deferred for start-up time (matplotlib)
 
     typer.echo(str(plot_accuracy_curves(_read_summaries(runs), out)))
 
@@ -151,9 +153,9 @@ def _robustness_curves(
 def _read_summaries(runs: List[Path]) -> dict[str, Any]:
     """Each run's finished robustness summary, keyed by its curve label ``MODEL METHOD (folder)``."""
     # deferred for start-up time (torch)
-    from ..errors import file_error
-    from ..io import read_json
-    from ..robustness import KIND, SUMMARY_NAME, robustness_dir
+    from deepadversaries.errors import file_error
+    from deepadversaries.io import read_json
+    from deepadversaries.corruptions.benchmark import KIND, SUMMARY_NAME, robustness_dir
 
     summaries = {}
     for run in runs:
@@ -176,11 +178,11 @@ def _robustness_table(
     Accuracy per corruption (mean over the severities) for every method, ΔE = Σ_s (E_method − E_regular) in points per adapted method (each seed against its own regular run), mean over seeds with a Student-t interval (one seed: its paired bootstrap interval), and the mCE over the corruptions that degrade regular significantly in every seed.
     """
     # deferred for start-up time (torch)
-    from ..document import Document, render_markdown
-    from ..errors import OptionError
-    from ..io import read_json, write_text
-    from ..report import domain_summaries, corruption_comparison_table
-    from ..robustness import KIND, SUMMARY_NAME, robustness_dir
+    from deepadversaries.reporting.blocks import Document, render_markdown
+    from deepadversaries.errors import OptionError
+    from deepadversaries.io import read_json, write_text
+    from deepadversaries.reporting.report import domain_summaries, corruption_comparison_table
+    from deepadversaries.corruptions.benchmark import KIND, SUMMARY_NAME, robustness_dir
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for folder in folders:

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from .. import CLASSES, SPLITS
-from ..config import SimulateConfig
-from ..errors import check_choice
-from ..io import read_json
+from deepadversaries import CLASSES, SPLITS
+from deepadversaries.config import SimulateConfig
+from deepadversaries.errors import check_choice
+from deepadversaries.io import read_json
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
@@ -48,7 +48,7 @@ def _simulate(
     catalog_*.csv, dataset.json written last). An interrupted run resumes when the same
     command is run again.
     """
-    from ..simulate import simulate_dataset  # deferred for start-up time (GalSim)
+    from deepadversaries.simulation.simulate import simulate_dataset  # deferred for start-up time (GalSim)
 
     config = SimulateConfig.from_preset(preset, n_galaxies=n_galaxies, seed=seed, split_mode=split_mode,
                                         brightness=brightness)
@@ -76,7 +76,7 @@ def _plot_gm20(
     out: Optional[Path] = typer.Option(None, "--out", help="PNG file (default: DATA/figures/fig1_gm20.png)."),
 ) -> None:
     """Figure 1: the galaxies in the Gini-M20 plane with the merger and bulge boundaries."""
-    from ..plots.dataset import plot_gm20 as plot_gm20_figure  # deferred for start-up time
+    from deepadversaries.plots.dataset import plot_gm20 as plot_gm20_figure  # deferred for start-up time
 
     typer.echo(str(plot_gm20_figure(data, out)))
 
@@ -88,6 +88,6 @@ def _plot_examples(
     split: str = typer.Option("test", "--split", help="Split to take the examples from."),
 ) -> None:
     """Figure 2: four Y10 images per class and the same galaxies at Y1 depth."""
-    from ..plots.dataset import plot_examples as plot_examples_figure  # deferred for start-up time
+    from deepadversaries.plots.dataset import plot_examples as plot_examples_figure  # deferred for start-up time
 
     typer.echo(str(plot_examples_figure(data, out, split=check_choice(split, SPLITS, "split"))))

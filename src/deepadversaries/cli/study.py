@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..devices import DEVICE_CHOICES
+from deepadversaries.devices import DEVICE_CHOICES
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
@@ -51,7 +51,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
         Writes DIR/cells/<model>_<method>_s<seed>/ (run folders), DIR/analysis/, DIR/report.html, DIR/report.md and, last, DIR/study.json: each of the paper's findings with its primary endpoint's effect, 95 % confidence interval over the seeds, per-seed effects, a verdict on the paper's direction (held, contradicted, inconclusive) and a magnitude statement against the paper's number. A killed study resumes when the same command is run again.
         """
-        from ..study import study  # deferred for start-up time (torch, Dask)
+        from deepadversaries.workflow.study import study  # deferred for start-up time (torch, Dask)
 
         path = study(out, preset, seeds=seeds, models=models.split(",") if models else None, methods=methods,
                      data=data, vary_data=data_seeds, scheduler=scheduler, workers=workers, device=device,

@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import typer
 
-from ..config import TrainConfig
-from ..errors import OptionError
+from deepadversaries.config import TrainConfig
+from deepadversaries.errors import OptionError
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
@@ -87,7 +87,7 @@ def _refuse_training_options(training_only: dict[str, Any]) -> None:
 def _adopt(model_file: Path, data: Path, out: Path, *, latent_layer: Optional[str], method: str, seed: int,
            device: str, overwrite: bool) -> Path:
     """Adopt a TorchScript model trained elsewhere into the run folder ``out``; the run folder."""
-    from ..adopt import adopt_model  # deferred for start-up time (torch)
+    from deepadversaries.models.adopt import adopt_model  # deferred for start-up time (torch)
 
     return adopt_model(model_file, data, out, latent_layer=latent_layer, method=method, seed=seed,
                        device=device, overwrite=overwrite)
@@ -96,8 +96,8 @@ def _adopt(model_file: Path, data: Path, out: Path, *, latent_layer: Optional[st
 def _train_run(data: Path, out: Path, preset: str, *, device: str, resume: bool, overwrite: bool,
                **settings: Any) -> Path:
     """Train a model of the package with the preset and the options given (``settings``); the run folder."""
-    from ..devices import resolve_device  # deferred for start-up time (torch, Lightning)
-    from ..training import train_model
+    from deepadversaries.devices import resolve_device  # deferred for start-up time (torch, Lightning)
+    from deepadversaries.training.train import train_model
 
     config = TrainConfig.from_preset(preset, device_type=resolve_device(device).type, **settings)
     return train_model(data, out, config, device=device, resume=resume, overwrite=overwrite)

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..io import atomic_path  # noqa: E402
+from deepadversaries.io import atomic_path  # noqa: E402
 
 #: class colours of the paper's figures: spiral, elliptical, merger
 CLASS_COLORS: tuple[str, ...] = ("#ffa600", "#bc5090", "#003f5c")

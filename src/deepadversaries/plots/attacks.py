@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from matplotlib.patches import Circle
 
-from .. import METHOD_LABELS
-from ..analysis import DANGER_RADII
-from . import CLASS_COLORS, DPI, plt, save_figure
+from deepadversaries import METHOD_LABELS
+from deepadversaries.analysis.latent import DANGER_RADII
+from deepadversaries.plots import CLASS_COLORS, DPI, plt, save_figure
 
 SEARCH_LABELS = {"de": "differential evolution", "sparse-rs": "Sparse-RS", "exhaustive": "corner search (lower bound)"}
 SEARCH_STYLES = {"de": ("-", CLASS_COLORS[2]), "sparse-rs": ("--", CLASS_COLORS[1]), "exhaustive": (":", "k")}
@@ -53,9 +53,9 @@ def save_dangerous_pixels(path: str | Path, stacks: Mapping[str, tuple[np.ndarra
     Args:
         path: the PNG to write.
         stacks: method → (flipping counts, position counts) from
-            :func:`deepadversaries.analysis.stacked_flip_map`.
+            :func:`deepadversaries.analysis.latent.stacked_flip_map`.
         extent: the stacks' half-width, Petrosian radii.
-        shares: method → :func:`deepadversaries.analysis.dangerous_pixel_shares`.
+        shares: method → :func:`deepadversaries.analysis.latent.dangerous_pixel_shares`.
     """
     methods = list(stacks)
     fig, axes = plt.subplots(1, len(methods) + 1, figsize=(4.6 * (len(methods) + 1), 4.3), squeeze=False)

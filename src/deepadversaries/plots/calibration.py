@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError
-from . import CLASS_COLORS, DPI, plt, save_figure
+from deepadversaries.errors import OptionError
+from deepadversaries.plots import CLASS_COLORS, DPI, plt, save_figure
 
 #: colour of each domain's points and bars (Y10 dark blue, Y1 orange, others cycled)
 DOMAIN_COLORS = {"Y10": CLASS_COLORS[2], "Y1": CLASS_COLORS[0]}
@@ -49,8 +49,8 @@ def plot_reliability_diagram(bins_by_domain: Mapping[str, Mapping[str, Any]], pa
 
     Args:
         bins_by_domain: per domain name (e.g. ``"Y10"``, ``"Y1"``), either the dict of
-            :func:`deepadversaries.calibration.calibration_metrics` (its ``"reliability"`` and
-            ``"ece"`` are used) or a :func:`~deepadversaries.calibration.reliability_bins` dict
+            :func:`deepadversaries.evaluation.calibration.calibration_metrics` (its ``"reliability"`` and
+            ``"ece"`` are used) or a :func:`~deepadversaries.evaluation.calibration.reliability_bins` dict
             (the ECE is then computed from the bins).
         path: the PNG to write (written atomically).
         title: figure title [default: none].

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import SPLITS
-from ..data import STRETCH_SCALE, GalaxyDataset, load_dataset
-from ..errors import file_error
-from ..morphology import (BULGE_INTERCEPT, BULGE_SCALE, BULGE_SLOPE, MERGER_INTERCEPT, MERGER_SLOPE)
-from . import class_colors, plt, save_figure
+from deepadversaries import SPLITS
+from deepadversaries.data.dataset import STRETCH_SCALE, GalaxyDataset, load_dataset
+from deepadversaries.errors import file_error
+from deepadversaries.simulation.morphology import (
+    BULGE_INTERCEPT, BULGE_SCALE, BULGE_SLOPE, MERGER_INTERCEPT, MERGER_SLOPE,
+)
+from deepadversaries.plots import class_colors, plt, save_figure
 
 #: the boundaries' intersection (G0, M20_0) of the paper
 M20_0 = (BULGE_INTERCEPT / BULGE_SCALE - MERGER_INTERCEPT) / (MERGER_SLOPE - BULGE_SLOPE / BULGE_SCALE)

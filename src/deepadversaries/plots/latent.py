@@ -7,7 +7,7 @@
 - Figure 6: d_E histograms, regular vs DA, mean/median lines, JS distance (``save_distances_figure``)
 - rotating 3-D isomap GIF (``save_isomap_gif``), one church window (``save_single_church_window``)
 
-The drawing functions take the objects of :mod:`deepadversaries.analysis` (``ChurchWindow``,
+The drawing functions take the objects of :mod:`deepadversaries.analysis.latent` (``ChurchWindow``,
 ``IsomapEmbedding``, ``PairedDistances``) so they can be used on any latents. Two runs are
 drawn in the order of the mappings they come in (reference first), labelled by method.
 """
@@ -28,10 +28,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from scipy import ndimage
 
-from .. import CLASSES, METHOD_LABELS, METHOD_SHORT
-from ..analysis import FIGURE_SCALES, PERTURBATIONS, ChurchWindow, IsomapEmbedding, PairedDistances, js_distance
-from ..io import TMP_MARK
-from . import CLASS_COLORS, DPI, class_colors, save_figure
+from deepadversaries import CLASSES, METHOD_LABELS, METHOD_SHORT
+from deepadversaries.analysis.latent import (
+    FIGURE_SCALES, PERTURBATIONS, ChurchWindow, IsomapEmbedding, PairedDistances, js_distance,
+)
+from deepadversaries.io import TMP_MARK
+from deepadversaries.plots import CLASS_COLORS, DPI, class_colors, save_figure
 #: marker of each member of a triplet: Y10 image, Y1 image, one-pixel-attacked image
 #: (drawn in this order: the 1P triangle first, so the Y10 cross it often sits on stays visible)
 TRIPLET_MARKERS = {"triplet-1P": ("^", 260), "triplet-Y1": ("*", 420), "triplet-Y10": ("X", 200)}

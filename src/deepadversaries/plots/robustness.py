@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import BANDS
-from ..corruptions import CORRUPTIONS, DEFAULT_OPTIONS, MAX_SEVERITY, CorruptionOptions, corrupt, parameter_label
-from ..data import apply_stretch
-from ..errors import OptionError
-from . import plt, save_figure
+from deepadversaries import BANDS
+from deepadversaries.corruptions.suite import (
+    CORRUPTIONS, DEFAULT_OPTIONS, MAX_SEVERITY, CorruptionOptions, corrupt, parameter_label,
+)
+from deepadversaries.data.dataset import apply_stretch
+from deepadversaries.errors import OptionError
+from deepadversaries.plots import plt, save_figure
 
 
 def _display(stretched: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -111,7 +113,7 @@ def corruption_grid_figure(image: np.ndarray, lo: float | None, hi: float | None
         image: (B, H, W) raw electrons (g, r, i, or ``bands``) of one galaxy at the depth of ``domain``.
         lo: low stretch constant (electrons) of the domain (None with ``to_input``).
         hi: high stretch constant (electrons) of the domain (None with ``to_input``).
-        corruptions: rows, names of :data:`~deepadversaries.corruptions.CORRUPTIONS` [default: all].
+        corruptions: rows, names of :data:`~deepadversaries.corruptions.suite.CORRUPTIONS` [default: all].
         severities: columns [default: 0-5; 0 is the clean image].
         seed: seed of the corruptions (see :func:`corruption_grid_mosaic`) [default: 0].
         domain: depth of ``image``, "Y10" or "Y1" [default: "Y10"].

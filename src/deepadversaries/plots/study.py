@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import METHOD_SHORT, MODEL_LABELS
-from . import CLASS_COLORS, DPI, plt, save_figure
+from deepadversaries import METHOD_SHORT, MODEL_LABELS
+from deepadversaries.plots import CLASS_COLORS, DPI, plt, save_figure
 
 #: how each finding's effect is drawn: axis label, scale factor, log axis, no-effect value
 AXES: dict[str, tuple[str, float, bool, float]] = {

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import CLASSES
-from ..errors import OptionError
-from . import DPI, plt, save_figure
+from deepadversaries import CLASSES
+from deepadversaries.errors import OptionError
+from deepadversaries.plots import DPI, plt, save_figure
 
 
 def plot_confusion_matrix(confusion: Sequence[Sequence[int]] | np.ndarray, path: str | Path, *,

@@ -1,0 +1,1 @@
+"""Domain adaptation: the alignment losses (MMD, CORAL, DANN) and AdaBN, without file I/O."""

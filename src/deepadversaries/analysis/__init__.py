@@ -1,0 +1,1 @@
+"""Statistics and latent-space maths, and the analyze stage."""

@@ -1,0 +1,1 @@
+"""The robustness card of one run, its renderings, and the leaderboard of many."""

@@ -1,0 +1,242 @@
+"""Robustness cards side by side: ``deepadv leaderboard CARD… --out DIR``.
+
+:func:`leaderboard` reads cards (``card.json`` or folders holding one; each validated against
+the shipped schema, :func:`deepadversaries.card.build.read_card`), ranks them and writes
+``leaderboard.csv`` (one row per card: every headline number's value, ci_low, ci_high and n),
+``leaderboard.md`` and ``leaderboard.html`` (one self-contained page; each column sorts on a
+click, in plain inline JavaScript — ``leaderboard.html#sort=K`` opens it sorted by column K,
+ascending; every number shown with its 95 % interval and n).
+
+Only cards measured the same way share a ranking: the same test data (the card's
+``data.sha256``) and the same protocol (``protocol.id``: protocol version, level and
+labelled/label-free mode; and ``protocol.fingerprint``, the settings its stages actually used,
+which differ when a card reused stages run with other settings). Cards that differ are refused with one line naming them, or, with
+``group=True``, ranked in separate groups, never mixed. The ranking sorts by one headline
+number (:data:`DEFAULT_SORT`, the first present; lower first where lower is better), with the
+card's name breaking ties; a card without that number comes last. A rank is an order of point
+estimates: two cards whose intervals overlap are not shown to differ, and the page says so.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from deepadversaries.card.build import CARD_NAME, read_card
+from deepadversaries.card.render import fmt_number
+from deepadversaries.errors import OptionError, file_error
+from deepadversaries.io import write_csv, write_text
+
+CSV_NAME = "leaderboard.csv"
+MD_NAME = "leaderboard.md"
+HTML_NAME = "leaderboard.html"
+#: the headline numbers a leaderboard ranks by when not told, the first a card has
+DEFAULT_SORT = ("corruption_accuracy", "corruption_stability", "clean_accuracy", "one_pixel_flip_rate")
+SCRIPT = """
+function sortBy(th){const table=th.closest('table');const col=th.cellIndex;const body=table.tBodies[0];
+const asc=th.dataset.order!=='asc';for(const h of table.tHead.rows[0].cells){delete h.dataset.order;}
+th.dataset.order=asc?'asc':'desc';const rows=Array.from(body.rows);
+rows.sort((a,b)=>{const x=a.cells[col].dataset.v,y=b.cells[col].dataset.v;
+const fx=parseFloat(x),fy=parseFloat(y);let c;
+if(!isNaN(fx)&&!isNaN(fy)){c=fx-fy;}else if(isNaN(fx)&&!isNaN(fy)){return 1;}else if(!isNaN(fx)&&isNaN(fy)){return -1;}
+else{c=String(x).localeCompare(String(y));}return asc?c:-c;});for(const r of rows){body.appendChild(r);}}
+document.addEventListener('DOMContentLoaded',()=>{for(const th of document.querySelectorAll('th[data-sortable]')){
+th.addEventListener('click',()=>sortBy(th));}
+const m=/^#sort=(\\d+)$/.exec(location.hash);if(m){for(const t of document.querySelectorAll('table.board')){
+const th=t.tHead.rows[0].cells[+m[1]];if(th){sortBy(th);}}}document.body.dataset.ready='yes';});
+"""
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1300px;
+padding:0 1em;color:#1b1b1b}table{border-collapse:collapse;margin:.6em 0 1.6em}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eef;cursor:pointer;user-select:none}
+th[data-order=asc]::after{content:' ▲'}th[data-order=desc]::after{content:' ▼'}td.t,th.t{text-align:left}
+.sub{color:#555}
+"""
+
+
+def _card_path(path: Path) -> Path:
+    return path / CARD_NAME if path.is_dir() else path
+
+
+def _name(path: Path) -> str:
+    """A card's name on the board: its folder's name."""
+    path = _card_path(path)
+    return path.parent.name or path.stem
+
+
+def group_key(card: Mapping[str, Any]) -> tuple[str, str]:
+    """What must be equal for two cards to share a ranking: (data SHA-256, protocol id with the
+    fingerprint of the settings its stages used, when the card records one)."""
+    fingerprint = card["protocol"].get("fingerprint")
+    return card["data"]["sha256"], card["protocol"]["id"] + (f" ({fingerprint})" if fingerprint else "")
+
+
+def _describe(key: tuple[str, str], card: Mapping[str, Any]) -> str:
+    return f"data {Path(card['data']['path']).name} (sha256 {key[0][:12]}…), protocol {key[1]}"
+
+
+def _columns(cards: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    cols: dict[str, dict[str, str]] = {}
+    for card in cards:
+        for h in card["headline"]:
+            cols.setdefault(h["key"], {"key": h["key"], "label": h["label"], "better": h["better"]})
+    return list(cols.values())
+
+
+def _value(card: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    for h in card["headline"]:
+        if h["key"] == key:
+            return h["number"]
+    return None
+
+
+def rank(entries: Sequence[dict[str, Any]], sort: str, better: str) -> list[dict[str, Any]]:
+    """Entries ({"name", "card"}) ordered by the headline number ``sort`` (higher first when
+    ``better`` is "higher"), ties by name, cards without the number last; adds ``rank`` (1…)."""
+    def key(e: dict[str, Any]) -> tuple[int, float, str]:
+        num = _value(e["card"], sort)
+        if num is None or num["value"] is None:
+            return (1, 0.0, e["name"])
+        return (0, -num["value"] if better == "higher" else num["value"], e["name"])
+
+    ordered = sorted(entries, key=key)
+    return [{**e, "rank": i + 1} for i, e in enumerate(ordered)]
+
+
+def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = False,
+                sort: str | None = None) -> dict[str, Any]:
+    """Rank cards and write ``leaderboard.{csv,md,html}`` in ``out``.
+
+    Args:
+        cards: ``card.json`` files or card folders (at least one; each read once).
+        out: the folder to write.
+        group: rank cards of different data or protocols in separate groups [default: False:
+            refuse them].
+        sort: the headline key to rank by [default: the first of :data:`DEFAULT_SORT` present].
+
+    Returns:
+        ``{"groups": [{"data_sha256", "protocol", "sort", "rows": [{"rank", "name", "path"}]}],
+        "files": [...]}``.
+
+    Raises:
+        FileError: a missing or invalid card, one of an unknown schema version, cards of
+            different data or protocols without ``group``, the same card twice.
+        OptionError: no card, or a ``sort`` key no card has.
+    """
+    if not cards:
+        raise OptionError("give at least one card (card.json or a card folder)")
+    out = Path(out)
+    entries, seen = [], {}
+    for path in map(Path, cards):
+        card = read_card(path)
+        resolved = _card_path(path).resolve()
+        if resolved in seen:
+            raise file_error(path, "is given twice")
+        seen[resolved] = True
+        entries.append({"name": _name(path), "path": str(_card_path(path)), "card": card})
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault(group_key(e["card"]), []).append(e)
+    if len(groups) > 1 and not group:
+        (k1, g1), (k2, g2) = list(groups.items())[:2]
+        raise file_error(g2[0]["path"], f"cannot share a ranking with {g1[0]['path']}: {_describe(k2, g2[0]['card'])} "
+                                        f"against {_describe(k1, g1[0]['card'])}; rank cards of one dataset and "
+                                        "protocol, or pass --group to rank each group apart")
+    columns = _columns([e["card"] for e in entries])
+    keys = [c["key"] for c in columns]
+    if sort is not None and sort not in keys:
+        raise OptionError(f"unknown --sort {sort!r}; choose one of {', '.join(keys)}")
+    result_groups = []
+    for (sha, protocol), members in groups.items():
+        present = [c["key"] for c in _columns([e["card"] for e in members])]
+        key = sort or next((k for k in DEFAULT_SORT if k in present), present[0] if present else keys[0])
+        better = next(c["better"] for c in columns if c["key"] == key)
+        result_groups.append({"data_sha256": sha, "protocol": protocol, "data": members[0]["card"]["data"]["path"],
+                              "sort": key, "better": better, "rows": rank(members, key, better)})
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / CSV_NAME, result_groups, columns)
+    write_text(out / MD_NAME, leaderboard_markdown(result_groups, columns))
+    write_text(out / HTML_NAME, leaderboard_html(result_groups, columns))
+    return {"groups": [{k: v if k != "rows" else [{"rank": r["rank"], "name": r["name"], "path": r["path"]}
+                                                  for r in v] for k, v in g.items()} for g in result_groups],
+            "files": [str(out / n) for n in (CSV_NAME, MD_NAME, HTML_NAME)]}
+
+
+def _write_csv(path: Path, groups: Sequence[Mapping[str, Any]], columns: Sequence[Mapping[str, str]]) -> None:
+    fields = ["group", "rank", "name", "architecture", "method", "parameters", "data_sha256", "protocol", "card"]
+    for c in columns:
+        fields += [c["key"], f"{c['key']}_ci_low", f"{c['key']}_ci_high", f"{c['key']}_n"]
+    rows = []
+    for gi, g in enumerate(groups, 1):
+        for r in g["rows"]:
+            m = r["card"]["model"]
+            row = {"group": gi, "rank": r["rank"], "name": r["name"], "architecture": m["architecture"],
+                   "method": m["method"], "parameters": m["parameters"], "data_sha256": g["data_sha256"],
+                   "protocol": g["protocol"], "card": r["path"]}
+            for c in columns:
+                num = _value(r["card"], c["key"]) or {}
+                row.update({c["key"]: num.get("value"), f"{c['key']}_ci_low": num.get("ci_low"),
+                            f"{c['key']}_ci_high": num.get("ci_high"), f"{c['key']}_n": num.get("n")})
+            rows.append(row)
+    write_csv(path, rows, fields)
+
+
+def _heading(g: Mapping[str, Any], i: int, total: int) -> str:
+    prefix = f"Group {i}: " if total > 1 else ""
+    return (f"{prefix}{Path(g['data']).name} (sha256 {g['data_sha256'][:12]}…), {g['protocol']}; "
+            f"ranked by {g['sort']} ({g['better']} is better)")
+
+
+def leaderboard_markdown(groups: Sequence[Mapping[str, Any]], columns: Sequence[Mapping[str, str]]) -> str:
+    """``leaderboard.md``: one table per group, every number value [95 % CI] (n)."""
+    out = ["# Robustness leaderboard\n",
+           "Every number: value [95 % interval] (n). A rank orders point estimates; cards whose intervals "
+           "overlap are not shown to differ.\n"]
+    for i, g in enumerate(groups, 1):
+        header = ["rank", "card", "model", *[c["label"] for c in columns]]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in g["rows"]:
+            m = r["card"]["model"]
+            cells = [str(r["rank"]), r["name"], f"{m['architecture']} {m['method']}"]
+            cells += [fmt_number(_value(r["card"], c["key"])) if _value(r["card"], c["key"]) else "–" for c in columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        out += [f"## {_heading(g, i, len(groups))}\n", "\n".join(lines) + "\n"]
+    return "\n".join(out)
+
+
+def _sort_value(num: Mapping[str, Any] | None) -> str:
+    return "" if num is None or num["value"] is None else repr(float(num["value"]))
+
+
+def leaderboard_html(groups: Sequence[Mapping[str, Any]], columns: Sequence[Mapping[str, str]]) -> str:
+    """``leaderboard.html``: a self-contained page, one sortable table per group."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>Robustness leaderboard</title>"
+             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>\n<h1>Robustness leaderboard</h1>\n"
+             "<p class='sub'>Every number: value [95 % interval] and the n it rests on. Click a column to sort. "
+             "A rank orders point estimates; cards whose intervals overlap are not shown to differ.</p>\n"]
+    for i, g in enumerate(groups, 1):
+        head = ("<th data-sortable class='t'>rank</th><th data-sortable class='t'>card</th>"
+                "<th data-sortable class='t'>model</th><th data-sortable>parameters</th>"
+                + "".join(f"<th data-sortable title='{e(c['better'])} is better'>{e(c['label'])}</th>"
+                          for c in columns))
+        body = []
+        for r in g["rows"]:
+            m = r["card"]["model"]
+            cells = [f"<td class='t' data-v='{r['rank']}'>{r['rank']}</td>",
+                     f"<td class='t' data-v='{e(r['name'])}'>{e(r['name'])}</td>",
+                     f"<td class='t' data-v='{e(m['architecture'] + ' ' + m['method'])}'>"
+                     f"{e(m['architecture'])} {e(m['method'])}</td>",
+                     f"<td data-v='{m['parameters']}'>{m['parameters']:,}</td>"]
+            for c in columns:
+                num = _value(r["card"], c["key"])
+                cells.append(f"<td data-v='{_sort_value(num)}'>{e(fmt_number(num) if num else '–')}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f"<h2>{e(_heading(g, i, len(groups)))}</h2>\n<table class='board' id='board{i}'><thead><tr>"
+                     f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n")
+    parts.append(f"<p class='sub'>{e(json.dumps([c['key'] for c in columns]))}</p></body></html>\n")
+    return "".join(parts)
+

@@ -1,0 +1,713 @@
+"""Sound bounds of a classifier's logits when one pixel takes any value in a box (no file I/O).
+
+The certification of :mod:`deepadversaries.certify.certify` asks, for one image and one pixel
+position, whether any value ``v`` of the pixel's B bands inside a box ``[lo, hi]`` makes a
+one-pixel attack succeed. This module answers with bounds that are *sound* (they hold for
+every value in the box) and that become *exact* as the box shrinks (every ReLU and every
+max-pool choice stable), so that splitting boxes (branch and bound, in ``certify``) is
+complete in the limit.
+
+Geometry (the pixel's cone). Only activations inside the receptive cone of the pixel
+change. For a batch of P boxes (positions and value boxes) the module keeps, per layer,
+a *window* of the same size for every box (its top-left corner differs per box), which
+covers every changed activation and lies inside the layer's map; everything outside it is
+the clean image's activation, computed once (:func:`clean_pass`). A convolution or a
+max-pool gathers the patch it needs from the clean map (with its zero or -inf padding)
+and overwrites it with the window; a residual add embeds both branches in the union of
+their windows. After the last spatial layer the remaining layers (adaptive average
+pooling to 1 x 1, flatten, the bottleneck and the output Linear layers, with no
+non-linearity between them in :class:`~deepadversaries.models.networks.GalaxyClassifier`) are one
+linear map, composed exactly in float64.
+
+Relaxations (forward linear bounds, DeepPoly/CROWN style). Every activation ``a`` inside a
+window has a lower and an upper *linear function* of the box coordinates ``e`` in
+[-1, 1]^B (``v = mid + rad * e``): ``L(e) <= a(e) <= U(e)``, stored as centre ``c = (L+U)/2``
+and radius ``r = (U-L)/2`` with B+1 coefficients (constant first). The first convolution
+is affine in ``v``: exact. An affine layer ``W`` maps (c, r) to (W c + b, |W| r) — the same
+as ``W+ L + W- U`` for the lower function. A ReLU whose input lies in [l, u] (the
+concretised bounds) is exact when l >= 0 or u <= 0; otherwise it is bounded above by the
+chord ``u (x - l) / (u - l)`` applied to U and below by ``alpha x`` applied to L (alpha = 1
+when u > -l, else 0: the adaptive lower bound). A max of two inputs is written
+``max(m, x) = m + relu(x - m)``: exact when ``x - m`` has a fixed sign over the box,
+otherwise bounded above by ``U_m + s (U_x - L_m - l_d)`` (the chord of that ReLU; or the
+constant ``max(u_m, u_x)`` when its value is smaller at the box centre) and below by the
+input with the larger lower bound; a k x k max-pool folds its inputs in this way.
+
+Success rules (:func:`target_rows`, :func:`success_upper_bounds`). For a targeted attack
+under the paper's rule (p(target) > 0.5) the attack succeeds iff
+``s = l_t - logsumexp_{j != t} l_j > 0``. Since ``logsumexp(l) >= sum_j w_j l_j + H(w)`` for
+any weights w on the simplex (H the entropy; equality at w = softmax(l)), ``s <= l_t - w.l
+- H(w)`` for every w: its maximum over the box is bounded by bounding one linear function
+of the logits, for a few w (each one-hot, the uniform one, the clean image's softmax), and
+taking the smallest. The top-class rule uses ``s = l_t - max_{j != t} l_j <= l_t - w.l``;
+the untargeted paper rule (p(true) < 0.05) ``s = logsumexp_{j != y}(l_j - l_y) - log 19``,
+bounded by the log-sum-exp of the upper bounds of ``l_j - l_y``; untargeted top-class
+``s = max_{j != y}(l_j - l_y)``.
+
+Floating point. Everything is computed in float64 from the model's float32 weights
+(BatchNorm folded in float64). The bounds hold for the network evaluated in exact
+arithmetic up to the float64 rounding of this computation (relative error about 1e-15 per
+operation, far below the ``CERTIFY_TOLERANCE`` a certificate must clear); the deployed
+float32 forward pass differs from exact arithmetic by about 1e-6 relative, which the same
+tolerance covers for logits of ordinary size. Witnesses are never taken from these bounds:
+every flip is re-checked with a plain float32 forward pass of the model.
+
+Supported layers: exactly ``Conv2d`` (zero padding, no dilation, one group),
+``BatchNorm2d`` in eval mode (folded into the preceding convolution, or a per-channel
+affine map), ``ReLU``, ``MaxPool2d`` (no dilation, floor mode), ``AdaptiveAvgPool2d`` to
+1 x 1 as the last spatial layer, ``Dropout`` (the identity in eval mode), ``Flatten``,
+``Linear``, and torchvision's ``BasicBlock`` (the residual add). Any other layer is
+refused with an :class:`~deepadversaries.errors.OptionError` naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepadversaries.errors import OptionError
+
+#: a certificate needs the upper bound of the success score below -CERTIFY_TOLERANCE (logit units)
+CERTIFY_TOLERANCE = 1e-6
+#: the padding value of a max-pool's input: below any activation, finite so that arithmetic stays defined
+NEG_BIG = -1e30
+DTYPE = torch.float64
+#: log(0.95 / 0.05): the untargeted paper rule, p(true) < 0.05, as a logit gap
+UNTARGETED_GAP = math.log((1 - 0.05) / 0.05)
+
+
+# --------------------------------------------------------------------------------------
+# the network as a list of operations
+# --------------------------------------------------------------------------------------
+@dataclass
+class Conv:
+    """A 2-D convolution (BatchNorm folded in), float64."""
+
+    weight: torch.Tensor  # (out, in, k, k)
+    bias: torch.Tensor  # (out,)
+    stride: int
+    padding: int
+
+    @property
+    def kernel(self) -> int:
+        return int(self.weight.shape[-1])
+
+
+@dataclass
+class Affine:
+    """A per-channel affine map (a BatchNorm not preceded by a convolution)."""
+
+    scale: torch.Tensor  # (C,)
+    shift: torch.Tensor  # (C,)
+
+
+@dataclass
+class Relu:
+    """The ReLU."""
+
+
+@dataclass
+class MaxPool:
+    """A k x k max-pool of stride s and padding p (floor mode)."""
+
+    kernel: int
+    stride: int
+    padding: int
+
+
+@dataclass
+class Residual:
+    """``main(x) + shortcut(x)`` (torchvision's BasicBlock before its last ReLU)."""
+
+    main: list
+    shortcut: list  # empty: the identity
+
+
+@dataclass
+class Network:
+    """A model as operations on (C, H, W) maps and the linear head after them.
+
+    Attributes:
+        ops: the spatial operations in order.
+        head_weight: (K, C, H', W') float64: the logits' weights on the last map (global
+            average pooling, the bottleneck and the output layer composed).
+        head_bias: (K,) float64.
+        n_classes: K.
+        bands: B, input channels.
+    """
+
+    ops: list
+    head_weight: torch.Tensor | None = None
+    head_bias: torch.Tensor | None = None
+    global_average: bool = False
+    head_layers: list = field(default_factory=list)  # (weight, bias) of the Linear layers, in order
+    n_classes: int = 0
+    bands: int = 0
+
+
+def _pair(v, what: str, layer: nn.Module) -> int:
+    t = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if t[0] != t[1]:
+        raise OptionError(f"certify supports square {what}s only; {type(layer).__name__} has {what} {t}")
+    return int(t[0])
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", DTYPE).clone()
+
+
+def _conv(layer: nn.Conv2d) -> Conv:
+    if layer.groups != 1 or _pair(layer.dilation, "dilation", layer) != 1 or layer.padding_mode != "zeros" \
+            or isinstance(layer.padding, str):
+        raise OptionError(f"certify does not support this Conv2d ({layer}): it needs one group, no dilation and "
+                          "numeric zero padding")
+    _pair(layer.kernel_size, "kernel", layer)
+    w = _f64(layer.weight)
+    b = _f64(layer.bias) if layer.bias is not None else torch.zeros(w.shape[0], dtype=DTYPE)
+    return Conv(w, b, _pair(layer.stride, "stride", layer), _pair(layer.padding, "padding", layer))
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+        raise OptionError(f"certify needs BatchNorm2d with running statistics (eval mode); {bn} has none")
+    scale = torch.ones(bn.num_features, dtype=DTYPE) if bn.weight is None else _f64(bn.weight)
+    shift = torch.zeros(bn.num_features, dtype=DTYPE) if bn.bias is None else _f64(bn.bias)
+    scale = scale / torch.sqrt(_f64(bn.running_var) + bn.eps)
+    return scale, shift - _f64(bn.running_mean) * scale
+
+
+def _fold(conv: Conv, bn: nn.BatchNorm2d) -> Conv:
+    scale, shift = _bn_scale_shift(bn)
+    return Conv(conv.weight * scale[:, None, None, None], conv.bias * scale + shift, conv.stride, conv.padding)
+
+
+def _flatten_modules(module: nn.Module) -> list[nn.Module]:
+    if isinstance(module, nn.Sequential):
+        return [m for child in module for m in _flatten_modules(child)]
+    return [module]
+
+
+def _ops(modules: Sequence[nn.Module]) -> list:
+    import torchvision  # noqa: F401  (BasicBlock's home)
+    from torchvision.models.resnet import BasicBlock
+
+    ops: list = []
+    for m in modules:
+        if isinstance(m, nn.Conv2d):
+            ops.append(_conv(m))
+        elif isinstance(m, nn.BatchNorm2d):
+            if ops and isinstance(ops[-1], Conv):
+                ops[-1] = _fold(ops[-1], m)
+            else:
+                ops.append(Affine(*_bn_scale_shift(m)))
+        elif isinstance(m, nn.ReLU):
+            ops.append(Relu())
+        elif isinstance(m, nn.MaxPool2d):
+            if _pair(m.dilation, "dilation", m) != 1 or m.ceil_mode or m.return_indices:
+                raise OptionError(f"certify does not support this MaxPool2d ({m}): it needs no dilation and floor mode")
+            k = _pair(m.kernel_size, "kernel", m)
+            s = _pair(m.stride if m.stride is not None else k, "stride", m)
+            ops.append(MaxPool(k, s, _pair(m.padding, "padding", m)))
+        elif isinstance(m, (nn.Dropout, nn.Identity)):
+            continue  # the identity in eval mode
+        elif isinstance(m, BasicBlock):
+            main = _ops([m.conv1, m.bn1, nn.ReLU(), m.conv2, m.bn2])
+            shortcut = _ops(_flatten_modules(m.downsample)) if m.downsample is not None else []
+            ops += [Residual(main, shortcut), Relu()]
+        else:
+            raise OptionError(f"certify cannot bound the layer {type(m).__name__} ({_short(m)}); it supports Conv2d, "
+                              "BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Linear, Flatten and "
+                              "ResNet BasicBlocks")
+    return ops
+
+
+def _short(m: nn.Module) -> str:
+    text = repr(m).splitlines()[0]
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def compile_network(model: nn.Module) -> Network:
+    """The model as :class:`Network` operations, float64, BatchNorm folded.
+
+    Args:
+        model: a :class:`~deepadversaries.models.networks.GalaxyClassifier` (``features`` then the
+            ``bottleneck`` and ``output`` Linear layers), evaluated in eval mode.
+
+    Returns:
+        The network (its head is set by :func:`clean_pass`, once the map size is known).
+
+    Raises:
+        OptionError: a model of another kind, or a layer this module cannot bound (named).
+    """
+    for name in ("features", "bottleneck", "output"):
+        if not isinstance(getattr(model, name, None), nn.Module):
+            raise OptionError(f"certify needs a ConvNet or ResNet18 classifier (features, bottleneck and output "
+                              f"layers); {type(model).__name__} has no '{name}' layer")
+    modules = _flatten_modules(model.features)
+    global_average = False
+    if modules and isinstance(modules[-1], nn.AdaptiveAvgPool2d):
+        size = modules[-1].output_size
+        pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        if pair != (1, 1):
+            raise OptionError(f"certify supports AdaptiveAvgPool2d to 1 x 1 only, got output size {size}")
+        global_average = True
+        modules = modules[:-1]
+    while modules and isinstance(modules[-1], (nn.Dropout, nn.Identity)):
+        modules = modules[:-1]
+    for m in modules:
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            raise OptionError("certify supports AdaptiveAvgPool2d only as the last spatial layer")
+    ops = _ops(modules)
+    head = []
+    for layer in (model.bottleneck, model.output):
+        if not isinstance(layer, nn.Linear):
+            raise OptionError(f"certify cannot bound the layer {type(layer).__name__} ({_short(layer)})")
+        head.append((_f64(layer.weight), _f64(layer.bias) if layer.bias is not None
+                     else torch.zeros(layer.out_features, dtype=DTYPE)))
+    first = next((op for op in _walk(ops) if isinstance(op, Conv)), None)
+    bands = int(first.weight.shape[1]) if first is not None else 0
+    return Network(ops, global_average=global_average, head_layers=head, n_classes=int(head[-1][0].shape[0]),
+                   bands=bands)
+
+
+def _walk(ops: list):
+    for op in ops:
+        yield op
+        if isinstance(op, Residual):
+            yield from _walk(op.main)
+            yield from _walk(op.shortcut)
+
+
+# --------------------------------------------------------------------------------------
+# the clean image
+# --------------------------------------------------------------------------------------
+def _apply_exact(op, x: torch.Tensor, maps: dict) -> torch.Tensor:
+    """One operation on (1, C, H, W) float64; stores the input map of every op in ``maps``."""
+    maps[id(op)] = x[0]
+    if isinstance(op, Conv):
+        return F.conv2d(x, op.weight, op.bias, stride=op.stride, padding=op.padding)
+    if isinstance(op, Affine):
+        return x * op.scale[:, None, None] + op.shift[:, None, None]
+    if isinstance(op, Relu):
+        return torch.relu(x)
+    if isinstance(op, MaxPool):
+        return F.max_pool2d(x, op.kernel, op.stride, op.padding)
+    main = x
+    for sub in op.main:
+        main = _apply_exact(sub, main, maps)
+    short = x
+    for sub in op.shortcut:
+        short = _apply_exact(sub, short, maps)
+    maps[(id(op), "main")] = main[0]
+    maps[(id(op), "shortcut")] = short[0]
+    return main + short
+
+
+@dataclass
+class CleanImage:
+    """The clean image's activations: every operation's input map, the last map and the logits."""
+
+    maps: dict
+    last: torch.Tensor  # (C, H', W')
+    logits: torch.Tensor  # (K,)
+    image: torch.Tensor  # (B, H, W)
+
+
+def clean_pass(net: Network, image: np.ndarray | torch.Tensor) -> CleanImage:
+    """Run the clean image (B, H, W) through ``net`` in float64; set the network's head for its map size."""
+    x = torch.as_tensor(np.asarray(image), dtype=DTYPE)[None]
+    maps: dict = {}
+    for op in net.ops:
+        x = _apply_exact(op, x, maps)
+    last = x[0]
+    c, h, w = last.shape
+    (w1, b1), (w2, b2) = net.head_layers
+    composed = w2 @ w1  # (K, n_features)
+    bias = w2 @ b1 + b2
+    if net.global_average:
+        if composed.shape[1] != c:
+            raise OptionError(f"the bottleneck takes {composed.shape[1]} features but the pooled map has {c}")
+        weight = (composed / (h * w))[:, :, None, None].expand(-1, c, h, w).contiguous()
+    else:
+        if composed.shape[1] != c * h * w:
+            raise OptionError(f"the bottleneck takes {composed.shape[1]} features but the last map has {c}x{h}x{w}")
+        weight = composed.reshape(-1, c, h, w)
+    net.head_weight, net.head_bias = weight, bias
+    # the logits through the layers in order (not the composed map): the reference value
+    feats = last.mean(dim=(1, 2)) if net.global_average else last.reshape(-1)
+    logits = w2 @ (w1 @ feats + b1) + b2
+    return CleanImage(maps, last, logits, x.new_tensor(np.asarray(image)))
+
+
+# --------------------------------------------------------------------------------------
+# windows of linear bounds
+# --------------------------------------------------------------------------------------
+@dataclass
+class Window:
+    """Linear bounds of a window of activations for P boxes.
+
+    ``c`` and ``r`` are (P, E + 1, C, n, m): the centre and radius linear functions (constant
+    first, then one coefficient per box coordinate), so that ``c - r <= a <= c + r``;
+    ``top`` and ``left`` (P,) place the window in the layer's map.
+    """
+
+    c: torch.Tensor
+    r: torch.Tensor
+    top: torch.Tensor
+    left: torch.Tensor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.c.shape[-2]), int(self.c.shape[-1])
+
+
+def concretise(f: torch.Tensor, upper: bool) -> torch.Tensor:
+    """The maximum (``upper``) or minimum of linear functions f (P, E + 1, ...) over e in [-1, 1]^E."""
+    spread = f[:, 1:].abs().sum(dim=1)
+    return f[:, 0] + spread if upper else f[:, 0] - spread
+
+
+def _out_range(start: torch.Tensor, n: int, kernel: int, stride: int, padding: int,
+               limit: int) -> tuple[torch.Tensor, int]:
+    """First output row and row count (same for all boxes) covering every output a window of
+    input rows start..start+n-1 changes, clamped inside the output map of ``limit`` rows."""
+    first = torch.div(start + padding - kernel + 1 + stride - 1, stride, rounding_mode="floor")
+    count = -(-(n + kernel - 1) // stride)
+    count = min(count, limit)
+    return first.clamp(min=0, max=limit - count), count
+
+
+def _gather_patch(win: Window, clean: torch.Tensor, fill: float, top: torch.Tensor, left: torch.Tensor,
+                  ph: int, pw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (P, E + 1, C, ph, pw) patch of a map from (top, left): the window where it lies, the
+    clean map elsewhere, ``fill`` outside the map."""
+    ch, h, w = clean.shape
+    p, e1 = win.c.shape[:2]
+    margin = max(ph, pw) + 2
+    padded = F.pad(clean, (margin, margin, margin, margin), value=fill)
+    wp = w + 2 * margin
+    kr = torch.arange(ph)
+    kc = torch.arange(pw)
+    rows = top[:, None] + kr  # (P, ph) map rows
+    cols = left[:, None] + kc
+    flat = ((rows + margin)[:, :, None] * wp + (cols + margin)[:, None, :]).reshape(p, -1)
+    base = padded.reshape(ch, -1)[:, flat].permute(1, 0, 2)  # (P, C, ph*pw)
+    n, m = win.size
+    sr = rows - win.top[:, None]
+    sc = cols - win.left[:, None]
+    inside = ((sr >= 0) & (sr < n))[:, :, None] & ((sc >= 0) & (sc < m))[:, None, :]  # (P, ph, pw)
+    src = (sr.clamp(0, n - 1)[:, :, None] * m + sc.clamp(0, m - 1)[:, None, :]).reshape(p, 1, 1, -1)
+    src = src.expand(p, e1, ch, -1)
+    cw = win.c.reshape(p, e1, ch, -1).gather(3, src)
+    rw = win.r.reshape(p, e1, ch, -1).gather(3, src)
+    inside = inside.reshape(p, 1, 1, -1)
+    c_clean = torch.zeros_like(cw)
+    c_clean[:, 0] = base
+    c = torch.where(inside, cw, c_clean)
+    r = torch.where(inside, rw, torch.zeros_like(rw))
+    return c.reshape(p, e1, ch, ph, pw), r.reshape(p, e1, ch, ph, pw)
+
+
+def _spatial_setup(win: Window, clean_in: torch.Tensor, kernel: int, stride: int, padding: int, fill: float):
+    ch, h, w = clean_in.shape
+    ho = (h + 2 * padding - kernel) // stride + 1
+    wo = (w + 2 * padding - kernel) // stride + 1
+    n, m = win.size
+    top, nh = _out_range(win.top, n, kernel, stride, padding, ho)
+    left, nw = _out_range(win.left, m, kernel, stride, padding, wo)
+    ph, pw = (nh - 1) * stride + kernel, (nw - 1) * stride + kernel
+    c, r = _gather_patch(win, clean_in, fill, top * stride - padding, left * stride - padding, ph, pw)
+    return c, r, top, left, nh, nw
+
+
+def _conv_window(op: Conv, win: Window, clean_in: torch.Tensor) -> Window:
+    c, r, top, left, nh, nw = _spatial_setup(win, clean_in, op.kernel, op.stride, op.padding, 0.0)
+    p, e1, ch = c.shape[:3]
+    cc = F.conv2d(c.reshape(p * e1, ch, *c.shape[-2:]), op.weight, stride=op.stride)
+    rr = F.conv2d(r.reshape(p * e1, ch, *r.shape[-2:]), op.weight.abs(), stride=op.stride)
+    cc = cc.reshape(p, e1, -1, nh, nw)
+    cc[:, 0] += op.bias[:, None, None]
+    return Window(cc, rr.reshape(p, e1, -1, nh, nw), top, left)
+
+
+def _relu_bounds(lo_f: torch.Tensor, up_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear bounds of relu(a) from L <= a <= U (functions, (P, E + 1, ...))."""
+    lo = concretise(lo_f, upper=False)[:, None]
+    up = concretise(up_f, upper=True)[:, None]
+    dead = up <= 0
+    alive = lo >= 0
+    cross = ~(dead | alive)
+    denom = torch.where(cross, up - lo, torch.ones_like(up))
+    slope = torch.where(cross, up / denom, torch.ones_like(up))
+    new_up = slope * up_f
+    new_up[:, 0] -= (slope * lo)[:, 0] * cross[:, 0]
+    alpha = torch.where(cross, (up > -lo).to(lo_f.dtype), torch.ones_like(up))
+    new_lo = alpha * lo_f
+    zero = torch.zeros_like(lo_f)
+    new_lo = torch.where(dead, zero, new_lo)
+    new_up = torch.where(dead, zero, torch.where(alive, up_f, new_up))
+    return new_lo, new_up
+
+
+def _relu_window(win: Window) -> Window:
+    lo, up = _relu_bounds(win.c - win.r, win.c + win.r)
+    return Window((lo + up) / 2, (up - lo) / 2, win.top, win.left)
+
+
+def _max2(m_lo, m_up, x_lo, x_up):
+    """Linear bounds of max(m, x) from the bounds of m and x (functions, (P, E + 1, ...))."""
+    d_lo = concretise(x_lo - m_up, upper=False)[:, None]
+    d_up = concretise(x_up - m_lo, upper=True)[:, None]
+    m_min = concretise(m_lo, upper=False)[:, None]
+    x_min = concretise(x_lo, upper=False)[:, None]
+    m_max = concretise(m_up, upper=True)[:, None]
+    x_max = concretise(x_up, upper=True)[:, None]
+    take_m = d_up <= 0
+    take_x = d_lo >= 0
+    cross = ~(take_m | take_x)
+    denom = torch.where(cross, d_up - d_lo, torch.ones_like(d_up))
+    s = torch.where(cross, d_up / denom, torch.zeros_like(d_up))
+    lin_up = m_up + s * (x_up - m_lo)
+    lin_up[:, 0] -= (s * d_lo)[:, 0]
+    const = torch.maximum(m_max, x_max)[:, 0]
+    use_const = cross[:, 0] & (const < lin_up[:, 0])
+    lin_up[:, 0] = torch.where(use_const, const, lin_up[:, 0])
+    lin_up[:, 1:] = torch.where(use_const[:, None], torch.zeros_like(lin_up[:, 1:]), lin_up[:, 1:])
+    cross_lo = torch.where(x_min > m_min, x_lo, m_lo)
+    lo = torch.where(take_m, m_lo, torch.where(take_x, x_lo, cross_lo))
+    up = torch.where(take_m, m_up, torch.where(take_x, x_up, lin_up))
+    return lo, up
+
+
+def _pool_window(op: MaxPool, win: Window, clean_in: torch.Tensor) -> Window:
+    c, r, top, left, nh, nw = _spatial_setup(win, clean_in, op.kernel, op.stride, op.padding, NEG_BIG)
+    lo_all, up_all = c - r, c + r
+    s, k = op.stride, op.kernel
+    lo = up = None
+    for dy in range(k):
+        for dx in range(k):
+            sl = (Ellipsis, slice(dy, dy + (nh - 1) * s + 1, s), slice(dx, dx + (nw - 1) * s + 1, s))
+            x_lo, x_up = lo_all[sl], up_all[sl]
+            if lo is None:
+                lo, up = x_lo, x_up
+            else:
+                lo, up = _max2(lo, up, x_lo, x_up)
+    return Window((lo + up) / 2, (up - lo) / 2, top, left)
+
+
+def _embed(win: Window, clean: torch.Tensor, top: torch.Tensor, left: torch.Tensor, n: int, m: int) -> Window:
+    c, r = _gather_patch(win, clean, 0.0, top, left, n, m)
+    return Window(c, r, top, left)
+
+
+def _residual_window(op: Residual, win: Window, clean: CleanImage) -> Window:
+    main = _propagate(op.main, win, clean)
+    short = _propagate(op.shortcut, win, clean)
+    out_map = clean.maps[(id(op), "main")]
+    _, h, w = out_map.shape
+    (n1, m1), (n2, m2) = main.size, short.size
+    top = torch.minimum(main.top, short.top)
+    left = torch.minimum(main.left, short.left)
+    n = min(int(torch.maximum(main.top + n1, short.top + n2).sub(top).max()), h)
+    m = min(int(torch.maximum(main.left + m1, short.left + m2).sub(left).max()), w)
+    top, left = top.clamp(max=h - n), left.clamp(max=w - m)
+    a = _embed(main, out_map, top, left, n, m)
+    b = _embed(short, clean.maps[(id(op), "shortcut")], top, left, n, m)
+    return Window(a.c + b.c, a.r + b.r, top, left)
+
+
+def _propagate(ops: list, win: Window, clean: CleanImage) -> Window:
+    for op in ops:
+        if isinstance(op, Conv):
+            win = _conv_window(op, win, clean.maps[id(op)])
+        elif isinstance(op, Relu):
+            win = _relu_window(win)
+        elif isinstance(op, MaxPool):
+            win = _pool_window(op, win, clean.maps[id(op)])
+        elif isinstance(op, Affine):
+            c = win.c * op.scale[:, None, None]
+            c[:, 0] += op.shift[:, None, None]
+            win = Window(c, win.r * op.scale.abs()[:, None, None], win.top, win.left)
+        elif isinstance(op, Residual):
+            win = _residual_window(op, win, clean)
+        else:  # pragma: no cover - compile_network admits nothing else
+            raise OptionError(f"certify cannot bound {type(op).__name__}")
+    return win
+
+
+def input_window(rows: np.ndarray, cols: np.ndarray, low: np.ndarray, high: np.ndarray) -> Window:
+    """The 1 x 1 window of P boxes: pixel (row, col) takes any value in [low, high] (P, B)."""
+    low = torch.as_tensor(np.asarray(low), dtype=DTYPE)
+    high = torch.as_tensor(np.asarray(high), dtype=DTYPE)
+    p, b = low.shape
+    c = torch.zeros((p, b + 1, b, 1, 1), dtype=DTYPE)
+    c[:, 0, :, 0, 0] = (low + high) / 2
+    idx = torch.arange(b)
+    c[:, idx + 1, idx, 0, 0] = (high - low) / 2
+    return Window(c, torch.zeros_like(c), torch.as_tensor(np.asarray(rows), dtype=torch.long),
+                  torch.as_tensor(np.asarray(cols), dtype=torch.long))
+
+
+def propagate(net: Network, clean: CleanImage, rows: np.ndarray, cols: np.ndarray, low: np.ndarray,
+              high: np.ndarray) -> Window:
+    """Linear bounds of the last map's window for P boxes (pixel (row, col), values in [low, high]).
+
+    Args:
+        net: the compiled network (its head set by :func:`clean_pass`).
+        clean: the clean image's activations.
+        rows, cols: (P,) the pixel of each box.
+        low, high: (P, B) model-input values, low <= high (equal: a point, evaluated exactly).
+
+    Returns:
+        The window of the last spatial map.
+    """
+    return _propagate(net.ops, input_window(rows, cols, low, high), clean)
+
+
+def row_bounds(net: Network, clean: CleanImage, win: Window, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds over each box of linear functions of the logits.
+
+    Args:
+        rows: (R, K) float64: each row a linear combination of the K logits.
+
+    Returns:
+        (P, R) minima and (P, R) maxima (sound bounds) of ``rows @ logits`` over each box.
+    """
+    weight = torch.einsum("rk,kchw->rchw", rows, net.head_weight)  # (R, C, H', W')
+    ch, h, w = clean.last.shape
+    p = win.c.shape[0]
+    n, m = win.size
+    r_idx = (win.top[:, None] + torch.arange(n))[:, :, None]
+    c_idx = (win.left[:, None] + torch.arange(m))[:, None, :]
+    flat = (r_idx * w + c_idx).reshape(p, -1)  # (P, n*m)
+    wr = weight.reshape(rows.shape[0], ch, -1)[:, :, flat].permute(2, 0, 1, 3)  # (P, R, C, n*m)
+    base = clean.last.reshape(ch, -1)[:, flat].permute(1, 0, 2)  # (P, C, n*m)
+    cw = win.c.reshape(p, win.c.shape[1], ch, -1).clone()
+    cw[:, 0] -= base
+    rw = win.r.reshape(p, win.r.shape[1], ch, -1)
+    centre = torch.einsum("prcq,pecq->per", wr, cw)
+    radius = torch.einsum("prcq,pecq->per", wr.abs(), rw)
+    clean_rows = rows @ clean.logits
+    centre[:, 0] += clean_rows
+    return concretise(centre - radius, upper=False), concretise(centre + radius, upper=True)
+
+
+def point_logits(net: Network, clean: CleanImage, rows: np.ndarray, cols: np.ndarray,
+                 values: np.ndarray) -> torch.Tensor:
+    """(P, K) float64 logits with pixel (row, col) set to ``values`` (P, B): the same cone
+    computation with boxes of zero width (exact up to float64 rounding)."""
+    win = propagate(net, clean, rows, cols, values, values)
+    eye = torch.eye(net.n_classes, dtype=DTYPE)
+    lo, up = row_bounds(net, clean, win, eye)
+    return (lo + up) / 2
+
+
+# --------------------------------------------------------------------------------------
+# success rules as bounds
+# --------------------------------------------------------------------------------------
+@dataclass
+class TargetRule:
+    """How one target's success score s (success iff s > 0) is bounded from a set of logit rows.
+
+    ``kind``: ``"min"`` — s <= min_i (ub(row_i) + offset_i); ``"max"`` — s <= max_i ub(row_i);
+    ``"lse"`` — s <= log sum_i exp(ub(row_i)) + offset_0.
+    """
+
+    target: int | None
+    kind: str
+    rows: np.ndarray  # (R, K)
+    offsets: np.ndarray  # (R,)
+
+
+def target_rules(label: int, targets: Sequence[int | None], rule: str, n_classes: int,
+                 clean_logits: np.ndarray | None = None) -> list[TargetRule]:
+    """The bound recipe of each target (class index, or None for the untargeted rule).
+
+    Args:
+        label: the true class.
+        targets: classes (targeted) or None (untargeted).
+        rule: ``"paper"`` or ``"top-class"`` (:func:`deepadversaries.attacks.onepixel.is_success`).
+        n_classes: K.
+        clean_logits: (K,) the clean image's logits, whose softmax gives one more weighting
+            of the log-sum-exp bound [default: None].
+    """
+    if rule not in ("paper", "top-class"):
+        raise OptionError(f"certify supports the success rules paper and top-class, not {rule!r}")
+    out = []
+    eye = np.eye(n_classes)
+    for t in targets:
+        if t is None:
+            others = [j for j in range(n_classes) if j != label]
+            rows = np.stack([eye[j] - eye[label] for j in others])
+            if rule == "paper":
+                out.append(TargetRule(None, "lse", rows, np.full(len(rows), -UNTARGETED_GAP)))
+            else:
+                out.append(TargetRule(None, "max", rows, np.zeros(len(rows))))
+            continue
+        others = [j for j in range(n_classes) if j != t]
+        weights = [eye[j][others] for j in others] + [np.full(len(others), 1.0 / len(others))]
+        if clean_logits is not None and rule == "paper":
+            z = np.asarray(clean_logits, dtype=np.float64)[others]
+            p = np.exp(z - z.max())
+            weights.append(p / p.sum())
+        rows, offsets = [], []
+        for w in weights:
+            row = eye[t].copy()
+            row[others] -= w
+            rows.append(row)
+            ent = -float(np.sum(w[w > 0] * np.log(w[w > 0]))) if rule == "paper" else 0.0
+            offsets.append(-ent)
+        out.append(TargetRule(int(t), "min", np.stack(rows), np.asarray(offsets)))
+    return out
+
+
+def success_upper_bounds(upper: torch.Tensor, rules: Sequence[TargetRule]) -> np.ndarray:
+    """(P, T) upper bounds of each target's success score from the row maxima ``upper`` (P, sum R)."""
+    up = upper.numpy()
+    out = np.empty((up.shape[0], len(rules)))
+    a = 0
+    for k, rule in enumerate(rules):
+        u = up[:, a: a + len(rule.rows)]
+        a += len(rule.rows)
+        if rule.kind == "min":
+            out[:, k] = np.min(u + rule.offsets, axis=1)
+        elif rule.kind == "max":
+            out[:, k] = np.max(u, axis=1)
+        else:
+            top = u.max(axis=1, keepdims=True)
+            out[:, k] = top[:, 0] + np.log(np.exp(u - top).sum(axis=1)) + rule.offsets[0]
+    return out
+
+
+def success_scores(logits: np.ndarray, label: int, rules: Sequence[TargetRule], rule: str) -> np.ndarray:
+    """(P, T) exact success scores s (success iff s > 0) from logits (P, K), float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    out = np.empty((len(z), len(rules)))
+    for k, tr in enumerate(rules):
+        if tr.target is None:
+            others = np.delete(z, label, axis=1) - z[:, label: label + 1]
+            if rule == "paper":
+                top = others.max(axis=1, keepdims=True)
+                out[:, k] = top[:, 0] + np.log(np.exp(others - top).sum(axis=1)) - UNTARGETED_GAP
+            else:
+                out[:, k] = others.max(axis=1)
+        else:
+            others = np.delete(z, tr.target, axis=1)
+            if rule == "paper":
+                top = others.max(axis=1, keepdims=True)
+                lse = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))
+            else:
+                lse = others.max(axis=1)
+            out[:, k] = z[:, tr.target] - lse
+    return out
+
+
+def stacked_rows(rules: Sequence[TargetRule]) -> torch.Tensor:
+    """All rules' logit rows, stacked (sum R, K) float64."""
+    return torch.as_tensor(np.concatenate([r.rows for r in rules]), dtype=DTYPE)

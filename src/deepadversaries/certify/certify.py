@@ -1,0 +1,634 @@
+"""Provable one-pixel robustness, resumable: ``deepadv certify``.
+
+For each attacked test image the stage decides one of three answers:
+
+- ``flippable``: a witness — a pixel position, a value for every band inside the value range
+  and a target — that a plain float32 forward pass of the model confirms as a successful
+  attack under the campaign's success rule (:func:`deepadversaries.attacks.onepixel.is_success`);
+- ``certified``: sound bounds (:mod:`deepadversaries.certify.bounds`) prove that no value in the
+  range at any position reaches the success rule for any target;
+- ``undecided``: the per-image time budget ran out first. Undecided images are counted in
+  every summary (the upper bound of the flip rate includes them), never dropped.
+
+Per image: (1) a scan of every position at a grid of values (the corners of the value
+cube and its centre by default; the 3^B grid with ``scan_levels=3``) with the fast
+candidate evaluator, whose successes are re-checked by the plain model; (2) if that finds no flip, branch and bound:
+every position's full value box is bounded; a box not certified has its centre evaluated
+(float64, then re-checked in float32 when it succeeds) and is split in two along its
+widest side (relative to the range); this repeats until every box is certified, a witness
+is re-checked, or the budget is spent. Branch and bound is complete in the limit: once
+every ReLU and max-pool choice is stable in a box, its bounds are exact.
+
+Images: by default the images of the run's DE campaign (``RUN/attack/results.csv``), so the
+rates pair with DE's and the corner search's (``RUN/attack_exhaustive/``); without a DE
+campaign, the campaign's seeded subsample (150 images, correctly classified ones only).
+Targets: ``paper`` — the K - 1 other classes, the targeted rule the campaign uses; ``all``
+— those and the untargeted rule.
+
+Files in ``RUN/certify/``: ``results.csv`` (one row per image), ``certmap.npz`` (per image
+and position: status 0 certified / 1 witness / 2 undecided, and the certified lower bound
+of the margin, NaN where no bound was computed), ``summary.json`` (written last: counts,
+the flip-rate sandwich with Clopper-Pearson intervals, DE's and the corner search's rates
+on the same images, and the images they missed). Each finished image is appended to
+``progress.jsonl`` (its maps to ``.maps/``); a killed certification, run again with the
+same settings, resumes. Deterministic: no randomness is drawn; only the budget (wall
+time) can change an answer, from ``undecided`` to a decided one.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import TextColumn
+from scipy import stats
+
+from deepadversaries.certify import bounds
+from deepadversaries.attacks.onepixel import (
+    VALUE_RANGES, ValueRange, is_success, make_evaluator, make_value_range, optimized_for_inference,
+    subsample_index,
+)
+from deepadversaries.data.dataset import GalaxyDataset, image_file, load_dataset
+from deepadversaries.evaluation.inference import forward_batches
+from deepadversaries.devices import resolve_device
+from deepadversaries.errors import OptionError, check_choice, file_error
+from deepadversaries.io import (
+    OutputLock, append_json_line, read_json, read_progress_log, remove_temporaries, write_csv, write_json,
+    write_npz,
+)
+from deepadversaries.models.networks import check_input_shape, load_model
+from deepadversaries.progress import info, make_progress
+from deepadversaries.models.runs import attack_dir, check_same_classes, kept_model_path, read_run_config
+
+CERTIFY_DIR = "certify"
+RESULTS_NAME = "results.csv"
+CERTMAP_NAME = "certmap.npz"
+SUMMARY_NAME = "summary.json"
+PROGRESS_NAME = "progress.jsonl"
+MAPS_DIR = ".maps"
+KIND = "deepadv-certify"
+TARGET_SETS: tuple[str, ...] = ("paper", "all")
+STATUSES: tuple[str, ...] = ("flippable", "certified", "undecided")
+#: certmap codes per position
+CERTIFIED, WITNESS, UNDECIDED = 0, 1, 2
+#: boxes bounded per batch (memory: about 40 MB of float64 per 100 boxes for the ConvNet)
+BOX_BATCH = 512
+#: plain-model re-checks tried per round before moving on
+RECHECKS = 16
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """Settings of ``deepadv certify``.
+
+    Attributes:
+        n_images: how many of the campaign's images to certify, in campaign order [default:
+            None = all].
+        value_range: ``input`` ([0, 1]) or ``physical`` (0 e- to the full well) [default: "input"].
+        targets: ``paper`` (the other classes, targeted) or ``all`` (also the untargeted rule)
+            [default: "paper"].
+        budget_s: seconds per image before it is called undecided [default: 120].
+        success: ``paper`` or ``top-class``; None = the DE campaign's rule, else ``paper``
+            [default: None].
+        scan_levels: values per band of the witness scan's grid: 2 = the corners (and the
+            centre), 3 = the 3^B grid [default: 2].
+        seed: the subsample's seed when the run has no DE campaign [default: 0].
+        subsample: test images drawn when the run has no DE campaign [default: 150].
+    """
+
+    n_images: int | None = None
+    value_range: str = "input"
+    targets: str = "paper"
+    budget_s: float = 120.0
+    success: str | None = None
+    scan_levels: int = 2
+    seed: int = 0
+    subsample: int = 150
+
+    def __post_init__(self) -> None:
+        if self.n_images is not None and (not isinstance(self.n_images, int) or self.n_images < 1):
+            raise OptionError(f"--n-images must be a positive whole number, got {self.n_images}")
+        check_choice(self.value_range, VALUE_RANGES, "--value-range")
+        check_choice(self.targets, TARGET_SETS, "--targets")
+        if not (isinstance(self.budget_s, (int, float)) and np.isfinite(self.budget_s) and self.budget_s > 0):
+            raise OptionError(f"--budget must be a positive number of seconds per image, got {self.budget_s}")
+        if self.success is not None:
+            check_choice(self.success, ("paper", "top-class"), "--success")
+        if not isinstance(self.scan_levels, int) or self.scan_levels < 2:
+            raise OptionError(f"the scan needs at least 2 values per band, got {self.scan_levels}")
+        if self.subsample < 1:
+            raise OptionError(f"the subsample needs at least one image, got {self.subsample}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def certify_dir(run: str | Path) -> Path:
+    """``RUN/certify``."""
+    return Path(run) / CERTIFY_DIR
+
+
+# --------------------------------------------------------------------------------------
+# one image
+# --------------------------------------------------------------------------------------
+@dataclass
+class ImageCertificate:
+    """The answer for one image.
+
+    Attributes:
+        status: ``flippable``, ``certified`` or ``undecided``.
+        target: the witness's target (None: untargeted, or no witness).
+        row, col: the witness pixel (-1 without one).
+        value: (B,) the witness value, model input (NaN without one).
+        p_target: p(target) (untargeted: p(true)) of the witness by the plain model.
+        status_map: (H, W) int8 per position: 0 certified, 1 witness, 2 undecided.
+        margin_map: (H, W) float32 certified lower bound of the margin (min over targets of
+            minus the success score's upper bound; > 0 means certified), NaN where unbounded.
+        boxes: boxes bounded; seconds: wall time; found_by: ``scan`` or ``branch-and-bound``.
+    """
+
+    status: str
+    target: int | None
+    row: int
+    col: int
+    value: np.ndarray
+    p_target: float
+    status_map: np.ndarray
+    margin_map: np.ndarray
+    boxes: int
+    seconds: float
+    found_by: str
+
+
+class ImageCertifier:
+    """Certifies single images of one model (compiled once).
+
+    Args:
+        model: the classifier (eval mode, CPU float32): the reference for every re-check.
+        value_range: the allowed values per band.
+        rule: ``paper`` or ``top-class``.
+        untargeted: also certify the untargeted rule [default: False].
+        scan_levels: values per band of the witness scan [default: 2: the corners and the centre].
+        device: where the scan evaluates candidates [default: CPU].
+
+    Raises:
+        OptionError: a layer :mod:`deepadversaries.certify.bounds` cannot bound (named).
+    """
+
+    def __init__(self, model: torch.nn.Module, value_range: ValueRange, rule: str = "paper", *,
+                 untargeted: bool = False, scan_levels: int = 2, device: torch.device | None = None) -> None:
+        self.model = model.eval()
+        self.net = bounds.compile_network(model)
+        self.value_range = value_range
+        self.rule = rule
+        self.untargeted = untargeted
+        self.device = device or torch.device("cpu")
+        self.scan_values = _scan_values(value_range, scan_levels)
+        self._fast = optimized_for_inference(model).to(self.device)
+        self._evaluators: dict[tuple, Any] = {}
+
+    # -- plain checks ------------------------------------------------------------------
+    def plain_probabilities(self, image: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                            values: np.ndarray) -> np.ndarray:
+        """(P, K) softmax of plain float32 forward passes with one pixel changed per candidate."""
+        x = torch.from_numpy(np.repeat(np.asarray(image, np.float32)[None], len(rows), axis=0))
+        for i, (r, c) in enumerate(zip(rows, cols)):
+            x[i, :, int(r), int(c)] = torch.from_numpy(np.asarray(values[i], np.float32))
+        with torch.inference_mode():
+            logits = self.model(x)[0]
+        return torch.softmax(logits.double(), dim=1).numpy()
+
+    def _confirm(self, image: np.ndarray, label: int, targets: list[int | None], rows: np.ndarray,
+                 cols: np.ndarray, values: np.ndarray, order: np.ndarray, t_index: np.ndarray):
+        """The first candidate (in ``order``) that the plain model confirms: (k, target, probs) or None."""
+        for a in range(0, min(len(order), RECHECKS), 8):
+            idx = order[a: min(a + 8, RECHECKS)]
+            probs = self.plain_probabilities(image, rows[idx], cols[idx], values[idx])
+            for j, k in enumerate(idx):
+                t = targets[int(t_index[k])]
+                if is_success(probs[j], label, t, self.rule):
+                    return int(k), t, probs[j]
+        return None
+
+    # -- the scan ----------------------------------------------------------------------
+    def _scan(self, image: np.ndarray, label: int, targets: list[int | None], deadline: float):
+        """The first confirmed flip on the scan's grid: (row, col, value, target, probs); None when
+        there is none or the deadline (``time.perf_counter()``) passes first."""
+        shape = tuple(image.shape)
+        evaluator = self._evaluators.get(shape)
+        if evaluator is None:
+            evaluator = make_evaluator(self._fast, 1, shape, self.device, torch.float32)
+            self._evaluators[shape] = evaluator
+        evaluator.load(0, torch.from_numpy(np.asarray(image, np.float32)))
+        _, h, w = shape
+        nv = len(self.scan_values)
+        total = h * w * nv
+        best = None
+        chunk = 4096
+        for a in range(0, total, chunk):
+            if time.perf_counter() > deadline:
+                return None
+            j = np.arange(a, min(a + chunk, total))
+            pos, vi = np.divmod(j, nv)
+            rows, cols = np.divmod(pos, w)
+            probs = evaluator.evaluate(np.zeros(len(j), np.int64), rows[:, None], cols[:, None],
+                                       self.scan_values[vi][:, None, :])
+            for k, t in enumerate(targets):
+                ok = np.flatnonzero(is_success(probs, label, t, self.rule))
+                if not len(ok):
+                    continue
+                score = probs[ok, t] if t is not None else -probs[ok, label]
+                order = ok[np.argsort(-score, kind="stable")]
+                found = self._confirm(image, label, targets, rows, cols, self.scan_values[vi], order,
+                                      np.full(len(j), k))
+                if found is not None:
+                    kk, t_found, p = found
+                    return int(rows[kk]), int(cols[kk]), self.scan_values[vi[kk]].copy(), t_found, p
+        return best
+
+    # -- branch and bound --------------------------------------------------------------
+    def certify(self, image: np.ndarray, label: int, targets: list[int], budget_s: float) -> ImageCertificate:
+        """Decide one image (B, H, W), model input, true class ``label``, within ``budget_s`` seconds."""
+        t0 = time.perf_counter()
+        image = np.asarray(image, dtype=np.float32)
+        _, h, w = image.shape
+        all_targets: list[int | None] = list(targets) + ([None] if self.untargeted else [])
+        status_map = np.full((h, w), UNDECIDED, np.int8)
+        margin_map = np.full((h, w), np.nan, np.float32)
+        nan_value = np.full(self.value_range.bands, np.nan)
+        found = self._scan(image, label, all_targets, t0 + budget_s)
+        if found is not None:
+            r, c, v, t, p = found
+            status_map[r, c] = WITNESS
+            return ImageCertificate("flippable", t, r, c, v, _p_of(p, label, t), status_map, margin_map, 0,
+                                    time.perf_counter() - t0, "scan")
+        clean = bounds.clean_pass(self.net, image.astype(np.float64))
+        rules = bounds.target_rules(label, all_targets, self.rule, self.net.n_classes, clean.logits.numpy())
+        rows_matrix = bounds.stacked_rows(rules)
+        lo_range, hi_range = self.value_range.low_array, self.value_range.high_array
+        span = hi_range - lo_range
+        pos = np.arange(h * w)
+        lows = np.repeat(lo_range[None], h * w, axis=0)
+        highs = np.repeat(hi_range[None], h * w, axis=0)
+        margins = np.full(h * w, np.nan)  # per queued box: its parent's bound (NaN: not bounded yet)
+        open_boxes = np.zeros(h * w, np.int64)  # per position: boxes not yet certified
+        open_boxes[:] = 1
+        n_boxes = 0
+        while len(pos):
+            if time.perf_counter() - t0 > budget_s:
+                break
+            keep_pos, keep_lo, keep_hi, keep_m = [], [], [], []
+            for a in range(0, len(pos), BOX_BATCH):
+                if time.perf_counter() - t0 > budget_s:
+                    keep_pos.append(pos[a:]); keep_lo.append(lows[a:]); keep_hi.append(highs[a:])
+                    keep_m.append(margins[a:])
+                    break
+                p_, lo_, hi_ = pos[a: a + BOX_BATCH], lows[a: a + BOX_BATCH], highs[a: a + BOX_BATCH]
+                rr, cc = np.divmod(p_, w)
+                win = bounds.propagate(self.net, clean, rr, cc, lo_, hi_)
+                _, upper = bounds.row_bounds(self.net, clean, win, rows_matrix)
+                s_up = bounds.success_upper_bounds(upper, rules)  # (P, T)
+                n_boxes += len(p_)
+                margin = -s_up.max(axis=1)
+                done = margin > bounds.CERTIFY_TOLERANCE
+                np.fmin.at(margin_map, (rr[done], cc[done]), margin[done].astype(np.float32))
+                np.subtract.at(open_boxes, p_[done], 1)
+                rest = np.flatnonzero(~done)
+                if not len(rest):
+                    continue
+                # the centres of the open boxes as witnesses (float64, then the plain model)
+                centre = (lo_[rest] + hi_[rest]) / 2
+                logits = bounds.point_logits(self.net, clean, rr[rest], cc[rest], centre).numpy()
+                score = bounds.success_scores(logits, label, rules, self.rule)  # (n, T)
+                best_t = score.argmax(axis=1)
+                best = score[np.arange(len(rest)), best_t]
+                hits = np.flatnonzero(best > 0)
+                if len(hits):
+                    order = hits[np.argsort(-best[hits], kind="stable")]
+                    got = self._confirm(image, label, all_targets, rr[rest], cc[rest], centre, order, best_t)
+                    if got is not None:
+                        k, t, p = got
+                        r, c = int(rr[rest][k]), int(cc[rest][k])
+                        status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
+                        status_map[r, c] = WITNESS
+                        _open_margins(margin_map, [pos[a + BOX_BATCH:], *keep_pos, p_[~done]],
+                                      [margins[a + BOX_BATCH:], *keep_m, margin[~done]], width=w)
+                        return ImageCertificate("flippable", t, r, c, centre[k].copy(), _p_of(p, label, t),
+                                                status_map, margin_map, n_boxes, time.perf_counter() - t0,
+                                                "branch-and-bound")
+                # split along the widest side, relative to the range
+                lo_r, hi_r = lo_[rest], hi_[rest]
+                axis = np.argmax((hi_r - lo_r) / span, axis=1)
+                mid = (lo_r[np.arange(len(rest)), axis] + hi_r[np.arange(len(rest)), axis]) / 2
+                left_hi, right_lo = hi_r.copy(), lo_r.copy()
+                left_hi[np.arange(len(rest)), axis] = mid
+                right_lo[np.arange(len(rest)), axis] = mid
+                np.add.at(open_boxes, p_[rest], 1)
+                keep_pos.append(np.concatenate([p_[rest], p_[rest]]))
+                keep_lo.append(np.concatenate([lo_r, right_lo]))
+                keep_hi.append(np.concatenate([left_hi, hi_r]))
+                keep_m.append(np.concatenate([margin[rest], margin[rest]]))
+            pos = np.concatenate(keep_pos) if keep_pos else np.zeros(0, np.int64)
+            lows = np.concatenate(keep_lo) if keep_lo else np.zeros((0, len(span)))
+            highs = np.concatenate(keep_hi) if keep_hi else np.zeros((0, len(span)))
+            margins = np.concatenate(keep_m) if keep_m else np.zeros(0)
+            if len(pos):
+                order = np.argsort(pos, kind="stable")
+                pos, lows, highs, margins = pos[order], lows[order], highs[order], margins[order]
+        _open_margins(margin_map, [pos], [margins], width=w)
+        status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
+        status = "certified" if not len(pos) else "undecided"
+        return ImageCertificate(status, None, -1, -1, nan_value, float("nan"), status_map, margin_map, n_boxes,
+                                time.perf_counter() - t0, "branch-and-bound")
+
+
+def _open_margins(margin_map: np.ndarray, positions: list, margins: list, *, width: int) -> None:
+    """Fold the bounds of the boxes still open (positions and margins: matching lists of arrays) into the
+    per-position minimum; a box never bounded (NaN) adds nothing."""
+    pos = np.concatenate([np.asarray(p, np.int64) for p in positions])
+    m = np.concatenate([np.asarray(x, np.float64) for x in margins])
+    keep = np.isfinite(m)
+    rr, cc = np.divmod(pos[keep], width)
+    np.fmin.at(margin_map, (rr, cc), m[keep].astype(np.float32))
+
+
+def _p_of(probs: np.ndarray, label: int, target: int | None) -> float:
+    return float(probs[target]) if target is not None else float(probs[label])
+
+
+def _scan_values(value_range: ValueRange, levels: int) -> np.ndarray:
+    """The scan's values (V, B): the corners first, then the rest of a ``levels``^B grid and the centre."""
+    corners = value_range.corners()
+    grid = np.stack(np.meshgrid(*[np.linspace(0.0, 1.0, levels)] * value_range.bands, indexing="ij"),
+                    -1).reshape(-1, value_range.bands)
+    centre = np.full((1, value_range.bands), 0.5)
+    values = np.concatenate([corners, value_range.to_values(grid), value_range.to_values(centre)])
+    _, first = np.unique(values, axis=0, return_index=True)
+    return values[np.sort(first)]
+
+
+# --------------------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Images:
+    """The images to certify, in campaign order."""
+
+    test_index: np.ndarray  # (n,)
+    images: np.ndarray  # (n, B, H, W) model input
+    labels: np.ndarray  # (n,)
+    source: str
+
+
+def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: str | Path | None = None,
+                device: str = "auto", overwrite: bool = False) -> dict[str, Any]:
+    """Certify (or resume certifying) a run's images against one-pixel attacks.
+
+    Args:
+        run: a run folder with a kept ConvNet or ResNet18 checkpoint.
+        config: the settings [default: ``CertifyConfig()``].
+        data: the dataset folder [default: the one recorded in the run's ``config.json``].
+        device: where the witness scan runs, ``auto``, ``cpu`` or ``cuda``; the bounds are
+            computed on the CPU in float64 [default: "auto"].
+        overwrite: discard a finished or unfinished certification [default: False].
+
+    Returns:
+        The content of ``summary.json``.
+
+    Raises:
+        FileError: no checkpoint, a finished result without ``overwrite``, a progress file
+            with other settings.
+        OptionError: a bad setting or a layer the bounds do not support (nothing is written).
+    """
+    t_start = time.perf_counter()
+    run = Path(run)
+    config = config if config is not None else CertifyConfig()
+    run_config = read_run_config(run)
+    ckpt = kept_model_path(run, run_config)
+    if not ckpt.is_file():
+        raise file_error(ckpt, "checkpoint not found; train the run first ('deepadv train')")
+    dataset = load_dataset(Path(data) if data is not None else Path(run_config.data))
+    dev = resolve_device(device)
+    model = load_model(run, "cpu")
+    check_input_shape(model, dataset.image_shape, dataset.path / image_file("Y10", "test"))
+    check_same_classes(run_config, dataset.classes, dataset.path)
+    rule, de_settings = _success_rule(run, config)
+    value_range = _value_range(config.value_range, dataset)
+    certifier = ImageCertifier(model, value_range, rule, untargeted=config.targets == "all",
+                               scan_levels=config.scan_levels, device=dev)  # refuses unsupported layers
+    out = certify_dir(run)
+    settings = {**config.to_json(), "success": rule}
+    with OutputLock(out, "certify"):
+        _prepare_output(out, overwrite)
+        chosen = _choose_images(run, model, dataset, config, de_settings)
+        records, wall_before, sessions = read_progress_log(out / PROGRESS_NAME, settings, "certification")
+        index_set = set(chosen.test_index.tolist())
+        if set(records) - index_set:
+            raise file_error(out / PROGRESS_NAME, "records images this certification does not cover; add "
+                                                  "--overwrite to start afresh")
+        todo = [k for k, t in enumerate(chosen.test_index) if int(t) not in records]
+        if len(todo) < len(chosen.test_index):
+            info(f"resuming: {len(chosen.test_index) - len(todo)} of {len(chosen.test_index)} images already decided")
+        n_classes = certifier.net.n_classes
+        counts = {s: sum(r["status"] == s for r in records.values()) for s in STATUSES}
+        progress = make_progress(TextColumn("{task.fields[counts]}"))
+        with progress:
+            task = progress.add_task("certify", total=len(chosen.test_index),
+                                     completed=len(chosen.test_index) - len(todo), counts=_counts_text(counts))
+            for k in todo:
+                label = int(chosen.labels[k])
+                targets = [c for c in range(n_classes) if c != label]
+                cert = certifier.certify(chosen.images[k], label, targets, config.budget_s)
+                t_idx = int(chosen.test_index[k])
+                write_npz(out / MAPS_DIR / f"{t_idx}.npz", status=cert.status_map, margin=cert.margin_map)
+                rec = {"test_index": t_idx, "label": label, "status": cert.status, "target": cert.target,
+                       "row": cert.row, "col": cert.col,
+                       "value": [float(v) if np.isfinite(v) else None for v in cert.value],
+                       "p_target": cert.p_target if np.isfinite(cert.p_target) else None, "boxes": cert.boxes, "seconds": round(cert.seconds, 3),
+                       "found_by": cert.found_by,
+                       "positions_certified": int((cert.status_map == CERTIFIED).sum()),
+                       "session": sessions, "elapsed_s": round(time.perf_counter() - t_start, 3)}
+                append_json_line(out / PROGRESS_NAME, rec)
+                records[t_idx] = rec
+                counts[cert.status] += 1
+                progress.update(task, advance=1, counts=_counts_text(counts))
+        _write_results(out, chosen, records, dataset)
+        wall = wall_before + time.perf_counter() - t_start
+        summary = _summary(run, run_config, dataset, chosen, records, config, rule, value_range, timing={
+            "wall_time_s": round(wall, 3), "sessions": sessions + 1, "device": str(dev),
+            "torch_threads": torch.get_num_threads()})
+        write_json(out / SUMMARY_NAME, summary)
+        (out / PROGRESS_NAME).unlink(missing_ok=True)
+        shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
+    return summary
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return f"{counts['flippable']} flippable, {counts['certified']} certified, {counts['undecided']} undecided"
+
+
+def _success_rule(run: Path, config: CertifyConfig) -> tuple[str, dict | None]:
+    """The success rule (the config's, else the DE campaign's, else ``paper``) and DE's settings."""
+    de_summary = attack_dir(run, "de") / "summary.json"
+    de_settings = None
+    if de_summary.is_file():
+        de_settings = read_json(de_summary).get("settings") or {}
+    rule = config.success or (de_settings or {}).get("success") or "paper"
+    if de_settings is not None and de_settings.get("mode", "targeted") != "targeted" and config.targets == "paper":
+        info("the DE campaign was untargeted; add --targets all to certify the untargeted rule too")
+    return rule, de_settings
+
+
+def _value_range(kind: str, dataset: GalaxyDataset) -> ValueRange:
+    bands = len(dataset.bands)
+    if kind == "input":
+        return make_value_range("input", bands=bands)
+    forward, inverse = dataset.input_transform("Y10")
+    return make_value_range(kind, forward, inverse, bands=bands)
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    summary = out / SUMMARY_NAME
+    if summary.is_file() and not overwrite:
+        (out / PROGRESS_NAME).unlink(missing_ok=True)
+        raise file_error(summary, "this run's certification is finished; add --overwrite to run it again")
+    remove_temporaries(out)
+    if overwrite:
+        for name in (SUMMARY_NAME, RESULTS_NAME, CERTMAP_NAME, PROGRESS_NAME):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
+
+
+def _choose_images(run: Path, model: Any, dataset: GalaxyDataset, config: CertifyConfig,
+                   de_settings: dict | None) -> _Images:
+    """The DE campaign's attacked images (results.csv order), else the campaign's subsample's
+    correctly classified images; the first ``n_images`` of them."""
+    labels_all = dataset.labels("test")
+    results = attack_dir(run, "de") / "results.csv"
+    if de_settings is not None and results.is_file():
+        with open(results, newline="", encoding="utf-8") as fh:
+            index = np.array([int(r["test_index"]) for r in csv.DictReader(fh)], dtype=np.int64)
+        source = "the DE campaign's attacked images (RUN/attack/results.csv)"
+        if config.n_images is not None:
+            index = index[: config.n_images]
+        if len(index) and (index.min() < 0 or index.max() >= len(labels_all)):
+            raise file_error(results, "names test images outside this dataset's test split")
+        raw = dataset.images("Y10", "test", stretched=False)
+        images = dataset.model_input(np.asarray(raw[np.sort(index)]), "Y10")
+        order = np.argsort(np.argsort(index))
+        images = images[order]
+        return _Images(index, images, labels_all[index], source)
+    n_test = len(labels_all)
+    n_draw = min(config.subsample, n_test)
+    index = subsample_index(n_test, n_draw, config.seed)
+    images = dataset.model_input(np.asarray(dataset.images("Y10", "test", stretched=False)[index]), "Y10")
+    predicted = forward_batches(model, images, batch_size=64, device="cpu").predicted
+    rows = np.flatnonzero(predicted == labels_all[index])
+    if config.n_images is not None:
+        rows = rows[: config.n_images]
+    return _Images(index[rows], images[rows], labels_all[index][rows],
+                   f"the campaign's seeded subsample ({n_draw} images, seed {config.seed}), correctly classified ones")
+
+
+def result_columns(bands: tuple[str, ...]) -> list[str]:
+    """The columns of ``results.csv``."""
+    return (["test_index", "galaxy_id", "label", "true", "status", "target", "row", "col"]
+            + [f"value_{b}" for b in bands]
+            + ["p_target", "found_by", "positions_certified", "boxes", "seconds"])
+
+
+def _write_results(out: Path, chosen: _Images, records: dict[int, dict], dataset: GalaxyDataset) -> None:
+    classes, bands = dataset.classes, dataset.bands
+    galaxy_ids = dataset.galaxy_ids("test")
+    rows, statuses, margins = [], [], []
+    for t in chosen.test_index:
+        rec = records[int(t)]
+        row = {"test_index": int(t), "galaxy_id": int(galaxy_ids[int(t)]), "label": rec["label"],
+               "true": classes[rec["label"]], "status": rec["status"],
+               "target": "" if rec["target"] is None else classes[rec["target"]],
+               "row": rec["row"] if rec["row"] >= 0 else "", "col": rec["col"] if rec["col"] >= 0 else "",
+               "p_target": "" if rec["p_target"] is None else rec["p_target"], "found_by": rec["found_by"],
+               "positions_certified": rec["positions_certified"], "boxes": rec["boxes"], "seconds": rec["seconds"]}
+        for b, v in zip(bands, rec["value"]):
+            row[f"value_{b}"] = "" if v is None else float(np.float32(v))
+        rows.append(row)
+        with np.load(out / MAPS_DIR / f"{int(t)}.npz", allow_pickle=False) as npz:
+            statuses.append(np.asarray(npz["status"]))
+            margins.append(np.asarray(npz["margin"]))
+    write_csv(out / RESULTS_NAME, rows, result_columns(bands))
+    h, w = dataset.image_shape[1:]
+    write_npz(out / CERTMAP_NAME, test_index=chosen.test_index.astype(np.int64),
+              status=np.stack(statuses) if statuses else np.zeros((0, h, w), np.int8),
+              margin_lower=np.stack(margins) if margins else np.zeros((0, h, w), np.float32),
+              status_codes=np.array(["certified", "witness", "undecided"]))
+
+
+def rate_interval(k: int, n: int, level: float = 0.95) -> dict[str, Any]:
+    """``{"value", "ci_low", "ci_high", "n"}``: k / n with its Clopper-Pearson interval (None when n = 0)."""
+    if n == 0:
+        return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return {"value": k / n, "ci_low": float(ci.low), "ci_high": float(ci.high), "n": int(n),
+            "method": "Clopper-Pearson 95%"}
+
+
+def _flipped_by(run: Path, search: str, index: np.ndarray) -> set[int] | None:
+    """Test indices the campaign of ``search`` flipped, when it covers every image of ``index``."""
+    path = attack_dir(run, search) / "results.csv"
+    if not (attack_dir(run, search) / "summary.json").is_file() or not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    covered = {int(r["test_index"]) for r in rows}
+    if not set(index.tolist()) <= covered:
+        return None
+    return {int(r["test_index"]) for r in rows if r["success"] == "True"}
+
+
+def _summary(run: Path, run_config: Any, dataset: GalaxyDataset, chosen: _Images, records: dict[int, dict],
+             config: CertifyConfig, rule: str, value_range: ValueRange, timing: dict[str, Any]) -> dict[str, Any]:
+    recs = [records[int(t)] for t in chosen.test_index]
+    n = len(recs)
+    count = {s: sum(r["status"] == s for r in recs) for s in STATUSES}
+    flippable = {int(r["test_index"]) for r in recs if r["status"] == "flippable"}
+    undecided = {int(r["test_index"]) for r in recs if r["status"] == "undecided"}
+    seconds = np.array([r["seconds"] for r in recs], dtype=np.float64)
+    others: dict[str, Any] = {}
+    for search, name in (("de", "de"), ("exhaustive", "corner_search")):
+        flipped = _flipped_by(run, search, chosen.test_index)
+        if flipped is None:
+            others[name] = None
+            continue
+        flipped &= set(chosen.test_index.tolist())
+        missed = sorted(flippable - flipped)
+        others[name] = {"rate": rate_interval(len(flipped), n),
+                        "missed_flippable": len(missed), "missed_test_index": missed,
+                        "flipped_but_certified": sorted(flipped - flippable - undecided)}
+    return {
+        "kind": KIND,
+        "run": str(run.resolve()), "data": str(dataset.path.resolve()), "model": run_config.model,
+        "method": run_config.method, "classes": list(dataset.classes), "bands": list(dataset.bands),
+        "images": chosen.source,
+        "n_images": n, **count,
+        "rate_lower": rate_interval(count["flippable"], n),
+        "rate_upper": rate_interval(count["flippable"] + count["undecided"], n),
+        "rate_note": "one-pixel flip rate: at least flippable / n (witnesses re-checked by a plain forward pass), "
+                     "at most (flippable + undecided) / n (the rest are certified by sound bounds)",
+        "de": others["de"], "corner_search": others["corner_search"],
+        "found_by": {k: sum(r["found_by"] == k for r in recs if r["status"] == "flippable")
+                     for k in ("scan", "branch-and-bound")},
+        "seconds_per_image": ({"median": float(np.median(seconds)), "max": float(seconds.max()),
+                               "p25": float(np.percentile(seconds, 25)), "p75": float(np.percentile(seconds, 75)),
+                               "n": n} if n else None),
+        "success_rule": rule, "targets": config.targets, "value_range": value_range.describe(),
+        "budget_s": config.budget_s, "tolerance": bounds.CERTIFY_TOLERANCE,
+        "test_index": chosen.test_index.tolist(),
+        "settings": config.to_json(),
+        "timing": timing,
+    }

@@ -1,0 +1,685 @@
+"""The survey-corruption benchmark of a trained run: ``deepadv robustness``.
+
+Every corruption of :mod:`deepadversaries.corruptions.suite` at every chosen severity is applied to the
+raw test images of one domain (Y10, the default, or Y1), which are then normalised as the dataset
+says (the paper's stretch with that domain's constants, or an imported dataset's asinh/zscore) and
+classified by the run's kept model. The corruptions model LSST co-adds in electrons, so the dataset
+must hold raw electrons (not ``--stretch none``) in LSST bands (g, r, i or a subset), and its noise
+must look like the survey model's (:func:`check_survey_noise`, on the border pixels); anything else
+is refused with one line.
+
+Per (corruption, severity): accuracy, flip rate (prediction differs from the clean prediction), mean
+p(true class), and what the model's input saw: the mean |Δ model input| against the clean input, the
+fraction of pixels changed and the fraction at the stretch's clip limits (paper stretch only). Against
+a baseline run (by default the regular run of the same model beside a non-regular run), the
+corruption error of :mod:`deepadversaries.corruptions.error`: ΔE in points with a paired bootstrap
+interval for every corruption, CE / relative CE and their means only where the baseline is
+significantly degraded (one-sided exact sign test), the rest named "not degraded".
+
+Files, in :func:`robustness_dir` (``RUN/robustness`` for Y10 with the Rubin tables and dithered
+defects; ``RUN/robustness_Y1``, ``..._stress``, ``..._masked``, ``..._no-dither`` for the other
+domain, table set and placements, in that order): ``robustness.csv`` (one row per (corruption,
+severity), the clean row first as corruption "none", severity 0), ``outcomes.npz`` (per test image
+and row: wrong or right, for pairing with another run), ``accuracy.png``, ``corruption_grid.png``
+(test image 0 under every corruption and severity: the very images the model was scored on) and
+``summary.json``, written last: it marks a finished result.
+
+Determinism and pairing: the images are corrupted in chunks of :data:`CHUNK` test images (in
+test-set order), chunk k of corruption c with ``numpy.random.default_rng([seed, crc32(c), k])``
+(plus crc32 of the domain for Y1) for every severity: the draws are nested (higher severities keep
+the positions of lower ones), and the corrupted images depend only on the dataset, the seed, the
+domain, the options and the tables, never on the model, the batch size or the device. Models are
+evaluated with their BatchNorm folded into the convolutions, NHWC
+(:func:`deepadversaries.attacks.onepixel.optimized_for_inference`). ``timing`` in the summary splits the wall
+time into corrupting (with the stretch and the input statistics) and evaluating.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepadversaries import BANDS, REFERENCE_METHOD
+from deepadversaries.attacks.onepixel import optimized_for_inference
+from deepadversaries.corruptions.error import CLEAN, corruption_errors, pool_corruptions_over_seeds
+from deepadversaries.corruptions.suite import (
+    CORRUPTIONS, DEFAULT_OPTIONS, MAX_SEVERITY, SEVERITIES, CorruptionOptions, band_sky, check_bands,
+    corrupt, table_fingerprint,
+)
+from deepadversaries.data.dataset import GalaxyDataset, image_file, load_dataset
+from deepadversaries.devices import resolve_device
+from deepadversaries.errors import DeepAdvError, OptionError, check_choice, file_error
+from deepadversaries.evaluation.inference import forward_batches, softmax
+from deepadversaries.io import OutputLock, read_json, write_csv, write_json, write_npz
+from deepadversaries.models.networks import check_input_shape, load_model
+from deepadversaries.plots.robustness import plot_accuracy_curves, plot_corruption_grid
+from deepadversaries.progress import info, make_progress
+from deepadversaries.models.runs import (
+    TRAINING_DONE, RunConfig, check_same_classes, kept_model_path, read_run_config,
+)
+
+__all__ = ["robustness_run", "robustness_dir", "pool_corruptions_over_seeds", "corrupted_chunk", "check_survey_noise"]
+
+KIND = "deepadv-robustness"
+VERSION = 2
+FOLDER = "robustness"
+CSV_NAME = "robustness.csv"
+OUTCOMES_NAME = "outcomes.npz"
+SUMMARY_NAME = "summary.json"
+ACCURACY_FIGURE = "accuracy.png"
+GRID_FIGURE = "corruption_grid.png"
+#: test images per corruption draw; part of the determinism contract (changing it changes the images)
+CHUNK = 256
+#: the default domain whose test images are corrupted
+DOMAIN = "Y10"
+DOMAINS = ("Y10", "Y1")
+FIELDS = ("corruption", "severity", "accuracy", "flip_rate", "mean_p_true", "n", "mean_abs_delta_input",
+          "frac_pixels_changed", "frac_clipped")
+#: border-noise check: the measured border sigma over the survey's sqrt(B) must lie in this range
+NOISE_RATIO_RANGE = (0.7, 1.4)
+NOISE_CHECKS = ("refuse", "warn", "off")
+#: width of the border frame whose pixels measure the noise, pixels
+BORDER_PIXELS = 4
+#: test sets up to this size keep their clean model input in memory for the input statistics
+CLEAN_CACHE_IMAGES = 4096
+
+Key = tuple[str, int]
+
+
+def robustness_dir(run: str | Path, domain: str = DOMAIN, options: CorruptionOptions = DEFAULT_OPTIONS) -> Path:
+    """The benchmark's output folder of a run: ``RUN/robustness`` for Y10, Rubin tables, dithered defects;
+    ``_Y1``, ``_stress`` and ``_masked`` / ``_no-dither`` appended (in that order) otherwise."""
+    name = FOLDER + ("" if domain == DOMAIN else f"_{domain}") + ("_stress" if options.tables == "stress" else "")
+    name += "" if options.defects == "dithered" else f"_{options.defects}"
+    return Path(run) / name
+
+
+# --- option parsing ------------------------------------------------------------------------------
+def parse_corruptions(spec: str | Iterable[str]) -> tuple[str, ...]:
+    """Corruption names from ``"all"``, ``"a,b"`` or a sequence of names, in table order.
+
+    Raises:
+        OptionError: an unknown name, or none given.
+    """
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return tuple(CORRUPTIONS)
+    if not names:
+        raise OptionError(f"no corruption given; choose 'all' or some of {', '.join(CORRUPTIONS)}")
+    for name in names:
+        if name not in CORRUPTIONS:
+            raise OptionError(f"unknown corruption {name!r}; choose 'all' or some of {', '.join(CORRUPTIONS)}")
+    return tuple(n for n in CORRUPTIONS if n in names)
+
+
+def parse_severities(spec: str | Iterable[int]) -> tuple[int, ...]:
+    """Severities from ``"1-5"``, ``"1,3,5"``, ``"2"`` or a sequence of ints; sorted, unique.
+
+    Severity 0 (no corruption) is allowed but adds nothing: the clean images are always
+    evaluated.
+
+    Raises:
+        OptionError: not a severity list, or a severity outside 0-5.
+    """
+    values: list[int] = []
+    if isinstance(spec, str):
+        for part in (p.strip() for p in spec.split(",")):
+            lo, sep, hi = part.partition("-")
+            try:
+                values += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
+            except ValueError:
+                raise OptionError(f"--severities {spec!r} is not a list like '1-5' or '1,3,5'") from None
+            if sep and int(hi) < int(lo):
+                raise OptionError(f"--severities {spec!r}: the range {part!r} is empty")
+    else:
+        for v in spec:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise OptionError(f"severity {v!r} is not an integer 0-{MAX_SEVERITY}")
+            values.append(int(v))
+    if not values:
+        raise OptionError("no severity given; use e.g. '1-5'")
+    bad = [v for v in values if not 0 <= v <= MAX_SEVERITY]
+    if bad:
+        raise OptionError(f"severity {bad[0]} is outside 0-{MAX_SEVERITY} (0 = no corruption)")
+    return tuple(sorted(set(values)))
+
+
+# --- the corrupted test set ------------------------------------------------------------------------
+def corruption_rng(seed: int, name: str, chunk: int, domain: str = DOMAIN) -> np.random.Generator:
+    """The random stream of chunk ``chunk`` of corruption ``name``: the same for every severity (nested
+    draws: higher severities keep the lower ones' positions); Y10 keeps the first version's three-number
+    key, another domain adds its name's crc32."""
+    key = [int(seed), zlib.crc32(name.encode()), int(chunk)]
+    if domain != DOMAIN:
+        key.append(zlib.crc32(domain.encode()))
+    return np.random.default_rng(key)
+
+
+def corrupted_chunk(raw: np.ndarray, name: str, severity: int, chunk: int, *, seed: int = 0,
+                    domain: str = DOMAIN, bands: Sequence[str] = BANDS,
+                    options: CorruptionOptions = DEFAULT_OPTIONS) -> np.ndarray:
+    """Chunk ``chunk`` (images ``chunk*CHUNK ...``) of a test set, corrupted as the benchmark does.
+
+    Args:
+        raw: (N, B, H, W) raw electrons of the whole test set (memory-mapped is fine).
+        name: a corruption name.
+        severity: 0-5.
+        chunk: index of the chunk of :data:`CHUNK` images.
+        seed: the benchmark's seed [default: 0].
+        domain: depth of ``raw`` [default: "Y10"].
+        bands: the LSST bands of ``raw``'s channels [default: g, r, i].
+        options: table set and defect placement [default: Rubin tables, dithered defects].
+
+    Returns:
+        (<= CHUNK, B, H, W) float32 corrupted electrons.
+    """
+    images = np.asarray(raw[chunk * CHUNK:(chunk + 1) * CHUNK], dtype=np.float32)
+    return corrupt(images, name, severity, corruption_rng(seed, name, chunk, domain), domain, bands, options)
+
+
+# --- baseline -----------------------------------------------------------------------------------------
+def _finished_run(path: Path) -> bool:
+    try:
+        config = read_run_config(path)
+    except DeepAdvError:
+        return False
+    return (path / TRAINING_DONE).is_file() and kept_model_path(path, config).is_file()
+
+
+def find_baseline(run: str | Path, config: RunConfig | None = None) -> tuple[Path | None, str]:
+    """The default baseline of a run: the regular run of the same model beside it.
+
+    Args:
+        run: the run folder.
+        config: its config [default: read from ``run``].
+
+    Returns:
+        (baseline folder or None, a sentence saying how it was chosen or why there is none).
+    """
+    run = Path(run)
+    config = config if config is not None else read_run_config(run)
+    model, method = config.model, config.method
+    if method == REFERENCE_METHOD:
+        return None, "the run is itself a regular run; pass --baseline to compare it with another run"
+    parent = run.resolve().parent
+    named = parent / f"{model}_regular"
+    candidates = [named] if _is_regular(named, model) else [
+        p for p in sorted(parent.iterdir()) if p.is_dir() and p.resolve() != run.resolve() and _is_regular(p, model)]
+    if len(candidates) == 1:
+        return candidates[0], f"the regular {model} run beside it ({candidates[0].name})"
+    if not candidates:
+        return None, f"no regular {model} run was found beside the run in {parent}; pass --baseline"
+    return None, (f"{len(candidates)} regular {model} runs are beside the run "
+                  f"({', '.join(p.name for p in candidates)}); pass --baseline to choose one")
+
+
+def _is_regular(path: Path, model: str) -> bool:
+    if not (path / "config.json").is_file():
+        return False
+    try:
+        config = read_run_config(path)
+    except DeepAdvError:  # not a run folder after all
+        return False
+    return config.model == model and config.method == REFERENCE_METHOD
+
+
+def _reusable_outcomes(baseline: Path, domain: str, options: CorruptionOptions, settings: Mapping[str, Any],
+                       needed: Iterable[Key]) -> tuple[dict[Key, np.ndarray], Path] | None:
+    """The baseline's own finished benchmark (its per-image outcomes), if it used the same data, seed,
+    domain, options, tables and chunking and holds every needed row; else None."""
+    folder = robustness_dir(baseline, domain, options)
+    path = folder / SUMMARY_NAME
+    if not path.is_file() or not (folder / OUTCOMES_NAME).is_file():
+        return None
+    try:
+        summary = read_json(path)
+        theirs = summary["settings"]
+        same = (summary.get("kind") == KIND and summary.get("version") == VERSION
+                and all(theirs.get(k) == settings[k] for k in
+                        ("seed", "table_fingerprint", "chunk", "data", "n", "domain", "tables", "defects")))
+        outcomes = _read_outcomes(folder / OUTCOMES_NAME)
+    except (DeepAdvError, KeyError, TypeError, ValueError, AttributeError, OSError):  # older or damaged
+        return None
+    if not same or not set(needed) | {(CLEAN, 0)} <= set(outcomes):
+        return None
+    return outcomes, path
+
+
+def _read_outcomes(path: Path) -> dict[Key, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        keys = [str(k) for k in npz["keys"]]
+        wrong = np.asarray(npz["wrong"], dtype=bool)
+    out = {}
+    for key, row in zip(keys, wrong):
+        name, _, severity = key.rpartition(":")
+        out[(name, int(severity))] = row
+    return out
+
+
+# --- imported data: does the noise look like the survey's? ------------------------------------------------
+def check_survey_noise(dataset: GalaxyDataset, domain: str, bands: Sequence[str], mode: str = "refuse",
+                       max_images: int = 256) -> dict[str, Any]:
+    """Compare the noise of the test images' border pixels with the survey model's sqrt(B).
+
+    The corruptions add LSST sky, exposure and PSF of ``domain``; on images of another survey they
+    would be the wrong size. sigma per band is 1.4826 x the median absolute deviation of the outer
+    :data:`BORDER_PIXELS`-pixel frame of up to ``max_images`` test images (galaxies are centred, so
+    the frame is sky); the ratio sigma / sqrt(B) must lie in :data:`NOISE_RATIO_RANGE`.
+
+    Args:
+        dataset: the dataset.
+        domain: the domain whose test images are corrupted.
+        bands: the dataset's LSST bands.
+        mode: "refuse" (raise a one-line :class:`FileError`), "warn" (log and go on) or "off" [default: "refuse"].
+        max_images: images measured [default: 256].
+
+    Returns:
+        {"ratios": {band: sigma / sqrt(B)}, "ok": bool, "mode": mode}.
+    """
+    check_choice(mode, NOISE_CHECKS, "noise check")
+    if mode == "off":
+        return {"ratios": None, "ok": None, "mode": mode}
+    raw = np.asarray(dataset.images(domain, "test", stretched=False)[:max_images], dtype=np.float64)
+    frame = np.ones(raw.shape[-2:], dtype=bool)
+    frame[BORDER_PIXELS:-BORDER_PIXELS, BORDER_PIXELS:-BORDER_PIXELS] = False
+    sky = band_sky(domain, bands)
+    ratios = {}
+    for b, band in enumerate(bands):
+        pixels = raw[:, b][:, frame].ravel()
+        sigma = 1.4826 * float(np.median(np.abs(pixels - np.median(pixels))))
+        ratios[band] = sigma / math.sqrt(sky[b])
+    lo, hi = NOISE_RATIO_RANGE
+    ok = all(lo <= r <= hi for r in ratios.values())
+    if not ok:
+        text = ", ".join(f"{b} {r:.2f}" for b, r in ratios.items())
+        message = (f"the border-pixel noise of the {domain} test images is {text} times the LSST {domain} survey "
+                   f"model's sqrt(sky) (expected {lo}-{hi}): the corruptions would add LSST sky, exposure and PSF "
+                   "of another size than your survey's; pass --noise-check warn to corrupt them anyway (setting "
+                   "your own survey's sky and exposure is not supported)")
+        if mode == "refuse":
+            raise file_error(dataset.path / image_file(domain, "test"), message)
+        info(f"warning: {message}")
+    return {"ratios": ratios, "ok": ok, "mode": mode}
+
+
+# --- the stage ------------------------------------------------------------------------------------------
+def _metrics(logits: np.ndarray, labels: np.ndarray, clean_pred: np.ndarray) -> dict[str, Any]:
+    """Accuracy, flip rate against ``clean_pred``, mean p(true) and n of (N, C) logits."""
+    p = softmax(logits)
+    pred = logits.argmax(axis=1)
+    return {
+        "accuracy": float(np.mean(pred == labels)),
+        "flip_rate": float(np.mean(pred != clean_pred)),
+        "mean_p_true": float(np.mean(p[np.arange(len(labels)), labels])),
+        "n": len(labels),
+    }
+
+
+def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptions: str | Sequence[str] = "all",
+                   severities: str | Sequence[int] = SEVERITIES, seed: int = 0, baseline: str | Path | None = None,
+                   domain: str = DOMAIN, stress: bool = False, defects: str = "dithered",
+                   noise_check: str = "refuse", device: str = "auto", batch_size: int = 256, overwrite: bool = False,
+                   figures: bool = True) -> dict[str, Any]:
+    """Run the corruption benchmark on a run's kept checkpoint; write :func:`robustness_dir`.
+
+    Args:
+        run: a finished run folder (``config.json``, ``checkpoints/best.pt``, ``training.json``).
+        data: dataset folder [default: the one in the run's ``config.json``].
+        corruptions: ``"all"``, ``"a,b"`` or a sequence of names of
+            :data:`~deepadversaries.corruptions.suite.CORRUPTIONS` [default: "all"].
+        severities: ``"1-5"``, ``"1,3,5"`` or a sequence of ints in 0-5 [default: 1-5].
+        seed: seed of the corruptions; the same seed gives every run the same images [default: 0].
+        baseline: run whose per-image outcomes give the corruption errors [default: :func:`find_baseline`].
+        domain: the test images to corrupt, "Y10", "Y1" or "both" (Y1, then Y10; returns Y10's summary with
+            ``other_domains`` naming Y1's summary file) [default: "Y10"].
+        stress: use the stress table set (the first version's strongest levels) [default: False: Rubin's].
+        defects: detector-defect placement, "dithered", "masked" or "no-dither" [default: "dithered"].
+        noise_check: imported data whose border noise is not the survey's: "refuse", "warn" or "off"
+            [default: "refuse"].
+        device: "auto", "cpu" or "cuda" [default: "auto"].
+        batch_size: images per forward pass [default: 256].
+        overwrite: replace a finished result [default: False].
+        figures: draw accuracy.png and corruption_grid.png [default: True].
+
+    Returns:
+        The summary written to ``summary.json``.
+
+    Raises:
+        OptionError: bad options. FileError: no checkpoint, unfinished training, an unsuitable dataset or
+            noise, a finished result without ``overwrite``, an unusable baseline.
+    """
+    check_choice(domain, (*DOMAINS, "both"), "domain")
+    if domain == "both":  # Y1 first: Y10's summary, written last, marks the pair finished
+        kwargs = dict(corruptions=corruptions, severities=severities, seed=seed, baseline=baseline, stress=stress,
+                      defects=defects, noise_check=noise_check, device=device, batch_size=batch_size,
+                      overwrite=overwrite, figures=figures)
+        y1 = robustness_run(run, data, domain="Y1", **kwargs)
+        summary = robustness_run(run, data, domain="Y10", **kwargs)
+        return summary | {"other_domains": {"Y1": str(robustness_dir(run, "Y1", CorruptionOptions(
+            "stress" if stress else "rubin", defects)) / SUMMARY_NAME)}, "y1_mce": y1["mce"]}
+    started = time.perf_counter()
+    names, levels = _check_options(corruptions, severities, batch_size, seed)
+    options = CorruptionOptions("stress" if stress else "rubin", defects)
+    run = Path(run)
+    config = _check_run(run)
+    baseline_path, chosen_by = _choose_baseline(run, config, baseline)
+    out_dir = robustness_dir(run, domain, options)
+    summary_path = out_dir / SUMMARY_NAME
+    if summary_path.is_file() and not overwrite:
+        raise file_error(summary_path, "a finished robustness result exists; pass --overwrite to replace it")
+    dataset, bands = _checked_dataset(config, data)
+    noise = check_survey_noise(dataset, domain, bands, noise_check)
+    torch_device = resolve_device(device)
+    model = load_model(run, device=torch_device)
+    check_input_shape(model, dataset.image_shape, dataset.path / image_file(domain, "test"))
+    settings = _settings(names, levels, seed, dataset, bands, batch_size, torch_device, domain, options)
+    needed = [(c, s) for c in names for s in levels]
+    reused = (_reusable_outcomes(baseline_path, domain, options, settings, needed)
+              if baseline_path is not None else None)
+    models = _benchmark_models(model, baseline_path if reused is None else None, torch_device)
+    bench = _Benchmark(dataset, models, seed=seed, batch_size=batch_size, device=torch_device, domain=domain,
+                       options=options)
+    with OutputLock(out_dir, "robustness"):
+        _retire_finished(summary_path, overwrite)
+        rows, wrong = bench.table(needed)
+        write_csv(out_dir / CSV_NAME, rows, FIELDS)
+        keys = [(CLEAN, 0)] + needed
+        write_npz(out_dir / OUTCOMES_NAME, keys=np.array([f"{c}:{s}" for c, s in keys]),
+                  wrong=np.stack([wrong["run"][k] for k in keys]))
+        if reused is not None:
+            base_wrong, source = reused[0], f"its own benchmark ({reused[1]})"
+        elif "baseline" in wrong:
+            base_wrong, source = wrong["baseline"], "evaluated here on the same corrupted images"
+        else:
+            base_wrong, source = None, None
+        summary = _summarise(run, config, rows, settings, baseline_path, chosen_by, wrong["run"], base_wrong,
+                             source, seed)
+        summary["noise_check"] = noise
+        summary["timing"] = _timing(bench.timing, started)
+        if figures:
+            _write_figures(out_dir, summary, config, dataset, names, bench.panels, options)
+        write_json(summary_path, summary)
+    return summary
+
+
+def _check_options(corruptions: str | Sequence[str], severities: str | Sequence[int], batch_size: int,
+                   seed: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The corruption names and the severities other than 0, after checking the batch size and seed."""
+    names = parse_corruptions(corruptions)
+    levels = tuple(s for s in parse_severities(severities) if s != 0)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OptionError(f"--seed must be a non-negative integer, got {seed!r}")
+    return names, levels
+
+
+def _checked_dataset(config: RunConfig, data: str | Path | None) -> tuple[GalaxyDataset, tuple[str, ...]]:
+    """The dataset (``data`` or the run's) and its bands, checked to suit the corruptions and the run's classes."""
+    dataset = load_dataset(data if data is not None else config.data)
+    bands = check_dataset(dataset)
+    check_same_classes(config, dataset.classes, dataset.path)
+    return dataset, bands
+
+
+def _settings(names: Sequence[str], levels: Sequence[int], seed: int, dataset: GalaxyDataset,
+              bands: tuple[str, ...], batch_size: int, device: Any, domain: str,
+              options: CorruptionOptions) -> dict[str, Any]:
+    """The ``settings`` block of the summary: what decides the corrupted images and how they were evaluated."""
+    settings = {
+        "corruptions": list(names), "severities": list(levels), "seed": int(seed), "domain": domain,
+        "tables": options.tables, "defects": options.defects, "chunk": CHUNK,
+        "table_fingerprint": table_fingerprint(options.tables), "data": str(dataset.path.resolve()),
+        "n": len(dataset.labels("test")), "batch_size": batch_size, "device": str(device),
+    }
+    if bands != BANDS:
+        settings["bands"] = list(bands)
+    return settings
+
+
+def _benchmark_models(model: Any, evaluate_baseline: Path | None, device: Any) -> dict[str, Any]:
+    """The run's model and the baseline run's to evaluate here (None: none, or its results are reused),
+    optimised for inference."""
+    models = {"run": optimized_for_inference(model, channels_last=True)}
+    if evaluate_baseline is not None:
+        models["baseline"] = optimized_for_inference(load_model(evaluate_baseline, device=device),
+                                                     channels_last=True)
+    return models
+
+
+def _timing(timing: Mapping[str, float], started: float) -> dict[str, float]:
+    """Seconds corrupting and evaluating and the wall time since ``started`` (perf_counter), to 1 ms."""
+    return {k: round(v, 3) for k, v in {**timing, "wall_time_s": time.perf_counter() - started}.items()}
+
+
+def _retire_finished(summary_path: Path, overwrite: bool) -> None:
+    """Under the lock: refuse a finished result without ``overwrite``, else remove its summary first."""
+    if summary_path.is_file():
+        if not overwrite:
+            raise file_error(summary_path, "a finished robustness result exists; pass --overwrite to replace it")
+        summary_path.unlink()  # the old result stops being "finished" before anything is replaced
+
+
+def check_dataset(dataset: GalaxyDataset) -> tuple[str, ...]:
+    """The dataset's bands, if the corruptions can act on it: raw electrons (not stored already
+    normalised) in LSST bands; else a one-line :class:`FileError`."""
+    if dataset.raw_is_model_input:
+        raise file_error(dataset.path / "dataset.json", "holds images already normalised (--stretch none): the "
+                                                        "corruptions act on raw electrons before the normalisation; "
+                                                        "import the raw electrons (--stretch paper, asinh:Q or "
+                                                        "zscore) to run robustness")
+    try:
+        return check_bands(dataset.bands)
+    except OptionError as exc:
+        raise file_error(dataset.path / "dataset.json", str(exc)) from None
+
+
+def why_not_applicable(data: str | Path) -> str | None:
+    """Why the benchmark cannot run on a dataset folder (stored already normalised, or bands the
+    corruption table does not model), or None when it can: for pipelines that skip it and say why."""
+    try:
+        check_dataset(load_dataset(data))
+    except DeepAdvError as exc:
+        return str(exc)
+    return None
+
+
+def _check_run(run: Path) -> RunConfig:
+    """The run's config; a clear error when it has no checkpoint or no finished training."""
+    config = read_run_config(run)
+    if not kept_model_path(run, config).is_file():
+        raise file_error(kept_model_path(run, config), "checkpoint not found; train the run first ('deepadv train')")
+    if not (run / TRAINING_DONE).is_file():
+        raise file_error(run, f"the training has not finished (no {TRAINING_DONE}); run 'deepadv train' first")
+    return config
+
+
+def _choose_baseline(run: Path, config: RunConfig, baseline: str | Path | None) -> tuple[Path | None, str]:
+    """The run whose outcomes normalise CE (the user's, or :func:`find_baseline`'s), and why."""
+    if baseline is not None:
+        path = Path(baseline)
+        base_config = read_run_config(path)
+        if not kept_model_path(path, base_config).is_file():
+            raise file_error(kept_model_path(path, base_config), "checkpoint of the --baseline run not found")
+        return path, "--baseline"
+    path, chosen_by = find_baseline(run, config)
+    if path is not None and not _finished_run(path):
+        return None, f"{chosen_by} has no finished training, so there is no baseline"
+    return path, chosen_by
+
+
+def _input_statistics(corrupted: np.ndarray, clean: np.ndarray, corrupted_raw: np.ndarray,
+                      clean_raw: np.ndarray, limits: tuple[float, float] | None) -> np.ndarray:
+    """Sums over a chunk: |Δ model input|, pixels changed, pixels at the stretch's clip limits, pixels."""
+    delta = np.abs(corrupted - clean, dtype=np.float32)
+    changed = np.count_nonzero(corrupted_raw != clean_raw)
+    clipped = 0
+    if limits is not None:
+        lo, hi = limits
+        clipped = int(np.count_nonzero((corrupted_raw < lo) | (corrupted_raw > hi)))
+    return np.array([delta.sum(dtype=np.float64), changed, clipped, delta.size], dtype=np.float64)
+
+
+class _Benchmark:
+    """Evaluates one or two models (the run, the baseline) on the corrupted test set, chunk by chunk."""
+
+    def __init__(self, dataset: GalaxyDataset, models: dict[str, Any], *, seed: int, batch_size: int,
+                 device: Any, domain: str = DOMAIN, options: CorruptionOptions = DEFAULT_OPTIONS) -> None:
+        self.raw = dataset.images(domain, "test", stretched=False)
+        self.labels = dataset.labels("test")
+        self.dataset, self.domain, self.options = dataset, domain, options
+        self.bands = check_bands(dataset.bands)
+        self.models, self.seed, self.batch_size, self.device = models, seed, batch_size, device
+        self.n_chunks = max(1, math.ceil(len(self.labels) / CHUNK))
+        self.limits = dataset.stretch(domain) if dataset.normalisation_kind == "paper" else None
+        self.timing = {"corrupt_s": 0.0, "evaluate_s": 0.0}
+        #: test image 0 as scored under each (corruption, severity): the grid figure's panels
+        self.panels: dict[Key, np.ndarray] = {}
+        self._clean_cache: dict[int, np.ndarray] = {}
+
+    def logits(self, name: str, severity: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Logits of every model on the test set under one corruption (severity 0: clean), and the
+        input statistics' sums (see :func:`_input_statistics`)."""
+        out: dict[str, list[np.ndarray]] = {k: [] for k in self.models}
+        stats = np.zeros(4)
+        for k in range(self.n_chunks):
+            t0 = time.perf_counter()
+            clean_raw = np.asarray(self.raw[k * CHUNK:(k + 1) * CHUNK], dtype=np.float32)
+            electrons = (clean_raw if severity == 0 else
+                         corrupted_chunk(self.raw, name, severity, k, seed=self.seed, domain=self.domain,
+                                         bands=self.bands, options=self.options))
+            if k == 0 and len(electrons):
+                self.panels[(name, severity)] = np.array(electrons[0])
+            images = self.dataset.model_input(electrons, self.domain)
+            if severity != 0:
+                stats += _input_statistics(images, self._clean_input(k, clean_raw), electrons, clean_raw, self.limits)
+            elif self.limits is not None:
+                lo, hi = self.limits
+                stats += np.array([0.0, 0.0, np.count_nonzero((clean_raw < lo) | (clean_raw > hi)), clean_raw.size])
+            t1 = time.perf_counter()
+            for key, m in self.models.items():
+                out[key].append(forward_batches(m, images, batch_size=self.batch_size, device=self.device).logits)
+            self.timing["corrupt_s"] += t1 - t0
+            self.timing["evaluate_s"] += time.perf_counter() - t1
+        return {k: np.concatenate(v) for k, v in out.items()}, stats
+
+    def _clean_input(self, chunk: int, clean_raw: np.ndarray) -> np.ndarray:
+        """The clean model input of a chunk, kept for test sets up to CLEAN_CACHE_IMAGES images."""
+        if chunk in self._clean_cache:
+            return self._clean_cache[chunk]
+        images = self.dataset.model_input(clean_raw, self.domain)
+        if len(self.labels) <= CLEAN_CACHE_IMAGES:
+            self._clean_cache[chunk] = images
+        return images
+
+    def _row(self, name: str, severity: int, logits: np.ndarray, clean_pred: np.ndarray,
+             stats: np.ndarray) -> dict[str, Any]:
+        pixels = max(stats[3], 1.0)
+        row = {"corruption": name, "severity": severity, **_metrics(logits, self.labels, clean_pred),
+               "mean_abs_delta_input": float(stats[0] / pixels) if severity else 0.0,
+               "frac_pixels_changed": float(stats[1] / pixels) if severity else 0.0,
+               "frac_clipped": float(stats[2] / pixels) if self.limits is not None else ""}
+        return row
+
+    def table(self, needed: list[Key]) -> tuple[list[dict[str, Any]], dict[str, dict[Key, np.ndarray]]]:
+        """The run's rows (clean first, then every (corruption, severity)) and every model's per-image
+        outcomes ({"run" / "baseline": {key: (N,) bool wrong}})."""
+        clean, clean_stats = self.logits(CLEAN, 0)
+        clean_pred = {k: v.argmax(axis=1) for k, v in clean.items()}
+        wrong = {k: {(CLEAN, 0): clean_pred[k] != self.labels} for k in clean}
+        rows = [self._row(CLEAN, 0, clean["run"], clean_pred["run"], clean_stats)]
+        bar = make_progress()
+        task = bar.add_task(f"robustness {self.domain}", total=len(needed))
+        with bar:
+            for name, severity in needed:
+                bar.update(task, description=f"{name} {severity}")
+                logits, stats = self.logits(name, severity)
+                rows.append(self._row(name, severity, logits["run"], clean_pred["run"], stats))
+                for key, value in logits.items():
+                    wrong[key][(name, severity)] = value.argmax(axis=1) != self.labels
+                bar.advance(task)
+        return rows, wrong
+
+
+def _summarise(run: Path, config: RunConfig, rows: list[dict[str, Any]], settings: Mapping[str, Any],
+               baseline_path: Path | None, chosen_by: str, run_wrong: Mapping[Key, np.ndarray],
+               base_wrong: Mapping[Key, np.ndarray] | None, source: str | None, seed: int) -> dict[str, Any]:
+    clean, corrupted = rows[0], rows[1:]
+    errors = {(r["corruption"], r["severity"]): 1.0 - r["accuracy"] for r in corrupted}
+    by_name: dict[str, list[float]] = {}
+    for (name, _), e in errors.items():
+        by_name.setdefault(name, []).append(e)
+    mean_errors = {name: float(np.mean(v)) for name, v in by_name.items()}
+    summary: dict[str, Any] = {
+        "kind": KIND, "version": VERSION, "run": str(run), "model": config.model, "method": config.method,
+        "domain": settings["domain"], "n": clean["n"], "settings": dict(settings),
+        "clean": {k: clean[k] for k in ("accuracy", "mean_p_true")} | {"error": 1.0 - clean["accuracy"]},
+        "results": [dict(r) for r in corrupted],
+        "mean_errors": mean_errors,
+        "mean_error": float(np.mean(list(mean_errors.values()))) if mean_errors else None,
+        "corruption_errors": None, "mce": None, "relative_mce": None,
+    }
+    base_block: dict[str, Any] = {"run": None, "chosen_by": chosen_by}
+    if baseline_path is not None and base_wrong is not None and errors:
+        block = corruption_errors(run_wrong, {k: base_wrong[k] for k in run_wrong}, seed=seed)
+        summary.update({"corruption_errors": block, "mce": block["mce"], "relative_mce": block["relative_mce"]})
+        base_block = {
+            "run": str(baseline_path), "chosen_by": chosen_by, "errors_from": source,
+            "clean_error": float(np.mean(base_wrong[(CLEAN, 0)])),
+            "errors": [{"corruption": c, "severity": s, "error": float(np.mean(base_wrong[(c, s)]))}
+                       for (c, s) in errors],
+        }
+    summary["baseline"] = base_block
+    return summary
+
+
+def baseline_results(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The baseline's accuracies recorded in a summary, shaped like a summary (``clean``, ``results``)
+    for :func:`deepadversaries.plots.robustness.plot_accuracy_curves`; None without a baseline."""
+    base = summary.get("baseline") or {}
+    if base.get("run") is None or "errors" not in base:
+        return None
+    return {
+        "clean": {"accuracy": 1.0 - float(base["clean_error"])},
+        "results": [{"corruption": r["corruption"], "severity": int(r["severity"]), "accuracy": 1.0 - float(r["error"])}
+                    for r in base["errors"]],
+    }
+
+
+def _write_figures(out_dir: Path, summary: Mapping[str, Any], config: RunConfig, dataset: GalaxyDataset,
+                   names: Sequence[str], panels: Mapping[Key, np.ndarray], options: CorruptionOptions) -> None:
+    label = f"{config.model} {config.method}"
+    domain = summary["domain"]
+    curves = {label: summary}
+    base = baseline_results(summary)
+    if base is not None:
+        curves = {f"baseline ({Path(summary['baseline']['run']).name})": base, **curves}
+    plot_accuracy_curves(curves, out_dir / ACCURACY_FIGURE)
+    if (CLEAN, 0) not in panels:
+        return
+    image = panels[(CLEAN, 0)]
+    true = dataset.classes[int(dataset.labels("test")[0])]
+    lo, hi, to_input = grid_normalisation(dataset, domain)
+    severities = sorted({0} | {s for (c, s) in panels if c != CLEAN})
+    shown = {(c, s): panels[(c, s)] for c in names for s in severities if (c, s) in panels}
+    shown.update({(c, 0): image for c in names})
+    plot_corruption_grid(image, lo, hi, out_dir / GRID_FIGURE, corruptions=names, severities=severities,
+                         domain=domain, bands=dataset.bands, to_input=to_input, panels=shown, options=options,
+                         title=f"{domain} test image 0 ({true}) as {label} was scored on it")
+
+
+def grid_normalisation(dataset: GalaxyDataset, domain: str) -> tuple[float | None, float | None, Any]:
+    """How the corruption grid normalises a domain's images: the paper stretch's (lo, hi) and no
+    function, or (None, None) and the dataset's own normalisation (``dataset.model_input``)."""
+    if dataset.normalisation_kind == "paper":
+        lo, hi = dataset.stretch(domain)
+        return lo, hi, None
+    return None, None, functools.partial(dataset.model_input, domain=domain)

@@ -1,0 +1,1 @@
+"""The paper's findings with intervals, and the reproduction and study reports."""

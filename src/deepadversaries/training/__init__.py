@@ -1,0 +1,1 @@
+"""Training: the LightningModule for every method, the trainer factory and the train stage."""
