@@ -270,7 +270,7 @@ def unreliable_numbers(results: Any, prefix: str = "results") -> list[dict[str, 
 @lru_cache(maxsize=1)
 def card_schema() -> dict[str, Any]:
     """The card's JSON Schema (draft 2020-12), shipped as package data."""
-    return json.loads(resources.files("deepadversaries").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+    return json.loads(resources.files("deepadversaries.card").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
 def validate_card(card: Any, source: str | Path = CARD_NAME) -> dict[str, Any]:
