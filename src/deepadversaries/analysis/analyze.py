@@ -36,7 +36,7 @@ from PIL import Image
 
 from deepadversaries import CLASSES, METHOD_LABELS, METHOD_SHORT, REFERENCE_METHOD
 from deepadversaries.analysis.latent import (
-    CHURCH_EXTENT, CHURCH_STEP, ISOMAP_NEIGHBORS, JS_BASE, PERTURBATIONS, SCALES, ChurchWindow,
+    CHURCH_EXTENT, CHURCH_STEP, ISOMAP_NEIGHBORS, JS_BASE, PERTURBATION_LABELS, PERTURBATIONS, SCALES, ChurchWindow,
     IsomapEmbedding, PairedDistances, Triplets, attacked_under_both, boundary_distances, church_window_grid,
     dangerous_pixel_shares, light_centroid, queries_to_reach, stacked_flip_map, distance_tables,
     euclidean_distances, grid_coordinates, isomap_embedding, isomap_sample_indices, paired_distances,
@@ -66,7 +66,6 @@ ANALYZE_PRESETS: dict[str, dict[str, Any]] = {
 }
 LATENT_KEYS = ("test_index", "z_y10", "z_y1", "z_1p", "success")
 RESULT_COLUMNS = ("test_index", "true", "target", "success")
-PERT_LABEL = {"Y10-Y1": "Y10–Y1", "Y10-1P": "Y10–1P"}
 #: images per forward pass for the isomap sample
 EMBED_BATCH = 64
 #: the band whose light centres a galaxy, and the half-width (Petrosian radii) of the stacked flip maps
@@ -228,7 +227,7 @@ def distances_markdown(tables: dict[str, Any], header: dict[str, Any], notes: Se
             row = tables[scale][pert]
             for k, tr in enumerate((ref, ada)):
                 s = row[tr]
-                lines.append(f"| {PERT_LABEL[pert] if k == 0 else ''} | {METHOD_SHORT.get(tr, tr)} | "
+                lines.append(f"| {PERTURBATION_LABELS[pert] if k == 0 else ''} | {METHOD_SHORT.get(tr, tr)} | "
                              f"{fmt_sig(s['median'])} | {fmt_sig(s['mean'])} | {fmt_pm(s['stderr'])} | {s['n']} | "
                              f"{fmt_sig(row['js_distance']) if k == 0 else ''} |")
         lines.append("")

@@ -48,7 +48,9 @@ from deepadversaries.errors import OptionError
 from deepadversaries.evaluation.inference import model_device
 from deepadversaries.analysis.stats import latent_spread, success_curve
 
+#: the two perturbations whose latent distances are measured, and how tables and figures name them
 PERTURBATIONS: tuple[str, ...] = ("Y10-Y1", "Y10-1P")
+PERTURBATION_LABELS: dict[str, str] = {"Y10-Y1": "Y10–Y1", "Y10-1P": "Y10–1P"}
 SCALES: tuple[str, ...] = ("latent", "logit", "spread")
 #: the scales Figure 6 draws (one row each)
 FIGURE_SCALES: tuple[str, ...] = ("latent", "spread")
@@ -62,6 +64,7 @@ ISOMAP_NEIGHBORS = 5
 # --------------------------------------------------------------------------------------
 # distances and their summary
 # --------------------------------------------------------------------------------------
+
 def euclidean_distances(z_a: np.ndarray, z_b: np.ndarray) -> np.ndarray:
     """Row-wise Euclidean distance ||z_a[i] - z_b[i]||_2 (float64)."""
     a = np.asarray(z_a, dtype=np.float64)

@@ -95,7 +95,7 @@ from deepadversaries.models.runs import (
     CONFIG_NAME, METRICS_NAME, PREDICTIONS_NAME, RELIABILITY_NAME, TRAINING_DONE, RunConfig, attack_dir,
     kept_model_path, read_run_config,
 )
-from deepadversaries.analysis.stats import accuracy_difference, bootstrap_interval, success_curve
+from deepadversaries.analysis.stats import DEFAULT_LEVEL, accuracy_difference, bootstrap_interval, success_curve
 from deepadversaries.simulation.survey import PIXEL_SCALE
 
 # The certification stage (issue 21) may not be installed yet: the card then says so.
@@ -114,14 +114,15 @@ FIGURES_DIR = "figures"
 #: the protocol definitions' version: part of the protocol id that a leaderboard groups by
 PROTOCOL_VERSION = 1
 LEVELS = ("tiny", "quick", "full")
-LEVEL = 0.95
 #: a number resting on fewer observations is listed as unreliable
 MIN_N = 30
 #: a rate or accuracy whose 95 % interval is wider than this (a fraction) is listed as unreliable
 MAX_WIDTH = 0.2
 BOOTSTRAP_SEED = 0
-#: bootstrap resamples of the calibration and dangerous-pixel intervals
-RESAMPLES = 999
+#: bootstrap resamples of the calibration and dangerous-pixel intervals: fewer than the findings'
+#: (``stats.DEFAULT_RESAMPLES``) because a card is made on a laptop in minutes; these intervals are
+#: descriptive, no verdict rests on them
+CARD_RESAMPLES = 999
 #: the shares of the budget at which the success against queries is read
 QUERY_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 #: the band whose light centres a galaxy (the dangerous-pixel table), when the data have it
@@ -189,7 +190,7 @@ def rate_number(k: int, n: int, what: str = "images") -> dict[str, Any]:
         return number(None, None, None, 0, f"Clopper-Pearson exact binomial interval; no {what}")
     if not 0 <= k <= n:
         raise OptionError(f"a count of {k} out of {n} is not a rate")
-    ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=LEVEL, method="exact")
+    ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=DEFAULT_LEVEL, method="exact")
     return number(k / n, ci.low, ci.high, n, f"{k} of {n} {what}; Clopper-Pearson exact binomial interval")
 
 
@@ -199,8 +200,8 @@ def mean_rate_number(value: float, n: int, cells: int, what: str) -> dict[str, A
     if n == 0 or not math.isfinite(value):
         return number(None, None, None, n, f"mean of {cells} {what}; no images")
     k = float(value) * n
-    low = 0.0 if k <= 0 else float(scipy_stats.beta.ppf((1 - LEVEL) / 2, k, n - k + 1))
-    high = 1.0 if k >= n else float(scipy_stats.beta.ppf(1 - (1 - LEVEL) / 2, k + 1, n - k))
+    low = 0.0 if k <= 0 else float(scipy_stats.beta.ppf((1 - DEFAULT_LEVEL) / 2, k, n - k + 1))
+    high = 1.0 if k >= n else float(scipy_stats.beta.ppf(1 - (1 - DEFAULT_LEVEL) / 2, k + 1, n - k))
     return number(value, low, high, n, f"mean of {cells} {what} on the same {n} images; Clopper-Pearson "
                                        "interval at n (conservative for a mean of correlated rates)")
 
@@ -220,7 +221,7 @@ def ratio_number(errors_run: float, errors_base: float, n: int, what: str) -> di
     if p1 <= 0:
         return number(ratio, None, None, n, f"{what}: the run made no error, Katz's interval is undefined")
     se = math.sqrt((1 - p1) / (n * p1) + (1 - p2) / (n * p2))
-    z = float(scipy_stats.norm.ppf(0.5 + LEVEL / 2))
+    z = float(scipy_stats.norm.ppf(0.5 + DEFAULT_LEVEL / 2))
     return number(ratio, ratio * math.exp(-z * se), ratio * math.exp(z * se), n,
                   f"{what}; Katz log interval of a ratio of proportions at {n} images each, "
                   "independence assumed (conservative for positively correlated errors)")
@@ -506,7 +507,7 @@ def _clean_section(stage_run: Path, dataset: GalaxyDataset, unlabelled: bool, ab
         absent["calibration"] = "label-free card: calibration needs true labels"
     drop = None
     if "Y1" in correct:
-        diff = accuracy_difference(correct["Y1"], correct["Y10"], n_resamples=RESAMPLES, seed=BOOTSTRAP_SEED)
+        diff = accuracy_difference(correct["Y1"], correct["Y10"], n_resamples=CARD_RESAMPLES, seed=BOOTSTRAP_SEED)
         drop = interval_number(diff)
         drop["method"] = ("Y10 minus Y1 " + ("agreement" if unlabelled else "accuracy")
                           + " on the same galaxies; " + drop["method"])
@@ -522,7 +523,7 @@ def _calibration_numbers(p: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         def statistic(idx: np.ndarray) -> float:
             i = idx.astype(np.int64)
             return fn(p[i], labels[i])
-        interval = bootstrap_interval((index,), statistic, n_resamples=RESAMPLES, seed=BOOTSTRAP_SEED, unit="images")
+        interval = bootstrap_interval((index,), statistic, n_resamples=CARD_RESAMPLES, seed=BOOTSTRAP_SEED, unit="images")
         out = interval_number(interval)
         out["method"] = f"{what}; {out['method']}"
         return out
@@ -599,7 +600,7 @@ def _corruption_errors(rows: list[dict[str, Any]], summary: Mapping[str, Any], n
     defined = [c for c in ce.values() if c["value"] is not None]
     if defined and all(c["ci_low"] is not None for c in defined):
         value = float(np.mean([c["value"] for c in defined]))
-        z = float(scipy_stats.norm.ppf(0.5 + LEVEL / 2))
+        z = float(scipy_stats.norm.ppf(0.5 + DEFAULT_LEVEL / 2))
         sd = float(np.mean([(c["ci_high"] - c["ci_low"]) / (2 * z) for c in defined]))  # ~ per-CE standard error
         mce = number(value, value - z * sd, value + z * sd, n,
                      f"mean of {len(defined)} CEs; ± 1.96 x the mean of their standard errors (conservative for "
@@ -710,7 +711,7 @@ def _dangerous_pixels(corner_dir: Path, dataset: GalaxyDataset, absent: dict[str
     for j, region in enumerate(regions):
         def share(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
             return np.sum(a, axis=axis) / np.sum(b, axis=axis)
-        interval = bootstrap_interval((counts_arr[:, j], totals), share, n_resamples=RESAMPLES, seed=BOOTSTRAP_SEED,
+        interval = bootstrap_interval((counts_arr[:, j], totals), share, n_resamples=CARD_RESAMPLES, seed=BOOTSTRAP_SEED,
                                       unit="attacked images")
         num = interval_number(interval)
         num["method"] = f"share of the {int(totals.sum())} flipping positions in {region}; {num['method']}"

@@ -22,13 +22,15 @@ import hashlib
 import json
 import math
 
+from deepadversaries.simulation.survey import FULL_WELL_ELECTRONS
+
 # --- detector and site constants ----------------------------------------------------------------
 #: LSST CCD pixel pitch, um (10 um = 0.2"; LSST camera focal-plane requirements)
 PIXEL_SIZE_UM = 10.0
 #: thickness of the fully depleted LSST sensors, um (camera requirement "> 100 um")
 SENSOR_THICKNESS_UM = 100.0
-#: full well per pixel, e- (>= 90 ke- specified, linear to 100 ke-, Baumer & Roodman 2015)
-FULL_WELL_E = 100_000.0
+#: full well per pixel, e-: the survey model's (sources cited there)
+FULL_WELL_E = FULL_WELL_ELECTRONS
 #: cosmic-ray events per cm^2 per minute. ASSUMPTION: the sea-level muon flux ~1 cm^-2 min^-1 (PDG
 #: "Cosmic rays") doubled for the 2.7 km altitude of Cerro Pachon and non-muon events (Groom 2004);
 #: the DES verification measured ~5 cm^-2 min^-1 at CTIO with the dome open, ~2 closed

@@ -34,10 +34,15 @@ from deepadversaries.data import stretches
 from deepadversaries.errors import OptionError, check_choice, file_error
 from deepadversaries.io import read_json
 
-STRETCH_SCALE = 0.85
-STRETCH_PERCENTILES = (0.1, 99.9)
-#: images used to estimate stretch constants when a folder has no ``dataset.json``
-STRETCH_SAMPLE = 2000
+#: the paper stretch, defined once in :mod:`deepadversaries.data.stretches` (re-exported here by the
+#: names the stages use)
+STRETCH_SCALE = stretches.PAPER_SCALE
+STRETCH_PERCENTILES = stretches.PAPER_PERCENTILES
+#: images used to estimate stretch constants (the simulator's and a folder without ``dataset.json``)
+STRETCH_SAMPLE = stretches.FIT_SAMPLE
+stretch_constants = stretches.paper_constants
+apply_stretch = stretches.apply_paper
+invert_stretch = stretches.invert_paper
 
 
 def image_file(domain: str, split: str) -> str:
@@ -48,24 +53,6 @@ def image_file(domain: str, split: str) -> str:
 def label_file(split: str) -> str:
     """File name of one split's one-hot labels."""
     return f"labels_{split}.npy"
-
-
-def stretch_constants(images: np.ndarray) -> tuple[float, float]:
-    """The (0.1, 99.9) percentiles over all pixels of all bands of ``images``."""
-    lo, hi = np.percentile(np.asarray(images, dtype=np.float64), STRETCH_PERCENTILES)
-    return float(lo), float(hi)
-
-
-def apply_stretch(images: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """The authors' ``update_sinh``: clip to [lo, hi], arcsinh(0.85 x / hi), then (y + 1) / 2."""
-    x = np.clip(np.asarray(images, dtype=np.float32), lo, hi)
-    return ((np.arcsinh(STRETCH_SCALE * x / np.float32(hi)) + 1.0) / 2.0).astype(np.float32)
-
-
-def invert_stretch(stretched: np.ndarray, hi: float) -> np.ndarray:
-    """Map model-input values back to electrons (inside the clip range)."""
-    y = 2.0 * np.asarray(stretched, dtype=np.float64) - 1.0
-    return (np.sinh(y) * hi / STRETCH_SCALE).astype(np.float32)
 
 
 def _load_array(path: Path) -> np.ndarray:

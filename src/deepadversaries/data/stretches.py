@@ -6,7 +6,8 @@ fitted on that domain's training split:
 ``paper``
     The authors' ``update_sinh`` (SPEC 3.5): clip to [low, high], y = arcsinh(0.85 x / high),
     then (y + 1) / 2. ``low`` and ``high`` are the 0.1 and 99.9 percentiles over all pixels
-    of all bands. Gives bit-identical numbers to :func:`deepadversaries.data.dataset.apply_stretch`.
+    of all bands. One implementation (:func:`apply_paper`, :func:`invert_paper`,
+    :func:`paper_constants`) serves every path: ``data.dataset`` re-exports it under its old names.
     Params: ``{"low": float, "high": float}``.
 ``asinh:Q``
     Lupton et al. (2004) style, per band b: y = asinh(Q x / s_b) / Q, where s_b is the 99.9
@@ -49,11 +50,52 @@ PAPER_SCALE = 0.85
 PAPER_PERCENTILES: tuple[float, float] = (0.1, 99.9)
 #: percentile giving each band's scale s_b of ``asinh:Q``
 ASINH_PERCENTILE = 99.9
-#: images in the seeded subsample of the percentile kinds [same as data.STRETCH_SAMPLE]
+#: images in the seeded subsample of the percentile kinds (every fit of the paper stretch: the
+#: simulator's, a folder without ``dataset.json``, ``deepadv import``)
 FIT_SAMPLE = 2000
 #: the subsample never holds more pixels than this (float32: 256 MiB)
 FIT_MAX_PIXELS = 2**26
 DEFAULT_CHUNK = 256
+
+
+def paper_constants(images: np.ndarray) -> tuple[float, float]:
+    """The paper stretch's constants: the :data:`PAPER_PERCENTILES` (0.1, 99.9) over all pixels of all
+    bands of ``images`` (any shape), computed in float64 with numpy's linear method.
+
+    Returns:
+        ``(low, high)`` as Python floats.
+    """
+    low, high = np.percentile(np.asarray(images, dtype=np.float64), PAPER_PERCENTILES)
+    return float(low), float(high)
+
+
+def apply_paper(images: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The paper stretch (the authors' ``update_sinh``, SPEC 3.5): clip to [low, high],
+    y = arcsinh(0.85 x / high), then (y + 1) / 2 — in float32.
+
+    Args:
+        images: raw pixels, electrons, any shape.
+        low, high: the constants of :func:`paper_constants` (electrons).
+
+    Returns:
+        float32 array of the same shape (a new array).
+    """
+    x = np.clip(np.asarray(images, dtype=np.float32), low, high)
+    return ((np.arcsinh(PAPER_SCALE * x / np.float32(high)) + 1.0) / 2.0).astype(np.float32)
+
+
+def invert_paper(model_input: np.ndarray, high: float) -> np.ndarray:
+    """Map paper-stretched values back to electrons (exact inside the clip range of :func:`apply_paper`).
+
+    Args:
+        model_input: stretched values, any shape.
+        high: the upper constant (electrons).
+
+    Returns:
+        float32 electrons of the same shape.
+    """
+    y = 2.0 * np.asarray(model_input, dtype=np.float64) - 1.0
+    return (np.sinh(y) * float(high) / PAPER_SCALE).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -253,10 +295,7 @@ def apply(kind: str | Stretch, params: dict[str, Any], images: np.ndarray) -> np
         if k == "none":
             return np.array(x, dtype=np.float32, copy=True)
         if k == "paper":
-            lo, hi = float(params["low"]), float(params["high"])
-            # exactly data.apply_stretch's operations, so that the numbers are bit-identical
-            y = np.clip(x, lo, hi)
-            return ((np.arcsinh(PAPER_SCALE * y / np.float32(hi)) + 1.0) / 2.0).astype(np.float32)
+            return apply_paper(x, float(params["low"]), float(params["high"]))
         bands = x.shape[-3] if x.ndim >= 3 else 0
         if k == "zscore":
             mean, std = _per_band(params["mean"], bands), _per_band(params["std"], bands)
@@ -287,7 +326,7 @@ def invert(kind: str | Stretch, params: dict[str, Any], model_input: np.ndarray)
         if k == "none":
             return y.astype(np.float32)
         if k == "paper":
-            return (np.sinh(2.0 * y - 1.0) * float(params["high"]) / PAPER_SCALE).astype(np.float32)
+            return invert_paper(y, float(params["high"]))
         bands = y.shape[-3] if y.ndim >= 3 else 0
         if k == "zscore":
             mean = _per_band(params["mean"], bands).astype(np.float64)

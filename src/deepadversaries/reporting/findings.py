@@ -52,15 +52,14 @@ from deepadversaries.formatting import fmt_fixed, fmt_sig
 from deepadversaries.io import read_json
 from deepadversaries.paper import PAPER_DISTANCES, PAPER_EFFECTS, PAPER_METRICS
 from deepadversaries.models.runs import PREDICTIONS_NAME, attack_dir
+from deepadversaries.analysis.latent import PERTURBATIONS
 from deepadversaries.analysis.stats import (
-    FINDING_RULES, NON_INFERIORITY_MARGIN, Interval, accuracy_difference, censored_difference,
+    DEFAULT_LEVEL, DEFAULT_RESAMPLES, FINDING_RULES, NON_INFERIORITY_MARGIN, Interval, accuracy_difference,
+    censored_difference,
     cluster_bootstrap_difference, log_ratio_t_interval, magnitude, median_ratio, paired_flips,
     paired_rate_difference, pool_differences, pooled_rate_difference, spread_normalised_ratio, verdict,
 )
 
-LEVEL = 0.95
-#: bootstrap resamples of the per-image intervals
-RESAMPLES = 9999
 #: (d): a seed needs this many images flipped under both models to enter the pool
 MIN_IMAGES = 5
 #: said of every verdict that rests on one seed
@@ -234,7 +233,7 @@ def _read_rows(path: Path, columns: Sequence[str], what: str) -> list[dict[str, 
 
 def _flipped_distances(path: Path, method: str) -> tuple[np.ndarray, dict[str, dict[str, dict[str, np.ndarray]]]]:
     keys = {(scale, pert, m): f"d_{pert.lower().replace('-', '_')}_{m}{suffix}"
-            for scale, suffix in (("latent", ""), ("logit", "_logit")) for pert in ("Y10-Y1", "Y10-1P")
+            for scale, suffix in (("latent", ""), ("logit", "_logit")) for pert in PERTURBATIONS
             for m in (REFERENCE_METHOD, method)}
     rows = _read_rows(path, ["test_index", *keys.values()], "run the analysis first")
     rows.sort(key=lambda r: int(r["test_index"]))
@@ -308,7 +307,7 @@ def compute_findings(pairs: dict[tuple[str, str], Sequence[Evidence]]) -> list[d
 
 def _pool(intervals: list[Interval]) -> Interval:
     """Several seeds: the t-interval of their effects; one seed: its own (per-image) interval."""
-    return pool_differences(intervals, LEVEL)
+    return pool_differences(intervals, DEFAULT_LEVEL)
 
 
 def _per_seed(ev: Evidence, interval: Interval, **extra: Any) -> dict[str, Any]:
@@ -355,8 +354,8 @@ def _accuracy_finding(fid: str, evidence: Sequence[Evidence], a: tuple[str, str]
     per_seed, intervals = [], []
     for ev in evidence:
         ma, mb = (ev.method if k == "adapted" else k for k in (a[0], b[0]))
-        iv = accuracy_difference(ev.correct[(ma, a[1])], ev.correct[(mb, b[1])], level=LEVEL,
-                                 n_resamples=RESAMPLES, seed=ev.seed)
+        iv = accuracy_difference(ev.correct[(ma, a[1])], ev.correct[(mb, b[1])], level=DEFAULT_LEVEL,
+                                 n_resamples=DEFAULT_RESAMPLES, seed=ev.seed)
         intervals.append(iv)
         per_seed.append(_per_seed(ev, iv, n_images=ev.n_test, accuracies=numbers_of(ev)))
     pooled = _pool(intervals)
@@ -421,13 +420,13 @@ def _ratio_versions(ev: Evidence) -> dict[str, Interval]:
     ref, ada = REFERENCE_METHOD, ev.method
     raw = ev.distances["latent"]["Y10-1P"]
     logit = ev.distances.get("logit", {}).get("Y10-1P", {})
-    out = {"raw": median_ratio(raw[ref], raw[ada], level=LEVEL, n_resamples=RESAMPLES, seed=ev.seed)}
-    out["logit"] = (median_ratio(logit[ref], logit[ada], level=LEVEL, n_resamples=RESAMPLES, seed=ev.seed)
+    out = {"raw": median_ratio(raw[ref], raw[ada], level=DEFAULT_LEVEL, n_resamples=DEFAULT_RESAMPLES, seed=ev.seed)}
+    out["logit"] = (median_ratio(logit[ref], logit[ada], level=DEFAULT_LEVEL, n_resamples=DEFAULT_RESAMPLES, seed=ev.seed)
                     if logit and all(np.isfinite(v).all() for v in logit.values())
-                    else Interval(float("nan"), float("nan"), float("nan"), LEVEL, "no head: not measured"))
+                    else Interval(float("nan"), float("nan"), float("nan"), DEFAULT_LEVEL, "no head: not measured"))
     both = ev.flipped[ref] & ev.flipped[ada]
-    out["spread"] = spread_normalised_ratio(raw[ref], raw[ada], ev.z_y10[ref], ev.z_y10[ada], both, level=LEVEL,
-                                            n_resamples=RESAMPLES, seed=ev.seed)
+    out["spread"] = spread_normalised_ratio(raw[ref], raw[ada], ev.z_y10[ref], ev.z_y10[ada], both, level=DEFAULT_LEVEL,
+                                            n_resamples=DEFAULT_RESAMPLES, seed=ev.seed)
     return out
 
 
@@ -435,8 +434,8 @@ def _boundary_ratio(ev: Evidence) -> Interval:
     """Median distance to the decision boundary, adapted / regular, over every image attacked under both."""
     a, b = ev.boundary.get(REFERENCE_METHOD, np.zeros(0)), ev.boundary.get(ev.method, np.zeros(0))
     if len(a) == 0 or not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return Interval(float("nan"), float("nan"), float("nan"), LEVEL, "not measured (no linear head)")
-    return median_ratio(a, b, level=LEVEL, n_resamples=RESAMPLES, seed=ev.seed)
+        return Interval(float("nan"), float("nan"), float("nan"), DEFAULT_LEVEL, "not measured (no linear head)")
+    return median_ratio(a, b, level=DEFAULT_LEVEL, n_resamples=DEFAULT_RESAMPLES, seed=ev.seed)
 
 
 def _pool_ratios(intervals: list[Interval]) -> Interval:
@@ -444,7 +443,7 @@ def _pool_ratios(intervals: list[Interval]) -> Interval:
     (one trained model: the finding says so)."""
     if len(intervals) == 1:
         return intervals[0]
-    return log_ratio_t_interval([iv.estimate for iv in intervals], LEVEL)
+    return log_ratio_t_interval([iv.estimate for iv in intervals], DEFAULT_LEVEL)
 
 
 def finding_d(evidence: Sequence[Evidence]) -> dict[str, Any]:
@@ -468,7 +467,7 @@ def finding_d(evidence: Sequence[Evidence]) -> dict[str, Any]:
                                      for part, attr in (("ratio", "estimate"), ("ci_low", "low"),
                                                         ("ci_high", "high"))},
                                   **_boundary_json(boundary, ev)))
-    nan = Interval(float("nan"), float("nan"), float("nan"), LEVEL, "no seed with enough images", 0)
+    nan = Interval(float("nan"), float("nan"), float("nan"), DEFAULT_LEVEL, "no seed with enough images", 0)
     pooled = {k: _pool_ratios(v) if v else nan for k, v in versions.items()}
     boundary_pooled = _pool_ratios([_boundary_ratio(ev) for ev in evidence])
     word = verdict(pooled["raw"], "d")
@@ -527,7 +526,7 @@ def _paired_rates(evidence: Sequence[Evidence], flags_of: Any) -> dict[str, Any]
     intervals, per_seed = [], []
     for ev, f in zip(evidence, flags):
         fr, fa = f[REFERENCE_METHOD], f[ev.method]
-        rate = paired_rate_difference(fr, fa, level=LEVEL)
+        rate = paired_rate_difference(fr, fa, level=DEFAULT_LEVEL)
         intervals.append(rate.interval)
         per_seed.append({"seed": ev.seed, "n": len(fr), "regular": int(fr.sum()), "adapted": int(fa.sum()),
                          "difference": rate.interval.estimate})
@@ -539,18 +538,18 @@ def _paired_rates(evidence: Sequence[Evidence], flags_of: Any) -> dict[str, Any]
 
 def finding_e(evidence: Sequence[Evidence]) -> dict[str, Any]:
     """(e) Paired flip-rate difference adapted − regular of the paper's attack, one per seed, pooled."""
-    model, method = evidence[0].model, evidence[0].method
+    method = evidence[0].method
     per_seed: list[dict[str, Any]] = []
     rates: list[Interval] = []
     queries: list[Interval] = []
     for ev in evidence:
         fr, fa = ev.flipped[REFERENCE_METHOD], ev.flipped[method]
-        rate = paired_rate_difference(fr, fa, level=LEVEL)
+        rate = paired_rate_difference(fr, fa, level=DEFAULT_LEVEL)
         both = fr & fa
         q = censored_difference(ev.queries[REFERENCE_METHOD][both], np.ones(both.sum(), bool),
-                                ev.queries[method][both], np.ones(both.sum(), bool), ev.budget, level=LEVEL,
-                                n_resamples=RESAMPLES, seed=ev.seed).interval if both.sum() else \
-            Interval(float("nan"), float("nan"), float("nan"), LEVEL, "no image flipped under both", 0)
+                                ev.queries[method][both], np.ones(both.sum(), bool), ev.budget, level=DEFAULT_LEVEL,
+                                n_resamples=DEFAULT_RESAMPLES, seed=ev.seed).interval if both.sum() else \
+            Interval(float("nan"), float("nan"), float("nan"), DEFAULT_LEVEL, "no image flipped under both", 0)
         rates.append(rate.interval)
         queries.append(q)
         per_seed.append(_per_seed(ev, rate.interval, n_images=ev.n_attacked_both, mcnemar_p=rate.p_value,
@@ -564,10 +563,10 @@ def finding_e(evidence: Sequence[Evidence]) -> dict[str, Any]:
                                                                         (method, "adapted"))}
     cluster = (cluster_bootstrap_difference([ev.attacked_index for ev in evidence],
                                             [ev.flipped[method].astype(float) - ev.flipped[REFERENCE_METHOD]
-                                             for ev in evidence], level=LEVEL, n_resamples=RESAMPLES,
+                                             for ev in evidence], level=DEFAULT_LEVEL, n_resamples=DEFAULT_RESAMPLES,
                                             seed=evidence[0].seed) if len(evidence) > 1 else None)
     check = pooled_rate_difference([paired_flips(ev.flipped[REFERENCE_METHOD], ev.flipped[method])
-                                    for ev in evidence], level=LEVEL)
+                                    for ev in evidence], level=DEFAULT_LEVEL)
     corner = _paired_rates(evidence, lambda ev: ev.corner_flipped)
     certified = _paired_rates(evidence, lambda ev: ev.certified_flippable)
     detail = (f"Flip rates on the same {n} images: regular {_pct(flipped[REFERENCE_METHOD] / n if n else None)}, "

@@ -35,10 +35,10 @@ from deepadversaries.plots.robustness import plot_accuracy_curves
 from deepadversaries.reporting.results import (
     ReportInputs, RunFiles, get_path, load_inputs, n_test_images, need_json, need_path,
 )
+from deepadversaries.analysis.latent import PERTURBATION_LABELS, PERTURBATIONS
 from deepadversaries.analysis.stats import t_interval
 
 METRIC_LABEL = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1 score"}
-PERT_LABEL = {"Y10-Y1": "Y10–Y1", "Y10-1P": "Y10–1P"}
 TABLE_NUMBERS = {"resnet18": (2, 3), "convnet": (4, 5)}  # (metrics table, distances table)
 #: the verdict rule in words (SPEC 10), for the reports
 RULE_TEXT = ("Each of the paper's findings has one pre-stated primary endpoint, reported with its 95 % confidence "
@@ -83,7 +83,7 @@ def _distance_table(inp: ReportInputs, model: str) -> Table:
     paper = PAPER_DISTANCES[model]
     an = inp.analyses.get((model, "mmd"))
     rows = []
-    for pert in ("Y10-Y1", "Y10-1P"):
+    for pert in PERTURBATIONS:
         for k, tr in enumerate(("regular", "mmd")):
             p = paper[pert][tr]
             if an is not None:
@@ -94,7 +94,7 @@ def _distance_table(inp: ReportInputs, model: str) -> Table:
             else:
                 ours = ["—"] * 4 + [""]
             js_paper = (str(paper[pert]["js"]) if paper[pert]["js"] is not None else "—") if k == 0 else ""
-            rows.append([PERT_LABEL[pert] if k == 0 else "", METHOD_SHORT[tr],
+            rows.append([PERTURBATION_LABELS[pert] if k == 0 else "", METHOD_SHORT[tr],
                          ours[0], f"{p[0]}", ours[1], f"{p[1]}", ours[2], f"±{p[2]}", ours[3], ours[4], js_paper])
     n = (f"ours on the {an['n_flipped_both']} images flipped under both runs" if an is not None
          else "not trained in this run")
@@ -108,11 +108,11 @@ def _sensitivity_table(inp: ReportInputs, model: str, method: str) -> Table:
     an = inp.analyses[(model, method)]
     rows = []
     for scale, words in (("logit", "logit space"), ("spread", "÷ latent spread")):
-        for pert in ("Y10-Y1", "Y10-1P"):
+        for pert in PERTURBATIONS:
             t = an["distances"][scale][pert]
             for k, tr in enumerate((REFERENCE_METHOD, method)):
                 s = t[tr]
-                rows.append([words if k == 0 and pert == "Y10-Y1" else "", PERT_LABEL[pert] if k == 0 else "",
+                rows.append([words if k == 0 and pert == "Y10-Y1" else "", PERTURBATION_LABELS[pert] if k == 0 else "",
                              METHOD_SHORT.get(tr, tr), fmt_sig(s["median"]), fmt_sig(s["mean"]), fmt_pm(s["stderr"]),
                              str(s["n"]), fmt_sig(t["ratio_median"]) if k == 0 else ""])
     spread = an["attack"]
