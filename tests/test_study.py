@@ -349,3 +349,55 @@ def test_method_table_intervals_stay_inside_the_range_of_a_share():
     assert row[1] == f"{np.mean(y10):.3f} [{np.mean(y10) - half:.3f}, 1.000]"
     assert row[3] == f"{np.mean(ece):.3f} [0.000, {np.mean(ece) + half:.3f}]"
     assert "cut to the range 0–1" in table.caption
+
+
+@pytest.mark.slow
+def test_study_cards_every_cell_and_pools_the_leaderboard_over_seeds(baseline):
+    import csv
+
+    from scipy import stats as scipy_stats
+
+    from deepadversaries.card.build import read_card
+
+    cards = {}
+    for method in ("regular", "mmd"):
+        for seed in (0, 1):
+            folder = baseline / "cards" / f"convnet_{method}_s{seed}"
+            cards[method, seed] = read_card(folder)  # validates against the shipped schema
+            assert (folder / "card.html").is_file() and (folder / "card.md").is_file()
+    rows = list(csv.DictReader((baseline / "leaderboard" / "leaderboard.csv").open()))
+    assert sorted(r["name"] for r in rows) == ["convnet_mmd", "convnet_regular"]
+    for row in rows:
+        method = row["name"].removeprefix("convnet_")
+        per_seed = [next(h["number"]["value"] for h in cards[method, s]["headline"] if h["key"] == "clean_accuracy")
+                    for s in (0, 1)]
+        mean = sum(per_seed) / 2
+        assert float(row["clean_accuracy"]) == pytest.approx(mean, abs=1e-12)
+        assert int(row["clean_accuracy_n"]) == 2  # seeds, not images
+        if per_seed[0] == per_seed[1]:
+            assert float(row["clean_accuracy_ci_low"]) == pytest.approx(mean)
+        else:  # the t-interval over two seeds, computed here from its definition
+            half = scipy_stats.t.ppf(0.975, 1) * abs(per_seed[0] - per_seed[1]) / 2 ** 0.5 / 2 ** 0.5
+            assert float(row["clean_accuracy_ci_low"]) == pytest.approx(mean - half, rel=1e-9)
+            assert float(row["clean_accuracy_ci_high"]) == pytest.approx(mean + half, rel=1e-9)
+    html = (baseline / "leaderboard" / "leaderboard.html").read_text()
+    assert "pooled over seeds" in html
+
+
+def test_pooling_refuses_cards_of_different_methods():
+    from deepadversaries.card.leaderboard import pool_cards
+    from deepadversaries.errors import OptionError
+
+    card = {"model": {"architecture": "convnet", "method": "regular", "parameters": 1},
+            "data": {"sha256": "a" * 64, "path": "/d"}, "protocol": {"id": "v1 quick labelled"},
+            "headline": [{"key": "clean_accuracy", "label": "Clean accuracy", "better": "higher",
+                          "number": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 100, "method": "cp"}}]}
+    other = {**card, "model": {**card["model"], "method": "mmd"}}
+    with pytest.raises(OptionError, match="different methods"):
+        pool_cards([card, other], "x")
+    pooled = pool_cards([card, {**card, "headline": [{**card["headline"][0], "number": {
+        **card["headline"][0]["number"], "value": 0.7}}]}], "convnet_regular")
+    number = pooled["headline"][0]["number"]
+    assert number["value"] == pytest.approx(0.6) and number["n"] == 2 and number["images"] == [100, 100]
+    single = pool_cards([card], "one")["headline"][0]["number"]
+    assert single["value"] == 0.5 and single["ci_low"] is None and single["ci_high"] is None  # one seed: undefined

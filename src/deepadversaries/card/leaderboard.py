@@ -15,6 +15,14 @@ which differ when a card reused stages run with other settings). Cards that diff
 number (:data:`DEFAULT_SORT`, the first present; lower first where lower is better), with the
 card's name breaking ties; a card without that number comes last. A rank is an order of point
 estimates: two cards whose intervals overlap are not shown to differ, and the page says so.
+
+Pooled over seeds (:func:`pool_cards`, :func:`pooled_leaderboard`; ``deepadv study`` writes one):
+the cards of one (architecture, method) trained with different seeds become one row whose every
+headline number is the mean over seeds with a Student-t interval over seeds
+(:func:`deepadversaries.analysis.stats.t_interval`; ``n`` counts seeds, the per-seed image
+counts are kept beside it). With one seed the interval is undefined and shown as such: seeds,
+not images, are what vary between trained models. Pooled cards must share the protocol;
+their datasets may differ (a study's ``--data-seeds``), and the row then says so.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from deepadversaries.analysis.stats import t_interval
 from deepadversaries.card.build import CARD_NAME, read_card
 from deepadversaries.card.render import fmt_number
 from deepadversaries.errors import OptionError, file_error
@@ -156,6 +165,11 @@ def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = F
         better = next(c["better"] for c in columns if c["key"] == key)
         result_groups.append({"data_sha256": sha, "protocol": protocol, "data": members[0]["card"]["data"]["path"],
                               "sort": key, "better": better, "rows": rank(members, key, better)})
+    return _write_board(out, result_groups, columns)
+
+
+def _write_board(out: Path, result_groups: list[dict[str, Any]], columns: list[dict[str, str]]) -> dict[str, Any]:
+    """Write ``leaderboard.{csv,md,html}`` of ranked groups; the summary :func:`leaderboard` returns."""
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / CSV_NAME, result_groups, columns)
     write_text(out / MD_NAME, leaderboard_markdown(result_groups, columns))
@@ -163,6 +177,88 @@ def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = F
     return {"groups": [{k: v if k != "rows" else [{"rank": r["rank"], "name": r["name"], "path": r["path"]}
                                                   for r in v] for k, v in g.items()} for g in result_groups],
             "files": [str(out / n) for n in (CSV_NAME, MD_NAME, HTML_NAME)]}
+
+
+def pool_cards(cards: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any]:
+    """One leaderboard entry from the cards of one (architecture, method) over seeds.
+
+    Args:
+        cards: validated cards (``read_card``), one per seed, all of one architecture, method and
+            protocol id.
+        name: the row's name (e.g. ``convnet_mmd``).
+
+    Returns:
+        A card-shaped dict (``model``, ``data``, ``protocol``, ``headline``) whose every headline
+        number is ``{"value": mean over seeds, "ci_low", "ci_high": t-interval over seeds (None
+        with one seed), "n": seeds, "method", "per_seed": [values], "images": [n per seed]}``.
+
+    Raises:
+        OptionError: no card, or cards of different architectures, methods or protocols.
+    """
+    if not cards:
+        raise OptionError("pooling needs at least one card")
+    first = cards[0]
+    for key, what in ((lambda c: c["model"]["architecture"], "architecture"), (lambda c: c["model"]["method"], "method"),
+                      (lambda c: c["protocol"]["id"], "protocol")):
+        values = sorted({str(key(c)) for c in cards})
+        if len(values) > 1:
+            raise OptionError(f"cannot pool cards of different {what}s over seeds: {', '.join(values)}")
+    shas = [c["data"]["sha256"] for c in cards]
+    same_data = len(set(shas)) == 1
+    data = dict(first["data"]) if same_data else {
+        "sha256": "per-seed:" + ",".join(s[:12] for s in shas), "path": str(Path(first["data"]["path"]).parent)}
+    headline = []
+    for column in _columns(cards):
+        numbers = [_value(c, column["key"]) for c in cards]
+        values = [float("nan") if n is None or n["value"] is None else float(n["value"]) for n in numbers]
+        interval = t_interval(values)
+        finite = lambda x: None if x is None or x != x else float(x)  # noqa: E731 (NaN -> None)
+        headline.append({**column, "number": {
+            "value": finite(interval.estimate), "ci_low": finite(interval.low), "ci_high": finite(interval.high),
+            "n": interval.n, "method": f"mean over seeds, {interval.method}",
+            "per_seed": [finite(v) for v in values], "images": [None if n is None else n.get("n") for n in numbers]}})
+    protocol = {"id": f"{first['protocol']['id']}, pooled over seeds"}
+    return {"name": name, "model": first["model"], "data": data, "protocol": protocol, "headline": headline,
+            "seeds": len(cards), "same_data": same_data}
+
+
+def pooled_leaderboard(cell_cards: Mapping[str, Sequence[str | Path]], out: str | Path, *,
+                       sort: str | None = None) -> dict[str, Any]:
+    """The leaderboard of a study: one row per cell (architecture, method) pooled over its seeds.
+
+    Args:
+        cell_cards: row name → the card files or folders of its seeds (each read and validated).
+        out: the folder to write ``leaderboard.{csv,md,html}`` in.
+        sort: the headline key to rank by [default: the first of :data:`DEFAULT_SORT` present].
+
+    Returns:
+        As :func:`leaderboard`; rows of different protocols are ranked in separate groups.
+
+    Raises:
+        FileError: a missing or invalid card. OptionError: no row, a row without cards, or a
+            ``sort`` key no row has.
+    """
+    if not cell_cards:
+        raise OptionError("give at least one cell's cards")
+    entries = []
+    for name, paths in cell_cards.items():
+        pooled = pool_cards([read_card(Path(p)) for p in paths], name)
+        entries.append({"name": name, "path": ", ".join(str(_card_path(Path(p))) for p in paths), "card": pooled})
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault((e["card"]["data"]["sha256"], e["card"]["protocol"]["id"]), []).append(e)
+    columns = _columns([e["card"] for e in entries])
+    keys = [c["key"] for c in columns]
+    if sort is not None and sort not in keys:
+        raise OptionError(f"unknown --sort {sort!r}; choose one of {', '.join(keys)}")
+    result_groups = []
+    for (sha, protocol), members in groups.items():
+        present = [c["key"] for c in _columns([e["card"] for e in members])]
+        key = sort or next((k for k in DEFAULT_SORT if k in present), present[0] if present else keys[0])
+        better = next(c["better"] for c in columns if c["key"] == key)
+        result_groups.append({"data_sha256": sha, "protocol": protocol, "data": members[0]["card"]["data"]["path"],
+                              "sort": key, "better": better, "rows": rank(members, key, better)})
+    return _write_board(Path(out), result_groups, columns)
 
 
 def _write_csv(path: Path, groups: Sequence[Mapping[str, Any]], columns: Sequence[Mapping[str, str]]) -> None:

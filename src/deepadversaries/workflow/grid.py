@@ -25,6 +25,11 @@ from typing import Any
 from deepadversaries import DOMAINS, METHODS, MODELS, PAPER_METHODS, PRESETS, REFERENCE_METHOD, SPLITS
 from deepadversaries.analysis.analyze import analyze_runs
 from deepadversaries.attacks.campaign import attack_run
+from deepadversaries.card.build import card_run
+from deepadversaries.card.leaderboard import HTML_NAME as LEADERBOARD_HTML
+from deepadversaries.card.leaderboard import pooled_leaderboard
+from deepadversaries.card.render import HTML_NAME as CARD_HTML
+from deepadversaries.card.render import render_card
 from deepadversaries.config import SEARCHES, AttackConfig, SimulateConfig, TrainConfig, check_model_name
 from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.devices import resolve_device
@@ -44,15 +49,18 @@ from deepadversaries.training.train import train_model
 #: CPU (quick: a fresh-clone run, 2026-11-29); paper: rough GPU estimates, not yet measured.
 #: Keys ``train_<method>``, ``train_<model>`` and ``train_<model>_<method>`` refine ``train``.
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "tiny": {"simulate": 4, "train": 2, "evaluate": 1, "attack": 1, "robustness": 2, "analyze": 5, "report": 1},
+    "tiny": {"simulate": 4, "train": 2, "evaluate": 1, "attack": 1, "robustness": 2, "analyze": 5, "report": 1,
+             "card": 3, "leaderboard": 1},
     "quick": {"simulate": 80, "train": 90, "train_mmd": 180, "evaluate": 4, "attack": 133, "robustness": 40,
-              "analyze": 12, "report": 3},
+              "analyze": 12, "report": 3, "card": 15, "leaderboard": 2},
     "paper": {"simulate": 900, "train": 900, "train_resnet18": 3600, "evaluate": 60, "attack": 600,
-              "robustness": 300, "analyze": 180, "report": 30},
+              "robustness": 300, "analyze": 180, "report": 30, "card": 60, "leaderboard": 5},
 }
 #: the survey-corruption benchmark's severities in each preset's pipeline (every corruption;
 #: ``quick`` trims to three severities to stay in its budget; ``deepadv robustness`` runs all five)
 ROBUSTNESS_SEVERITIES: dict[str, tuple[int, ...]] = {"tiny": (1, 5), "quick": (1, 3, 5), "paper": (1, 2, 3, 4, 5)}
+#: the card level (``deepadv card --level``) that names each preset's protocol on a study's cards
+CARD_LEVELS: dict[str, str] = {"tiny": "tiny", "quick": "quick", "paper": "full"}
 
 
 def expected_train_seconds(preset: str, model: str, method: str) -> float:
@@ -80,6 +88,8 @@ class Grid:
         threads: CPU threads of each stage (None: torch's default) [default: None].
         figures: draw the analysis figures of every seed (False: the first seed only) [default: True].
         robustness: run the survey-corruption benchmark on every cell [default: True].
+        cards: write a robustness card of every cell from its stages' files (``deepadv card
+            --no-run``) and, in a study, the leaderboard pooled over seeds [default: False].
         attacks: the one-pixel searches: ``de`` (always: the paper's, which the analysis reads),
             and optionally ``exhaustive`` and ``sparse-rs`` on the same images [default: ("de",)].
         device: where to train and attack: ``auto``, ``cpu`` or ``cuda`` [default: "auto"].
@@ -96,6 +106,7 @@ class Grid:
     threads: int | None = None
     figures: bool = True
     robustness: bool = True
+    cards: bool = False
     attacks: tuple[str, ...] = ("de",)
     device: str = "auto"
     workers: int = 1
@@ -204,6 +215,17 @@ def report_action(fresh: bool, *, root: Path) -> Any:
     return write_report(root)
 
 
+def card_action(fresh: bool, *, run_dir: Path, out: Path, data: Path, level: str, seed: int, device: str) -> Any:
+    # the card of what the cell's stages wrote (no stage is re-run: --no-run), rendered next to card.json
+    card = card_run(run_dir, out, data=data, level=level, seed=seed, device=device, run_missing=False,
+                    overwrite=True)
+    return render_card(card, out)
+
+
+def leaderboard_action(fresh: bool, *, cell_cards: dict[str, tuple[Path, ...]], out: Path) -> Any:
+    return pooled_leaderboard(cell_cards, out)
+
+
 # --------------------------------------------------------------------------------------
 # the graph
 # --------------------------------------------------------------------------------------
@@ -297,6 +319,8 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
                                 expected["attack"]))
     if grid.robustness and (layout.dataset is None or why_not_applicable(data) is None):
         stages += _robustness_stages(layout, grid, model, seed, data)
+    if grid.cards:
+        stages += _card_stages(layout, grid, model, seed, data, [s.name for s in stages])
     for method in grid.adapted_methods:
         out = layout.analysis(model, method, seed)
         pair = (cell_tag(layout, model, REFERENCE_METHOD, seed), cell_tag(layout, model, method, seed))
@@ -309,6 +333,33 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
                                               figures=grid.figures or seed == grid.seeds[0]),
                             expected["analyze"]))
     return stages
+
+
+def _card_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, cell: list[str]) -> list[Stage]:
+    """The robustness card of each method's run, from the files of the cell's evaluate, attack and
+    robustness stages (``cell``: the names of the cell's stages so far)."""
+    stages = []
+    for method in grid.methods:
+        tag = cell_tag(layout, model, method, seed)
+        depends = tuple(name for name in cell if name.split(":", 1)[0] != "train" and name.endswith(f":{tag}"))
+        out = layout.card(model, method, seed)
+        stages.append(Stage(f"card:{tag}", "card", out / CARD_HTML, depends, (out,),
+                            functools.partial(card_action, run_dir=layout.run(model, method, seed), out=out,
+                                              data=data, level=CARD_LEVELS[grid.preset], seed=seed,
+                                              device=grid.device),
+                            EXPECTED_SECONDS[grid.preset]["card"]))
+    return stages
+
+
+def leaderboard_stage(layout: Layout, grid: Grid, upstream: list[Stage]) -> Stage:
+    """The leaderboard of the cells' cards, one row per (model, method) pooled over the seeds."""
+    cell_cards = {f"{model}_{method}".replace(":", "-"): tuple(layout.card(model, method, s) for s in grid.seeds)
+                  for model in grid.models for method in grid.methods}
+    depends = tuple(s.name for s in upstream if s.kind == "card")
+    out = layout.leaderboard
+    return Stage("leaderboard", "leaderboard", out / LEADERBOARD_HTML, depends, (out,),
+                 functools.partial(leaderboard_action, cell_cards=cell_cards, out=out),
+                 EXPECTED_SECONDS[grid.preset]["leaderboard"])
 
 
 def _robustness_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path) -> list[Stage]:

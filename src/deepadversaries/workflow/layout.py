@@ -81,6 +81,15 @@ class Layout:
         """The regular-vs-``method`` analysis folder of one model (and seed)."""
         return self.root / "analysis" / self._name(model, method, seed)
 
+    def card(self, model: str, method: str, seed: int | None = None) -> Path:
+        """The robustness card folder of one cell (``deepadv study``: ``cards/<cell>``)."""
+        return self.root / "cards" / self._name(model, method, seed)
+
+    @property
+    def leaderboard(self) -> Path:
+        """The study's leaderboard folder: one row per (model, method), pooled over seeds."""
+        return self.root / "leaderboard"
+
     def _name(self, model: str, method: str, seed: int | None) -> str:
         model = model.replace(":", "-")
         return f"{model}_{method}" if self.kind != "study" else f"{model}_{method}_s{seed}"

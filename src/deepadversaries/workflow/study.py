@@ -11,6 +11,8 @@ executor differ. Layout (:mod:`deepadversaries.workflow.layout`, ``kind="study"`
     DIR/data/ (or DIR/data_s<seed>/)       the simulated dataset(s)
     DIR/cells/<model>_<method>_s<seed>/    run folders: every verb works on a cell
     DIR/analysis/<model>_<method>_s<seed>/ regular-vs-method analyses (figures for the first seed)
+    DIR/cards/<model>_<method>_s<seed>/    each cell's robustness card (card.json, card.html, card.md)
+    DIR/leaderboard/                       the cards pooled over seeds: leaderboard.{csv,md,html}
     DIR/timings.json, DIR/logs/            stage records and logs
     DIR/study.json                         the findings with intervals (written last)
     DIR/report.md, DIR/report.html         the report
@@ -52,7 +54,9 @@ from deepadversaries import PAPER_METHODS, PRESETS, __version__
 from deepadversaries.devices import resolve_device
 from deepadversaries.errors import OptionError, StageFailed, check_choice, file_error
 from deepadversaries.formatting import first_line, fmt_clock, utc_now
-from deepadversaries.workflow.grid import Grid, build_stages, parse_list, parse_methods, resolve_models
+from deepadversaries.workflow.grid import (
+    Grid, build_stages, leaderboard_stage, parse_list, parse_methods, resolve_models,
+)
 from deepadversaries.io import (
     LOCK_NAME, OutputLock, remove_stale_locks, remove_temporaries, write_json, write_text,
 )
@@ -135,7 +139,7 @@ def study(out: str | Path, preset: str = "quick", *, seeds: Sequence[int] | str 
     grid = Grid(preset=preset, models=resolve_models(preset, models), methods=parse_methods(methods),
                 seeds=seed_list, data_seed=seed_list[0], vary_data=vary_data, device=device,
                 workers=os.cpu_count() or 1, attack=_attack_settings(preset, attack_images), threads=threads,
-                figures=False, attacks=parse_list(attacks))
+                figures=False, attacks=parse_list(attacks), cards=True)
     with OutputLock(layout.root, "study"):
         remove_temporaries(layout.root)
         remove_stale_locks(layout.root)
@@ -171,6 +175,7 @@ def _seed_list(seeds: Sequence[int] | str) -> tuple[int, ...]:
 def _study_stages(layout: Layout, grid: Grid) -> list[Stage]:
     """The pipeline's stages of the grid, then the study's own: pool the seeds and write the report."""
     stages = build_stages(layout, grid)
+    stages.append(leaderboard_stage(layout, grid, stages))
     final = Stage("study", "study", layout.root / "study.json", tuple(s.name for s in stages),
                   (layout.root / "study.json", layout.report_md, layout.report_html, layout.figures),
                   functools.partial(aggregate_action, root=layout.root), 5.0)
