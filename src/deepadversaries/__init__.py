@@ -136,7 +136,7 @@ VOCABULARY: tuple[str, ...] = (
 __all__ = ["__version__", *VOCABULARY, *API]
 
 
-def resolve(target: str):  # noqa: ANN201 - a module, function or class
+def resolve(target: str) -> object:
     """The object an :data:`API` entry names: ``"pkg.module:attr"`` -> the attribute, ``"pkg.module"`` -> the module."""
     import importlib
 
@@ -170,7 +170,7 @@ def lazy_subpackage(package: str) -> tuple:
 
     exports = subpackage_exports(package)
 
-    def __getattr__(name: str):  # noqa: ANN202, N807 - PEP 562
+    def __getattr__(name: str) -> object:  # noqa: N807 - PEP 562
         target = exports.get(name)
         if target is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
@@ -184,7 +184,7 @@ def lazy_subpackage(package: str) -> tuple:
     return __getattr__, __dir__, sorted(exports)
 
 
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562
+def __getattr__(name: str) -> object:  # PEP 562
     target = API.get(name)
     if target is None:
         raise AttributeError(f"module 'deepadversaries' has no attribute {name!r}")
