@@ -58,3 +58,140 @@ METHOD_LABELS: dict[str, str] = {"regular": "Regular training", "mmd": "Domain a
 #: the short form of table columns (the paper's "Reg" and "DA")
 METHOD_SHORT: dict[str, str] = {"regular": "Reg", "mmd": "DA (MMD)", "dann": "DA (DANN)", "coral": "DA (CORAL)",
                                 "adabn": "DA (AdaBN)", "adv-1p": "Adv-1p"}
+
+
+# -- the Python API (``import deepadversaries as da``) -------------------------------------------
+# Everything below is looked up on first use (PEP 562): importing the package imports neither torch
+# nor any stage, so the vocabulary above stays cheap to import. docs/python-api.md lists the same names.
+
+#: public name -> where it lives: ``"module:attribute"`` for a function or class, a bare module name
+#: for a subpackage (``da.attacks``). The one table of the API: ``__all__``, ``dir(da)`` and the
+#: subpackages' own exports (:func:`subpackage_exports`) are derived from it.
+API: dict[str, str] = {
+    # simulate
+    "simulate_dataset": "deepadversaries.simulation.simulate:simulate_dataset",
+    "SimulateConfig": "deepadversaries.config:SimulateConfig",
+    # datasets: load, or import a survey's own images
+    "load_dataset": "deepadversaries.data.dataset:load_dataset",
+    "GalaxyDataset": "deepadversaries.data.dataset:GalaxyDataset",
+    "import_fits": "deepadversaries.data.importing:import_fits",
+    "import_hdf5": "deepadversaries.data.importing:import_hdf5",
+    "import_npy": "deepadversaries.data.importing:import_npy",
+    "ImportOptions": "deepadversaries.data.importing:ImportOptions",
+    # train (from a dataset folder, or from arrays in memory), adopt, load
+    "train_model": "deepadversaries.training.train:train_model",
+    "TrainConfig": "deepadversaries.config:TrainConfig",
+    "train": "deepadversaries.training.in_memory:train",
+    "adopt_model": "deepadversaries.models.adopt:adopt_model",
+    "build_model": "deepadversaries.models.networks:build_model",
+    "load_model": "deepadversaries.models.networks:load_model",
+    "Run": "deepadversaries.models.run_handle:Run",
+    "RunConfig": "deepadversaries.models.runs:RunConfig",
+    "read_run_config": "deepadversaries.models.runs:read_run_config",
+    # evaluate
+    "evaluate_run": "deepadversaries.evaluation.evaluate:evaluate_run",
+    # attack: the campaign stage, and the searches on any batch of images
+    "attack_run": "deepadversaries.attacks.campaign:attack_run",
+    "AttackConfig": "deepadversaries.config:AttackConfig",
+    "OnePixelDE": "deepadversaries.attacks.onepixel:OnePixelDE",
+    "ExhaustiveSearch": "deepadversaries.attacks.exhaustive:ExhaustiveSearch",
+    "SparseRS": "deepadversaries.attacks.sparse_rs:SparseRS",
+    # corruptions: the benchmark stage, and one corruption on any batch of images
+    "robustness_run": "deepadversaries.corruptions.benchmark:robustness_run",
+    "corrupt": "deepadversaries.corruptions.suite:corrupt",
+    # certify, analyze, report, card
+    "certify_run": "deepadversaries.certify.certify:certify_run",
+    "CertifyConfig": "deepadversaries.certify.certify:CertifyConfig",
+    "analyze_runs": "deepadversaries.analysis.analyze:analyze_runs",
+    "write_report": "deepadversaries.reporting.report:write_report",
+    "card_run": "deepadversaries.card.build:card_run",
+    # the whole pipeline
+    "reproduce": "deepadversaries.workflow.reproduce:reproduce",
+    "study": "deepadversaries.workflow.study:study",
+    # errors a user may catch
+    "DeepAdvError": "deepadversaries.errors:DeepAdvError",
+    "OptionError": "deepadversaries.errors:OptionError",
+    "FileError": "deepadversaries.errors:FileError",
+    # the subpackages
+    "simulation": "deepadversaries.simulation",
+    "data": "deepadversaries.data",
+    "models": "deepadversaries.models",
+    "adaptation": "deepadversaries.adaptation",
+    "training": "deepadversaries.training",
+    "evaluation": "deepadversaries.evaluation",
+    "attacks": "deepadversaries.attacks",
+    "certify": "deepadversaries.certify",
+    "corruptions": "deepadversaries.corruptions",
+    "analysis": "deepadversaries.analysis",
+    "reporting": "deepadversaries.reporting",
+    "card": "deepadversaries.card",
+    "workflow": "deepadversaries.workflow",
+}
+
+#: the vocabulary defined in this file (public, imported eagerly)
+VOCABULARY: tuple[str, ...] = (
+    "CLASSES", "DOMAINS", "SPLITS", "PRESETS", "MODELS", "TIMM_PREFIX", "FILE_PREFIX", "BANDS", "METHODS",
+    "PAPER_METHODS", "REFERENCE_METHOD", "MODEL_LABELS", "METHOD_LABELS", "METHOD_SHORT",
+)
+__all__ = ["__version__", *VOCABULARY, *API]
+
+
+def resolve(target: str) -> object:
+    """The object an :data:`API` entry names: ``"pkg.module:attr"`` -> the attribute, ``"pkg.module"`` -> the module."""
+    import importlib
+
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def subpackage_exports(package: str) -> dict[str, str]:
+    """The :data:`API` entries a subpackage re-exports: the functions and classes defined inside it, except a
+    name that is also one of its modules (``workflow.study`` stays the module)."""
+    import pkgutil
+    import sys
+
+    modules = {m.name for m in pkgutil.iter_modules(sys.modules[package].__path__)}
+    return {name: target for name, target in API.items()
+            if target.startswith(f"{package}.") and ":" in target and name not in modules}
+
+
+def lazy_subpackage(package: str) -> tuple:
+    """``__getattr__``, ``__dir__`` and ``__all__`` for a subpackage's ``__init__`` (PEP 562): its
+    :func:`subpackage_exports`, imported on first use, e.g. ``deepadversaries.models.Run``.
+
+    Usage, in ``deepadversaries/models/__init__.py``::
+
+        from deepadversaries import lazy_subpackage as _lazy_subpackage
+
+        __getattr__, __dir__, __all__ = _lazy_subpackage(__name__)
+    """
+    import sys
+
+    exports = subpackage_exports(package)
+
+    def __getattr__(name: str) -> object:  # noqa: N807 - PEP 562
+        target = exports.get(name)
+        if target is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = resolve(target)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:  # noqa: N807
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__, sorted(exports)
+
+
+def __getattr__(name: str) -> object:  # PEP 562
+    target = API.get(name)
+    if target is None:
+        raise AttributeError(f"module 'deepadversaries' has no attribute {name!r}")
+    value = resolve(target)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(API))
