@@ -26,6 +26,12 @@ AIRMASS = 1.2
 MIRROR_DIAMETER = 8.36  # m
 OBSCURATION = 0.640
 VISIT_S = 30.0
+#: LSST full-well capacity, electrons per pixel: the LSST system requirement is > 90,000 e-
+#: (LSST Document-10512), and LSSTCam's sensors measured 103,000 e- (e2v) and 129,000 e- (ITL) at
+#: the PTC turnoff under the final operating settings (Rubin technote SITCOMTN-148, "LSST Camera
+#: Electro-Optical Test Results", https://sitcomtn-148.lsst.io); 100,000 e- is the round figure
+#: between them (the ``physical`` value range of the attacks ends there)
+FULL_WELL_ELECTRONS = 100_000.0
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from typing import Any
 from deepadversaries import DOMAINS, METHODS, MODELS, PAPER_METHODS, PRESETS, REFERENCE_METHOD, SPLITS
 from deepadversaries.analysis.analyze import analyze_runs
 from deepadversaries.attacks.campaign import attack_run
-from deepadversaries.config import SEARCHES, AttackConfig, SimulateConfig, TrainConfig, check_model_name
+from deepadversaries.attacks.searches import search_names
+from deepadversaries.config import AttackConfig, SimulateConfig, TrainConfig, check_model_name
 from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.devices import resolve_device
 from deepadversaries.errors import OptionError, check_choice, file_error
@@ -109,7 +110,7 @@ class Grid:
         for m in self.methods:
             check_choice(m, METHODS, "method")
         for search in self.attacks:
-            check_choice(search, SEARCHES, "search")
+            check_choice(search, search_names(), "search")
         if "de" not in self.attacks:
             raise OptionError("--attacks must include de: the latent-space analysis reads its campaign")
         if REFERENCE_METHOD not in self.methods:
