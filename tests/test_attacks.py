@@ -197,7 +197,8 @@ def test_untargeted_and_top_class_rules():
     # (target logit 1.25 v: above the true class's 1 for v > 0.8, yet p(target) <= 0.484)
     weak = PixelModel(row=5, col=2, true=1, target=0, gain=1.25, level=0.0)
     paper = OnePixelDE(weak, pop_size=40, max_iter=3, device="cpu").results(images[:1], [1], targets=[0])[0]
-    top = OnePixelDE(weak, pop_size=60, max_iter=30, success="top-class", device="cpu").results(images[:1], [1], targets=[0])[0]
+    top = OnePixelDE(weak, pop_size=60, max_iter=30, success="top-class", device="cpu").results(
+        images[:1], [1], targets=[0])[0]
     assert not paper.success and paper.iterations == 3
     assert top.success and np.argmax(top.probabilities) == 0 and top.probabilities[0] < 0.5
 
@@ -241,7 +242,8 @@ def test_seeded_determinism_and_independence_from_batching(keep):
     assert base == run(chunk_size=7, batch_images=1)
     assert base == run(chunk_size=13, batch_images=3)
     assert {b[0] for b in base} == {True, False}  # searches of different lengths were interleaved
-    other = OnePixelDE(model, pop_size=24, max_iter=10, seed=8, device="cpu", dtype=torch.float64).results(images, labels)
+    other = OnePixelDE(model, pop_size=24, max_iter=10, seed=8, device="cpu", dtype=torch.float64).results(
+        images, labels)
     assert [r.pixels.tolist() for r in other] != [b[4] for b in base]
 
 
@@ -490,5 +492,6 @@ def test_de_values_stay_inside_the_value_range_and_successes_hold():
     assert values.min() == 0.5 and values.max() == 0.8856  # clip(N(0.5, 0.5)) hits both ends
     # a target out of reach inside the range: the paper's [0, 1] flips it, the physical range cannot
     high = PixelModel(row=3, col=7, true=0, target=2, level=0.9, gain=40.0)  # needs v > 0.933
-    assert not OnePixelDE(high, pop_size=60, max_iter=10, device="cpu", value_range=vr).results(images[:1], [0], [2])[0].success
+    assert not OnePixelDE(high, pop_size=60, max_iter=10, device="cpu", value_range=vr).results(
+        images[:1], [0], [2])[0].success
     assert OnePixelDE(high, pop_size=60, max_iter=30, device="cpu").results(images[:1], [0], [2])[0].success

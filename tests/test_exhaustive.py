@@ -158,7 +158,8 @@ def test_value_sets_honour_the_range():
         value_set(input_range(), None, corners=False)
     model = PixelModel(row=1, col=1, gain=40.0, level=0.8)  # needs v > 0.833
     image = np.full((1, 3, 3, 3), 0.6, np.float32)
-    res = ExhaustiveSearch(model, value_range=phys, device="cpu").results(image, [0], targets=[2], return_images=True)[0]
+    res = ExhaustiveSearch(model, value_range=phys, device="cpu").results(image, [0], targets=[2],
+                                                                      return_images=True)[0]
     assert res.success and res.values[0, 0] == np.float64(0.8856)
     np.testing.assert_array_equal(res.values_tried, corners)
     check_claims(model, image, [res], pixels=1, low=0.5, high=0.8856)

@@ -471,7 +471,8 @@ class AttackConfig:
         spec = search_spec(self.search)
         check_choice(self.value_range, VALUE_RANGES, "--value-range")
         if spec.one_pixel and self.pixels != 1:
-            raise OptionError(f"the {spec.name} search changes one pixel; use --search de or sparse-rs for --pixels > 1")
+            raise OptionError(f"the {spec.name} search changes one pixel; use --search de or sparse-rs for "
+                              "--pixels > 1")
         if self.values and not spec.takes_values:
             raise OptionError("--values is for the exhaustive search (--search exhaustive)")
         for v in self.values:

@@ -566,7 +566,8 @@ def _attack_suite(out: Path, runs: dict[str, AttackData], notes: list[str], figu
     """The attack suite's comparison when both runs ran more than DE: success against queries
     (and the queries each search needs to reach DE's success rate) and, with the exhaustive
     search, where the dangerous pixels lie (``dangerous_pixels.csv``)."""
-    found = {m: [s for s in search_names() if (attack_dir(d.run, s) / "summary.json").is_file()] for m, d in runs.items()}
+    found = {m: [s for s in search_names() if (attack_dir(d.run, s) / "summary.json").is_file()]
+             for m, d in runs.items()}
     common = [s for s in search_names() if all(s in v for v in found.values())]
     result: dict[str, Any] = {}
     if len(common) > 1:

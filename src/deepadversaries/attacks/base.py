@@ -253,8 +253,8 @@ class Attack:
         success: the success rule, ``"paper"`` or ``"top-class"`` (see :func:`is_success`)
             [default: "paper"].
         keep: which success a search keeps when one round of it holds several:
-            ``"fittest"`` (the authors') or ``"first"`` (see :class:`OnePixelDE`); searches
-            that evaluate one candidate per round are the same under both [default: "fittest"].
+            ``"fittest"`` (the authors') or ``"first"`` (see :class:`~deepadversaries.attacks.de.OnePixelDE`);
+            searches that evaluate one candidate per round are the same under both [default: "fittest"].
         value_range: the values a changed pixel may take [default: None = :func:`input_range`,
             [0, 1] in every band of the images].
         seed: the attack's seed, >= 0; each (image, target) search draws from
