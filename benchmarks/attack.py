@@ -54,12 +54,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from deepadversaries.attacks.onepixel import (  # noqa: E402
-    OnePixelDE,
-    make_value_range,
-    optimized_for_inference,
-    reference_attack,
-)
+from deepadversaries.attacks.de import OnePixelDE, reference_attack  # noqa: E402
+from deepadversaries.attacks.evaluators import optimized_for_inference  # noqa: E402
+from deepadversaries.attacks.values import make_value_range  # noqa: E402
 from deepadversaries.cli import main as cli_main  # noqa: E402
 from deepadversaries.data.dataset import apply_stretch, invert_stretch, load_dataset  # noqa: E402
 from deepadversaries.devices import resolve_device  # noqa: E402
@@ -198,7 +195,7 @@ def bench_speed(name: str, model: torch.nn.Module, data: Path, device: torch.dev
 
     def engine(bf16: bool = False):
         atk = OnePixelDE(model, pop_size=POP, max_iter=max_iter, seed=seed, device=device, bf16=bf16)
-        t, res = timed(device, lambda: atk(imgs, labs, keys=keys))
+        t, res = timed(device, lambda: atk.results(imgs, labs, keys=keys))
         return t, res, atk.last_evaluator
 
     t_b1, res_b, evaluator = engine()
@@ -245,7 +242,7 @@ def bench_speed(name: str, model: torch.nn.Module, data: Path, device: torch.dev
     }
     if engine_images > len(imgs):  # the engine alone on more images: how close to peak it gets at scale
         atk = OnePixelDE(model, pop_size=POP, max_iter=max_iter, seed=seed, device=device)
-        t_many, res_many = timed(device, lambda: atk(many[0], many[1], keys=many[2]))
+        t_many, res_many = timed(device, lambda: atk.results(many[0], many[1], keys=many[2]))
         n_many = sum(r.evaluations for r in res_many)
         out["engine_many"] = {"images": len(res_many), "seconds": t_many, "evals_per_s": n_many / t_many,
                               "fraction_of_peak": n_many / t_many / peak,
@@ -325,7 +322,7 @@ def bench_suite(model: torch.nn.Module, data: Path, device: torch.device, quick:
     results, out = {}, {"images": n, "physical_range": physical.describe()}
     for name, make in runs.items():
         atk = make()
-        seconds, res = timed(device, lambda atk=atk: atk(imgs, labs, keys=keys))
+        seconds, res = timed(device, lambda atk=atk: atk.results(imgs, labs, keys=keys))
         results[name] = res
         out[name] = summarize(name, res, seconds, n)
     ex, de = results["exhaustive"], results["de_fittest"]
@@ -432,7 +429,7 @@ def compare_anchors(title: str, model: torch.nn.Module, imgs: np.ndarray, labs: 
     out: dict = {"images": n, "mode": mode}
     atk = OnePixelDE(model, pop_size=POP, max_iter=GENERATIONS, mode=mode, success="top-class", seed=seed,
                      device="cpu")
-    seconds, res = timed(torch.device("cpu"), lambda: atk(imgs, labs, targets=targets, keys=keys,
+    seconds, res = timed(torch.device("cpu"), lambda: atk.results(imgs, labs, targets=targets, keys=keys,
                                                           return_images=True))
     ok, _ = recheck(model, imgs, np.stack([r.image for r in res]), labs, targets)
     out["ours"] = {"ran": True, "success_rate": float(np.mean(ok)),

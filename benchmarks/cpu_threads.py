@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from attack import find_data, fitted_model  # noqa: E402
 
-from deepadversaries.attacks.onepixel import OnePixelDE  # noqa: E402
+from deepadversaries.attacks.de import OnePixelDE  # noqa: E402
 from deepadversaries.cpu_threads import ThreadGovernor  # noqa: E402
 from deepadversaries.data.dataset import load_dataset  # noqa: E402
 

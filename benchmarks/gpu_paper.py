@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepadversaries.attacks.onepixel import OnePixelDE, reference_attack  # noqa: E402
+from deepadversaries.attacks.de import OnePixelDE, reference_attack  # noqa: E402
 from deepadversaries.config import TrainConfig  # noqa: E402
 from deepadversaries.data.dataset import image_file, label_file, load_dataset  # noqa: E402
 from deepadversaries.models.networks import load_model  # noqa: E402
@@ -100,11 +100,11 @@ def main() -> None:
         target = [(int(c) + 1) % 3 for c in y]
         iters = 10
         engine = OnePixelDE(net, pop_size=400, max_iter=iters, seed=0, device=dev)
-        engine(x[:4], y[:4], targets=target[:4])  # warm-up
+        engine.results(x[:4], y[:4], targets=target[:4])  # warm-up
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        res = engine(x, y, targets=target)
+        res = engine.results(x, y, targets=target)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t_engine = time.perf_counter() - t0

@@ -10,25 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from deepadversaries.attacks.onepixel import (
-    FULL_WELL_ELECTRONS,
-    CandidateEvaluator,
-    LocalConvNetEvaluator,
-    OnePixelDE,
-    ValueRange,
-    candidate_pixels,
-    distinct_triples,
-    input_range,
-    is_success,
-    make_value_range,
-    optimized_for_inference,
-    perturb,
-    physical_range,
-    reference_attack,
-)
+from deepadversaries.attacks.candidates import candidate_pixels, perturb
+from deepadversaries.attacks.de import OnePixelDE, distinct_triples, reference_attack
+from deepadversaries.attacks.evaluators import CandidateEvaluator, LocalConvNetEvaluator, optimized_for_inference
+from deepadversaries.attacks.rules import is_success
+from deepadversaries.attacks.values import ValueRange, input_range, make_value_range, physical_range
 from deepadversaries.data.dataset import apply_stretch, invert_stretch
 from deepadversaries.errors import OptionError
 from deepadversaries.models.networks import build_model
+from deepadversaries.simulation.survey import FULL_WELL_ELECTRONS
 
 from attack_support import PixelModel, bright_pixel_case, check_claims, flat_images, plain_probabilities
 
@@ -94,7 +84,7 @@ def test_replacement_never_worsens_a_member():
 
     model = PixelModel(gain=3.0)  # the target never reaches p > 0.5: all generations run
     atk = Recording(model, pop_size=30, max_iter=6, device="cpu", dtype=torch.float64)
-    res = atk(flat_images(1), [0], targets=[2])
+    res = atk.results(flat_images(1), [0], targets=[2])
     assert not res[0].success and res[0].iterations == 6 and len(history) == 6
     for old, child, new, pop, kids, new_pop in history:
         assert np.all(new >= old)
@@ -186,7 +176,7 @@ def test_known_pixel_is_found_and_really_flips_the_model():
     model = PixelModel(row=3, col=7, true=0, target=2)
     images = flat_images(3)
     atk = OnePixelDE(model, pop_size=60, max_iter=30, device="cpu")
-    results = atk(images, [0, 0, 0], targets=[2, 2, 2], return_images=True)
+    results = atk.results(images, [0, 0, 0], targets=[2, 2, 2], return_images=True)
     assert all(r.success for r in results)
     for r in results:
         assert r.pixels.tolist() == [[7, 3]]  # (x, y) = (column, row)
@@ -199,15 +189,16 @@ def test_untargeted_and_top_class_rules():
     model = PixelModel(row=5, col=2, true=1, target=0, gain=40.0)
     images = flat_images(2)
     atk = OnePixelDE(model, pop_size=60, max_iter=30, mode="untargeted", device="cpu")
-    results = atk(images, [1, 1], return_images=True)
+    results = atk.results(images, [1, 1], return_images=True)
     assert all(r.success and r.target is None for r in results)
     assert all(r.probabilities[1] < 0.05 for r in results)
     check_claims(model, images, results, pixels=1, targeted=False)
     # a model that never gives any class p > 0.5: only the top-class rule can succeed
     # (target logit 1.25 v: above the true class's 1 for v > 0.8, yet p(target) <= 0.484)
     weak = PixelModel(row=5, col=2, true=1, target=0, gain=1.25, level=0.0)
-    paper = OnePixelDE(weak, pop_size=40, max_iter=3, device="cpu")(images[:1], [1], targets=[0])[0]
-    top = OnePixelDE(weak, pop_size=60, max_iter=30, success="top-class", device="cpu")(images[:1], [1], targets=[0])[0]
+    paper = OnePixelDE(weak, pop_size=40, max_iter=3, device="cpu").results(images[:1], [1], targets=[0])[0]
+    top = OnePixelDE(weak, pop_size=60, max_iter=30, success="top-class", device="cpu").results(
+        images[:1], [1], targets=[0])[0]
     assert not paper.success and paper.iterations == 3
     assert top.success and np.argmax(top.probabilities) == 0 and top.probabilities[0] < 0.5
 
@@ -216,10 +207,10 @@ def test_l_pixel_attack_needs_and_uses_two_pixels():
     # target needs v_A + v_B > 1.6 + 0.13: impossible with one pixel (at most 1 + 0.3)
     model = PixelModel(row=1, col=4, band=1, true=2, target=1, gain=10.0, level=1.6, second=(2, 5, 0))
     images = flat_images(2, size=6)
-    one = OnePixelDE(model, pop_size=40, max_iter=5, device="cpu")(images, [2, 2], targets=[1, 1])
+    one = OnePixelDE(model, pop_size=40, max_iter=5, device="cpu").results(images, [2, 2], targets=[1, 1])
     assert not any(r.success for r in one)
     atk = OnePixelDE(model, pop_size=100, max_iter=60, pixels=2, device="cpu")
-    two = atk(images, [2, 2], targets=[1, 1], return_images=True)
+    two = atk.results(images, [2, 2], targets=[1, 1], return_images=True)
     assert all(r.success for r in two)
     for r in two:
         assert r.pixels.shape == (2, 2) and r.values.shape == (2, 3)
@@ -229,7 +220,7 @@ def test_l_pixel_attack_needs_and_uses_two_pixels():
 
 def test_targets_tried_in_turn_first_success_kept():
     model = PixelModel(row=3, col=4, true=0, target=2)  # class 1 cannot be reached
-    res = OnePixelDE(model, pop_size=40, max_iter=20, device="cpu")(flat_images(1, size=6), [0])[0]
+    res = OnePixelDE(model, pop_size=40, max_iter=20, device="cpu").results(flat_images(1, size=6), [0])[0]
     assert res.targets_tried == (1, 2) and res.target == 2 and res.success
     assert res.iterations_total == 20 + res.iterations
 
@@ -242,7 +233,7 @@ def test_seeded_determinism_and_independence_from_batching(keep):
 
     def run(**kw):
         res = OnePixelDE(model, pop_size=24, max_iter=10, seed=7, device="cpu", dtype=torch.float64, keep=keep,
-                         **kw)(images, labels)
+                         **kw).results(images, labels)
         return [(r.success, r.target, r.iterations, r.evaluations, r.pixels.tolist(), r.values.tolist(),
                  r.probabilities.tolist()) for r in res]
 
@@ -251,7 +242,8 @@ def test_seeded_determinism_and_independence_from_batching(keep):
     assert base == run(chunk_size=7, batch_images=1)
     assert base == run(chunk_size=13, batch_images=3)
     assert {b[0] for b in base} == {True, False}  # searches of different lengths were interleaved
-    other = OnePixelDE(model, pop_size=24, max_iter=10, seed=8, device="cpu", dtype=torch.float64)(images, labels)
+    other = OnePixelDE(model, pop_size=24, max_iter=10, seed=8, device="cpu", dtype=torch.float64).results(
+        images, labels)
     assert [r.pixels.tolist() for r in other] != [b[4] for b in base]
 
 
@@ -263,7 +255,7 @@ def test_local_convnet_engine_matches_full_evaluation():
 
     def run(**kw):
         atk = OnePixelDE(model, pop_size=12, max_iter=2, device="cpu", dtype=torch.float64, success="top-class", **kw)
-        res = atk(images, labels)
+        res = atk.results(images, labels)
         return atk.last_evaluator, [(r.success, r.target, r.iterations, r.pixels.tolist(), r.values.tolist())
                                     for r in res]
 
@@ -277,7 +269,7 @@ def test_engine_reaches_the_decisions_of_the_published_loop(keep):
     model = PixelModel(row=2, col=4, gain=12.0)
     images = flat_images(6, size=6) + np.random.default_rng(5).random((6, 3, 6, 6)).astype(np.float32) * 0.2
     engine = OnePixelDE(model, pop_size=20, max_iter=12, seed=3, device="cpu", dtype=torch.float64, keep=keep,
-                        chunk_size=7, batch_images=3)(images, [0] * 6, targets=[2] * 6)
+                        chunk_size=7, batch_images=3).results(images, [0] * 6, targets=[2] * 6)
     loop = [reference_attack(model, images[i], 0, 2, pop_size=20, max_iter=12, seed=3, key=i, dtype=torch.float64,
                              keep=keep) for i in range(6)]
     assert {r.success for r in loop} == {True, False}  # both outcomes occur
@@ -310,7 +302,7 @@ def test_bf16_search_stays_close_and_its_successes_are_verified_in_float32():
     # the hand-built ConvNet: elliptical only with a bright pixel in rows/columns 16..31
     x, model, labels = bright_pixel_case(3)
     atk = OnePixelDE(model, pop_size=100, max_iter=6, bf16=True, device="cpu")
-    results = atk(x, labels, targets=[1, 1, 1], return_images=True)
+    results = atk.results(x, labels, targets=[1, 1, 1], return_images=True)
     assert any(r.success for r in results)
     for r in results:  # every claimed success holds for the float32 model
         if r.success:
@@ -330,11 +322,11 @@ def test_bad_settings_are_refused():
         with pytest.raises(OptionError, match=what):
             OnePixelDE(model, device="cpu", **kwargs)
     with pytest.raises(OptionError, match="targets"):
-        OnePixelDE(model, device="cpu")(flat_images(1), [0], targets=[5])
+        OnePixelDE(model, device="cpu").results(flat_images(1), [0], targets=[5])
     with pytest.raises(OptionError, match="shape"):
-        OnePixelDE(model, device="cpu")(np.zeros((2, 10, 10), np.float32), [0, 0])
+        OnePixelDE(model, device="cpu").results(np.zeros((2, 10, 10), np.float32), [0, 0])
     with pytest.raises(OptionError, match="local evaluator"):
-        OnePixelDE(model, device="cpu", local=True)(flat_images(1), [0])
+        OnePixelDE(model, device="cpu", local=True).results(flat_images(1), [0])
 
 
 # --------------------------------------------------------------------------------------
@@ -397,8 +389,8 @@ def test_keep_fittest_returns_the_population_argmax_and_first_the_first_success(
     images = images.astype(np.float64)
     kw = {"pop_size": 40, "max_iter": 30, "seed": 2, "device": "cpu", "dtype": torch.float64, "chunk_size": 11,
           "batch_images": 2}
-    fittest = OnePixelDE(model, keep="fittest", **kw)(images, [0] * 6, targets=[2] * 6)
-    first = OnePixelDE(model, keep="first", **kw)(images, [0] * 6, targets=[2] * 6)
+    fittest = OnePixelDE(model, keep="fittest", **kw).results(images, [0] * 6, targets=[2] * 6)
+    first = OnePixelDE(model, keep="first", **kw).results(images, [0] * 6, targets=[2] * 6)
     atk = OnePixelDE(model, **kw)
     differ = 0
     for i in range(6):
@@ -440,7 +432,7 @@ def test_kept_members_the_plain_model_rejects_fall_back_to_the_next_fittest(fake
     for i in range(6):
         generation, successes, *_ = _plain_de(model, images[i], 0, 2, OnePixelDE(model, **kw), i)
         atk = Doubting(model, **kw)
-        res = atk(images[i:i + 1], [0], targets=[2], keys=[i], return_images=True)[0]
+        res = atk.results(images[i:i + 1], [0], targets=[2], keys=[i], return_images=True)[0]
         assert res.success and res.rejected == fakes and atk.n_unverified == fakes
         check_claims(model, images[i:i + 1], [res], pixels=1)
         if len(successes) > fakes:  # the next fittest successful member of the same generation
@@ -490,7 +482,7 @@ def test_de_values_stay_inside_the_value_range_and_successes_hold():
     model = PixelModel(row=3, col=7, true=0, target=2, level=0.8, gain=40.0)  # needs v > 0.833: inside the range
     images = flat_images(3)
     atk = OnePixelDE(model, pop_size=60, max_iter=30, device="cpu", value_range=vr)
-    results = atk(images, [0, 0, 0], targets=[2, 2, 2], return_images=True)
+    results = atk.results(images, [0, 0, 0], targets=[2, 2, 2], return_images=True)
     assert all(r.success for r in results)
     for r in results:
         assert r.pixels.tolist() == [[7, 3]] and np.all(r.values >= 0.5) and np.all(r.values <= 0.8856)
@@ -500,5 +492,6 @@ def test_de_values_stay_inside_the_value_range_and_successes_hold():
     assert values.min() == 0.5 and values.max() == 0.8856  # clip(N(0.5, 0.5)) hits both ends
     # a target out of reach inside the range: the paper's [0, 1] flips it, the physical range cannot
     high = PixelModel(row=3, col=7, true=0, target=2, level=0.9, gain=40.0)  # needs v > 0.933
-    assert not OnePixelDE(high, pop_size=60, max_iter=10, device="cpu", value_range=vr)(images[:1], [0], [2])[0].success
-    assert OnePixelDE(high, pop_size=60, max_iter=30, device="cpu")(images[:1], [0], [2])[0].success
+    assert not OnePixelDE(high, pop_size=60, max_iter=10, device="cpu", value_range=vr).results(
+        images[:1], [0], [2])[0].success
+    assert OnePixelDE(high, pop_size=60, max_iter=30, device="cpu").results(images[:1], [0], [2])[0].success

@@ -21,7 +21,8 @@ from certify_support import (
 )
 from conftest import make_toy_dataset
 from deepadversaries.certify import certify as certify_mod
-from deepadversaries.attacks.onepixel import input_range, is_success
+from deepadversaries.attacks.rules import is_success
+from deepadversaries.attacks.values import input_range
 from deepadversaries.certify.certify import CertifyConfig, ImageCertifier, certify_run
 from deepadversaries.cli import main
 from deepadversaries.errors import OptionError
@@ -40,7 +41,7 @@ def plain_probs(model, image, row, col, value) -> np.ndarray:
 
 
 def corner_search(model, image, label, targets, bands):
-    return ExhaustiveSearch(model, value_range=input_range(bands), device="cpu")(
+    return ExhaustiveSearch(model, value_range=input_range(bands), device="cpu").results(
         image[None], [label], targets=[targets])[0]
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deepadversaries import cpu_threads
-from deepadversaries.attacks.onepixel import OnePixelDE
+from deepadversaries.attacks.de import OnePixelDE
 from deepadversaries.cpu_threads import ThreadGovernor, busy_seconds, threads_for
 
 from attack_support import bright_pixel_convnet
@@ -142,7 +142,7 @@ def test_thread_changes_during_a_search_do_not_change_its_result():
         attack = OnePixelDE(model, pop_size=60, max_iter=3, seed=1, device="cpu", chunk_size=50,
                             threads=threads)
         return [(r.success, r.iterations, r.evaluations, r.pixels.tolist(), r.values.tolist(),
-                 r.probabilities.tolist()) for r in attack(images, labels)]
+                 r.probabilities.tolist()) for r in attack.results(images, labels)]
 
     try:
         torch.set_num_threads(1)

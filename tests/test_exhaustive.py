@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepadversaries.attacks.onepixel import OnePixelDE, ValueRange, input_range
+from deepadversaries.attacks.de import OnePixelDE
+from deepadversaries.attacks.values import ValueRange, input_range
 from deepadversaries.errors import OptionError
 from deepadversaries.attacks.exhaustive import ExhaustiveSearch, value_set
 
@@ -49,7 +50,7 @@ def test_maps_equal_a_plain_loop_over_every_position_and_value(rule):
     images = (0.3 + 0.4 * rng.random((2, 3, 5, 6))).astype(np.float32).astype(np.float64)
     extra = np.array([[0.2, 0.95, 0.1], [0.5, 0.5, 0.5]])
     atk = ExhaustiveSearch(model, values=extra, success=rule, device="cpu", dtype=torch.float64, chunk_size=17)
-    results = atk(images, [0, 0], return_images=True)
+    results = atk.results(images, [0, 0], return_images=True)
     values = CORNERS + list(extra)
     np.testing.assert_array_equal(atk.values, np.array(values))
     for res, image in zip(results, images):
@@ -73,7 +74,7 @@ def test_maps_equal_a_plain_loop_over_every_position_and_value(rule):
 def test_untargeted_mode_keeps_the_lowest_true_probability():
     model = PixelModel(row=1, col=1, band=2, true=1, target=0, gain=40.0, level=0.7)
     image = np.full((1, 3, 4, 4), 0.3)
-    res = ExhaustiveSearch(model, mode="untargeted", device="cpu", dtype=torch.float64)(image, [1])[0]
+    res = ExhaustiveSearch(model, mode="untargeted", device="cpu", dtype=torch.float64).results(image, [1])[0]
     _, _, low, flips_u = plain_maps(model, image[0], 1, [], CORNERS)
     assert res.success and res.target is None and res.targets_tried == ()
     assert res.pixels.tolist() == [[1, 1]] and res.values[0, 2] == 1.0
@@ -85,7 +86,7 @@ def test_untargeted_mode_keeps_the_lowest_true_probability():
 def test_no_flip_reports_the_closest_change_and_counts_every_query():
     model = PixelModel(row=1, col=1, gain=2.0)  # p(target) stays below 0.5 for every value
     image = np.full((1, 3, 3, 3), 0.3)
-    res = ExhaustiveSearch(model, device="cpu", dtype=torch.float64)(image, [0], targets=[[2, 1]])[0]
+    res = ExhaustiveSearch(model, device="cpu", dtype=torch.float64).results(image, [0], targets=[[2, 1]])[0]
     assert not res.success and res.evaluations == 9 * 8 and res.targets_tried == (2, 1)
     assert res.target == 2 and res.pixels.tolist() == [[1, 1]]
     assert res.p_target == pytest.approx(res.best_target_prob.max(), abs=1e-15) and res.p_target < 0.5
@@ -98,7 +99,7 @@ def test_convnet_map_through_the_local_evaluator_is_the_known_region():
     i = int(np.flatnonzero(labels != 1)[0])
     values = np.array([[1.0, 0.5, 0.5]])  # one value: a bright g pixel (fast)
     atk = ExhaustiveSearch(model, values=values, corners=False, device="cpu")
-    res = atk(x[i:i + 1], labels[i:i + 1], targets=[[1]], return_images=True)[0]
+    res = atk.results(x[i:i + 1], labels[i:i + 1], targets=[[1]], return_images=True)[0]
     assert atk.last_evaluator == "LocalConvNetEvaluator" and res.evaluations == 100 * 100
     region = np.zeros((100, 100), bool)
     region[16:32, 16:32] = True
@@ -119,9 +120,9 @@ def test_de_finds_an_interior_flip_that_the_corner_search_misses():
 
     model = tent_pixel_model(size=5, row=2, col=2)
     images = np.zeros((2, 1, 5, 5), np.float32)
-    ex = ExhaustiveSearch(model, value_range=input_range(1), device="cpu")(images, [0, 0], targets=[2, 2])
+    ex = ExhaustiveSearch(model, value_range=input_range(1), device="cpu").results(images, [0, 0], targets=[2, 2])
     assert not any(e.success for e in ex) and not any(e.flips.any() for e in ex)
-    de = OnePixelDE(model, pop_size=60, max_iter=20, value_range=input_range(1), device="cpu")(
+    de = OnePixelDE(model, pop_size=60, max_iter=20, value_range=input_range(1), device="cpu").results(
         images, [0, 0], targets=[2, 2], keys=[0, 1])
     assert all(d.success for d in de)
     for d in de:
@@ -132,8 +133,8 @@ def test_de_finds_an_interior_flip_that_the_corner_search_misses():
 def test_verify_map_confirms_every_flagged_position():
     model = PixelModel(row=2, col=3, band=1, gain=8.0, level=0.75)
     image = (0.3 + 0.4 * np.random.default_rng(0).random((1, 3, 5, 6))).astype(np.float32)
-    plain = ExhaustiveSearch(model, device="cpu")(image, [0])[0]
-    checked = ExhaustiveSearch(model, device="cpu", verify_map=True)(image, [0])[0]
+    plain = ExhaustiveSearch(model, device="cpu").results(image, [0])[0]
+    checked = ExhaustiveSearch(model, device="cpu", verify_map=True).results(image, [0])[0]
     assert checked.map_corrections == 0
     np.testing.assert_array_equal(checked.flips, plain.flips)
     np.testing.assert_allclose(checked.best_target_prob, plain.best_target_prob, atol=1e-6)
@@ -157,7 +158,8 @@ def test_value_sets_honour_the_range():
         value_set(input_range(), None, corners=False)
     model = PixelModel(row=1, col=1, gain=40.0, level=0.8)  # needs v > 0.833
     image = np.full((1, 3, 3, 3), 0.6, np.float32)
-    res = ExhaustiveSearch(model, value_range=phys, device="cpu")(image, [0], targets=[2], return_images=True)[0]
+    res = ExhaustiveSearch(model, value_range=phys, device="cpu").results(image, [0], targets=[2],
+                                                                      return_images=True)[0]
     assert res.success and res.values[0, 0] == np.float64(0.8856)
     np.testing.assert_array_equal(res.values_tried, corners)
     check_claims(model, image, [res], pixels=1, low=0.5, high=0.8856)

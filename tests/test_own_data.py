@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from deepadversaries.data import stretches
-from deepadversaries.attacks.onepixel import FULL_WELL_ELECTRONS, make_value_range
+from deepadversaries.attacks.values import make_value_range
+from deepadversaries.simulation.survey import FULL_WELL_ELECTRONS
 from deepadversaries.cli import main
 from deepadversaries.corruptions.suite import SKY_ERROR_FRACTION, corrupt
 from deepadversaries.data.dataset import apply_stretch, load_dataset

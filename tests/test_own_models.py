@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepadversaries.attacks.onepixel import set_pixels
+from deepadversaries.attacks.candidates import set_pixels
 from deepadversaries.cli import main
 from deepadversaries.data.dataset import load_dataset
 from deepadversaries.errors import DeepAdvError, FileError, OptionError
@@ -276,7 +276,8 @@ def test_bad_model_files_stop_with_one_line_and_write_nothing(toy_dataset, tmp_p
 
 
 def test_attacks_take_any_band_count_and_class_count():
-    from deepadversaries.attacks.onepixel import LocalConvNetEvaluator, OnePixelDE
+    from deepadversaries.attacks.de import OnePixelDE
+    from deepadversaries.attacks.evaluators import LocalConvNetEvaluator
     from deepadversaries.attacks.exhaustive import ExhaustiveSearch
     from deepadversaries.attacks.sparse_rs import SparseRS
 
@@ -287,15 +288,15 @@ def test_attacks_take_any_band_count_and_class_count():
     images = np.random.default_rng(0).random((2, 4, 16, 16)).astype(np.float32)
     with torch.no_grad():
         labels = model(torch.from_numpy(images))[0].argmax(1).numpy()
-    de = OnePixelDE(model, pop_size=8, max_iter=1, device="cpu")(images, labels)
+    de = OnePixelDE(model, pop_size=8, max_iter=1, device="cpu").results(images, labels)
     for r, label in zip(de, labels):
         assert r.values.shape == (1, 4) and r.probabilities.shape == (5,)
         assert r.success or r.targets_tried == tuple(c for c in range(5) if c != label)
         changed = r.image if r.image is not None else images[r.index]
         assert changed.shape == (4, 16, 16)
     exhaustive = ExhaustiveSearch(model, device="cpu", values=[[0.5, 0.5, 0.5, 0.5]])
-    (first, *_) = exhaustive(images[:1], labels[:1])
+    (first, *_) = exhaustive.results(images[:1], labels[:1])
     assert first.values_tried.shape == (2 ** 4 + 1, 4) and first.best_target_value.shape == (4, 16, 16, 4)
     assert first.evaluations == 16 * 16 * 17
-    (srs, *_) = SparseRS(model, pixels=2, max_queries=20, device="cpu")(images[:1], labels[:1])
+    (srs, *_) = SparseRS(model, pixels=2, max_queries=20, device="cpu").results(images[:1], labels[:1])
     assert srs.values.shape == (2, 4) and set(np.unique(srs.values)) <= {0.0, 1.0}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepadversaries.attacks.onepixel import ValueRange
+from deepadversaries.attacks.values import ValueRange
 from deepadversaries.errors import OptionError
 from deepadversaries.attacks.sparse_rs import ALPHA_INIT, SparseRS, alpha_schedule
 
@@ -72,7 +72,7 @@ def test_search_equals_a_plain_loop(mode):
     target = 1 if mode == "targeted" else None
     atk = SparseRS(model, pixels=3, max_queries=400, mode=mode, seed=5, device="cpu", dtype=torch.float64,
                    chunk_size=3, batch_images=2)
-    results = atk(images, [2] * 4, targets=[1] * 4, return_images=True)
+    results = atk.results(images, [2] * 4, targets=[1] * 4, return_images=True)
     outcomes = set()
     for i, res in enumerate(results):
         ok, queries, inside, corners = plain_sparse_rs(model, images[i].astype(np.float64), 2, target, 3, 400, 5, i)
@@ -92,7 +92,7 @@ def test_known_pixel_is_found_and_the_query_count_is_exact():
     for verify in (False, True):
         PixelModel.calls[0] = 0
         atk = SparseRS(model, max_queries=3000, device="cpu", optimize=False, verify=verify)
-        results = atk(images, [0] * 5, targets=[2] * 5, return_images=True)
+        results = atk.results(images, [0] * 5, targets=[2] * 5, return_images=True)
         for r in results:
             assert r.success and r.pixels.tolist() == [[7, 3]] and r.values[0, 0] == 1.0
             assert set(r.values[0]) <= {0.0, 1.0} and r.p_target > 0.5 and r.queries_to_success == r.evaluations
@@ -106,13 +106,13 @@ def test_untargeted_two_pixels_and_the_budget():
     model = PixelModel(row=1, col=4, band=1, true=2, target=1, gain=10.0, level=1.6, second=(2, 5, 0))
     images = flat_images(3, size=6)
     # loss "ce" (log p(true)) rewards one bright pixel already; the margin would not before both are found
-    res = SparseRS(model, pixels=2, max_queries=3000, mode="untargeted", loss="ce", device="cpu")(
+    res = SparseRS(model, pixels=2, max_queries=3000, mode="untargeted", loss="ce", device="cpu").results(
         images, [2] * 3, return_images=True)
     for r in res:
         assert r.success and sorted(map(tuple, r.pixels.tolist())) == [(0, 5), (4, 1)] and r.target is None
     check_claims(model, images, res, pixels=2, targeted=False)
     # one pixel cannot reach it: every target spends the whole budget
-    one = SparseRS(model, pixels=1, max_queries=150, device="cpu")(images[:1], [2])[0]
+    one = SparseRS(model, pixels=1, max_queries=150, device="cpu").results(images[:1], [2])[0]
     assert not one.success and one.targets_tried == (0, 1) and one.evaluations == 2 * 150
     assert one.iterations == 149 and one.iterations_total == 2 * 149
 
@@ -121,7 +121,7 @@ def test_values_are_corners_of_the_value_range():
     phys = ValueRange("physical", (0.5,) * 3, (0.8856,) * 3)
     model = PixelModel(row=2, col=2, gain=40.0, level=0.8)
     images = flat_images(3, size=5, value=0.6)
-    res = SparseRS(model, pixels=4, max_queries=2000, value_range=phys, device="cpu")(images, [0] * 3, [2] * 3,
+    res = SparseRS(model, pixels=4, max_queries=2000, value_range=phys, device="cpu").results(images, [0] * 3, [2] * 3,
                                                                                       return_images=True)
     for r in res:
         assert r.success and set(np.unique(r.values)) <= {0.5, 0.8856}
@@ -133,7 +133,7 @@ def test_batching_does_not_change_any_search_and_the_convnet_runs_locally():
 
     def run(**kw):
         atk = SparseRS(model, max_queries=300, seed=1, device="cpu", **kw)
-        res = atk(x, labels)
+        res = atk.results(x, labels)
         return atk.last_evaluator, [(r.success, r.target, r.evaluations, r.pixels.tolist(), r.values.tolist())
                                     for r in res]
 
@@ -152,4 +152,4 @@ def test_bad_settings_are_refused():
         with pytest.raises(OptionError, match=what):
             SparseRS(model, device="cpu", **kwargs)
     with pytest.raises(OptionError, match="more than the image"):
-        SparseRS(model, pixels=200, device="cpu")(flat_images(1), [0])
+        SparseRS(model, pixels=200, device="cpu").results(flat_images(1), [0])

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from deepadversaries import FILE_PREFIX, METHODS, MODELS, PRESETS, TIMM_PREFIX
+from deepadversaries.attacks.choices import ATTACK_PRECISIONS, KEEP_RULES, MODES, SUCCESS_RULES, VALUE_RANGES
+from deepadversaries.attacks.searches import search_spec
 from deepadversaries.errors import OptionError, check_choice
 from deepadversaries.methods import ADV_1P_POSITIONS, METHOD_SPECS
 
@@ -391,17 +393,8 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
 # --------------------------------------------------------------------------------------
 # attack
 # --------------------------------------------------------------------------------------
-ATTACK_MODES: tuple[str, ...] = ("targeted", "untargeted")
-SUCCESS_RULES: tuple[str, ...] = ("paper", "top-class")
-ATTACK_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-#: which candidate of a successful generation is kept: the population's fittest (the
-#: authors' code) or the first over the threshold in index order
-KEEP_RULES: tuple[str, ...] = ("fittest", "first")
-#: the one-pixel searches: differential evolution (the paper's), the exhaustive map, Sparse-RS
-SEARCHES: tuple[str, ...] = ("de", "exhaustive", "sparse-rs")
-#: ``input``: any stretched value in [0, 1] (the paper's); ``physical``: what a detector pixel
-#: can hold, 0 e⁻ to the full well, through the domain's stretch
-VALUE_RANGES: tuple[str, ...] = ("input", "physical")
+# (the attack's named choices have one home, :mod:`deepadversaries.attacks.choices`; the searches
+# are the registry :mod:`deepadversaries.attacks.searches`, read when a config is checked)
 
 
 @dataclass(frozen=True)
@@ -470,16 +463,17 @@ class AttackConfig:
                               f"got {self.pop_size}")
         _check_int("max_iter", self.max_iter, 0)
         _check_int("pixels", self.pixels, 1)
-        check_choice(self.mode, ATTACK_MODES, "--mode")
+        check_choice(self.mode, MODES, "--mode")
         check_choice(self.success, SUCCESS_RULES, "--success")
         _check_int("seed", self.seed, 0)
         check_choice(self.precision, ATTACK_PRECISIONS, "--precision")
         check_choice(self.keep, KEEP_RULES, "--keep")
-        check_choice(self.search, SEARCHES, "--search")
+        spec = search_spec(self.search)
         check_choice(self.value_range, VALUE_RANGES, "--value-range")
-        if self.search == "exhaustive" and self.pixels != 1:
-            raise OptionError("the exhaustive search changes one pixel; use --search de or sparse-rs for --pixels > 1")
-        if self.values and self.search != "exhaustive":
+        if spec.one_pixel and self.pixels != 1:
+            raise OptionError(f"the {spec.name} search changes one pixel; use --search de or sparse-rs for "
+                              "--pixels > 1")
+        if self.values and not spec.takes_values:
             raise OptionError("--values is for the exhaustive search (--search exhaustive)")
         for v in self.values:
             if (len(v) < 1 or len(v) != len(self.values[0])
@@ -509,8 +503,10 @@ class AttackConfig:
         """Plain statements of every setting that differs from the paper's campaign."""
         paper = self.paper
         out = []
+        spec = search_spec(self.search)
         sizes = (("n_images", "images in the subsample"),) + ((("pop_size", "population size"),
-                                                               ("max_iter", "iteration cap")) if self.search == "de" else ())
+                                                               ("max_iter", "iteration cap")) if spec.population_sized
+                                                             else ())
         for key, what in sizes:
             if getattr(self, key) != getattr(paper, key):
                 out.append(f"{what} {getattr(self, key)} (paper: {getattr(paper, key)})")
@@ -520,11 +516,8 @@ class AttackConfig:
             out.append("untargeted attack, success at p(true) < 0.05 (paper: targeted, p(target) > 0.5)")
         if self.success != "paper":
             out.append("success when the target becomes the top class (paper: p(target) > 0.5)")
-        if self.search != "de":
-            out.append({"exhaustive": "the corner search: every pixel position × the value set, exhaustive over "
-                                      "that set only (paper: differential evolution)",
-                        "sparse-rs": f"Sparse-RS random search (Croce et al. 2022), {self.query_budget} queries per "
-                                     "target (paper: differential evolution)"}[self.search])
+        if spec.departure:
+            out.append(spec.departure.format(query_budget=self.query_budget))
         if self.value_range != "input":
             out.append("pixel values limited to what a detector can produce, 0 e⁻ to the full well through the "
                        "stretch (paper: any value in [0, 1])")

@@ -41,7 +41,7 @@ from deepadversaries.analysis.latent import (
     dangerous_pixel_shares, light_centroid, queries_to_reach, stacked_flip_map, distance_tables,
     euclidean_distances, grid_coordinates, isomap_embedding, isomap_sample_indices, paired_distances,
 )
-from deepadversaries.config import SEARCHES
+from deepadversaries.attacks.searches import search_names
 from deepadversaries.data.dataset import load_dataset
 from deepadversaries.devices import resolve_device
 from deepadversaries.errors import OptionError, check_preset, file_error
@@ -565,8 +565,9 @@ def _attack_suite(out: Path, runs: dict[str, AttackData], notes: list[str], figu
     """The attack suite's comparison when both runs ran more than DE: success against queries
     (and the queries each search needs to reach DE's success rate) and, with the exhaustive
     search, where the dangerous pixels lie (``dangerous_pixels.csv``)."""
-    found = {m: [s for s in SEARCHES if (attack_dir(d.run, s) / "summary.json").is_file()] for m, d in runs.items()}
-    common = [s for s in SEARCHES if all(s in v for v in found.values())]
+    found = {m: [s for s in search_names() if (attack_dir(d.run, s) / "summary.json").is_file()]
+             for m, d in runs.items()}
+    common = [s for s in search_names() if all(s in v for v in found.values())]
     result: dict[str, Any] = {}
     if len(common) > 1:
         curves, table = {}, {}

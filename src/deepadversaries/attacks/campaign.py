@@ -8,7 +8,7 @@ bands and image shape are the dataset's (``dataset.json``), the model the run's
 evolution (the paper's, ``RUN/attack/``), the corner search — every position × a value set,
 exhaustive over that set only (``RUN/attack_exhaustive/``, which also writes ``flipmap.npz``) or Sparse-RS
 (``RUN/attack_sparse_rs/``); the new pixel's values lie in the ``input`` range [0, 1] or the
-``physical`` one (:func:`deepadversaries.attacks.onepixel.make_value_range`). Writes, in that folder:
+``physical`` one (:func:`deepadversaries.attacks.values.make_value_range`). Writes, in that folder:
 
 - ``results.csv``: one row per attacked image (subsample order);
 - ``latents.npz``: ``test_index``, ``z_y10``, ``z_y1``, ``z_1p`` (n, D; D = 256 for the
@@ -40,11 +40,12 @@ import numpy as np
 from rich.progress import TextColumn
 
 from deepadversaries import BANDS, CLASSES
-from deepadversaries.attacks.onepixel import (
-    Attack, OnePixelDE, ValueRange, is_success, make_value_range, set_pixels, subsample_index,
-)
-from deepadversaries.attacks.exhaustive import ExhaustiveResult, ExhaustiveSearch
-from deepadversaries.attacks.sparse_rs import SparseRS
+from deepadversaries.attacks.base import Attack
+from deepadversaries.attacks.candidates import set_pixels
+from deepadversaries.attacks.exhaustive import ExhaustiveResult
+from deepadversaries.attacks.rules import is_success, subsample_index
+from deepadversaries.attacks.searches import search_spec
+from deepadversaries.attacks.values import ValueRange, make_value_range
 from deepadversaries.config import AttackConfig
 from deepadversaries.cpu_threads import ThreadGovernor
 from deepadversaries.data.dataset import GalaxyDataset, image_file, load_dataset
@@ -193,16 +194,11 @@ def _value_range(config: AttackConfig, dataset: GalaxyDataset) -> ValueRange:
 
 def _make_search(config: AttackConfig, model: Any, value_range: ValueRange, device: Any, *,
                  batch_images: int | None, chunk_size: int | None, threads: ThreadGovernor | None) -> Attack:
-    """The campaign's search engine, with the settings every search shares."""
+    """The campaign's search engine: the registered search's builder
+    (:mod:`deepadversaries.attacks.searches`), with the settings every search shares."""
     common = dict(mode=config.mode, success=config.success, seed=config.seed, device=device, chunk_size=chunk_size,
                   bf16=config.precision == "bf16", value_range=value_range, threads=threads)
-    if config.search == "exhaustive":
-        return ExhaustiveSearch(model, values=np.asarray(config.values) if config.values else None, **common)
-    if config.search == "sparse-rs":
-        return SparseRS(model, pixels=config.pixels, max_queries=config.query_budget, batch_images=batch_images,
-                        **common)
-    return OnePixelDE(model, pop_size=config.pop_size, max_iter=config.max_iter, pixels=config.pixels,
-                      keep=config.keep, batch_images=batch_images, **common)
+    return search_spec(config.search).build(model, config, batch_images=batch_images, **common)
 
 
 def _check_inputs(run: Path, config: AttackConfig, data: str | Path | None) -> tuple[RunConfig, GalaxyDataset]:

@@ -25,15 +25,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from deepadversaries.attacks.onepixel import (
-    Attack, AttackResult, CandidateEvaluator, LocalConvNetEvaluator, ValueRange, input_range, is_success,
-    make_evaluator, set_pixels,
-)
+from deepadversaries.attacks.base import Attack, AttackResult
+from deepadversaries.attacks.candidates import set_pixels
+from deepadversaries.attacks.evaluators import CandidateEvaluator, LocalConvNetEvaluator, make_evaluator
+from deepadversaries.attacks.rules import is_success
+from deepadversaries.attacks.values import ValueRange, input_range
 from deepadversaries.errors import OptionError
 
 
@@ -334,3 +336,10 @@ class ExhaustiveSearch(Attack):
                 image=set_pixels(image, pixel, value) if return_images else None, map_targets=map_targets,
                 values_tried=self.values.copy(), map_corrections=corrections, seconds=time.perf_counter() - t0,
                 targeted=self.mode == "targeted", **maps)
+
+
+def build_search(model: nn.Module, config: Any, *, batch_images: int | None = None,
+                 **common: Any) -> ExhaustiveSearch:
+    """The campaign's corner search (``--search exhaustive``, the registry's builder): the config's
+    ``--values`` besides the corners, its own images-at-once default (``batch_images`` is not used)."""
+    return ExhaustiveSearch(model, values=np.asarray(config.values) if config.values else None, **common)

@@ -14,7 +14,7 @@ budget. Losses, smaller is better: targeted, the cross-entropy of the target,
 margin; ``loss="ce"``: log p(true)).
 
 Queries are counted exactly: one per evaluated candidate, the initial one included; a
-search stops at its first success under the attack's rule (:func:`attacks.is_success`),
+search stops at its first success under the attack's rule (:func:`deepadversaries.attacks.rules.is_success`),
 re-checked by a plain forward pass (re-checks are not queries), or when the budget is
 spent. Each (image, target) search draws from ``np.random.default_rng([seed, key,
 target])``, one candidate per round, so the searches of many images fill each forward
@@ -24,10 +24,13 @@ search.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from torch import nn
 
-from deepadversaries.attacks.onepixel import Attack, SearchState, pixel_candidates
+from deepadversaries.attacks.base import Attack, SearchState
+from deepadversaries.attacks.candidates import pixel_candidates
 from deepadversaries.errors import OptionError, check_choice
 
 #: the paper's alpha_init for the L0 (pixel) attack
@@ -180,3 +183,10 @@ class SparseRS(Attack):
             return logp[:, label]
         others = np.delete(logp, label, axis=1)
         return logp[:, label] - others.max(axis=1)
+
+
+def build_search(model: nn.Module, config: Any, *, batch_images: int | None = None, **common: Any) -> SparseRS:
+    """The campaign's Sparse-RS engine (``--search sparse-rs``, the registry's builder): the config's
+    pixels and query budget per target, with the settings every search shares (``common``)."""
+    return SparseRS(model, pixels=config.pixels, max_queries=config.query_budget, batch_images=batch_images,
+                    **common)

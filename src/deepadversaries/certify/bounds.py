@@ -632,7 +632,7 @@ def target_rules(label: int, targets: Sequence[int | None], rule: str, n_classes
     Args:
         label: the true class.
         targets: classes (targeted) or None (untargeted).
-        rule: ``"paper"`` or ``"top-class"`` (:func:`deepadversaries.attacks.onepixel.is_success`).
+        rule: ``"paper"`` or ``"top-class"`` (:func:`deepadversaries.attacks.rules.is_success`).
         n_classes: K.
         clean_logits: (K,) the clean image's logits, whose softmax gives one more weighting
             of the log-sum-exp bound [default: None].

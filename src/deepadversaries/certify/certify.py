@@ -4,7 +4,7 @@ For each attacked test image the stage decides one of three answers:
 
 - ``flippable``: a witness — a pixel position, a value for every band inside the value range
   and a target — that a plain float32 forward pass of the model confirms as a successful
-  attack under the campaign's success rule (:func:`deepadversaries.attacks.onepixel.is_success`);
+  attack under the campaign's success rule (:func:`deepadversaries.attacks.rules.is_success`);
 - ``certified``: sound bounds (:mod:`deepadversaries.certify.bounds`) prove that no value in the
   range at any position reaches the success rule for any target;
 - ``undecided``: the per-image time budget ran out first. Undecided images are counted in
@@ -50,10 +50,10 @@ from rich.progress import TextColumn
 from scipy import stats
 
 from deepadversaries.certify import bounds
-from deepadversaries.attacks.onepixel import (
-    VALUE_RANGES, ValueRange, is_success, make_evaluator, make_value_range, optimized_for_inference,
-    subsample_index,
-)
+from deepadversaries.attacks.choices import VALUE_RANGES
+from deepadversaries.attacks.evaluators import make_evaluator, optimized_for_inference
+from deepadversaries.attacks.rules import is_success, subsample_index
+from deepadversaries.attacks.values import ValueRange, make_value_range
 from deepadversaries.data.dataset import GalaxyDataset, image_file, load_dataset
 from deepadversaries.evaluation.inference import forward_batches
 from deepadversaries.devices import resolve_device

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from deepadversaries.attacks.searches import search_help
 from deepadversaries.config import AttackConfig
 from deepadversaries.errors import OptionError
 from deepadversaries.models.runs import attack_dir
@@ -41,7 +42,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         pixels: int = typer.Option(1, "--pixels", help="Pixels changed per attack, L in ||e||_0 <= L (paper: 1)."),
         mode: str = typer.Option("targeted", "--mode", help="targeted: try the other classes in turn (two for the paper's three), success at p(target) > 0.5; untargeted: success at p(true) < 0.05."),
         success: str = typer.Option("paper", "--success", help="paper: the probability thresholds above; top-class: success when the target becomes the predicted class (untargeted: when the true class stops being predicted), for under-confident models."),
-        search: str = typer.Option("de", "--search", help="de: differential evolution (the paper's; RUN/attack/); exhaustive: the corner search, every pixel position x the value set (the 8 corners of the range and --values), exhaustive over that set only, so a lower bound of one-pixel vulnerability; 'deepadv certify' gives the exact answer (RUN/attack_exhaustive/, with flipmap.npz); sparse-rs: Sparse-RS random search, Croce et al. 2022 (RUN/attack_sparse_rs/)."),
+        search: str = typer.Option("de", "--search", help=search_help()),
         value_range: str = typer.Option("input", "--value-range", help="input: any stretched value in [0, 1] (the paper's); physical: what a detector pixel can hold, 0 electrons to the full well (100,000 e-), through the stretch (docs/attacks.md)."),
         values: Optional[str] = typer.Option(None, "--values", help="Exhaustive search: values tried at every position besides the corners of the range (8 for g, r, i), one number per band in model-input units, as 'g,r,i;g,r,i', e.g. '0.7,0.7,0.7' (a 2-band dataset: '0.7,0.9')."),
         max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sparse-RS: queries per target (default: DE's budget, population x (iterations + 1))."),
@@ -57,7 +58,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     ) -> None:
         """Attack a seeded random subsample of the Y10 test set with one-pixel attacks.
 
-        Works on any dataset and model the run holds (your own data from 'deepadv import', timm or adopted TorchScript models). Only correctly classified images are attacked; in targeted mode the other classes are tried in turn and the first success is kept. Writes results.csv, latents.npz and summary.json (last) in RUN/attack/ (or RUN/attack_exhaustive/, RUN/attack_sparse_rs/ for the other searches). An interrupted campaign resumes where it stopped when the same command is run again.
+        Works on any dataset and model the run holds (your own data from 'deepadv import', timm or adopted TorchScript models). Only correctly classified images are attacked; in targeted mode the other classes are tried in turn and the first success is kept. Writes results.csv, latents.npz and summary.json (last) in the search's folder of the run (RUN/attack/ for de; see --search). An interrupted campaign resumes where it stopped when the same command is run again.
         """
         from deepadversaries.attacks.campaign import attack_run  # deferred for start-up time (torch)
 

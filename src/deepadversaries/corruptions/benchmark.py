@@ -30,7 +30,7 @@ test-set order), chunk k of corruption c with ``numpy.random.default_rng([seed, 
 the positions of lower ones), and the corrupted images depend only on the dataset, the seed, the
 domain, the options and the tables, never on the model, the batch size or the device. Models are
 evaluated with their BatchNorm folded into the convolutions, NHWC
-(:func:`deepadversaries.attacks.onepixel.optimized_for_inference`). ``timing`` in the summary splits the wall
+(:func:`deepadversaries.attacks.evaluators.optimized_for_inference`). ``timing`` in the summary splits the wall
 time into corrupting (with the stretch and the input statistics) and evaluating.
 """
 
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from deepadversaries import BANDS, REFERENCE_METHOD
-from deepadversaries.attacks.onepixel import optimized_for_inference
+from deepadversaries.attacks.evaluators import optimized_for_inference
 from deepadversaries.corruptions.error import CLEAN, corruption_errors, pool_corruptions_over_seeds
 from deepadversaries.corruptions.suite import (
     CORRUPTIONS, DEFAULT_OPTIONS, MAX_SEVERITY, SEVERITIES, CorruptionOptions, band_sky, check_bands,

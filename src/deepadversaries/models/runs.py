@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from deepadversaries import CLASSES, FILE_PREFIX, SPLITS, __version__
+from deepadversaries.attacks.searches import search_spec, search_specs
 from deepadversaries.config import TrainConfig
 from deepadversaries.errors import DeepAdvError, file_error
 from deepadversaries.io import read_json
@@ -233,13 +234,20 @@ def last_checkpoint_path(run: str | Path) -> Path:
     return Path(run) / "checkpoints" / "last.ckpt"
 
 
-#: each search's folder in a run (DE's is the paper's campaign, which the analysis reads)
-ATTACK_FOLDERS: dict[str, str] = {"de": "attack", "exhaustive": "attack_exhaustive", "sparse-rs": "attack_sparse_rs"}
+def attack_folders() -> dict[str, str]:
+    """Each registered search's folder in a run, by search name (:mod:`deepadversaries.attacks.searches`;
+    DE's, ``attack``, is the paper's campaign, which the analysis reads)."""
+    return {spec.name: spec.folder for spec in search_specs()}
 
 
 def attack_dir(run: str | Path, search: str = "de") -> Path:
-    """``RUN/attack`` (differential evolution), ``RUN/attack_exhaustive`` or ``RUN/attack_sparse_rs``."""
-    return Path(run) / ATTACK_FOLDERS[search]
+    """``RUN/<the search's folder>``: ``RUN/attack`` (differential evolution), ``RUN/attack_exhaustive``,
+    ``RUN/attack_sparse_rs``, or a registered search's.
+
+    Raises:
+        OptionError: an unknown search.
+    """
+    return Path(run) / search_spec(search).folder
 
 
 def run_outputs(run: str | Path) -> list[Path]:
@@ -247,7 +255,7 @@ def run_outputs(run: str | Path) -> list[Path]:
     (what ``--overwrite`` clears)."""
     run = Path(run)
     names = [CONFIG_NAME, TRAINING_DONE, "checkpoints", "log.csv", "tensorboard", METRICS_NAME, PREDICTIONS_NAME,
-             "confusion_Y10.png", "confusion_Y1.png", RELIABILITY_NAME, *ATTACK_FOLDERS.values(), "robustness"]
+             "confusion_Y10.png", "confusion_Y1.png", RELIABILITY_NAME, *attack_folders().values(), "robustness"]
     return [run / n for n in names]
 
 

@@ -11,10 +11,21 @@ from matplotlib.patches import Circle
 
 from deepadversaries import METHOD_LABELS
 from deepadversaries.analysis.latent import DANGER_RADII
+from deepadversaries.attacks.searches import search_names, search_spec
 from deepadversaries.plots import CLASS_COLORS, DPI, plt, save_figure
 
-SEARCH_LABELS = {"de": "differential evolution", "sparse-rs": "Sparse-RS", "exhaustive": "corner search (lower bound)"}
-SEARCH_STYLES = {"de": ("-", CLASS_COLORS[2]), "sparse-rs": ("--", CLASS_COLORS[1]), "exhaustive": (":", "k")}
+#: the line of a search the registry does not know (curves of an unregistered folder)
+UNKNOWN_SEARCH_STYLE = ("-", "0.3")
+
+
+def search_label(search: str) -> str:
+    """The figure label of ``search``: the registry's (:mod:`deepadversaries.attacks.searches`), else its name."""
+    return search_spec(search).label if search in search_names() else search
+
+
+def search_style(search: str) -> tuple[str, str]:
+    """(line style, colour) of ``search``: the registry's, else :data:`UNKNOWN_SEARCH_STYLE`."""
+    return search_spec(search).style if search in search_names() else UNKNOWN_SEARCH_STYLE
 
 
 def save_success_curves(path: str | Path, curves: Mapping[str, Mapping[str, dict[str, Any]]],
@@ -30,11 +41,11 @@ def save_success_curves(path: str | Path, curves: Mapping[str, Mapping[str, dict
     fig, axes = plt.subplots(1, len(methods), figsize=(5.4 * len(methods), 4.2), squeeze=False, sharey=True)
     for ax, method in zip(axes[0], methods):
         for search, c in curves[method].items():
-            style, color = SEARCH_STYLES.get(search, ("-", "0.3"))
+            style, color = search_style(search)
             t = np.concatenate([[1.0], np.asarray(c["t"], float), [max(float(c["budget"]), 1.0)]])
             f = np.concatenate([[0.0], np.asarray(c["fraction"], float),
                                 [c["fraction"][-1] if len(c["fraction"]) else 0.0]])
-            ax.step(t, f, where="post", ls=style, color=color, lw=2, label=SEARCH_LABELS.get(search, search))
+            ax.step(t, f, where="post", ls=style, color=color, lw=2, label=search_label(search))
         ax.set_xscale("log")
         ax.set_xlabel("queries per image (model evaluations)")
         ax.set_title(METHOD_LABELS.get(method, method), fontsize=11)

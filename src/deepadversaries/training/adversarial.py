@@ -9,8 +9,8 @@ change found by a cheap corner search:
    the first-order gain ``Σ_b g_b (v_b − x_b)``; the ``positions`` pixels with the largest
    gain are kept (the one-pixel analogue of a saliency map, Papernot et al. 2016);
 2. evaluate exactly: each kept (position, corner) is applied and the image evaluated by the
-   attacks' candidate evaluator (:func:`~deepadversaries.attacks.onepixel.make_evaluator`, batched
-   full forward passes of an :func:`~deepadversaries.attacks.onepixel.optimized_for_inference` copy),
+   attacks' candidate evaluator (:func:`~deepadversaries.attacks.evaluators.make_evaluator`, batched
+   full forward passes of an :func:`~deepadversaries.attacks.evaluators.optimized_for_inference` copy),
    and the candidate with the lowest probability of the true class replaces the image.
 
 The corners are those of the input value range [0, 1]^B
@@ -38,9 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepadversaries.attacks.onepixel import (
-    default_channels_last, input_range, make_evaluator, optimized_for_inference,
-)
+from deepadversaries.attacks.evaluators import default_channels_last, make_evaluator, optimized_for_inference
+from deepadversaries.attacks.values import input_range
 from deepadversaries.errors import OptionError
 from deepadversaries.attacks.exhaustive import value_set
 from deepadversaries.methods import ADV_1P_POSITIONS as DEFAULT_POSITIONS

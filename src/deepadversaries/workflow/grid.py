@@ -25,12 +25,13 @@ from typing import Any
 from deepadversaries import DOMAINS, METHODS, MODELS, PAPER_METHODS, PRESETS, REFERENCE_METHOD, SPLITS
 from deepadversaries.analysis.analyze import analyze_runs
 from deepadversaries.attacks.campaign import attack_run
+from deepadversaries.attacks.searches import search_names
 from deepadversaries.card.build import card_run
 from deepadversaries.card.leaderboard import HTML_NAME as LEADERBOARD_HTML
 from deepadversaries.card.leaderboard import pooled_leaderboard
 from deepadversaries.card.render import HTML_NAME as CARD_HTML
 from deepadversaries.card.render import render_card
-from deepadversaries.config import SEARCHES, AttackConfig, SimulateConfig, TrainConfig, check_model_name
+from deepadversaries.config import AttackConfig, SimulateConfig, TrainConfig, check_model_name
 from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.devices import resolve_device
 from deepadversaries.errors import OptionError, check_choice, file_error
@@ -120,7 +121,7 @@ class Grid:
         for m in self.methods:
             check_choice(m, METHODS, "method")
         for search in self.attacks:
-            check_choice(search, SEARCHES, "search")
+            check_choice(search, search_names(), "search")
         if "de" not in self.attacks:
             raise OptionError("--attacks must include de: the latent-space analysis reads its campaign")
         if REFERENCE_METHOD not in self.methods:
