@@ -26,7 +26,7 @@ def test_the_page_has_the_walk_through():
     blocks = python_blocks(DOC.read_text())
     assert len(blocks) >= 4
     code = "\n".join(blocks)
-    for call in ("da.simulate_dataset", "da.train(", "da.attack_run", "da.OnePixelDE", "da.robustness_run", "da.Run("):
+    for call in ("da.simulate_dataset", "da.train(", "da.attack_run", "da.attacks.OnePixelDE", "da.robustness_run", "da.Run("):
         assert call in code
 
 

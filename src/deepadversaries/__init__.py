@@ -93,7 +93,7 @@ API: dict[str, str] = {
     # attack: the campaign stage, and the searches on any batch of images
     "attack_run": "deepadversaries.attacks.campaign:attack_run",
     "AttackConfig": "deepadversaries.config:AttackConfig",
-    "OnePixelDE": "deepadversaries.attacks.onepixel:OnePixelDE",
+    "OnePixelDE": "deepadversaries.attacks.de:OnePixelDE",
     "ExhaustiveSearch": "deepadversaries.attacks.exhaustive:ExhaustiveSearch",
     "SparseRS": "deepadversaries.attacks.sparse_rs:SparseRS",
     # corruptions: the benchmark stage, and one corruption on any batch of images

@@ -28,7 +28,7 @@ from deepadversaries.errors import file_error
 from deepadversaries.io import read_json
 from deepadversaries.models.networks import load_model
 from deepadversaries.models.runs import (
-    ATTACK_FOLDERS, METRICS_NAME, TRAINING_DONE, RunConfig, attack_dir, read_run_config,
+    METRICS_NAME, TRAINING_DONE, RunConfig, attack_dir, attack_folders, read_run_config,
 )
 
 
@@ -80,12 +80,12 @@ class RunAttacks(Mapping[str, AttackRecord]):
         self._run = run
 
     def _finished(self) -> list[str]:
-        return [s for s in ATTACK_FOLDERS if (attack_dir(self._run, s) / SUMMARY_NAME).is_file()]
+        return [s for s in attack_folders() if (attack_dir(self._run, s) / SUMMARY_NAME).is_file()]
 
     def __getitem__(self, search: str) -> AttackRecord:
         finished = self._finished()
         if search not in finished:
-            known = f"; searches: {', '.join(ATTACK_FOLDERS)}" if search not in ATTACK_FOLDERS else ""
+            known = f"; searches: {', '.join(attack_folders())}" if search not in attack_folders() else ""
             have = ", ".join(finished) if finished else "none (run da.attack_run or 'deepadv attack')"
             raise KeyError(f"{self._run}: no finished {search!r} attack{known}; finished: {have}")
         folder = attack_dir(self._run, search)
