@@ -38,7 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from deepadversaries.corruptions.suite import CORRUPTIONS, CorruptionOptions, band_sky
+from deepadversaries.corruptions.registry import CORRUPTIONS
+from deepadversaries.corruptions.suite import CorruptionOptions, band_sky
 from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.io import write_json
 from deepadversaries.models.networks import build_model

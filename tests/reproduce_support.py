@@ -144,7 +144,7 @@ class FakePipeline:
         name = f"robustness:{Path(run).name}"
         self.calls.append(name)
         self._maybe_fail(name)
-        from deepadversaries.corruptions.suite import CORRUPTIONS
+        from deepadversaries.corruptions.registry import CORRUPTIONS
 
         corruption = next(iter(CORRUPTIONS))
         accuracy = [float(a) for a in self.rng.uniform(0.3, 0.8, 2)]

@@ -15,7 +15,8 @@ import scipy.ndimage
 import scipy.stats
 
 from deepadversaries.corruptions import suite as C
-from deepadversaries.corruptions.suite import CORRUPTIONS, corrupt
+from deepadversaries.corruptions.registry import CORRUPTIONS
+from deepadversaries.corruptions.suite import corrupt
 from deepadversaries.errors import OptionError
 from deepadversaries.simulation.survey import sky_level
 

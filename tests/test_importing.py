@@ -24,14 +24,8 @@ from deepadversaries import SPLITS
 from deepadversaries.cli import import_data
 from deepadversaries.data.dataset import apply_stretch, load_dataset, stretch_constants
 from deepadversaries.errors import DeepAdvError, FileError, OptionError
-from deepadversaries.data.importing import (
-    WORK_DIR,
-    ImportOptions,
-    import_fits,
-    import_hdf5,
-    import_npy,
-    split_sizes,
-)
+from deepadversaries.data.importers.base import ImportOptions, split_sizes
+from deepadversaries.data.importing import WORK_DIR, import_fits, import_hdf5, import_npy
 from deepadversaries.data.stretches import apply as apply_norm
 
 # -- generated inputs --------------------------------------------------------------------

@@ -19,7 +19,8 @@ import functools
 import scipy.stats
 
 from deepadversaries.corruptions.error import corruption_errors, pool_corruptions_over_seeds
-from deepadversaries.corruptions.suite import CORRUPTIONS, CorruptionOptions, corrupt
+from deepadversaries.corruptions.registry import CORRUPTIONS
+from deepadversaries.corruptions.suite import CorruptionOptions, corrupt
 from deepadversaries.data.dataset import load_dataset
 from deepadversaries.errors import DeepAdvError, FileError, OptionError
 from deepadversaries.evaluation.inference import forward_batches

@@ -1,19 +1,22 @@
-"""`deepadv import`: bring your own data (FITS cutouts + catalogue, HDF5, or an npy folder)."""
+"""`deepadv import`: bring your own data (FITS cutouts + catalogue, HDF5, an npy folder, or a registered format).
+
+The command's options are the union of what the built-in formats read; the importer registry
+(:mod:`deepadversaries.data.importers.registry`) says which format reads which, gives the ``--format``
+choices and help, and routes to the format's builder."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import typer
 
 from deepadversaries import SPLITS
+from deepadversaries.data.importers.base import ImportOptions, split_names
+from deepadversaries.data.importers.registry import foreign_options, formats_help, get_format, guess_format
+from deepadversaries.data.stretches import describe
 from deepadversaries.errors import OptionError
 from deepadversaries.io import read_json
-from deepadversaries.data.stretches import describe
-
-if TYPE_CHECKING:
-    from deepadversaries.data.importing import ImportOptions
 
 HELP = """Convert your own galaxy cutouts into a dataset folder, checked once.
 
@@ -51,8 +54,7 @@ naming the file and row (exit status 2) and leaves no dataset behind.
 
 
 _OUT = typer.Option(..., "--out", help="Dataset folder to write (new or empty; see --overwrite).")
-_FORMAT = typer.Option(None, "--format", help="fits, hdf5 or npy (default: fits with --catalog, npy when --input "
-                                              "is a folder, else hdf5).")
+_FORMAT = typer.Option(None, "--format", help=formats_help())
 _CATALOG = typer.Option(None, "--catalog", help="fits: the catalogue, a FITS binary table or a CSV file with a "
                                                 "header; one row per image.")
 _INPUT = typer.Option(None, "--input", help="hdf5: the HDF5 file; npy: the folder of "
@@ -150,96 +152,32 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         overwrite: bool = _OVERWRITE,
     ) -> None:
         """Import the user's data into the dataset folder ``out`` and summarise it."""
-        form = _resolve_format(fmt, catalog, input)
-        options = _shared_options(stretch=stretch, seed=seed, chunk=chunk, fit_sample=fit_sample, classes=classes,
-                                  bands=bands, domain_names=domain_names, overwrite=overwrite)
-        fits_only = {"--path-column": path_column, "--label-column": label_column, "--id-column": id_column,
-                     "--split-column": split_column, "--augmentation-column": augmentation_column,
-                     "--target-path-column": target_path_column, "--hdus": hdus, "--catalog": catalog}
-        hdf5_only = {"--images-key": images_key, "--labels-key": labels_key, "--split-key": split_key,
-                     "--ids-key": ids_key, "--target-images-key": target_images_key,
-                     "--augmentation-key": augmentation_key, "--groups": groups}
-        _reject_foreign_options(form, fits_only, hdf5_only, input)
-        if form == "fits":
-            path = _import_catalog(out, fits_only, band_axis, options)
-        else:
-            path = _import_input(out, form, input, hdf5_only, band_axis, options)
-        _report(path)
+        given = {"--catalog": catalog, "--input": input, "--path-column": path_column, "--label-column": label_column,
+                 "--id-column": id_column, "--split-column": split_column,
+                 "--augmentation-column": augmentation_column, "--target-path-column": target_path_column,
+                 "--hdus": hdus, "--band-axis": band_axis, "--images-key": images_key, "--labels-key": labels_key,
+                 "--split-key": split_key, "--ids-key": ids_key, "--target-images-key": target_images_key,
+                 "--augmentation-key": augmentation_key, "--groups": groups}
+        form = _resolve_format(fmt, given)
+        options = ImportOptions(stretch=stretch, seed=seed, chunk=chunk, fit_sample=fit_sample,
+                                classes=split_names(classes), bands=split_names(bands),
+                                domain_names=split_names(domain_names), overwrite=overwrite)
+        _report(_import(out, form, given, options))
 
 
-def _resolve_format(fmt: str | None, catalog: Path | None, input: Path | None) -> str:
-    """The checked ``--format``, or the one the given inputs imply."""
-    # deferred for start-up time (h5py, astropy)
-    from deepadversaries.data.importing import check_format, guess_format
-
-    return check_format(fmt.strip().lower()) if fmt else guess_format(catalog, input)
+def _resolve_format(fmt: str | None, given: dict[str, Any]) -> str:
+    """The checked ``--format``, or the one the given inputs imply (the importer registry decides)."""
+    return get_format(fmt.strip().lower()).name if fmt else guess_format(given)
 
 
-def _shared_options(*, stretch: str, seed: int, chunk: int, fit_sample: int, classes: str | None,
-                    bands: str | None, domain_names: str | None, overwrite: bool) -> ImportOptions:
-    """The options every format shares, from the command line (checked by the import)."""
-    # deferred for start-up time (h5py, astropy)
-    from deepadversaries.data.importing import ImportOptions, split_names
+def _import(out: Path, form: str, given: dict[str, Any], options: ImportOptions) -> Path:
+    """Refuse (OptionError) an option the format does not read, then import with the format's builder."""
+    foreign = foreign_options(get_format(form), given)
+    if foreign:
+        raise OptionError(f"{foreign[0]} does not apply to --format {form}")
+    from deepadversaries.data.importing import import_data  # deferred for start-up time (torch, astropy, h5py)
 
-    return ImportOptions(stretch=stretch, seed=seed, chunk=chunk, fit_sample=fit_sample,
-                         classes=split_names(classes), bands=split_names(bands),
-                         domain_names=split_names(domain_names), overwrite=overwrite)
-
-
-def _reject_foreign_options(form: str, fits_only: dict[str, Any], hdf5_only: dict[str, Any],
-                            input: Path | None) -> None:
-    """Refuse (OptionError) the first given option that another format's import would read."""
-    if form == "fits":
-        foreign = list(hdf5_only.items()) + [("--input", input)]
-    else:
-        foreign = list(fits_only.items()) + (list(hdf5_only.items()) if form == "npy" else [])
-    for name, value in foreign:
-        if value is not None:
-            raise OptionError(f"{name} does not apply to --format {form}")
-
-
-def _import_catalog(out: Path, given: dict[str, Any], band_axis: int | None, options: ImportOptions) -> Path:
-    """Check the FITS options (by option name in ``given``) and import the catalogue's cutouts."""
-    # deferred for start-up time (h5py, astropy)
-    from deepadversaries.data.importing import import_fits
-
-    missing = [name for name in ("--catalog", "--path-column", "--label-column") if given[name] is None]
-    if missing:
-        raise OptionError(f"--format fits needs {', '.join(missing)} (e.g. --catalog cat.csv "
-                          "--path-column file --label-column class)")
-    return import_fits(out, given["--catalog"], path_column=given["--path-column"],
-                       label_column=given["--label-column"], id_column=given["--id-column"],
-                       split_column=given["--split-column"], augmentation_column=given["--augmentation-column"],
-                       target_path_column=given["--target-path-column"], hdus=_hdu_numbers(given["--hdus"]),
-                       band_axis=band_axis if band_axis is not None else 0, options=options)
-
-
-def _hdu_numbers(hdus: str | None) -> list[int] | None:
-    """``--hdus 1,2,3`` as HDU numbers (``None`` stays ``None``)."""
-    # deferred for start-up time (h5py, astropy)
-    from deepadversaries.data.importing import split_names
-
-    try:
-        return [int(h) for h in split_names(hdus)] if hdus is not None else None
-    except ValueError:
-        raise OptionError(f"--hdus takes comma-separated HDU numbers, e.g. 1,2,3; got {hdus!r}") from None
-
-
-def _import_input(out: Path, form: str, input: Path | None, given: dict[str, Any], band_axis: int | None,
-                  options: ImportOptions) -> Path:
-    """Import ``--input``: an HDF5 file (its options by name in ``given``) or an npy folder."""
-    # deferred for start-up time (h5py, astropy)
-    from deepadversaries.data.importing import import_hdf5, import_npy, split_names
-
-    if input is None:
-        raise OptionError(f"--format {form} needs --input ({'an HDF5 file' if form == 'hdf5' else 'a folder'})")
-    if form == "npy":
-        return import_npy(out, input, options=options)
-    return import_hdf5(out, input, images_key=given["--images-key"] or "images",
-                       labels_key=given["--labels-key"], split_key=given["--split-key"],
-                       ids_key=given["--ids-key"], target_images_key=given["--target-images-key"],
-                       augmentation_key=given["--augmentation-key"], groups=split_names(given["--groups"]),
-                       band_axis=band_axis, options=options)
+    return import_data(out, form, given, options)
 
 
 def _report(path: Path) -> None:

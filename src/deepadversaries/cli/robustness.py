@@ -7,15 +7,10 @@ from typing import Any, List, Optional
 
 import typer
 
-CORRUPTIONS_HELP = (
-    "'all' or a comma-separated list of: seeing (a worse co-add PSF), psf_ellipticity (a sheared, band-dependent "
-    "PSF), sky_error (+- a fraction of the sky), background_gradient (a plane and local over-subtraction), "
-    "cosmic_rays (tracks surviving rejection), hot_pixels, dead_pixels, bad_columns (see --defects), "
-    "star_neighbour (a star at least 4\" from the galaxy), bleed (a saturated star's bleed trail running into "
-    "the stamp), blend (a second galaxy from the simulator), satellite (a LEO-satellite trail), misregistration "
-    "(one band shifted), correlated_noise (co-add warping), compression (RICE quantisation), depth (a shallower "
-    "co-add). Tables and sources: docs/robustness.md."
-)
+from deepadversaries.corruptions.registry import corruptions_help  # light: names and tables, no GalSim
+
+#: the ``--corruptions`` help, from the registry (built-ins and corruptions registered before the CLI is built)
+CORRUPTIONS_HELP = corruptions_help()
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:

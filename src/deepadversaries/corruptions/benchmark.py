@@ -1,6 +1,7 @@
 """The survey-corruption benchmark of a trained run: ``deepadv robustness``.
 
-Every corruption of :mod:`deepadversaries.corruptions.suite` at every chosen severity is applied to the
+Every chosen corruption of the registry (:mod:`deepadversaries.corruptions.registry`, applied by
+:mod:`deepadversaries.corruptions.suite`) at every chosen severity is applied to the
 raw test images of one domain (Y10, the default, or Y1), which are then normalised as the dataset
 says (the paper's stretch with that domain's constants, or an imported dataset's asinh/zscore) and
 classified by the run's kept model. The corruptions model LSST co-adds in electrons, so the dataset
@@ -49,9 +50,9 @@ import numpy as np
 from deepadversaries import BANDS, REFERENCE_METHOD
 from deepadversaries.attacks.evaluators import optimized_for_inference
 from deepadversaries.corruptions.error import CLEAN, corruption_errors, pool_corruptions_over_seeds
+from deepadversaries.corruptions.registry import CORRUPTIONS, table_fingerprint
 from deepadversaries.corruptions.suite import (
-    CORRUPTIONS, DEFAULT_OPTIONS, MAX_SEVERITY, SEVERITIES, CorruptionOptions, band_sky, check_bands,
-    corrupt, table_fingerprint,
+    DEFAULT_OPTIONS, MAX_SEVERITY, SEVERITIES, CorruptionOptions, band_sky, check_bands, corrupt,
 )
 from deepadversaries.data.dataset import GalaxyDataset, image_file, load_dataset
 from deepadversaries.devices import resolve_device
@@ -103,7 +104,8 @@ def robustness_dir(run: str | Path, domain: str = DOMAIN, options: CorruptionOpt
 
 # --- option parsing ------------------------------------------------------------------------------
 def parse_corruptions(spec: str | Iterable[str]) -> tuple[str, ...]:
-    """Corruption names from ``"all"``, ``"a,b"`` or a sequence of names, in table order.
+    """Corruption names from ``"all"``, ``"a,b"`` or a sequence of names, in the registry's order
+    (:data:`deepadversaries.corruptions.registry.CORRUPTIONS`, run-time registrations included).
 
     Raises:
         OptionError: an unknown name, or none given.
@@ -334,7 +336,7 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
         run: a finished run folder (``config.json``, ``checkpoints/best.pt``, ``training.json``).
         data: dataset folder [default: the one in the run's ``config.json``].
         corruptions: ``"all"``, ``"a,b"`` or a sequence of names of
-            :data:`~deepadversaries.corruptions.suite.CORRUPTIONS` [default: "all"].
+            :data:`~deepadversaries.corruptions.registry.CORRUPTIONS` [default: "all"].
         severities: ``"1-5"``, ``"1,3,5"`` or a sequence of ints in 0-5 [default: 1-5].
         seed: seed of the corruptions; the same seed gives every run the same images [default: 0].
         baseline: run whose per-image outcomes give the corruption errors [default: :func:`find_baseline`].

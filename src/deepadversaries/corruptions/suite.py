@@ -8,6 +8,9 @@ picks a row of the corruption's table in the chosen table set
 is the identity (:func:`corrupt` handles it). ``domain`` ("Y10" or "Y1") gives the depth of the
 input, from which a corruption takes the sky level, exposure time and number of visits of each
 band (:mod:`deepadversaries.simulation.survey`). docs/robustness.md has the tables with their sources.
+Each function is registered, with its tables, label and sources, by one
+:class:`~deepadversaries.corruptions.registry.CorruptionSpec` (:mod:`deepadversaries.corruptions.registry`);
+:func:`corrupt` applies any registered corruption, a run-time registration included.
 
 The co-addition model
 ---------------------
@@ -61,7 +64,7 @@ import functools
 import io
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import galsim
@@ -74,8 +77,8 @@ from deepadversaries.corruptions.tables import (
     BACKGROUND_BIN_PIXELS, BLEED_STAR_OFFSET_ARCSEC, BLEND_BANK_SIZE, BLEND_OFFSET_ARCSEC,
     COSMIC_RAY_MPV_E_PER_UM, COSMIC_RAY_RATE_CM2_MIN, COSMIC_RAY_XI_E_PER_UM, EARTH_GM_KM3_S2,
     EARTH_RADIUS_KM, FULL_WELL_E, HOT_PIXEL_RATE_E_S, PIXEL_SIZE_UM, PSF_ANGLE_SPREAD_DEG, PSF_BAND_FACTORS,
-    SATELLITE_ALTITUDE_KM, SENSOR_THICKNESS_UM, SOLAR_COLOURS, STAR_MIN_SEPARATION_ARCSEC, TABLE_SETS,
-    TABLE_UNITS, sky_error_surface_brightness, table_fingerprint,
+    SATELLITE_ALTITUDE_KM, SENSOR_THICKNESS_UM, SOLAR_COLOURS, STAR_MIN_SEPARATION_ARCSEC,
+    sky_error_surface_brightness,
 )
 from deepadversaries.corruptions.tables import (
     BAD_COLUMNS, BLEED_STAR_R_MAG, BLEND_FLUX_RATIO, COMPRESSION_Q, CORRELATED_NOISE_SIGMA_PX,
@@ -83,6 +86,7 @@ from deepadversaries.corruptions.tables import (
     PSF_ELLIPTICITY, SATELLITE_G_MAG, SEEING_FWHM_R, SKY_ERROR_FRACTION, STAR_NEIGHBOUR_R_MAG,
     BACKGROUND_GRADIENT,
 )
+from deepadversaries.corruptions.registry import CORRUPTIONS, TABLE_SET_NAMES, get_spec, table_fingerprint
 from deepadversaries.errors import OptionError, check_choice
 from deepadversaries.simulation.survey import (
     BAND_SPECS, BANDS, DEPTHS, MIRROR_DIAMETER, OBSCURATION, PIXEL_SCALE, VISIT_S, exposure_time, psf,
@@ -101,8 +105,8 @@ SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 MAX_SEVERITY = 5
 #: how detector defects are placed: per visit under dithering, masked and interpolated, or fixed
 DEFECT_PLACEMENTS = ("dithered", "masked", "no-dither")
-#: the corruptions whose placement ``CorruptionOptions.defects`` chooses
-DEFECTS = ("hot_pixels", "dead_pixels", "bad_columns")
+#: the built-in corruptions whose placement ``CorruptionOptions.defects`` chooses (their specs say so)
+DEFECTS = tuple(name for name, spec in CORRUPTIONS.items() if spec.defect_placement)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ class CorruptionOptions:
     defects: str = "dithered"
 
     def __post_init__(self) -> None:
-        check_choice(self.tables, TABLE_SETS, "table set")
+        check_choice(self.tables, TABLE_SET_NAMES, "table set")
         check_choice(self.defects, DEFECT_PLACEMENTS, "defect placement")
 
 
@@ -127,8 +131,8 @@ DEFAULT_OPTIONS = CorruptionOptions()
 
 
 def level(name: str, severity: int, options: CorruptionOptions = DEFAULT_OPTIONS) -> float:
-    """The table value of corruption ``name`` at ``severity`` (1-5) in the options' table set."""
-    return float(TABLE_SETS[options.tables][name][severity])
+    """The table value of corruption ``name`` at ``severity`` (1-5) in the options' table set (its spec's)."""
+    return float(get_spec(name).table(options.tables)[severity])
 
 
 def _as_batch(electrons: np.ndarray) -> np.ndarray:
@@ -280,7 +284,7 @@ def cosmic_rays(electrons: np.ndarray, severity: int, rng: np.random.Generator, 
     x = _as_batch(electrons)
     n, _, h, w = x.shape
     survival = level("cosmic_rays", severity, options)
-    most = max(TABLE_SETS[options.tables]["cosmic_rays"].values())
+    most = max(get_spec("cosmic_rays").table(options.tables).values())
     lam = cosmic_ray_rate(h, w, domain, bands) * most
     counts = rng.poisson(np.broadcast_to(lam, (n, len(bands))))
     total = int(counts.sum())
@@ -898,48 +902,15 @@ def background_gradient(electrons: np.ndarray, severity: int, rng: np.random.Gen
     return x
 
 
-# --- the table ----------------------------------------------------------------------------------------------------
-Corruption = Callable[..., np.ndarray]
-
-#: every corruption by name, in the benchmark's order
-CORRUPTIONS: dict[str, Corruption] = {
-    "seeing": seeing,
-    "psf_ellipticity": psf_ellipticity,
-    "sky_error": sky_error,
-    "background_gradient": background_gradient,
-    "cosmic_rays": cosmic_rays,
-    "hot_pixels": hot_pixels,
-    "dead_pixels": dead_pixels,
-    "bad_columns": bad_columns,
-    "star_neighbour": star_neighbour,
-    "bleed": bleed_trail,
-    "blend": blend,
-    "satellite": satellite,
-    "misregistration": misregistration,
-    "correlated_noise": correlated_noise,
-    "compression": compression,
-    "depth": depth,
-}
-
-#: each corruption's Rubin table, its parameter and unit (the first version's layout)
-TABLES: dict[str, tuple[dict[int, float], str, str]] = {
-    name: (TABLE_SETS["rubin"][name], *TABLE_UNITS[name]) for name in CORRUPTIONS}
-
-
+# --- labels and checks ---------------------------------------------------------------------------------------------
 def parameter_label(name: str, severity: int, options: CorruptionOptions = DEFAULT_OPTIONS) -> str:
-    """A short label of one table entry, e.g. ``'0.84"'`` or ``"q = 2"``; ``"clean"`` for severity 0."""
-    check_choice(name, CORRUPTIONS, "corruption")
+    """A short label of one table entry, e.g. ``'0.84"'`` or ``"q = 2"`` (the spec's label); ``"clean"`` for
+    severity 0."""
+    spec = get_spec(name)
     severity = check_severity(severity)
     if severity == 0:
         return "clean"
-    v = level(name, severity, options)
-    return {"hot_pixels": f"{100 * v:g} %", "dead_pixels": f"{100 * v:g} %",
-            "sky_error": f"±{100 * v:g} % sky", "cosmic_rays": f"{100 * v:g} % kept",
-            "bad_columns": f"{v:g} col", "star_neighbour": f"r = {v:g}", "bleed": f"r = {v:g}",
-            "satellite": f"g = {v:g}", "compression": f"q = {v:g}", "depth": f"{100 * v:g} % depth",
-            "seeing": f'{v:g}"', "misregistration": f"{1000 * v:g} mas", "blend": f"ratio {v:g}",
-            "psf_ellipticity": f"e = {v:g}", "background_gradient": f"{100 * v:g} % sky",
-            "correlated_noise": f"{v:g} px"}[name]
+    return spec.format(level(name, severity, options))
 
 
 def check_severity(severity: int) -> int:
@@ -969,7 +940,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generat
     Args:
         images: (N, B, H, W) or one (B, H, W) image, background-subtracted electrons in the bands
             ``bands``, unstretched.
-        name: a key of :data:`CORRUPTIONS`.
+        name: a registered corruption (:data:`deepadversaries.corruptions.registry.CORRUPTIONS`).
         severity: 0-5; 0 returns an unchanged float32 copy.
         rng: a ``numpy.random.Generator`` (or a seed for ``numpy.random.default_rng``).
         domain: the depth of ``images``, "Y10" or "Y1" [default: "Y10"].
@@ -982,7 +953,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generat
     Raises:
         OptionError: unknown corruption, domain or band, severity outside 0-5, images not (N, B, H, W).
     """
-    check_choice(name, CORRUPTIONS, "corruption")
+    spec = get_spec(name)
     severity = check_severity(severity)
     check_choice(domain, DEPTHS, "domain")
     bands = check_bands(bands)
@@ -996,5 +967,5 @@ def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generat
         out = np.array(batch, dtype=np.float32, copy=True)
     else:
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        out = CORRUPTIONS[name](batch, severity, generator, domain, bands, options)
+        out = spec.apply(batch, severity, generator, domain, bands, options)
     return out[0] if single else out

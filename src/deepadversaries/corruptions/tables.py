@@ -1,6 +1,6 @@
 """The severity tables and detector/site constants of the survey corruptions, with their sources.
 
-Two table sets (``TABLE_SETS``):
+Two table sets (:data:`deepadversaries.corruptions.registry.TABLE_SET_NAMES`):
 
 - ``"rubin"`` (the default): severities for a co-add at the dataset's depth, derived from
   Rubin/LSST numbers (SRD LPM-17, SMTN-016, obs_base ``policy/writeRecipes.yaml``, Tyson et al.
@@ -10,10 +10,11 @@ Two table sets (``TABLE_SETS``):
   unmasked bright satellites, lossy compression beyond Rubin's recipe), kept as an explicit
   stress test (``deepadv robustness --stress``).
 
-A table maps severity 1-5 to the corruption's parameter (unit in :data:`TABLE_UNITS`). This
-module holds numbers only (no I/O, no randomness); :mod:`deepadversaries.corruptions.suite` applies
-them. docs/robustness.md prints every table; ``tests/test_corruptions.py`` pins them to the
-docs' values.
+A table maps severity 1-5 to the corruption's parameter; each corruption's
+:class:`~deepadversaries.corruptions.registry.CorruptionSpec` names its tables here, with the
+parameter's name and unit. This module holds numbers only (no I/O, no randomness);
+:mod:`deepadversaries.corruptions.suite` applies them. docs/robustness.md prints every
+table; ``tests/test_corruptions.py`` pins them to the docs' values.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 
 from deepadversaries.simulation.survey import FULL_WELL_ELECTRONS
 
@@ -119,6 +121,7 @@ BACKGROUND_GRADIENT = {1: 0.0001, 2: 0.0002, 3: 0.0005, 4: 0.001, 5: 0.002}
 CORRELATED_NOISE_SIGMA_PX = {1: 0.3, 2: 0.4, 3: 0.5, 4: 0.6, 5: 0.8}
 
 # --- the stress set: the first version's levels (single bad visits, unmasked trails) -------------
+#: the built-in corruptions' stress tables by name (a new corruption gives its own on its spec)
 STRESS_TABLES: dict[str, dict[int, float]] = {
     "seeing": {1: 0.84, 2: 0.98, 3: 1.12, 4: 1.26, 5: 1.40},
     "sky_error": {1: 0.0005, 2: 0.001, 3: 0.002, 4: 0.005, 5: 0.01},
@@ -138,59 +141,18 @@ STRESS_TABLES: dict[str, dict[int, float]] = {
     "correlated_noise": {1: 0.8, 2: 1.0, 3: 1.2, 4: 1.5, 5: 2.0},
 }
 
-RUBIN_TABLES: dict[str, dict[int, float]] = {
-    "seeing": SEEING_FWHM_R,
-    "sky_error": SKY_ERROR_FRACTION,
-    "cosmic_rays": COSMIC_RAY_SURVIVAL,
-    "hot_pixels": HOT_PIXEL_FRACTION,
-    "dead_pixels": DEAD_PIXEL_FRACTION,
-    "bad_columns": BAD_COLUMNS,
-    "star_neighbour": STAR_NEIGHBOUR_R_MAG,
-    "bleed": BLEED_STAR_R_MAG,
-    "satellite": SATELLITE_G_MAG,
-    "misregistration": MISREGISTRATION_ARCSEC,
-    "compression": COMPRESSION_Q,
-    "depth": DEPTH_FRACTION,
-    "blend": BLEND_FLUX_RATIO,
-    "psf_ellipticity": PSF_ELLIPTICITY,
-    "background_gradient": BACKGROUND_GRADIENT,
-    "correlated_noise": CORRELATED_NOISE_SIGMA_PX,
-}
-
-#: the table sets by name: "rubin" (default) and "stress"
-TABLE_SETS: dict[str, dict[str, dict[int, float]]] = {"rubin": RUBIN_TABLES, "stress": STRESS_TABLES}
-
-#: each corruption's parameter and unit
-TABLE_UNITS: dict[str, tuple[str, str]] = {
-    "seeing": ("r-band zenith seeing FWHM of the co-add", "arcsec"),
-    "sky_error": ("sky-subtraction error", "fraction of sky"),
-    "cosmic_rays": ("tracks surviving rejection", "fraction"),
-    "hot_pixels": ("hot pixels missed by the mask", "fraction of pixels per visit"),
-    "dead_pixels": ("dead pixels missed by the mask", "fraction of pixels per visit"),
-    "bad_columns": ("bad columns missed by the mask", "columns per stamp per visit"),
-    "star_neighbour": ("neighbouring star", "r mag"),
-    "bleed": ("saturated star outside the stamp", "r mag"),
-    "satellite": ("satellite trail", "g mag"),
-    "misregistration": ("band shift", "arcsec"),
-    "compression": ("quantisation level q", "noise / step"),
-    "depth": ("depth", "fraction of the domain's exposure"),
-    "blend": ("neighbour galaxy", "flux ratio to the primary (r)"),
-    "psf_ellipticity": ("PSF ellipticity in r", "|e|"),
-    "background_gradient": ("background plane across the stamp", "fraction of sky"),
-    "correlated_noise": ("warping-kernel RMS", "pixels"),
-}
-
-
 def sky_error_surface_brightness(fraction: float, sky_mag_arcsec2: float) -> float:
     """The surface brightness (mag/arcsec^2) of a sky error of ``fraction`` of a sky of
     ``sky_mag_arcsec2``: sky - 2.5 log10(fraction)."""
     return float(sky_mag_arcsec2 - 2.5 * math.log10(fraction))
 
 
-def table_fingerprint(table_set: str = "rubin") -> str:
-    """A short hash of one table set and every constant: equal fingerprints, the same corruptions."""
+def fingerprint(tables: Mapping[str, Mapping[int, float]]) -> str:
+    """A short hash of one table set (corruption name -> severity table, as
+    :func:`deepadversaries.corruptions.registry.table_set` gives it) and of every constant here: equal
+    fingerprints, the same corruptions."""
     content = {
-        "tables": {name: {str(s): v for s, v in table.items()} for name, table in TABLE_SETS[table_set].items()},
+        "tables": {name: {str(s): v for s, v in table.items()} for name, table in tables.items()},
         "constants": [PIXEL_SIZE_UM, SENSOR_THICKNESS_UM, FULL_WELL_E, COSMIC_RAY_RATE_CM2_MIN,
                       COSMIC_RAY_MPV_E_PER_UM, COSMIC_RAY_XI_E_PER_UM, list(HOT_PIXEL_RATE_E_S),
                       SATELLITE_ALTITUDE_KM, list(SOLAR_COLOURS), STAR_MIN_SEPARATION_ARCSEC,

@@ -5,9 +5,10 @@
   the clean image's stretch range mapped to [0, 1] (drawn as one mosaic: fast); other band
   counts: one band in grey, two as (second, mean, first), more as (last, middle, first);
   another normalisation than the paper's (``to_input``) maps the clean panel's 0.5-99.5
-  percentiles to [0, 1];
+  percentiles to [0, 1]; each panel's text is the corruption spec's label of its table entry;
 - :func:`plot_accuracy_curves`: one panel per corruption plus the mean over corruptions,
-  accuracy against severity (0 = clean), one line per run/method.
+  accuracy against severity (0 = clean), one line per run/method, the panels in the registry's
+  order (:data:`deepadversaries.corruptions.registry.CORRUPTIONS`).
 
 Each ``*_figure`` function returns the matplotlib figure (for inspection); each ``plot_*``
 function saves it atomically as PNG and returns the path.
@@ -24,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from deepadversaries import BANDS
+from deepadversaries.corruptions.registry import CORRUPTIONS
 from deepadversaries.corruptions.suite import (
-    CORRUPTIONS, DEFAULT_OPTIONS, MAX_SEVERITY, CorruptionOptions, corrupt, parameter_label,
+    DEFAULT_OPTIONS, MAX_SEVERITY, CorruptionOptions, corrupt, parameter_label,
 )
 from deepadversaries.data.dataset import apply_stretch
 from deepadversaries.errors import OptionError
@@ -113,7 +115,7 @@ def corruption_grid_figure(image: np.ndarray, lo: float | None, hi: float | None
         image: (B, H, W) raw electrons (g, r, i, or ``bands``) of one galaxy at the depth of ``domain``.
         lo: low stretch constant (electrons) of the domain (None with ``to_input``).
         hi: high stretch constant (electrons) of the domain (None with ``to_input``).
-        corruptions: rows, names of :data:`~deepadversaries.corruptions.suite.CORRUPTIONS` [default: all].
+        corruptions: rows, names of :data:`~deepadversaries.corruptions.registry.CORRUPTIONS` [default: all].
         severities: columns [default: 0-5; 0 is the clean image].
         seed: seed of the corruptions (see :func:`corruption_grid_mosaic`) [default: 0].
         domain: depth of ``image``, "Y10" or "Y1" [default: "Y10"].

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from deepadversaries import CLASSES, SPLITS, __version__
 from deepadversaries.simulation import galaxies, morphology, survey
 from deepadversaries.config import SPLIT_MODES, SimulateConfig
 from deepadversaries.data.dataset import STRETCH_SAMPLE, image_file, label_file, stretch_constants
+from deepadversaries.data.writer import catalog_file, check_output_folder, clear_dataset_files, reserve_blocks
 from deepadversaries.errors import DeepAdvError, OptionError, check_choice, choice_list, file_error
 from deepadversaries.io import (
     LOCK_NAME, OutputLock, atomic_path, read_json, remove_temporaries, write_csv, write_json, write_npy,
@@ -317,17 +317,9 @@ def plan_splits(targets: np.ndarray, seed: int, split_mode: str) -> dict[str, li
 # -- the output folder ----------------------------------------------------------------
 
 
-def _dataset_files() -> list[str]:
-    names = ["dataset.json"]
-    for split in SPLITS:
-        names += [image_file("Y10", split), image_file("Y1", split), label_file(split), f"catalog_{split}.csv"]
-    return names
-
-
 def _clear(out: Path) -> None:
     """Remove the dataset files and the work folder (never anything else)."""
-    for name in _dataset_files():
-        (out / name).unlink(missing_ok=True)
+    clear_dataset_files(out)
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
 
@@ -361,18 +353,6 @@ def _prepare_folder(out: Path, record: dict[str, Any], overwrite: bool) -> bool:
     return False
 
 
-def _check_writable(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise file_error(out, "exists and is not a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise file_error(out, f"cannot create the output folder ({parent} is not a folder)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise file_error(out, "cannot write there (permission denied)")
-
-
 def _iter_results(tasks: list[tuple], workers: int) -> Iterator[tuple[int, int, dict[str, float]]]:
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
@@ -387,17 +367,6 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     p = np.percentile(values, [5, 16, 50, 84, 95])
     return {"median": float(p[2]), "p5": float(p[0]), "p16": float(p[1]), "p84": float(p[3]), "p95": float(p[4]),
             "min": float(values.min()), "max": float(values.max())}
-
-
-def _reserve(path: Path) -> None:
-    """Allocate a memory-mapped file's blocks now, so that a full disk fails here with ENOSPC
-    (a clear error) instead of killing the process with SIGBUS on a later write to the map."""
-    if hasattr(os, "posix_fallocate"):
-        fd = os.open(path, os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
 
 
 def _assemble(out: Path, config: SimulateConfig, record: dict[str, Any], targets: np.ndarray,
@@ -415,7 +384,7 @@ def _assemble(out: Path, config: SimulateConfig, record: dict[str, Any], targets
     for split in SPLITS:
         labels = np.array([CLASSES.index(r["label"]) for r in rows[split]], dtype=np.int64)
         write_npy(out / label_file(split), np.eye(len(CLASSES), dtype=np.float32)[labels])
-        write_csv(out / f"catalog_{split}.csv", rows[split], CATALOG_FIELDS)
+        write_csv(out / catalog_file(split), rows[split], CATALOG_FIELDS)
         counts[split] = {**{c: int((labels == i).sum()) for i, c in enumerate(CLASSES)}, "total": len(labels)}
         counts[split]["galaxies"] = len({r["galaxy_id"] for r in rows[split]})
     galaxy_rows.sort(key=lambda r: r["galaxy_id"])
@@ -449,7 +418,7 @@ def _write_images(out: Path, plan: dict[str, list[tuple[int, str]]], where: dict
                 tmp = stack.enter_context(atomic_path(out / image_file(domain, split)))
                 arrays[domain, split] = np.lib.format.open_memmap(
                     tmp, mode="w+", dtype=np.float32, shape=(len(plan[split]), len(survey.BANDS), size, size))
-                _reserve(tmp)
+                reserve_blocks(tmp)
         for index in range(n_shards):
             y10, y1, shard_rows = _load_shard(_shard_path(work, index))
             for k, row in enumerate(shard_rows):
@@ -509,7 +478,7 @@ def simulate_dataset(out: str | Path, config: SimulateConfig | None = None, *, w
     record = dataset_config(config)
     if isinstance(workers, bool) or int(workers) < 1:
         raise OptionError(f"--workers must be at least 1, got {workers}")
-    _check_writable(out)
+    check_output_folder(out)
     start = time.perf_counter()
     with OutputLock(out, "simulate"):
         remove_temporaries(out)
