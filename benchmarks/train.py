@@ -46,7 +46,7 @@ from lightning.pytorch.callbacks import Callback
 from deepadversaries.training.adversarial import one_pixel_adversarial_batch
 from deepadversaries.config import TrainConfig
 from deepadversaries.devices import resolve_device
-from deepadversaries.adaptation.losses import alignment_loss
+from deepadversaries.adaptation.mmd import alignment_loss
 from deepadversaries.models.networks import build_model
 from deepadversaries.progress import quiet_lightning
 from deepadversaries.training.train import (

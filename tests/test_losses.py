@@ -14,7 +14,7 @@ from scipy.spatial.distance import cdist
 from sklearn.utils.class_weight import compute_class_weight
 
 from deepadversaries.errors import DeepAdvError, OptionError
-from deepadversaries.adaptation.losses import (ALIGNMENT_MEASURES, DEFAULT_SIGMAS2, METHOD_SPECS, METHODS, AlignmentLoss,
+from deepadversaries.adaptation.mmd import (ALIGNMENT_MEASURES, DEFAULT_SIGMAS2, METHOD_SPECS, METHODS, AlignmentLoss,
                                     CORALLoss, DANNLoss, DomainClassifier, GaussianKernels, GradientReversal,
                                     MMDLoss, alignment_loss, alignment_measure, class_weights, coral_distance,
                                     dann_lambda, gradient_reversal, method_spec, mmd2, pairwise_sq_distances,

@@ -345,7 +345,7 @@ class TrainConfig:
 
     @property
     def alignment_settings(self) -> dict[str, Any]:
-        """The settings of the method's alignment term (:func:`deepadversaries.adaptation.losses.alignment_loss`)."""
+        """The settings of the method's alignment term (:func:`deepadversaries.adaptation.mmd.alignment_loss`)."""
         return {"mmd_weight": self.mmd_weight, "mmd_sigmas2": self.mmd_sigmas2, "mmd_estimator": self.mmd_estimator,
                 "coral_weight": self.coral_weight, "dann_weight": self.dann_weight}
 

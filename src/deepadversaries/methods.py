@@ -1,6 +1,6 @@
 """The training methods as values: what each needs, its weight setting and its cited default.
 
-Plain data, no torch: configs, stages and reports read it; :mod:`deepadversaries.adaptation.losses`
+Plain data, no torch: configs, stages and reports read it; :mod:`deepadversaries.adaptation.mmd`
 builds each method's alignment term. ``METHODS`` is the package's list
 (:data:`deepadversaries.METHODS`).
 

@@ -49,7 +49,7 @@ from deepadversaries.io import (
 )
 from deepadversaries.adaptation.adabn import adapt_batchnorm, batchnorm_layers, check_adabn_model
 from deepadversaries.training.adversarial import one_pixel_adversarial_batch
-from deepadversaries.adaptation.losses import GaussianKernels, MMDLoss, alignment_loss, class_weights
+from deepadversaries.adaptation.mmd import GaussianKernels, MMDLoss, alignment_loss, class_weights
 from deepadversaries.methods import method_spec
 from deepadversaries.models.networks import (
     PAPER_SHAPE, build_model, check_model_available, load_checkpoint, model_from_checkpoint,
@@ -260,7 +260,7 @@ class GalaxyClassifierModule(L.LightningModule):
     A method that adapts during training (``mmd``, ``dann``, ``coral``:
     :mod:`deepadversaries.methods`) concatenates each labelled Y10 batch with an unlabelled Y1
     batch of the same size, makes ONE forward pass over both and adds
-    ``term, logs = alignment(z_Y10, z_Y1)`` (:func:`deepadversaries.adaptation.losses.alignment_loss`)
+    ``term, logs = alignment(z_Y10, z_Y1)`` (:func:`deepadversaries.adaptation.mmd.alignment_loss`)
     to the loss; DANN's domain classifier is a submodule trained by the same optimiser. The
     validation MMD² (the paper's kernels) is logged for every method, for information.
     """
