@@ -46,14 +46,12 @@ from lightning.pytorch.callbacks import Callback
 from deepadversaries.training.adversarial import one_pixel_adversarial_batch
 from deepadversaries.config import TrainConfig
 from deepadversaries.devices import resolve_device
-from deepadversaries.adaptation.losses import alignment_loss
+from deepadversaries.adaptation.alignment import alignment_loss
 from deepadversaries.models.networks import build_model
 from deepadversaries.progress import quiet_lightning
-from deepadversaries.training.train import (
-    GalaxyClassifierModule,
-    GalaxyDataModule,
-    make_trainer,
-)
+from deepadversaries.training.datamodule import GalaxyDataModule
+from deepadversaries.training.module import GalaxyClassifierModule
+from deepadversaries.training.train import make_trainer
 
 CLASS_WEIGHTS = [0.58, 1.02, 3.3]
 
@@ -93,7 +91,7 @@ def bare_loop(config: dict, tensors: dict, device: torch.device, warmup: int, st
                                  weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=warmup + steps)
     weight = torch.tensor(CLASS_WEIGHTS, device=device)
-    alignment = alignment_loss(config.method, **config.alignment_settings)
+    alignment = alignment_loss(config.method, config.method_settings)
     if alignment is not None:
         alignment = alignment.to(device)
         optimizer.add_param_group({"params": list(alignment.parameters())})

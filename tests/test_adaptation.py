@@ -17,7 +17,9 @@ from torch import nn
 
 from deepadversaries.adaptation.adabn import adapt_batchnorm, batchnorm_layers
 from deepadversaries.errors import OptionError
-from deepadversaries.adaptation.losses import alignment_loss, alignment_measure, mmd2_measure
+from deepadversaries.adaptation.alignment import alignment_loss
+from deepadversaries.adaptation.measures import alignment_measure
+from deepadversaries.adaptation.mmd import mmd2_measure
 from deepadversaries.models.networks import ConvNet, ResNet18
 
 BN_STATS = ("running_mean", "running_var")

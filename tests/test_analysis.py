@@ -622,7 +622,8 @@ def test_cli_refuses_runs_of_different_models_datasets_or_the_same_method(toy_ca
     other = _copy_run(toy_campaign["mmd"], tmp_path / "other")
     config = json.loads((other / "config.json").read_text())
     for change, words in (({"model": "resnet18"}, "differs from the regular run"), ({"data": str(tmp_path)}, "dataset"),
-                          ({"method": "regular"}, "both runs were trained with method 'regular'")):
+                          ({"method": "regular", "method_settings": {}},  # regular has no settings
+                           "both runs were trained with method 'regular'")):
         (other / "config.json").write_text(json.dumps({**config, **change}))
         code = main(["analyze", "--regular", str(regular), "--adapted", str(other), "--out", str(tmp_path / "a")])
         err = capsys.readouterr().err

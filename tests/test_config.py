@@ -52,8 +52,9 @@ def test_train_presets_are_the_documented_numbers():
     # the paper's weight decay and λ by method
     assert TrainConfig.from_preset("tiny").weight_decay == 1e-3
     mmd = TrainConfig.from_preset("tiny", method="mmd")
-    assert (mmd.weight_decay, mmd.mmd_weight, mmd.mmd_estimator) == (1e-4, 0.05, "unbiased")
-    assert TrainConfig.from_preset("tiny").mmd_weight == 0.0
+    assert (mmd.weight_decay, mmd.method_settings["weight"], mmd.method_settings["estimator"]) == (1e-4, 0.05,
+                                                                                                    "unbiased")
+    assert TrainConfig.from_preset("tiny").method_settings == {}
     # channels_last: on for the ConvNet, and for every model on a GPU
     assert TrainConfig.from_preset("tiny").channels_last
     assert not TrainConfig.from_preset("tiny", model="resnet18").channels_last
@@ -62,8 +63,8 @@ def test_train_presets_are_the_documented_numbers():
 
 def test_train_overrides_are_typed_and_recorded():
     c = TrainConfig.from_preset("tiny", method="mmd", epochs=5, lr=2e-3, mmd_weight=1, batch_size=None)
-    assert (c.epochs, c.lr, c.mmd_weight, c.batch_size) == (5, 2e-3, 1.0, 32)
-    assert isinstance(c.mmd_weight, float) and c.overridden == ("epochs", "lr", "mmd_weight")
+    assert (c.epochs, c.lr, c.method_settings["weight"], c.batch_size) == (5, 2e-3, 1.0, 32)
+    assert isinstance(c.method_settings["weight"], float) and c.overridden == ("epochs", "lr", "mmd_weight")
     assert TrainConfig.from_preset("tiny").overridden == ()
     round_trip = TrainConfig.from_json(json.loads(json.dumps(c.to_json())))
     assert round_trip == c and c.to_json()["preset_note"] == c.note

@@ -13,12 +13,18 @@ import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 from sklearn.utils.class_weight import compute_class_weight
 
+from deepadversaries import METHODS
+from deepadversaries.adaptation.alignment import alignment_loss
+from deepadversaries.adaptation.coral import CORALLoss, coral_distance
+from deepadversaries.adaptation.dann import DANNLoss, DomainClassifier, dann_lambda
+from deepadversaries.adaptation.measures import ALIGNMENT_MEASURES, alignment_measure, proxy_a_distance
+from deepadversaries.adaptation.mmd import MMDLoss, mmd2
+from deepadversaries.adaptation.modules import (
+    DEFAULT_SIGMAS2, AlignmentLoss, GaussianKernels, GradientReversal, gradient_reversal, pairwise_sq_distances,
+)
 from deepadversaries.errors import DeepAdvError, OptionError
-from deepadversaries.adaptation.losses import (ALIGNMENT_MEASURES, DEFAULT_SIGMAS2, METHOD_SPECS, METHODS, AlignmentLoss,
-                                    CORALLoss, DANNLoss, DomainClassifier, GaussianKernels, GradientReversal,
-                                    MMDLoss, alignment_loss, alignment_measure, class_weights, coral_distance,
-                                    dann_lambda, gradient_reversal, method_spec, mmd2, pairwise_sq_distances,
-                                    proxy_a_distance)
+from deepadversaries.methods import METHOD_SPECS, method_spec
+from deepadversaries.training.class_weights import class_weights
 
 
 def test_class_weights_formula():
@@ -287,46 +293,53 @@ def test_domain_classifier_sees_both_domains_in_each_step():
 # the registry
 # ----------------------------------------------------------------------------------------------
 def test_methods_and_their_cited_defaults():
-    assert METHODS == ("regular", "mmd", "dann", "coral", "adabn", "adv-1p")
-    weights = {m: (s.weight_setting, s.default_weight) for m, s in METHOD_SPECS.items()}
-    assert weights == {"regular": (None, None), "mmd": ("mmd_weight", 0.05), "dann": ("dann_weight", 1.0),
-                       "coral": ("coral_weight", 1.0), "adabn": (None, None), "adv-1p": (None, None)}
-    assert {m: s.adversarial_share for m, s in METHOD_SPECS.items()} == {
+    assert METHODS == ("regular", "mmd", "coral", "dann", "adabn", "adv-1p")
+    defaults = {m: dict(s.defaults()) for m, s in METHOD_SPECS.items() if m in METHODS}
+    assert defaults == {"regular": {}, "mmd": {"weight": 0.05, "estimator": "unbiased", "sigmas2": DEFAULT_SIGMAS2},
+                        "coral": {"weight": 1.0}, "dann": {"weight": 1.0, "gamma": 10.0, "hidden": 256},
+                        "adabn": {}, "adv-1p": {}}
+    assert {m: METHOD_SPECS[m].adversarial_share for m in METHODS} == {
         "regular": 0.0, "mmd": 0.0, "dann": 0.0, "coral": 0.0, "adabn": 0.0, "adv-1p": 0.5}
-    assert [m for m in METHODS if METHOD_SPECS[m].adapts_in_training] == ["mmd", "dann", "coral"]
+    assert [m for m in METHODS if METHOD_SPECS[m].adapts_in_training] == ["mmd", "coral", "dann"]
     assert [m for m in METHODS if METHOD_SPECS[m].adapts_before_inference] == ["adabn"]
-    for spec in METHOD_SPECS.values():
+    for m in METHODS:
+        spec = METHOD_SPECS[m]
         assert spec.measure in ALIGNMENT_MEASURES and spec.reference
         assert "Y10 validation accuracy" in spec.checkpoint_criterion and "no Y1 label" in spec.checkpoint_criterion
-        assert (spec.weight_setting is None) == (spec.default_weight is None) == (not spec.weight_source)
+        assert all(s.source and s.help for s in spec.settings)  # every default cites where it comes from
+        assert bool(spec.logs) == spec.adapts_in_training
     assert alignment_loss("regular") is None and alignment_loss("adabn") is None and alignment_loss("adv-1p") is None
 
 
 def test_bad_methods_and_weights_are_option_errors():
-    with pytest.raises(OptionError, match="unknown method 'cdan'; choose one of regular, mmd, dann, coral, adabn, adv-1p"):
+    with pytest.raises(OptionError, match="unknown method 'cdan'; choose one of regular, mmd, coral, dann, adabn, adv-1p"):
         alignment_loss("cdan")
     with pytest.raises(OptionError, match="unknown method"):
         method_spec("MMD")
     for method, key in (("mmd", "mmd_weight"), ("coral", "coral_weight"), ("dann", "dann_weight")):
         for bad in (-0.1, float("nan"), float("inf"), "heavy", True):
             with pytest.raises(OptionError, match=key.replace("_", "-")) as info:
-                alignment_loss(method, **{key: bad})
+                alignment_loss(method, {"weight": bad})
             assert info.value.exit_code == 2 and "\n" not in str(info.value)
-        assert alignment_loss(method, **{key: 0.0}).weight == 0.0
-    with pytest.raises(OptionError, match="unknown alignment setting 'mmd_wieght'"):
-        alignment_loss("mmd", mmd_wieght=0.1)
-    with pytest.raises(OptionError, match="unknown MMD estimator"):
-        alignment_loss("mmd", mmd_estimator="median")
+        assert alignment_loss(method, {"weight": 0.0}).weight == 0.0
+    with pytest.raises(OptionError, match="unknown setting 'wieght' of --method mmd; its settings: weight, estimator"):
+        alignment_loss("mmd", {"wieght": 0.1})
+    with pytest.raises(OptionError, match="unknown --mmd-estimator 'median'"):
+        alignment_loss("mmd", {"estimator": "median"})
+    with pytest.raises(OptionError, match="--mmd-sigmas2 must be greater than 0"):
+        alignment_loss("mmd", {"sigmas2": (1.0, 0.0)})
+    with pytest.raises(OptionError, match="--dann-hidden must be an integer"):
+        alignment_loss("dann", {"hidden": 2.5})
 
 
 def test_mmd_alignment_is_the_paper_term_bit_for_bit():
     gen = torch.Generator().manual_seed(8)
     zs, zt = torch.randn(16, 256, generator=gen), torch.randn(16, 256, generator=gen) * 1.3
-    align = alignment_loss("mmd", mmd_weight=0.05, coral_weight=3.0, dann_weight=None)  # others' settings ignored
+    align = alignment_loss("mmd", {"weight": 0.05, "estimator": None})  # None: the default
     term, logs = align(zs, zt)
     value = MMDLoss(GaussianKernels(DEFAULT_SIGMAS2), estimator="unbiased")(zs, zt)
     assert torch.equal(term, 0.05 * value) and torch.equal(logs["mmd2"], value)
-    assert alignment_loss("mmd", mmd_estimator="biased").loss.estimator == "biased"
+    assert alignment_loss("mmd", {"estimator": "biased"}).loss.estimator == "biased"
 
 
 @pytest.mark.parametrize("method", ["mmd", "coral", "dann"])
@@ -334,7 +347,7 @@ def test_every_alignment_has_the_common_call(method):
     torch.manual_seed(9)
     align = alignment_loss(method, latent_dim=12)
     assert isinstance(align, AlignmentLoss) and align.method == method
-    assert align.weight == METHOD_SPECS[method].default_weight
+    assert align.weight == METHOD_SPECS[method].setting("weight").default
     gen = torch.Generator().manual_seed(9)
     zs = torch.randn(10, 12, generator=gen, requires_grad=True)
     zt = torch.randn(10, 12, generator=gen) + 0.5
@@ -346,7 +359,7 @@ def test_every_alignment_has_the_common_call(method):
     assert zs.grad is not None and zs.grad.abs().sum() > 0
     with pytest.raises(OptionError, match="progress"):
         align.set_progress(1.5)
-    doubled = alignment_loss(method, latent_dim=12, **{f"{method}_weight": 2.0})
+    doubled = alignment_loss(method, {"weight": 2.0}, latent_dim=12)
     doubled.load_state_dict(align.state_dict())
     doubled.set_progress(0.4)
     assert doubled(zs, zt)[0].item() == pytest.approx(2.0 * term.item() / align.weight, rel=1e-6)
@@ -355,6 +368,11 @@ def test_every_alignment_has_the_common_call(method):
 def test_dann_alignment_logs_the_schedule_and_owns_the_classifier():
     align = alignment_loss("dann", latent_dim=4)
     assert sum(p.numel() for p in align.parameters()) == (4 * 256 + 256) + (256 * 256 + 256) + (256 + 1)
+    # its settings reach the term: the hidden width and the schedule's gamma
+    narrow = alignment_loss("dann", {"hidden": 8, "gamma": 2.0}, latent_dim=4)
+    assert sum(p.numel() for p in narrow.parameters()) == (4 * 8 + 8) + (8 * 8 + 8) + (8 + 1)
+    narrow.set_progress(0.5)
+    assert narrow.loss.coeff == pytest.approx(2 / (1 + math.exp(-2.0 * 0.5)) - 1, rel=1e-12)
     gen = torch.Generator().manual_seed(10)
     zs, zt = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
     for p in (0.0, 0.25, 1.0):

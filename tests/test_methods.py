@@ -44,10 +44,13 @@ def _log(run) -> list[dict[str, str]]:
 
 
 def test_weights_belong_to_their_method():
-    assert TrainConfig.from_preset("quick", method="coral").coral_weight == 1.0
-    assert TrainConfig.from_preset("quick", method="dann").dann_weight == 1.0
-    assert TrainConfig.from_preset("quick", method="mmd").mmd_weight == 0.05
-    assert TrainConfig.from_preset("quick", method="coral", coral_weight=0.5).coral_weight == 0.5
+    assert TrainConfig.from_preset("quick", method="coral").method_settings == {"weight": 1.0}
+    assert TrainConfig.from_preset("quick", method="dann").method_settings == {"weight": 1.0, "gamma": 10.0, "hidden": 256}
+    assert TrainConfig.from_preset("quick", method="mmd").method_settings["weight"] == 0.05
+    assert TrainConfig.from_preset("quick", method="coral", coral_weight=0.5).method_settings == {"weight": 0.5}
+    assert TrainConfig.from_preset("quick", method="coral", method_settings={"weight": 0.5}).method_settings == \
+        {"weight": 0.5}
+    assert TrainConfig.from_preset("quick", method="regular").method_settings == {}
     with pytest.raises(OptionError, match="belongs to another method"):
         TrainConfig.from_preset("quick", method="mmd", coral_weight=2.0)
     with pytest.raises(OptionError, match="non-negative"):
@@ -88,7 +91,7 @@ def test_dann_trains_its_domain_classifier(runs):
     import lightning as L
 
     from deepadversaries.models.runs import read_run_config
-    from deepadversaries.training.train import GalaxyClassifierModule
+    from deepadversaries.training.module import GalaxyClassifierModule
 
     run = runs["dann"][0]
     config = read_run_config(run)

@@ -450,11 +450,11 @@ def test_tiny_runs_use_the_tiny_presets(tiny):
     lay = Layout(tiny["out"])
     dataset = read_json(lay.data() / "dataset.json")
     assert (dataset["config"]["preset"], dataset["config"]["n_galaxies"], dataset["seed"]) == ("tiny", 60, 0)
-    for method, (decay, lam) in (("regular", (1e-3, 0.0)), ("mmd", (1e-4, 0.05))):
+    for method, (decay, lam) in (("regular", (1e-3, None)), ("mmd", (1e-4, 0.05))):
         config = read_json(lay.run("convnet", method) / "config.json")
         assert (config["preset"], config["method"], config["seed"], config["epochs"], config["lr"]) == \
             ("tiny", method, 0, 3, 1e-3)
-        assert (config["weight_decay"], config["mmd_weight"]) == (decay, lam)
+        assert (config["weight_decay"], config["method_settings"].get("weight")) == (decay, lam)
         settings = read_json(lay.run("convnet", method) / "attack" / "summary.json")["settings"]
         assert {k: settings[k] for k in ("preset", "n_images", "pop_size", "max_iter", "seed")} == \
             {"preset": "tiny", "n_images": 6, "pop_size": 40, "max_iter": 4, "seed": 0}

@@ -31,13 +31,9 @@ from deepadversaries.evaluation.evaluate import evaluate_run
 from deepadversaries.models.networks import build_model
 from deepadversaries.progress import quiet_lightning
 from deepadversaries.models.runs import read_run_config
-from deepadversaries.training.train import (
-    GalaxyClassifierModule,
-    GalaxyDataModule,
-    IndexBatches,
-    make_trainer,
-    train_model,
-)
+from deepadversaries.training.datamodule import GalaxyDataModule, IndexBatches
+from deepadversaries.training.module import GalaxyClassifierModule, log_columns
+from deepadversaries.training.train import make_trainer, train_model
 
 #: SPEC 5's kernel widths sigma^2 of the multi-kernel MMD, written out
 SIGMAS2 = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 100.0, 1e3, 1e4, 1e5, 1e6)
@@ -52,7 +48,7 @@ def _rows(run):
 
 
 def _losses(rows):
-    keys = [k for k in training.LOG_COLUMNS if k not in ("epoch_seconds", "epoch_cpu_seconds")]
+    keys = [k for k in log_columns() if k not in ("epoch_seconds", "epoch_cpu_seconds")]
     return np.array([[r[k] for k in keys] for r in rows])
 
 
@@ -83,7 +79,7 @@ def test_run_folder_contract(regular_run, toy_dataset):
     train = config.train
     assert (train.lr, train.betas, train.epochs, train.batch_size, train.weight_decay) == (1e-3, (0.9, 0.999), 3, 32,
                                                                                           1e-3)
-    assert train.mmd_weight == 0.0 and stored["lr"] == 0.001
+    assert train.method_settings == {} and stored["method_settings"] == {} and stored["lr"] == 0.001
     # the kept checkpoint loads with weights_only=True and is the best Y10 validation accuracy
     ckpt = torch.load(regular_run / "checkpoints" / "best.pt", weights_only=True)
     assert {"model", "state_dict", "epoch", "val_acc"} <= set(ckpt)
@@ -102,8 +98,9 @@ def test_run_folder_contract(regular_run, toy_dataset):
 def test_mmd_run_records_the_papers_settings_and_both_loss_terms(mmd_run):
     config = read_run_config(mmd_run)
     assert config.method == "mmd" and config.train.uses_target_domain
-    assert (config.train.mmd_weight, config.train.weight_decay) == (0.05, 1e-4)  # the paper's λ and weight decay
-    assert config.train.mmd_sigmas2 == pytest.approx(SIGMAS2)
+    settings = config.train.method_settings
+    assert (settings["weight"], config.train.weight_decay) == (0.05, 1e-4)  # the paper's λ and weight decay
+    assert settings["sigmas2"] == pytest.approx(SIGMAS2) and settings["estimator"] == "unbiased"
     assert config.domains == ("Y10", "Y1")
     for row in _rows(mmd_run):
         assert math.isfinite(row["train_ce"]) and math.isfinite(row["train_mmd2"]) and math.isfinite(row["val_mmd2"])
@@ -204,7 +201,7 @@ def test_mmd_steps_bring_the_two_domains_latents_together(toy_dataset):
             return mmd2_by_hand(model.embed(probe["Y10"]).numpy(), model.embed(probe["Y1"]).numpy())
 
     regular = mmd2_after("regular")
-    without_term = mmd2_after("mmd", mmd_weight=0.0)
+    without_term = mmd2_after("mmd", mmd_weight=0.0)  # a method setting by its flat name, as --mmd-weight
     adapted = mmd2_after("mmd")
     assert regular > 0.05 and without_term > 0.05, "the domains must start apart for the test to mean something"
     assert adapted < 0.7 * regular and adapted < 0.5 * without_term, (regular, without_term, adapted)
@@ -245,7 +242,7 @@ def test_resume_after_an_interruption(regular_run, toy_dataset, tmp_path, monkey
 
 
 def test_nan_loss_stops_with_epoch_and_step(toy_dataset, tmp_path, monkeypatch):
-    real_forward = training.GalaxyClassifierModule._forward
+    real_forward = GalaxyClassifierModule._forward
     calls = {"n": 0}
 
     def poisoned(self, x):
@@ -253,7 +250,7 @@ def test_nan_loss_stops_with_epoch_and_step(toy_dataset, tmp_path, monkeypatch):
         calls["n"] += 1
         return (logits * float("nan"), z) if calls["n"] == 2 else (logits, z)
 
-    monkeypatch.setattr(training.GalaxyClassifierModule, "_forward", poisoned)
+    monkeypatch.setattr(GalaxyClassifierModule, "_forward", poisoned)
     with pytest.raises(DeepAdvError, match=r"NaN or infinite at epoch 1, step 2"):
         train_model(toy_dataset, tmp_path / "nan", _tiny(), device="cpu", progress=False)
 

@@ -27,9 +27,10 @@ FILE_PREFIX = "file:"
 #: band names of the simulator's images (and the default of a 3-band folder without ``dataset.json``)
 BANDS: tuple[str, ...] = ("g", "r", "i")
 #: training methods: regular, domain adaptation towards unlabelled Y1 (mmd, the paper's;
-#: dann, coral, adabn) and one-pixel adversarial training (adv-1p); their specs:
-#: :mod:`deepadversaries.methods`
-METHODS: tuple[str, ...] = ("regular", "mmd", "dann", "coral", "adabn", "adv-1p")
+#: coral, dann, adabn) and one-pixel adversarial training (adv-1p), and how figures and tables
+#: name them: read from the registry :mod:`deepadversaries.methods` (``METHODS`` lists the
+#: built-in ones; the label tables are live views that include methods registered later)
+from deepadversaries.methods import BUILT_IN_METHODS as METHODS, METHOD_LABELS, METHOD_SHORT  # noqa: E402, F401
 #: the paper's grid of methods (reproduce's default)
 PAPER_METHODS: tuple[str, ...] = ("regular", "mmd")
 #: the method every domain-adapted run is compared with
@@ -49,17 +50,9 @@ class _ModelLabels(dict):
         return text
 
 
-#: how figures and reports name the models and methods
+#: how figures and reports name the models
 MODEL_LABELS: dict[str, str] = _ModelLabels({"convnet": "ConvNet", "resnet18": "ResNet18",
                                                        "d4-convnet": "D4 ConvNet"})
-METHOD_LABELS: dict[str, str] = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)",
-                                 "dann": "Domain adaptation (DANN)", "coral": "Domain adaptation (CORAL)",
-                                 "adabn": "Domain adaptation (AdaBN)", "adv-1p": "One-pixel adversarial training"}
-#: the short form of table columns (the paper's "Reg" and "DA")
-METHOD_SHORT: dict[str, str] = {"regular": "Reg", "mmd": "DA (MMD)", "dann": "DA (DANN)", "coral": "DA (CORAL)",
-                                "adabn": "DA (AdaBN)", "adv-1p": "Adv-1p"}
-
-
 # -- the Python API (``import deepadversaries as da``) -------------------------------------------
 # Everything below is looked up on first use (PEP 562): importing the package imports neither torch
 # nor any stage, so the vocabulary above stays cheap to import. docs/python-api.md lists the same names.

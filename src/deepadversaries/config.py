@@ -20,11 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from deepadversaries import FILE_PREFIX, METHODS, MODELS, PRESETS, TIMM_PREFIX
+from deepadversaries import FILE_PREFIX, MODELS, PRESETS, TIMM_PREFIX
 from deepadversaries.attacks.choices import ATTACK_PRECISIONS, KEEP_RULES, MODES, SUCCESS_RULES, VALUE_RANGES
 from deepadversaries.attacks.searches import search_spec
 from deepadversaries.errors import OptionError, check_choice
-from deepadversaries.methods import ADV_1P_POSITIONS, METHOD_SPECS
+from deepadversaries.methods import (
+    ADV_1P_POSITIONS, MethodSettings, method_spec, reserve_setting_keys, setting_keys,
+)
 
 
 def _flag(name: str) -> str:
@@ -155,13 +157,7 @@ class SimulateConfig:
 # train
 # --------------------------------------------------------------------------------------
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-MMD_ESTIMATORS: tuple[str, ...] = ("unbiased", "biased")
 PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
-#: the published code's kernel widths, as σ² in k(a, b) = exp(−‖a − b‖² / (2σ²)) (SPEC 5)
-MMD_SIGMAS2: tuple[float, ...] = (
-    1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0,
-    100.0, 1e3, 1e4, 1e5, 1e6,
-)
 
 _PAPER_TRAINING = {
     "epochs": 100, "lr": 1e-5, "betas": (0.7, 0.8), "eps": 1e-8,
@@ -206,12 +202,13 @@ class TrainConfig:
         eval_batch_size: images per validation step.
         patience: early stopping: epochs without a lower validation loss.
         schedule: ``constant`` or ``cosine`` learning rate.
-        mmd_weight: λ of the λ·MMD² term [default: 0.05, the paper; 0 for other methods].
-        coral_weight: weight of the Deep CORAL term [default: 1 with ``coral``, else 0].
-        dann_weight: weight of the DANN domain loss [default: 1 with ``dann``, else 0]; the
-            reversal strength follows Ganin et al.'s schedule λ_p = 2/(1 + exp(−10p)) − 1.
-        mmd_estimator: ``unbiased`` (paper eq. 2) or ``biased`` (the published code).
-        mmd_sigmas2: kernel widths σ² of the multi-kernel MMD.
+        method_settings: the method's own settings, one mapping checked by its spec
+            (:class:`~deepadversaries.methods.MethodSpec`): ``mmd`` has ``weight`` (λ of λ·MMD²,
+            0.05, the paper), ``estimator`` and ``sigmas2``; ``coral`` ``weight`` (1); ``dann``
+            ``weight`` (1), ``gamma`` (10) and ``hidden`` (256); ``regular``, ``adabn`` and
+            ``adv-1p`` none [default: the spec's defaults]. In ``from_preset`` and on the command
+            line each is also ``{method}_{setting}`` (``mmd_weight``, ``--mmd-weight``); a
+            ``config.json`` written before the registry (``mmd_weight`` etc.) still reads.
         adv_share: the share of each Y10 batch replaced by its most damaging one-pixel change
             (:mod:`deepadversaries.training.adversarial`) [default: 0.5 with ``adv-1p``
             (:data:`~deepadversaries.methods.ADV_1P_SHARE`), else 0]; with ``mmd``, ``dann``,
@@ -233,15 +230,15 @@ class TrainConfig:
     }
     #: weight decay (the paper: 1e-3 regular, 1e-4 with domain adaptation during training)
     WEIGHT_DECAY: ClassVar[dict[bool, float]] = {False: 1e-3, True: 1e-4}
+    #: the training settings a user may override; besides these, ``method_settings`` and every registered
+    #: method setting by its flat name (``mmd_weight``: :func:`deepadversaries.methods.setting_keys`)
     OVERRIDABLE: ClassVar[tuple[str, ...]] = (
-        "epochs", "lr", "batch_size", "eval_batch_size", "mmd_weight", "coral_weight", "dann_weight", "weight_decay",
-        "patience", "schedule", "mmd_estimator", "compile", "channels_last", "precision", "devices", "num_nodes",
-        "adv_share", "adv_positions")
+        "epochs", "lr", "batch_size", "eval_batch_size", "weight_decay", "patience", "schedule", "compile",
+        "channels_last", "precision", "devices", "num_nodes", "adv_share", "adv_positions")
     #: settings that must be the same when an unfinished run is continued
     RESUME_KEYS: ClassVar[tuple[str, ...]] = (
         "model", "method", "preset", "seed", "epochs", "lr", "betas", "eps", "weight_decay", "batch_size",
-        "patience", "schedule", "mmd_weight", "mmd_estimator", "mmd_sigmas2", "coral_weight", "dann_weight",
-        "adv_share", "adv_positions")
+        "patience", "schedule", "method_settings", "adv_share", "adv_positions")
 
     model: str = "convnet"
     method: str = "regular"
@@ -256,11 +253,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     patience: int = 10
     schedule: str = "cosine"
-    mmd_weight: float = 0.0
-    mmd_estimator: str = "unbiased"
-    mmd_sigmas2: tuple[float, ...] = MMD_SIGMAS2
-    coral_weight: float = 0.0
-    dann_weight: float = 0.0
+    method_settings: MethodSettings = MethodSettings()
     adv_share: float = 0.0
     adv_positions: int = ADV_1P_POSITIONS
     compile: bool = False
@@ -273,8 +266,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
-        check_choice(self.method, METHODS, "method")
-        if is_adopted(self.model) and METHOD_SPECS[self.method].adapts_before_inference:
+        spec = method_spec(self.method)
+        if not isinstance(self.method_settings, Mapping):
+            raise OptionError(f"method settings must be a mapping of setting names to values, got "
+                              f"{self.method_settings!r}")
+        object.__setattr__(self, "method_settings", spec.resolve(self.method_settings))
+        if is_adopted(self.model) and spec.adapts_before_inference:
             raise OptionError(f"--method {self.method} re-estimates the model's batch-norm statistics here; a "
                               "TorchScript model is adopted as it is (--method names how it was trained elsewhere: "
                               "regular, mmd, dann or coral)")
@@ -285,8 +282,7 @@ class TrainConfig:
             _check_int(name, getattr(self, name), minimum)
         _check_number("lr", self.lr, positive=True)
         _check_number("eps", self.eps, positive=True)
-        for name in ("mmd_weight", "coral_weight", "dann_weight", "weight_decay"):
-            _check_number(name, getattr(self, name), non_negative=True)
+        _check_number("weight_decay", self.weight_decay, non_negative=True)
         _check_number("adv_share", self.adv_share, non_negative=True)
         if self.adv_share > 1:
             raise OptionError(f"--adv-share is a share of each batch, in [0, 1]; got {self.adv_share!r}")
@@ -299,76 +295,86 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise OptionError(f"Adam betas must be two numbers in [0, 1), got {self.betas!r}")
         check_choice(self.schedule, SCHEDULES, "schedule")
-        check_choice(self.mmd_estimator, MMD_ESTIMATORS, "MMD estimator")
         check_choice(self.precision, PRECISIONS, "precision")
-        if not self.mmd_sigmas2 or not all(s > 0 for s in self.mmd_sigmas2):
-            raise OptionError("MMD kernel widths sigma^2 must be a non-empty list of positive numbers")
         for name in ("compile", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"setting {name} must be true or false, got {getattr(self, name)!r}")
 
     @classmethod
     def from_preset(cls, preset: str = "quick", *, model: str = "convnet", method: str = "regular", seed: int = 0,
-                    device_type: str = "cpu", **overrides: Any) -> "TrainConfig":
+                    device_type: str = "cpu", method_settings: Mapping[str, Any] | None = None,
+                    **overrides: Any) -> "TrainConfig":
         """The preset's settings for ``model`` and ``method`` with ``overrides`` (None = the preset's).
 
         Args:
             preset: ``tiny``, ``quick`` or ``paper``.
             model, method, seed: the run's identity.
             device_type: ``cpu`` or ``cuda``; sets the default memory layout [default: "cpu"].
-            **overrides: any of :attr:`OVERRIDABLE`; numbers are converted to the field's type.
+            method_settings: the method's settings by their names on its spec (``{"weight": 0.1}``)
+                [default: the spec's defaults].
+            **overrides: any of :attr:`OVERRIDABLE`, or a method setting by its flat name
+                (``mmd_weight=0.1``, what ``--mmd-weight`` gives); numbers are converted to the
+                field's type. A setting of another method is refused.
         """
         check_choice(preset, PRESETS, "preset")
         check_model_name(model, trainable=True)
-        check_choice(method, METHODS, "method")
+        spec = method_spec(method)
+        flat = setting_keys()
+        chosen = {k: v for k, v in (method_settings or {}).items() if v is not None}
+        for key in [k for k, v in overrides.items() if k in flat and v is not None]:
+            owner, name = flat[key]
+            if owner != method:
+                own = ", ".join(_flag(spec.key(s.name)) for s in spec.settings if s.on_command_line) or "no settings"
+                raise OptionError(f"{_flag(key)} belongs to another method (--method {owner}); --method {method} "
+                                  f"has {own}")
+            chosen[name] = overrides.pop(key)
+        overrides = {k: v for k, v in overrides.items() if k not in flat}
         given = _check_overrides(cls, overrides, cls.OVERRIDABLE)
-        spec = METHOD_SPECS[method]
         base = dict(cls.PRESETS[preset][preset_model(model)])
         base.update(weight_decay=cls.WEIGHT_DECAY[spec.adapts_in_training],
                     channels_last=device_type == "cuda" or model == "convnet")
-        if spec.weight_setting is not None:
-            base[spec.weight_setting] = spec.default_weight
         base["adv_share"] = spec.adversarial_share
         # measured on the 2-core CPU: channels_last made ConvNet training steps 1.0-1.3x and its evaluation
         # 1.6x faster, but ResNet18 training 2x slower; on a GPU it is the layout tensor cores want
         for key, value in given.items():
             given[key] = _coerce(key, value, type(base.get(key, getattr(cls, key, value))))
-        for setting in sorted({m.weight_setting for m in METHOD_SPECS.values()} - {spec.weight_setting, None}):
-            if setting in given:
-                raise OptionError(f"{_flag(setting)} belongs to another method; --method {method} has "
-                                  + (f"{_flag(spec.weight_setting)}" if spec.weight_setting else "no weight"))
+        settings = spec.resolve(chosen)
+        overridden = sorted([*given, *(spec.key(name) for name in chosen)])
         return cls(model=model, method=method, preset=preset, seed=seed, **{**base, **given},
-                   overridden=tuple(sorted(given)))
+                   method_settings=settings, overridden=tuple(overridden))
 
     @property
     def uses_target_domain(self) -> bool:
         """Whether training draws unlabelled Y1 batches (domain adaptation during training)."""
-        return METHOD_SPECS[self.method].adapts_in_training
-
-    @property
-    def alignment_settings(self) -> dict[str, Any]:
-        """The settings of the method's alignment term (:func:`deepadversaries.adaptation.losses.alignment_loss`)."""
-        return {"mmd_weight": self.mmd_weight, "mmd_sigmas2": self.mmd_sigmas2, "mmd_estimator": self.mmd_estimator,
-                "coral_weight": self.coral_weight, "dann_weight": self.dann_weight}
+        return method_spec(self.method).adapts_in_training
 
     def to_json(self) -> dict[str, Any]:
         """The settings as ``config.json`` stores them (``note`` as ``preset_note``)."""
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
-        out["mmd_sigmas2"] = list(self.mmd_sigmas2)
+        out["method_settings"] = self.method_settings.to_json()
         out["overridden"] = list(self.overridden)
         out["preset_note"] = out.pop("note")
         return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "TrainConfig":
+        """Read ``to_json``'s form, or a ``config.json`` written before the registry, where each method
+        setting was a field of its own (``mmd_weight``, ``mmd_estimator``, ``mmd_sigmas2``, ``coral_weight``,
+        ``dann_weight``): the run's method takes its own, the other methods' are dropped."""
         values = {f.name: obj[f.name] for f in dataclasses.fields(cls) if f.name in obj}
         if "preset_note" in obj:
             values["note"] = obj["preset_note"]
-        for key in ("betas", "mmd_sigmas2", "overridden"):
+        for key in ("betas", "overridden"):
             if key in values:
                 values[key] = tuple(values[key])
+        if "method_settings" not in obj:
+            spec = method_spec(values.get("method", cls.method))
+            values["method_settings"] = {s.name: obj[spec.key(s.name)] for s in spec.settings if spec.key(s.name) in obj}
         return cls(**values)
+
+
+reserve_setting_keys({f.name for f in dataclasses.fields(TrainConfig)} | {"method_settings"})
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:

@@ -1,9 +1,18 @@
 """`deepadv train`: train ConvNet, the D4-equivariant ConvNet, ResNet18 or a timm backbone, regular, with
 domain adaptation or with one-pixel adversarial training;
-or adopt a TorchScript model trained elsewhere (``--model-file``)."""
+or adopt a TorchScript model trained elsewhere (``--model-file``).
+
+The method options are generated from the registry (:mod:`deepadversaries.methods`): every setting
+of every registered method that fits on a command line is an option ``--{method}-{setting}``
+(``--mmd-weight``, ``--coral-weight``, ``--dann-gamma``), and ``--method``'s help lists the
+methods with their summaries. The command is a :class:`TrainCommand` whose signature Typer reads
+each time the command line is built, so a method added with
+:func:`~deepadversaries.methods.register_method` has its options at once.
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,11 +20,58 @@ import typer
 
 from deepadversaries.config import TrainConfig
 from deepadversaries.errors import OptionError
+from deepadversaries.methods import METHOD_SPECS
 
 
 def register(app: typer.Typer, plot_app: typer.Typer) -> None:
     """Add the ``train`` command."""
-    app.command("train")(_train)
+    app.command("train")(TrainCommand())
+
+
+def method_options() -> dict[str, tuple[str, str, Any]]:
+    """The generated method options: ``{parameter: (flag, method, setting)}`` for every registered method's
+    settings that fit on a command line, in registration order."""
+    return {spec.key(s.name): ("--" + spec.key(s.name).replace("_", "-"), spec.name, s)
+            for spec in METHOD_SPECS.values() for s in spec.settings if s.on_command_line}
+
+
+def _method_help() -> str:
+    methods = "; ".join(f"{spec.name}: {spec.summary} ({spec.reference})" if spec.reference else
+                        f"{spec.name}: {spec.summary}" for spec in METHOD_SPECS.values())
+    return (f"Training method. {methods}. Domain adaptation needs a dataset with two domains; each method's "
+            "settings are the options --METHOD-SETTING below. With --model-file: how the model was trained "
+            "elsewhere (a label that analyze uses; not adabn).")
+
+
+class TrainCommand:
+    """Train a classifier on the Y10 training set (labels) and, with domain adaptation, the unlabelled Y1 set.
+
+    Keeps the checkpoint with the best Y10 validation accuracy (checkpoints/best.pt) and stops early when the validation loss stops improving. Running the same command again continues an interrupted run. With --model-file a TorchScript model trained elsewhere is adopted into the run folder instead (no training; --method then records how it was trained).
+    """
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        base = inspect.signature(_train, eval_str=True)
+        params = [p.replace(default=typer.Option(p.default.default, *p.default.param_decls, help=_method_help()))
+                  if p.name == "method" else p for p in base.parameters.values() if p.name != "method_settings"]
+        taken = {p.name for p in params}
+        for key, (flag, method, setting) in method_options().items():
+            if key in taken:
+                raise OptionError(f"method {method!r}: option {flag} is taken by another option of deepadv train")
+            default = typer.Option(None, flag, help=f"{setting.help} [--method {method}; default: "
+                                                    f"{setting.default}]")
+            params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=Optional[setting.kind]))
+        return inspect.Signature(params)
+
+    @property
+    def __annotations__(self) -> dict[str, Any]:
+        return {p.name: p.annotation for p in self.__signature__.parameters.values()}
+
+    def __call__(self, **options: Any) -> None:
+        generated = method_options()
+        settings = {key: options.pop(key) for key in list(options) if key in generated}
+        _train(**options, method_settings=settings)
 
 
 def _train(
@@ -31,9 +87,6 @@ def _train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum number of epochs (overrides the preset)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (overrides the preset)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size; with mmd, per domain."),
-    mmd_weight: Optional[float] = typer.Option(None, "--mmd-weight", help="lambda of the MMD^2 term (paper 0.05; the authors' code 0.01)."),
-    coral_weight: Optional[float] = typer.Option(None, "--coral-weight", help="Weight of the Deep CORAL term (default 1, DomainBed's; Sun & Saenko balance it with the cross-entropy at the end of training: see log.csv)."),
-    dann_weight: Optional[float] = typer.Option(None, "--dann-weight", help="Weight of the DANN domain loss (default 1, Ganin et al.; the reversal strength follows their schedule)."),
     adv_share: Optional[float] = typer.Option(None, "--adv-share", help="Share of each Y10 batch replaced by its most damaging one-pixel corner change (default 0.5 with --method adv-1p). With --method mmd (or dann, coral, adabn) a share > 0 adds one-pixel adversarial training to the domain adaptation, e.g. --method mmd --adv-share 0.5."),
     adv_positions: Optional[int] = typer.Option(None, "--adv-positions", help="Pixel positions the adversarial corner search ranks (by first-order gain) and tries per image (default 8); the cost per step grows with it."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Adam weight decay (paper 1e-3 regular, 1e-4 with domain adaptation)."),
@@ -48,15 +101,15 @@ def _train(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (slow start; pays off on long runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from checkpoints/last.ckpt (a finished run is left as it is)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
+    method_settings: Optional[dict[str, Any]] = None,
 ) -> None:
-    """Train a classifier on the Y10 training set (labels) and, with domain adaptation, the unlabelled Y1 set.
-
-    Keeps the checkpoint with the best Y10 validation accuracy (checkpoints/best.pt) and stops early when the validation loss stops improving. Running the same command again continues an interrupted run. With --model-file a TorchScript model trained elsewhere is adopted into the run folder instead (no training; --method then records how it was trained).
-    """
+    """The ``train`` command with the method options gathered in ``method_settings`` (flat names, e.g.
+    ``{"mmd_weight": 0.1}``; None values are options not given): see :class:`TrainCommand`."""
+    method_settings = dict(method_settings or {})
     if model_file is not None:
         _refuse_training_options({
-            "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--mmd-weight": mmd_weight,
-            "--coral-weight": coral_weight, "--dann-weight": dann_weight, "--weight-decay": weight_decay,
+            **{"--" + key.replace("_", "-"): value for key, value in method_settings.items()},
+            "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--weight-decay": weight_decay,
             "--adv-share": adv_share, "--adv-positions": adv_positions,
             "--patience": patience, "--devices": devices, "--num-nodes": num_nodes, "--precision": precision,
             "--compile": True if compile_ else None, "--resume": True if resume else None,
@@ -68,8 +121,8 @@ def _train(
         raise OptionError("--latent-layer goes with --model-file (a TorchScript model without embed/head); the "
                           "package's own models have their 256-d latent")
     run = _train_run(data, out, preset, device=device, resume=resume, overwrite=overwrite, model=model,
-                     method=method, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, mmd_weight=mmd_weight,
-                     coral_weight=coral_weight, dann_weight=dann_weight, weight_decay=weight_decay,
+                     method=method, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                     **method_settings,
                      adv_share=adv_share, adv_positions=adv_positions,
                      patience=patience, precision=precision, devices=devices, num_nodes=num_nodes,
                      compile=True if compile_ else None)

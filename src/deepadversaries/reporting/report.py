@@ -308,7 +308,7 @@ def _training_text(run: RunFiles) -> str:
     parts = [f"Adam lr {cfg.lr} (betas {tuple(cfg.betas)})", f"{cfg.schedule} schedule", f"batch {cfg.batch_size}",
              f"weight decay {cfg.weight_decay}"]
     if cfg.method == "mmd":
-        parts.append(f"λ {cfg.mmd_weight} ({cfg.mmd_estimator} MMD²)")
+        parts.append(f"λ {cfg.method_settings['weight']} ({cfg.method_settings['estimator']} MMD²)")
     if cfg.precision != "32-true":
         parts.append(f"{cfg.precision} precision (paper: float32)")
     epochs = f"up to {cfg.epochs} epochs"

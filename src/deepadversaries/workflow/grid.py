@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepadversaries import DOMAINS, METHODS, MODELS, PAPER_METHODS, PRESETS, REFERENCE_METHOD, SPLITS
+from deepadversaries import DOMAINS, MODELS, PAPER_METHODS, PRESETS, REFERENCE_METHOD, SPLITS
 from deepadversaries.analysis.analyze import analyze_runs
 from deepadversaries.attacks.campaign import attack_run
 from deepadversaries.attacks.searches import search_names
@@ -32,6 +32,7 @@ from deepadversaries.card.leaderboard import pooled_leaderboard
 from deepadversaries.card.render import HTML_NAME as CARD_HTML
 from deepadversaries.card.render import render_card
 from deepadversaries.config import AttackConfig, SimulateConfig, TrainConfig, check_model_name
+from deepadversaries.methods import method_names, method_spec
 from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.devices import resolve_device
 from deepadversaries.errors import OptionError, check_choice, file_error
@@ -119,7 +120,7 @@ class Grid:
         for m in self.models:
             check_model_name(m, trainable=True)
         for m in self.methods:
-            check_choice(m, METHODS, "method")
+            method_spec(m)  # a registered method (built in or added by register_method)
         for search in self.attacks:
             check_choice(search, search_names(), "search")
         if "de" not in self.attacks:
@@ -155,9 +156,9 @@ def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
     """Training methods from ``"regular,mmd"`` (order kept); ``regular`` must be among them."""
     items = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     if not items:
-        raise OptionError("--methods is empty; choose from " + ", ".join(METHODS))
+        raise OptionError("--methods is empty; choose from " + ", ".join(method_names()))
     for m in items:
-        check_choice(m, METHODS, "method")
+        method_spec(m)
     if REFERENCE_METHOD not in items:
         raise OptionError(f"--methods must include {REFERENCE_METHOD!r}: every other method is compared with it")
     return tuple(dict.fromkeys([REFERENCE_METHOD] + items))
