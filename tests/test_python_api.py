@@ -41,7 +41,8 @@ def test_importing_the_package_imports_no_stage_and_no_torch():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'lightning') "
             "or m.startswith('deepadversaries.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    # only the vocabulary: the method registry (no torch; it names METHODS and their labels) and the errors
+    assert out.strip() == "['deepadversaries.errors', 'deepadversaries.methods']"
     # and a name is imported on first use, with what it needs
     code = "import sys, deepadversaries as da; da.Run; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -111,8 +112,10 @@ def test_the_table_matches_the_docs_list():
 
 @pytest.fixture
 def run_copy(regular_run, tmp_path) -> Path:
-    """A copy of the session's tiny regular run (its dataset is the session's toy data)."""
-    return Path(shutil.copytree(regular_run, tmp_path / "run"))
+    """A copy of the session's tiny regular run as training left it (its dataset is the session's toy data):
+    what other tests wrote into the shared run (evaluation, attack folders) is not copied."""
+    stage_outputs = shutil.ignore_patterns("metrics.json", "predictions.npz", "attack*", "robustness*", "certify")
+    return Path(shutil.copytree(regular_run, tmp_path / "run", ignore=stage_outputs))
 
 
 def test_run_handle_reads_config_model_metrics_and_dataset(run_copy, toy_dataset):

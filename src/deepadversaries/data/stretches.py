@@ -69,33 +69,33 @@ def paper_constants(images: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def apply_paper(images: np.ndarray, low: float, high: float) -> np.ndarray:
+def apply_paper(images: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """The paper stretch (the authors' ``update_sinh``, SPEC 3.5): clip to [low, high],
     y = arcsinh(0.85 x / high), then (y + 1) / 2 — in float32.
 
     Args:
         images: raw pixels, electrons, any shape.
-        low, high: the constants of :func:`paper_constants` (electrons).
+        lo, hi: the constants (low, high) of :func:`paper_constants` (electrons).
 
     Returns:
         float32 array of the same shape (a new array).
     """
-    x = np.clip(np.asarray(images, dtype=np.float32), low, high)
-    return ((np.arcsinh(PAPER_SCALE * x / np.float32(high)) + 1.0) / 2.0).astype(np.float32)
+    x = np.clip(np.asarray(images, dtype=np.float32), lo, hi)
+    return ((np.arcsinh(PAPER_SCALE * x / np.float32(hi)) + 1.0) / 2.0).astype(np.float32)
 
 
-def invert_paper(model_input: np.ndarray, high: float) -> np.ndarray:
+def invert_paper(stretched: np.ndarray, hi: float) -> np.ndarray:
     """Map paper-stretched values back to electrons (exact inside the clip range of :func:`apply_paper`).
 
     Args:
-        model_input: stretched values, any shape.
-        high: the upper constant (electrons).
+        stretched: stretched values, any shape.
+        hi: the upper constant (electrons).
 
     Returns:
         float32 electrons of the same shape.
     """
-    y = 2.0 * np.asarray(model_input, dtype=np.float64) - 1.0
-    return (np.sinh(y) * float(high) / PAPER_SCALE).astype(np.float32)
+    y = 2.0 * np.asarray(stretched, dtype=np.float64) - 1.0
+    return (np.sinh(y) * float(hi) / PAPER_SCALE).astype(np.float32)
 
 
 @dataclass(frozen=True)
