@@ -862,52 +862,74 @@ def card_run(run: str | Path, out: str | Path, *, data: str | Path | None = None
     absent: dict[str, str] = {}
     with OutputLock(out, "card"):
         (out / CARD_NAME).unlink(missing_ok=True)
-        torch_device = resolve_device(device)
-        if unlabelled:
-            stage_data = predicted_dataset(dataset, run, out / STAGES_DIR / "data", torch_device)
-            stage_run = work_run(run, config, stage_data, out / STAGES_DIR / "run")
-        elif not _same_path(data_path, config.data):
-            stage_run = work_run(run, config, data_path, out / STAGES_DIR / "run")
-        else:
-            stage_run = run
-        stage_dataset = load_dataset(read_run_config(stage_run).data)
+        stage_run = _stage_run(run, config, dataset, data_path, out, unlabelled, device)
         timing = _run_missing(stage_run, protocol, int(seed), baseline_path, device, run_missing, absent, unlabelled)
         figures = out / FIGURES_DIR
         figures.mkdir(exist_ok=True)
         _copy_figures(stage_run, figures)
-        clean, drop = _clean_section(stage_run, stage_dataset, unlabelled, absent)
-        results: dict[str, Any] = {"clean": clean}
-        if drop is not None:
-            results["depth_shift_drop"] = drop
-        corruptions = _corruption_section(stage_run, unlabelled, absent)
-        if corruptions is not None:
-            results["corruptions"] = corruptions
-        results["one_pixel"] = _one_pixel_section(stage_run, stage_dataset, unlabelled, absent, figures)
-        sha, hashed = dataset_sha256(dataset, labelled=not unlabelled)
-        de = _stage_settings(stage_run)
-        card = {
-            "kind": KIND, "schema_version": SCHEMA_VERSION, "created": utc_now(),
-            "model": _model_block(run, config),
-            "data": {"path": str(dataset.path.resolve()), "sha256": sha, "sha256_of": hashed,
-                     "labelled": not unlabelled, "domains": dataset.domain_names, "bands": list(dataset.bands),
-                     "classes": list(dataset.classes), "image_shape": list(dataset.image_shape), "n_test": n_test,
-                     "value_range": _value_range(dataset)},
-            "protocol": {"id": protocol.id + ("/unlabelled" if unlabelled else ""), "version": PROTOCOL_VERSION,
-                         "level": protocol.level, "mode": "unlabelled" if unlabelled else "labelled",
-                         "seed": int(seed), "definition": {k: list(v) if isinstance(v, tuple) else v
-                                                           for k, v in asdict(protocol).items()},
-                         "settings": de, "fingerprint": protocol_fingerprint(de), "package_version": __version__, "stages_run_in": str(stage_run.resolve()),
-                         "images": _images(results), "timing": {**timing,
-                                                                "card_s": round(time.perf_counter() - started, 2)}},
-            "headline": headline(results, unlabelled),
-            "results": results,
-            "absent": absent,
-            "unreliable": unreliable_numbers(results),
-            "figures": sorted(p.name for p in figures.glob("*.png")),
-        }
+        results = _results(stage_run, unlabelled, absent, figures)
+        timing["card_s"] = round(time.perf_counter() - started, 2)
+        card = _assemble_card(run, config, dataset, stage_run, protocol, int(seed), unlabelled, results, absent,
+                              timing, figures)
         validate_card(card, out / CARD_NAME)
         write_json(out / CARD_NAME, card)
     return card
+
+
+def _stage_run(run: Path, config: RunConfig, dataset: GalaxyDataset, data_path: Path, out: Path, unlabelled: bool,
+               device: str) -> Path:
+    """Where the card's stages run: the run itself (its own labelled dataset), or a copy of it in
+    ``CARD/stages/run`` pointed at the card's dataset (another dataset, or the model's own
+    predictions as labels in label-free mode)."""
+    if unlabelled:
+        stage_data = predicted_dataset(dataset, run, out / STAGES_DIR / "data", resolve_device(device))
+        return work_run(run, config, stage_data, out / STAGES_DIR / "run")
+    if not _same_path(data_path, config.data):
+        return work_run(run, config, data_path, out / STAGES_DIR / "run")
+    return run
+
+
+def _results(stage_run: Path, unlabelled: bool, absent: dict[str, str], figures: Path) -> dict[str, Any]:
+    """The card's ``results``: clean accuracy and calibration, the depth-shift drop, the corruptions and the
+    one-pixel section, each read from the stage files (what is missing is said in ``absent``)."""
+    stage_dataset = load_dataset(read_run_config(stage_run).data)
+    clean, drop = _clean_section(stage_run, stage_dataset, unlabelled, absent)
+    results: dict[str, Any] = {"clean": clean}
+    if drop is not None:
+        results["depth_shift_drop"] = drop
+    corruptions = _corruption_section(stage_run, unlabelled, absent)
+    if corruptions is not None:
+        results["corruptions"] = corruptions
+    results["one_pixel"] = _one_pixel_section(stage_run, stage_dataset, unlabelled, absent, figures)
+    return results
+
+
+def _assemble_card(run: Path, config: RunConfig, dataset: GalaxyDataset, stage_run: Path, protocol: Protocol,
+                   seed: int, unlabelled: bool, results: dict[str, Any], absent: dict[str, str],
+                   timing: dict[str, Any], figures: Path) -> dict[str, Any]:
+    """The card dict (schema :data:`SCHEMA_VERSION`): model, data, protocol, headline, results, what is absent
+    and what is unreliable."""
+    sha, hashed = dataset_sha256(dataset, labelled=not unlabelled)
+    settings = _stage_settings(stage_run)
+    return {
+        "kind": KIND, "schema_version": SCHEMA_VERSION, "created": utc_now(),
+        "model": _model_block(run, config),
+        "data": {"path": str(dataset.path.resolve()), "sha256": sha, "sha256_of": hashed,
+                 "labelled": not unlabelled, "domains": dataset.domain_names, "bands": list(dataset.bands),
+                 "classes": list(dataset.classes), "image_shape": list(dataset.image_shape),
+                 "n_test": len(dataset.labels("test")), "value_range": _value_range(dataset)},
+        "protocol": {"id": protocol.id + ("/unlabelled" if unlabelled else ""), "version": PROTOCOL_VERSION,
+                     "level": protocol.level, "mode": "unlabelled" if unlabelled else "labelled", "seed": seed,
+                     "definition": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(protocol).items()},
+                     "settings": settings, "fingerprint": protocol_fingerprint(settings),
+                     "package_version": __version__, "stages_run_in": str(stage_run.resolve()),
+                     "images": _images(results), "timing": timing},
+        "headline": headline(results, unlabelled),
+        "results": results,
+        "absent": absent,
+        "unreliable": unreliable_numbers(results),
+        "figures": sorted(p.name for p in figures.glob("*.png")),
+    }
 
 
 def _images(results: Mapping[str, Any]) -> dict[str, int]:
