@@ -6,6 +6,12 @@ fit, and each batch is one indexing operation. :class:`IndexBatches` reshuffles 
 (seed, epoch), so a resumed run draws the same batches as an uninterrupted one, and shards
 over DDP ranks; with a target domain it pairs each labelled Y10 batch with an unlabelled Y1
 batch of the same size.
+
+With ``--augment survey-mix`` (:mod:`deepadversaries.training.survey_mix`) the raw Y10 training
+electrons are kept too, and each training batch gains, after its usual tensors, the
+:data:`~deepadversaries.training.survey_mix.N_VIEWS` augmented views of its Y10 images (model
+input, on the CPU; Lightning moves them with the batch). Their generator is seeded from the
+run's seed and the batch's indices, so a resumed run draws the same views as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ import lightning as L
 
 from deepadversaries.config import TrainConfig
 from deepadversaries.data.dataset import load_dataset
+from deepadversaries.errors import OptionError
+from deepadversaries.training.survey_mix import SurveyMix
+
+#: the stream of the survey-mix generator, apart from the batch order's (0: Y10, 1: Y1)
+AUGMENT_STREAM = 2
 
 
 class IndexBatches(Sampler):
@@ -78,8 +89,10 @@ class TensorBatches(Dataset):
     """Indexes in-memory tensors with a whole batch of indices at once."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, x_target: torch.Tensor | None = None,
-                 pair_target: bool = False) -> None:
+                 pair_target: bool = False, *, raw: np.ndarray | None = None, augmenter: SurveyMix | None = None,
+                 seed: int = 0) -> None:
         self.x, self.y, self.x_target, self.pair_target = x, y, x_target, pair_target
+        self.raw, self.augmenter, self.seed = raw, augmenter, seed
 
     def __len__(self) -> int:
         return len(self.y)
@@ -89,6 +102,14 @@ class TensorBatches(Dataset):
         return t[torch.as_tensor(idx, device=t.device)]
 
     def __getitem__(self, key):
+        batch = self._batch(key)
+        if self.augmenter is None:
+            return batch
+        idx = np.asarray(key[0] if isinstance(key, tuple) else key)
+        rng = np.random.default_rng([self.seed, AUGMENT_STREAM, *(int(i) for i in idx)])
+        return (*batch, *self.augmenter(np.asarray(self.raw[idx]), rng))
+
+    def _batch(self, key):
         if isinstance(key, tuple):  # (source indices, independent target indices)
             idx, idx_t = key
             return self._take(self.x, idx), self._take(self.y, idx), self._take(self.x_target, idx_t)
@@ -101,18 +122,38 @@ class GalaxyDataModule(L.LightningDataModule):
     """Stretched Y10 (and Y1) training and validation images held in memory."""
 
     def __init__(self, data: str | Path | None, config: TrainConfig,
-                 tensors: dict[str, torch.Tensor] | None = None) -> None:
+                 tensors: dict[str, torch.Tensor] | None = None, *, raw_train: np.ndarray | None = None,
+                 augmenter: SurveyMix | None = None) -> None:
+        """Args:
+            data: the dataset folder (None with ``tensors``).
+            config: the run's settings.
+            tensors: in-memory model-input tensors instead of ``data`` (benchmarks, notebooks): ``Y10_train``,
+                ``y_train``, ``Y10_valid``, ``y_valid`` and, as needed, ``Y1_train``, ``Y1_valid``.
+            raw_train, augmenter: with ``tensors`` and ``--augment survey-mix``: the raw Y10 training
+                electrons (N, B, H, W), whose model input ``Y10_train`` is, and the augmenter (with the
+                normalisation) [default: built from ``data``].
+        """
         super().__init__()
         self.data_path = Path(data) if data is not None else None
         self.config = config
         self.tensors: dict[str, torch.Tensor] = dict(tensors or {})
+        self.raw_train, self.augmenter = raw_train, augmenter
 
     def setup(self, stage: str | None = None) -> None:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self.tensors:  # given in memory (benchmarks, notebooks)
             self.tensors = {k: _to_device(v, device) for k, v in self.tensors.items()}
+            if self.config.augment != "none" and (self.augmenter is None or self.raw_train is None):
+                raise OptionError(f"--augment {self.config.augment} with in-memory tensors needs raw_train and "
+                                  "augmenter")
             return
         ds = load_dataset(self.data_path)
+        if self.config.augment == "survey-mix":
+            if ds.raw_is_model_input:
+                raise OptionError("--augment survey-mix corrupts raw electrons; this dataset stores model input "
+                                  "only (imported with --stretch none)")
+            self.raw_train = ds.images("Y10", "train", stretched=False)
+            self.augmenter = SurveyMix(lambda raw: ds.model_input(raw, "Y10"), domain="Y10", bands=ds.bands)
         want = [("Y10", "train"), ("Y10", "valid")]
         if self.config.uses_target_domain:
             want.append(("Y1", "train"))
@@ -134,7 +175,8 @@ class GalaxyDataModule(L.LightningDataModule):
         sampler = IndexBatches(len(t["y_train"]), c.batch_size, shuffle=True, seed=c.seed, drop_last=True,
                                rank=rank, world_size=world,
                                n_target=len(t["Y1_train"]) if c.uses_target_domain else None)
-        dataset = TensorBatches(t["Y10_train"], t["y_train"], t.get("Y1_train"))
+        dataset = TensorBatches(t["Y10_train"], t["y_train"], t.get("Y1_train"), raw=self.raw_train,
+                                augmenter=self.augmenter if c.augment != "none" else None, seed=c.seed)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
