@@ -106,6 +106,27 @@ def test_no_held_out_corruption_reaches_a_training_batch(recorder, small_dataset
     assert ds.bands == ("g", "r", "i")
 
 
+def test_views_built_ahead_in_the_thread_equal_views_built_in_place(small_dataset):
+    """The background thread changes when the views are built, never what they are; they are the
+    augmenter's on the raw images with a generator seeded by (seed, stream, batch indices)."""
+    config = TrainConfig.from_preset("tiny", seed=4, augment="survey-mix", batch_size=8)
+    datamodule = GalaxyDataModule(small_dataset, config)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(1)
+    keys = list(loader.sampler)
+    batches = list(loader)
+    assert len(batches) == len(keys) == 3
+    ds = load_dataset(small_dataset)
+    raw = ds.images("Y10", "train", stretched=False)
+    augmenter = SurveyMix(lambda r: ds.model_input(r, "Y10"), bands=ds.bands)
+    for key, (x, y, view1, view2) in zip(keys, batches):
+        idx = np.asarray(key)
+        expected = augmenter(np.asarray(raw[idx]), np.random.default_rng([4, 2, *(int(i) for i in idx)]))
+        assert torch.equal(view1, expected[0]) and torch.equal(view2, expected[1])
+        assert torch.equal(x, torch.from_numpy(ds.images("Y10", "train")[idx]))
+
+
 def test_the_views_are_convex_mixtures_with_the_clean_image():
     """A chain that blanks the image (its only corruption) leaves view = m x with m ~ Beta(1, 1)."""
     spec = CorruptionSpec("toy_blank", lambda x, severity, rng, domain, bands, options: np.zeros_like(x),

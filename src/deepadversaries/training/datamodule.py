@@ -11,11 +11,16 @@ With ``--augment survey-mix`` (:mod:`deepadversaries.training.survey_mix`) the r
 electrons are kept too, and each training batch gains, after its usual tensors, the
 :data:`~deepadversaries.training.survey_mix.N_VIEWS` augmented views of its Y10 images (model
 input, on the CPU; Lightning moves them with the batch). Their generator is seeded from the
-run's seed and the batch's indices, so a resumed run draws the same views as an uninterrupted one.
+run's seed and the batch's indices, so a resumed run draws the same views as an uninterrupted one;
+:class:`AugmentedBatches` has one background thread build them :data:`PREFETCH_BATCHES` batches
+ahead (the corruptions are NumPy, SciPy and CFITSIO code that runs beside the training step), which
+changes when they are computed, never what they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,9 @@ from deepadversaries.training.survey_mix import SurveyMix
 
 #: the stream of the survey-mix generator, apart from the batch order's (0: Y10, 1: Y1)
 AUGMENT_STREAM = 2
+#: survey-mix: batches whose views the background thread builds ahead of the one in use (Lightning itself
+#: fetches one batch ahead, so 2 keeps one batch's views building while the model trains)
+PREFETCH_BATCHES = 2
 
 
 class IndexBatches(Sampler):
@@ -85,6 +93,69 @@ class IndexBatches(Sampler):
                 yield idx, target[b * self.batch_size:b * self.batch_size + len(idx)]
 
 
+class PrefetchedViews:
+    """Builds ``views_of(key)`` for batch keys in one background thread, in the order submitted.
+
+    :meth:`take` returns a submitted key's result (waiting for it), or computes it here when it was not
+    submitted; either way the result is ``views_of(key)``, which must depend on the key only.
+    """
+
+    def __init__(self, views_of: Callable[[object], tuple]) -> None:
+        self.views_of = views_of
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: dict[bytes, Future] = {}
+
+    @staticmethod
+    def _id(key) -> bytes:
+        parts = key if isinstance(key, tuple) else (key,)
+        return b"|".join(np.asarray(p, dtype=np.int64).tobytes() for p in parts)
+
+    def reset(self) -> None:
+        """Forget pending work (a new epoch); work already running finishes unused."""
+        for future in self._pending.values():
+            future.cancel()
+        self._pending = {}
+
+    def close(self) -> None:
+        """Cancel pending work and wait for the running one (the thread ends; a later submit starts another)."""
+        self.reset()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def submit(self, key) -> None:
+        """Start building ``key``'s views (once)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="survey-mix")
+        ident = self._id(key)
+        if ident not in self._pending:
+            self._pending[ident] = self._executor.submit(self.views_of, key)
+
+    def take(self, key) -> tuple:
+        """``views_of(key)``: the submitted result, or computed now."""
+        future = self._pending.pop(self._id(key), None)
+        return future.result() if future is not None else self.views_of(key)
+
+
+class AugmentedBatches(IndexBatches):
+    """:class:`IndexBatches` that has ``prefetch`` build each batch's survey-mix views
+    :data:`PREFETCH_BATCHES` batches ahead; the keys, and so the batches, are :class:`IndexBatches`'s."""
+
+    def __init__(self, *args, prefetch: PrefetchedViews, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prefetch = prefetch
+
+    def __iter__(self):
+        keys = list(super().__iter__())
+        self.prefetch.reset()
+        for key in keys[:PREFETCH_BATCHES]:
+            self.prefetch.submit(key)
+        for i, key in enumerate(keys):
+            if i + PREFETCH_BATCHES < len(keys):
+                self.prefetch.submit(keys[i + PREFETCH_BATCHES])
+            yield key
+
+
 class TensorBatches(Dataset):
     """Indexes in-memory tensors with a whole batch of indices at once."""
 
@@ -93,6 +164,7 @@ class TensorBatches(Dataset):
                  seed: int = 0) -> None:
         self.x, self.y, self.x_target, self.pair_target = x, y, x_target, pair_target
         self.raw, self.augmenter, self.seed = raw, augmenter, seed
+        self.prefetch = PrefetchedViews(self.views) if augmenter is not None else None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -103,11 +175,16 @@ class TensorBatches(Dataset):
 
     def __getitem__(self, key):
         batch = self._batch(key)
-        if self.augmenter is None:
+        if self.prefetch is None:
             return batch
+        return (*batch, *self.prefetch.take(key))
+
+    def views(self, key) -> tuple[torch.Tensor, ...]:
+        """The survey-mix views of the Y10 images of batch ``key``, from a generator seeded by the run's seed
+        and the batch's indices (the same for the same key, whichever thread builds them)."""
         idx = np.asarray(key[0] if isinstance(key, tuple) else key)
         rng = np.random.default_rng([self.seed, AUGMENT_STREAM, *(int(i) for i in idx)])
-        return (*batch, *self.augmenter(np.asarray(self.raw[idx]), rng))
+        return self.augmenter(np.asarray(self.raw[idx]), rng)
 
     def _batch(self, key):
         if isinstance(key, tuple):  # (source indices, independent target indices)
@@ -138,6 +215,7 @@ class GalaxyDataModule(L.LightningDataModule):
         self.config = config
         self.tensors: dict[str, torch.Tensor] = dict(tensors or {})
         self.raw_train, self.augmenter = raw_train, augmenter
+        self._prefetch: PrefetchedViews | None = None
 
     def setup(self, stage: str | None = None) -> None:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -172,12 +250,23 @@ class GalaxyDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         t, c = self.tensors, self.config
         rank, world = self._rank()
-        sampler = IndexBatches(len(t["y_train"]), c.batch_size, shuffle=True, seed=c.seed, drop_last=True,
-                               rank=rank, world_size=world,
-                               n_target=len(t["Y1_train"]) if c.uses_target_domain else None)
         dataset = TensorBatches(t["Y10_train"], t["y_train"], t.get("Y1_train"), raw=self.raw_train,
                                 augmenter=self.augmenter if c.augment != "none" else None, seed=c.seed)
+        kwargs = dict(shuffle=True, seed=c.seed, drop_last=True, rank=rank, world_size=world,
+                      n_target=len(t["Y1_train"]) if c.uses_target_domain else None)
+        if dataset.prefetch is not None:
+            if self._prefetch is not None:
+                self._prefetch.close()
+            self._prefetch = dataset.prefetch
+            sampler = AugmentedBatches(len(t["y_train"]), c.batch_size, prefetch=dataset.prefetch, **kwargs)
+        else:
+            sampler = IndexBatches(len(t["y_train"]), c.batch_size, **kwargs)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+    def teardown(self, stage: str | None = None) -> None:
+        """End the survey-mix thread (views built ahead for steps that will not run are dropped)."""
+        if self._prefetch is not None:
+            self._prefetch.close()
 
     def val_dataloader(self) -> DataLoader:
         t, c = self.tensors, self.config
