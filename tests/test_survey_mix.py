@@ -28,7 +28,7 @@ from deepadversaries.corruptions.registry import CORRUPTIONS, CorruptionSpec, re
 from deepadversaries.data.dataset import load_dataset
 from deepadversaries.errors import OptionError
 from deepadversaries.models.runs import read_run_config
-from deepadversaries.training.datamodule import GalaxyDataModule
+from deepadversaries.training.datamodule import AugmentedBatches, GalaxyDataModule
 from deepadversaries.training.survey_mix import (
     JS_WEIGHT, N_VIEWS, SurveyMix, held_out_corruptions, js_consistency, js_divergence, training_corruptions,
 )
@@ -110,9 +110,10 @@ def test_views_built_ahead_in_the_thread_equal_views_built_in_place(small_datase
     """The background thread changes when the views are built, never what they are; they are the
     augmenter's on the raw images with a generator seeded by (seed, stream, batch indices)."""
     config = TrainConfig.from_preset("tiny", seed=4, augment="survey-mix", batch_size=8)
-    datamodule = GalaxyDataModule(small_dataset, config)
+    datamodule = GalaxyDataModule(small_dataset, config, prefetch_views=True)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
+    assert isinstance(loader.sampler, AugmentedBatches)
     loader.sampler.set_epoch(1)
     keys = list(loader.sampler)
     batches = list(loader)
@@ -125,6 +126,7 @@ def test_views_built_ahead_in_the_thread_equal_views_built_in_place(small_datase
         expected = augmenter(np.asarray(raw[idx]), np.random.default_rng([4, 2, *(int(i) for i in idx)]))
         assert torch.equal(view1, expected[0]) and torch.equal(view2, expected[1])
         assert torch.equal(x, torch.from_numpy(ds.images("Y10", "train")[idx]))
+    datamodule.teardown("fit")
 
 
 def test_the_views_are_convex_mixtures_with_the_clean_image():
