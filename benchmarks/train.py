@@ -23,7 +23,11 @@ method's time per training step over MMD's (the issue's budget: at most 1.5).
 positions), at 100 x 100 x 3 and batch 128 (quick: 32); its JSON has ``step_s_<model>_<method>``,
 ``d4_vs_convnet`` = the d4-convnet's step time over the ConvNet's (goal: at most 4) and
 ``adv1p_vs_regular`` = adv-1p's step time over regular training's, which is also its cost per
-epoch (both draw the same number of batches per epoch).
+epoch (both draw the same number of batches per epoch), and ``surveymix_vs_regular`` = the ConvNet
+with ``--augment survey-mix`` over regular training (goal: at most 3; its step includes building the
+two AugMix views from raw electrons and the three-way forward and backward pass). The survey-mix
+cell trains on raw images (sky-subtracted Gaussian blobs with Y10 noise) whose model input is
+the paper stretch of them; the other cells' tensors are unchanged.
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ from deepadversaries.models.networks import build_model
 from deepadversaries.progress import quiet_lightning
 from deepadversaries.training.datamodule import GalaxyDataModule
 from deepadversaries.training.module import GalaxyClassifierModule
+from deepadversaries.training.survey_mix import SurveyMix
 from deepadversaries.training.train import make_trainer
+from deepadversaries.data.stretches import apply_paper as apply_stretch
 
 CLASS_WEIGHTS = [0.58, 1.02, 3.3]
 
@@ -72,12 +78,27 @@ def make_tensors(n: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def make_config(model: str, method: str, batch: int, device: torch.device) -> TrainConfig:
+def make_config(model: str, method: str, batch: int, device: torch.device, augment: str | None = None) -> TrainConfig:
     """The quick preset's settings with this benchmark's batch and a warm-up-sized schedule."""
     return TrainConfig.from_preset(
         "quick", model=model, method=method, seed=0, device_type=device.type, epochs=1, lr=1e-4,
         batch_size=batch, eval_batch_size=8, weight_decay=1e-4, schedule="cosine",
-        precision="bf16-mixed" if device.type == "cuda" else "32-true")
+        precision="bf16-mixed" if device.type == "cuda" else "32-true", augment=augment)
+
+
+#: the paper stretch's constants for :func:`make_raw`'s images (electrons)
+RAW_LOW, RAW_HIGH = -60.0, 3000.0
+
+
+def make_raw(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, 3, size, size) float32 raw electrons: a Gaussian blob (random width and flux) on Y10 sky noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] - size / 2
+    width = rng.uniform(2.0, 8.0, n)[:, None, None, None]
+    flux = rng.uniform(300.0, 3000.0, n)[:, None, None, None]
+    blob = flux * np.exp(-(xx[None, None] ** 2 + yy[None, None] ** 2) / (2 * width**2))
+    blob = blob * np.array([0.6, 1.0, 1.2])[None, :, None, None]
+    return (blob + rng.normal(0.0, 25.0, (n, 3, size, size))).astype(np.float32)
 
 
 def bare_loop(config: dict, tensors: dict, device: torch.device, warmup: int, steps: int) -> float:
@@ -151,12 +172,17 @@ class _StepTimer(Callback):
         return self.steps * self.batch / (self.end - self.start)
 
 
-def project_loop(config: dict, tensors: dict, device: torch.device, warmup: int, steps: int) -> float:
-    """Images per second of the project's loop (the LightningModule and trainer of train_model)."""
+def project_loop(config: dict, tensors: dict, device: torch.device, warmup: int, steps: int,
+                 raw: np.ndarray | None = None) -> float:
+    """Images per second of the project's loop (the LightningModule and trainer of train_model); with
+    ``config.augment`` survey-mix, ``raw`` holds the electrons whose paper stretch ``tensors["Y10_train"]`` is."""
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp, quiet_lightning():
         module = GalaxyClassifierModule(config, CLASS_WEIGHTS)
-        datamodule = GalaxyDataModule(None, config, tensors=tensors)
+        augmenter = None
+        if config.augment != "none":
+            augmenter = SurveyMix(lambda electrons: apply_stretch(electrons, RAW_LOW, RAW_HIGH))
+        datamodule = GalaxyDataModule(None, config, tensors=tensors, raw_train=raw, augmenter=augmenter)
         timer = _StepTimer(warmup, steps, config.batch_size, device)
         trainer, _ = make_trainer(Path(tmp), config, device=device, progress=False, extra_callbacks=[timer],
                                   max_steps=warmup + steps, limit_val_batches=0)
@@ -173,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", default="convnet,resnet18", help="comma-separated models to time")
     parser.add_argument("--methods", default="regular,mmd,dann,coral,adabn", help="comma-separated methods")
     parser.add_argument("--defences", action="store_true",
-                        help="time the defences' training steps side by side (d4-convnet, adv-1p; issue 25)")
+                        help="time the defences' training steps side by side (d4-convnet, adv-1p, survey-mix; "
+                             "issue 25)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if device.type == "cpu":
@@ -217,8 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-#: the defences' cells, timed side by side: (model, method)
-DEFENCE_CELLS = (("convnet", "regular"), ("d4-convnet", "regular"), ("convnet", "adv-1p"))
+#: the defences' cells, timed side by side: (model, method, augment)
+DEFENCE_CELLS = (("convnet", "regular", "none"), ("d4-convnet", "regular", "none"), ("convnet", "adv-1p", "none"),
+                 ("convnet", "regular", "survey-mix"))
 
 
 def defences(device: torch.device, *, quick: bool = False, repeats: int | None = None) -> dict:
@@ -227,23 +255,32 @@ def defences(device: torch.device, *, quick: bool = False, repeats: int | None =
     if device.type == "cuda":
         batch, warmup, steps = 128, 5, 20
     repeats = repeats or (2 if quick else 3)
-    tensors = make_tensors(batch * (warmup + steps) + batch, 100)
+    n = batch * (warmup + steps) + batch
+    tensors = make_tensors(n, 100)
+    raw = make_raw(n, 100)
+    raw_tensors = {**tensors, "Y10_train": torch.from_numpy(apply_stretch(raw, RAW_LOW, RAW_HIGH))}
     best = {cell: 0.0 for cell in DEFENCE_CELLS}
     for _ in range(repeats):
-        for model, method in DEFENCE_CELLS:
-            config = make_config(model, method, batch, device)
-            best[(model, method)] = max(best[(model, method)], project_loop(config, tensors, device, warmup, steps))
+        for model, method, augment in DEFENCE_CELLS:
+            config = make_config(model, method, batch, device, None if augment == "none" else augment)
+            cell_tensors, cell_raw = (raw_tensors, raw) if augment != "none" else (tensors, None)
+            best[(model, method, augment)] = max(best[(model, method, augment)],
+                                                 project_loop(config, cell_tensors, device, warmup, steps, cell_raw))
     step_s = {cell: batch / best[cell] for cell in DEFENCE_CELLS}
     result: dict[str, float | str] = {"device": str(device), "torch_threads": torch.get_num_threads(),
                                       "batch": batch, "steps": steps, "repeats": repeats}
-    for (model, method), seconds in step_s.items():
-        result[f"step_s_{model}_{method}"] = round(seconds, 4)
-        print(f"{model:11s} {method:8s} batch {batch:4d}  {seconds:7.3f} s per step  ({best[(model, method)]:.1f} img/s)",
-              file=sys.stderr, flush=True)
-    result["d4_vs_convnet"] = round(step_s[("d4-convnet", "regular")] / step_s[("convnet", "regular")], 3)
-    result["adv1p_vs_regular"] = round(step_s[("convnet", "adv-1p")] / step_s[("convnet", "regular")], 3)
+    for (model, method, augment), seconds in step_s.items():
+        key = f"{model}_{method}" + (f"_{augment.replace('-', '')}" if augment != "none" else "")
+        result[f"step_s_{key}"] = round(seconds, 4)
+        print(f"{model:11s} {method:8s} {augment:10s} batch {batch:4d}  {seconds:7.3f} s per step  "
+              f"({best[(model, method, augment)]:.1f} img/s)", file=sys.stderr, flush=True)
+    regular = step_s[("convnet", "regular", "none")]
+    result["d4_vs_convnet"] = round(step_s[("d4-convnet", "regular", "none")] / regular, 3)
+    result["adv1p_vs_regular"] = round(step_s[("convnet", "adv-1p", "none")] / regular, 3)
+    result["surveymix_vs_regular"] = round(step_s[("convnet", "regular", "survey-mix")] / regular, 3)
     print(f"d4-convnet / convnet step time {result['d4_vs_convnet']} (goal <= 4); adv-1p / regular "
-          f"{result['adv1p_vs_regular']} (per step and per epoch)", file=sys.stderr, flush=True)
+          f"{result['adv1p_vs_regular']} (per step and per epoch); survey-mix / regular "
+          f"{result['surveymix_vs_regular']} (goal <= 3)", file=sys.stderr, flush=True)
     print(json.dumps(result))
     return result
 

@@ -158,6 +158,13 @@ class SimulateConfig:
 # --------------------------------------------------------------------------------------
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
+#: training augmentations (``--augment``): name -> what it does (the command line's help)
+AUGMENTATIONS: dict[str, str] = {
+    "none": "no augmentation (the paper)",
+    "survey-mix": ("AugMix on chains of the package's detector and pipeline corruptions in electrons, with "
+                   "AugMix's Jensen-Shannon consistency loss (lambda 12); observing and scene corruptions are "
+                   "held out (docs/defences.md)"),
+}
 
 _PAPER_TRAINING = {
     "epochs": 100, "lr": 1e-5, "betas": (0.7, 0.8), "eps": 1e-8,
@@ -214,6 +221,9 @@ class TrainConfig:
             (:data:`~deepadversaries.methods.ADV_1P_SHARE`), else 0]; with ``mmd``, ``dann``,
             ``coral`` or ``adabn`` a share > 0 adds the same one-pixel adversarial training.
         adv_positions: pixel positions the corner search ranks and tries per image [default: 8].
+        augment: training augmentation, a key of :data:`AUGMENTATIONS`: ``none`` or ``survey-mix``
+            (:mod:`deepadversaries.training.survey_mix`) [default: "none"; a ``config.json`` without
+            it reads as "none"].
         compile: ``torch.compile`` the model [default: False].
         channels_last: NHWC memory layout [default: on for the ConvNet and on GPUs].
         precision: Lightning precision: ``32-true`` (the paper), ``bf16-mixed`` or ``16-mixed``
@@ -234,11 +244,11 @@ class TrainConfig:
     #: method setting by its flat name (``mmd_weight``: :func:`deepadversaries.methods.setting_keys`)
     OVERRIDABLE: ClassVar[tuple[str, ...]] = (
         "epochs", "lr", "batch_size", "eval_batch_size", "weight_decay", "patience", "schedule", "compile",
-        "channels_last", "precision", "devices", "num_nodes", "adv_share", "adv_positions")
+        "channels_last", "precision", "devices", "num_nodes", "adv_share", "adv_positions", "augment")
     #: settings that must be the same when an unfinished run is continued
     RESUME_KEYS: ClassVar[tuple[str, ...]] = (
         "model", "method", "preset", "seed", "epochs", "lr", "betas", "eps", "weight_decay", "batch_size",
-        "patience", "schedule", "method_settings", "adv_share", "adv_positions")
+        "patience", "schedule", "method_settings", "adv_share", "adv_positions", "augment")
 
     model: str = "convnet"
     method: str = "regular"
@@ -256,6 +266,7 @@ class TrainConfig:
     method_settings: MethodSettings = MethodSettings()
     adv_share: float = 0.0
     adv_positions: int = ADV_1P_POSITIONS
+    augment: str = "none"
     compile: bool = False
     channels_last: bool = True
     precision: str = "32-true"
@@ -296,6 +307,9 @@ class TrainConfig:
             raise OptionError(f"Adam betas must be two numbers in [0, 1), got {self.betas!r}")
         check_choice(self.schedule, SCHEDULES, "schedule")
         check_choice(self.precision, PRECISIONS, "precision")
+        check_choice(self.augment, AUGMENTATIONS, "--augment")
+        if self.augment != "none" and is_adopted(self.model):
+            raise OptionError("--augment trains the model; a TorchScript model (--model-file) is adopted as it is")
         for name in ("compile", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"setting {name} must be true or false, got {getattr(self, name)!r}")

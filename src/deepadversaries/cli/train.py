@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import typer
 
-from deepadversaries.config import TrainConfig
+from deepadversaries.config import AUGMENTATIONS, TrainConfig
 from deepadversaries.errors import OptionError
 from deepadversaries.methods import METHOD_SPECS
 
@@ -89,6 +89,7 @@ def _train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size; with mmd, per domain."),
     adv_share: Optional[float] = typer.Option(None, "--adv-share", help="Share of each Y10 batch replaced by its most damaging one-pixel corner change (default 0.5 with --method adv-1p). With --method mmd (or dann, coral, adabn) a share > 0 adds one-pixel adversarial training to the domain adaptation, e.g. --method mmd --adv-share 0.5."),
     adv_positions: Optional[int] = typer.Option(None, "--adv-positions", help="Pixel positions the adversarial corner search ranks (by first-order gain) and tries per image (default 8); the cost per step grows with it."),
+    augment: str = typer.Option("none", "--augment", help="Training augmentation: " + "; ".join(f"{k}: {v}" for k, v in AUGMENTATIONS.items()) + ". survey-mix combines with any method (e.g. --method mmd --augment survey-mix) and needs raw electrons (not a dataset imported with --stretch none)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Adam weight decay (paper 1e-3 regular, 1e-4 with domain adaptation)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: epochs without a lower validation loss."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, batch order); the same seed repeats a CPU run exactly."),
@@ -111,6 +112,7 @@ def _train(
             **{"--" + key.replace("_", "-"): value for key, value in method_settings.items()},
             "--epochs": epochs, "--lr": lr, "--batch-size": batch_size, "--weight-decay": weight_decay,
             "--adv-share": adv_share, "--adv-positions": adv_positions,
+            "--augment": None if augment == "none" else augment,
             "--patience": patience, "--devices": devices, "--num-nodes": num_nodes, "--precision": precision,
             "--compile": True if compile_ else None, "--resume": True if resume else None,
             "--model": None if model == "convnet" else model})
@@ -124,7 +126,7 @@ def _train(
                      method=method, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                      **method_settings,
                      adv_share=adv_share, adv_positions=adv_positions,
-                     patience=patience, precision=precision, devices=devices, num_nodes=num_nodes,
+                     augment=None if augment == "none" else augment, patience=patience, precision=precision, devices=devices, num_nodes=num_nodes,
                      compile=True if compile_ else None)
     typer.echo(str(run))
 

@@ -54,7 +54,7 @@ class RunRecorder(Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         timing = {"lr": float(lr), "epoch_seconds": time.perf_counter() - self._epoch_start,
                   "epoch_cpu_seconds": time.process_time() - self._epoch_cpu_start}
-        columns = log_columns()
+        columns = log_columns(pl_module.config.augment)
         row = {k: timing[k] if k in timing else float(m.get(k, float("nan"))) for k in columns[1:]}
         row = {"epoch": epoch, **row}
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]

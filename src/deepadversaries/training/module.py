@@ -7,6 +7,12 @@ adversarial examples when ``adv_share`` > 0. The epoch means it computes are the
 columns of :func:`log_columns`: the alignment columns come from the specs (``train_<name>`` for
 each name a registered method logs), so a method added with
 :func:`~deepadversaries.methods.register_method` gets its columns without an edit here.
+
+With ``--augment survey-mix`` (:mod:`deepadversaries.training.survey_mix`) each batch ends with the
+augmented views of its Y10 images; ONE forward pass covers the clean images (and the Y1 batch of a
+method that adapts), then the views; the loss adds ``JS_WEIGHT · JS(p_clean, p_aug1, p_aug2)`` to the
+cross-entropy on the clean images (and to the alignment term), and ``log.csv`` gains the column
+``train_js`` (:data:`AUGMENT_COLUMNS`; only in a run that augments, so other runs' logs keep their columns).
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ from deepadversaries.errors import DeepAdvError
 from deepadversaries.methods import alignment_logs, method_spec
 from deepadversaries.models.networks import PAPER_SHAPE, build_model
 from deepadversaries.training.adversarial import one_pixel_adversarial_batch
+from deepadversaries.training.survey_mix import JS_WEIGHT, N_VIEWS, js_consistency
 
 #: one-pixel adversarial training (``adv-1p``, ``--adv-share``): of the images the search changed, the share
 #: that the model (evaluation mode) misclassifies after the change, and their mean p(true) (NaN without it)
 ADVERSARIAL_COLUMNS = ("train_adv_flip_rate", "train_adv_p_true")
+#: ``--augment survey-mix``: the epoch mean of the (unweighted) Jensen–Shannon consistency term, in nats
+AUGMENT_COLUMNS = ("train_js",)
 #: latents per domain used for the (information-only) validation MMD²
 VAL_MMD_SAMPLE = 512
 
@@ -42,10 +51,12 @@ def alignment_columns() -> tuple[str, ...]:
     return tuple(f"train_{name}" for name in alignment_logs())
 
 
-def log_columns() -> tuple[str, ...]:
-    """The columns of ``log.csv``, one row per epoch."""
+def log_columns(augment: str = "none") -> tuple[str, ...]:
+    """The columns of ``log.csv``, one row per epoch; a run with ``augment`` other than "none" adds
+    :data:`AUGMENT_COLUMNS` at the end."""
     return ("epoch", "train_loss", "train_ce", *alignment_columns(), "train_acc", "val_loss", "val_acc_y10",
-            "val_acc_y1", "val_mmd2", "lr", "epoch_seconds", "epoch_cpu_seconds", *ADVERSARIAL_COLUMNS)
+            "val_acc_y1", "val_mmd2", "lr", "epoch_seconds", "epoch_cpu_seconds", *ADVERSARIAL_COLUMNS,
+            *(AUGMENT_COLUMNS if augment != "none" else ()))
 
 
 class GalaxyClassifierModule(L.LightningModule):
@@ -78,6 +89,7 @@ class GalaxyClassifierModule(L.LightningModule):
         self.mmd_loss = MMDLoss(GaussianKernels(mmd["sigmas2"]), estimator=mmd["estimator"])
         self.alignment = alignment_loss(config.method, config.method_settings)
         self.adv_share, self.adv_positions = config.adv_share, config.adv_positions
+        self.augment = config.augment
         self.__dict__["_compiled"] = None  # kept out of the module tree: state_dict keys stay plain
         self.nan_check_every = 1
         self._total_steps = 1
@@ -123,6 +135,9 @@ class GalaxyClassifierModule(L.LightningModule):
         self._reset_sums()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        views: tuple[torch.Tensor, ...] = ()
+        if self.augment != "none":  # survey-mix: the augmented views end the batch
+            batch, views = tuple(batch[:-N_VIEWS]), tuple(batch[-N_VIEWS:])
         if self.alignment is not None:
             x_source, y, x_target = batch
             x = torch.cat([x_source, x_target], dim=0)
@@ -138,14 +153,22 @@ class GalaxyClassifierModule(L.LightningModule):
             self._add("adv_flipped", torch.tensor(float(adv.flipped.sum()), device=x.device))
             self._add("adv_p_true", torch.tensor(float(adv.p_true.sum()), device=x.device))
         n = len(y)
+        n_main = len(x)
+        if views:
+            x = torch.cat([x, *(v.to(device=x.device, dtype=x.dtype) for v in views)], dim=0)
         logits, z = self._forward(self._prepare(x))
         source_logits = logits[:n].float()
         ce = F.cross_entropy(source_logits, y, weight=self.ce_weight)
         loss = ce
+        if views:
+            js = js_consistency([source_logits, *logits[n_main:].float().split(n)])
+            loss = loss + JS_WEIGHT * js
+            self._add("js", js * n)
+            z = z[:n_main]
         if self.alignment is not None:
             self.alignment.set_progress(min(1.0, self.global_step / self._total_steps))  # DANN's λ_p schedule
             term, logs = self.alignment(z[:n], z[n:])
-            loss = ce + term
+            loss = loss + term
             for key, value in logs.items():
                 self._add(key, value * n)
         self._add("loss", loss * n)
@@ -225,6 +248,8 @@ class GalaxyClassifierModule(L.LightningModule):
         n_adv = s.get("adv_n", 0.0) or float("nan")
         train.update(train_adv_flip_rate=s.get("adv_flipped", float("nan")) / n_adv,
                      train_adv_p_true=s.get("adv_p_true", float("nan")) / n_adv)
+        if self.augment != "none":
+            train["train_js"] = s.get("js", float("nan")) / n
         self.epoch_metrics.update(train)
         for key, value in train.items():
             if math.isfinite(value):
