@@ -84,6 +84,10 @@ CERTIFIED, WITNESS, UNDECIDED = 0, 1, 2
 BOX_BATCH = 512
 #: plain-model re-checks tried per round before moving on
 RECHECKS = 16
+#: a box the forward bounds leave less than this (logit units) from proved gets the backward bounds too
+BACKWARD_GAP = 4.0
+#: sides halved at once when a box is split (2^SPLIT_SIDES children)
+SPLIT_SIDES = 3
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,21 @@ class ImageCertifier:
         return best
 
     # -- branch and bound --------------------------------------------------------------
+    def _success_bounds(self, clean: bounds.CleanImage, rules: list, rows_matrix: torch.Tensor, rr: np.ndarray,
+                        cc: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """(P, T) upper bounds of every target's success score over the boxes: the forward bounds,
+        then, for the boxes they do not prove but come within BACKWARD_GAP of proving, the backward
+        (back-substituted) bounds; the smaller of the two counts (both are sound)."""
+        _, upper = bounds.box_bounds(self.net, clean, rr, cc, low, high, rows_matrix, backward=False, lower=False)
+        s_up = bounds.success_upper_bounds(upper, rules)
+        worst = s_up.max(axis=1)
+        again = np.flatnonzero((worst >= -bounds.CERTIFY_TOLERANCE) & (worst < BACKWARD_GAP))
+        if len(again):
+            _, upper = bounds.box_bounds(self.net, clean, rr[again], cc[again], low[again], high[again], rows_matrix,
+                                         backward=True, lower=False)
+            s_up[again] = np.minimum(s_up[again], bounds.success_upper_bounds(upper, rules))
+        return s_up
+
     def certify(self, image: np.ndarray, label: int, targets: list[int], budget_s: float) -> ImageCertificate:
         """Decide one image (B, H, W), model input, true class ``label``, within ``budget_s`` seconds."""
         t0 = time.perf_counter()
@@ -294,9 +313,7 @@ class ImageCertifier:
                     break
                 p_, lo_, hi_ = pos[a: a + BOX_BATCH], lows[a: a + BOX_BATCH], highs[a: a + BOX_BATCH]
                 rr, cc = np.divmod(p_, w)
-                win = bounds.propagate(self.net, clean, rr, cc, lo_, hi_)
-                _, upper = bounds.row_bounds(self.net, clean, win, rows_matrix)
-                s_up = bounds.success_upper_bounds(upper, rules)  # (P, T)
+                s_up = self._success_bounds(clean, rules, rows_matrix, rr, cc, lo_, hi_)  # (P, T)
                 n_boxes += len(p_)
                 margin = -s_up.max(axis=1)
                 done = margin > bounds.CERTIFY_TOLERANCE
@@ -325,30 +342,49 @@ class ImageCertifier:
                         return ImageCertificate("flippable", t, r, c, centre[k].copy(), _p_of(p, label, t),
                                                 status_map, margin_map, n_boxes, time.perf_counter() - t0,
                                                 "branch-and-bound")
-                # split along the widest side, relative to the range
-                lo_r, hi_r = lo_[rest], hi_[rest]
-                axis = np.argmax((hi_r - lo_r) / span, axis=1)
-                mid = (lo_r[np.arange(len(rest)), axis] + hi_r[np.arange(len(rest)), axis]) / 2
-                left_hi, right_lo = hi_r.copy(), lo_r.copy()
-                left_hi[np.arange(len(rest)), axis] = mid
-                right_lo[np.arange(len(rest)), axis] = mid
-                np.add.at(open_boxes, p_[rest], 1)
-                keep_pos.append(np.concatenate([p_[rest], p_[rest]]))
-                keep_lo.append(np.concatenate([lo_r, right_lo]))
-                keep_hi.append(np.concatenate([left_hi, hi_r]))
-                keep_m.append(np.concatenate([margin[rest], margin[rest]]))
+                # split along the SPLIT_SIDES widest sides (relative to the range) at once
+                child_lo, child_hi, parent = _split(lo_[rest], hi_[rest], span)
+                np.add.at(open_boxes, p_[rest], np.bincount(parent, minlength=len(rest)) - 1)
+                keep_pos.append(p_[rest][parent])
+                keep_lo.append(child_lo)
+                keep_hi.append(child_hi)
+                keep_m.append(margin[rest][parent])
             pos = np.concatenate(keep_pos) if keep_pos else np.zeros(0, np.int64)
             lows = np.concatenate(keep_lo) if keep_lo else np.zeros((0, len(span)))
             highs = np.concatenate(keep_hi) if keep_hi else np.zeros((0, len(span)))
             margins = np.concatenate(keep_m) if keep_m else np.zeros(0)
-            if len(pos):
-                order = np.argsort(pos, kind="stable")
+            if len(pos):  # the most doubtful boxes first (a witness sooner), then by position
+                order = np.lexsort((pos, margins))
                 pos, lows, highs, margins = pos[order], lows[order], highs[order], margins[order]
         _open_margins(margin_map, [pos], [margins], width=w)
         status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
         status = "certified" if not len(pos) else "undecided"
         return ImageCertificate(status, None, -1, -1, nan_value, float("nan"), status_map, margin_map, n_boxes,
                                 time.perf_counter() - t0, "branch-and-bound")
+
+
+def _split(low: np.ndarray, high: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split boxes (N, B) in halves along their ``SPLIT_SIDES`` widest sides (relative to the range
+    ``span``) at once: the children's lows and highs (M, B) and each child's parent (M,)."""
+    n, b = low.shape
+    k = min(SPLIT_SIDES, b)
+    width = (high - low) / np.where(span > 0, span, 1.0)
+    axes = np.argsort(-width, axis=1, kind="stable")[:, :k]  # (N, k)
+    lows, highs, parents = [], [], []
+    rows = np.arange(n)
+    for code in range(2 ** k):
+        lo, hi = low.copy(), high.copy()
+        for j in range(k):
+            ax = axes[:, j]
+            mid = (low[rows, ax] + high[rows, ax]) / 2
+            if (code >> j) & 1:
+                lo[rows, ax] = mid
+            else:
+                hi[rows, ax] = mid
+        lows.append(lo)
+        highs.append(hi)
+        parents.append(rows)
+    return np.concatenate(lows), np.concatenate(highs), np.concatenate(parents)
 
 
 def _open_margins(margin_map: np.ndarray, positions: list, margins: list, *, width: int) -> None:
