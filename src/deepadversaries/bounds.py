@@ -500,54 +500,64 @@ def _relu_window(win: Window, trace: list | None = None) -> Window:
     return Window((lo_f + up_f) / 2, (up_f - lo_f) / 2, win.top, win.left)
 
 
-def _max2(m_lo, m_up, x_lo, x_up, decisions: list | None = None):
+def _max2(m_lo, m_up, x_lo, x_up, decisions: list | None = None, concrete: tuple | None = None):
     """Linear bounds of max(m, x) from the bounds of m and x (functions, (P, E + 1, ...)); the
-    relaxation chosen is appended to ``decisions`` for the backward pass."""
+    relaxation chosen is appended to ``decisions`` for the backward pass. ``concrete``: (m_min,
+    m_max, x_min, x_max), (P, 1, ...) concrete bounds when already known. Returns the bounds of the
+    max and their concrete bounds (lo_min, up_max)."""
+    if concrete is None:
+        concrete = (concretise(m_lo, upper=False)[:, None], concretise(m_up, upper=True)[:, None],
+                    concretise(x_lo, upper=False)[:, None], concretise(x_up, upper=True)[:, None])
+    m_min, m_max, x_min, x_max = concrete
     d_lo = concretise(x_lo - m_up, upper=False)[:, None]
     d_up = concretise(x_up - m_lo, upper=True)[:, None]
-    m_min = concretise(m_lo, upper=False)[:, None]
-    x_min = concretise(x_lo, upper=False)[:, None]
-    m_max = concretise(m_up, upper=True)[:, None]
-    x_max = concretise(x_up, upper=True)[:, None]
     take_m = d_up <= 0
     take_x = d_lo >= 0
     cross = ~(take_m | take_x)
-    denom = torch.where(cross, d_up - d_lo, torch.ones_like(d_up))
-    s = torch.where(cross, d_up / denom, torch.zeros_like(d_up))
-    lin_up = m_up + s * (x_up - m_lo)
+    s = torch.where(cross, d_up / torch.where(cross, d_up - d_lo, 1.0), 0.0)
+    # above: m_up + s (x_up - m_lo - d_lo) (s = 0: m_up where m always wins), x_up where x always wins,
+    # or the constant max(m_max, x_max) where that is smaller at the box centre
+    lin_up = torch.addcmul(m_up, s, x_up - m_lo)
     lin_up[:, 0] -= (s * d_lo)[:, 0]
-    const = torch.maximum(m_max, x_max)[:, 0]
-    use_const = cross[:, 0] & (const < lin_up[:, 0])
-    lin_up[:, 0] = torch.where(use_const, const, lin_up[:, 0])
-    lin_up[:, 1:] = torch.where(use_const[:, None], torch.zeros_like(lin_up[:, 1:]), lin_up[:, 1:])
-    pick_x = x_min > m_min
-    cross_lo = torch.where(pick_x, x_lo, m_lo)
-    lo = torch.where(take_m, m_lo, torch.where(take_x, x_lo, cross_lo))
-    up = torch.where(take_m, m_up, torch.where(take_x, x_up, lin_up))
+    const = torch.maximum(m_max, x_max)  # (P, 1, ...)
+    use_const = cross & (const[:, 0] < lin_up[:, 0])[:, None]
+    pick_up_x = take_x
+    up = torch.where(pick_up_x, x_up, lin_up)
+    if bool(use_const.any()):
+        up = torch.where(use_const, 0.0, up)
+        up[:, 0] = torch.where(use_const[:, 0], const[:, 0], up[:, 0])
+    low_x = take_x | (cross & (x_min > m_min))
+    lo = torch.where(low_x, x_lo, m_lo)
+    # concrete bounds of the result, for the next fold
+    lo_min = torch.where(low_x, x_min, m_min)
+    up_max = concretise(up, upper=True)[:, None]
     if decisions is not None:
         # (P, 1, ...) each: the backward pass's relaxation of max(m, x), the same as this one:
         # above: m (take_m), x (take_x), (1 - s) m + s x - s d_lo (cross), or the constant;
-        # below: x where pick_x or take_x, else m
-        decisions.append((take_m, take_x, s, torch.where(cross, d_lo, 0.0), use_const[:, None],
-                          torch.where(use_const, const, 0.0)[:, None], (pick_x & cross) | take_x))
-    return lo, up
+        # below: x where low_x, else m
+        decisions.append((take_m & ~take_x, take_x, s, torch.where(cross, d_lo, 0.0), use_const,
+                          torch.where(use_const, const, 0.0), low_x))
+    return lo, up, lo_min, up_max
 
 
 def _pool_window(op: MaxPool, win: Window, clean_in: torch.Tensor, trace: list | None = None) -> Window:
     record: list | None = [] if trace is not None else None
     c, r, top, left, nh, nw = _spatial_setup(win, clean_in, op.kernel, op.stride, op.padding, NEG_BIG, record)
     lo_all, up_all = c - r, c + r
+    min_all = concretise(lo_all, upper=False)[:, None]
+    max_all = concretise(up_all, upper=True)[:, None]
     s, k = op.stride, op.kernel
-    lo = up = None
+    lo = up = lo_min = up_max = None
     decisions: list | None = [] if trace is not None else None
     for dy in range(k):
         for dx in range(k):
             sl = (Ellipsis, slice(dy, dy + (nh - 1) * s + 1, s), slice(dx, dx + (nw - 1) * s + 1, s))
             x_lo, x_up = lo_all[sl], up_all[sl]
             if lo is None:
-                lo, up = x_lo, x_up
+                lo, up, lo_min, up_max = x_lo, x_up, min_all[sl], max_all[sl]
             else:
-                lo, up = _max2(lo, up, x_lo, x_up, decisions)
+                lo, up, lo_min, up_max = _max2(lo, up, x_lo, x_up, decisions,
+                                               (lo_min, up_max, min_all[sl], max_all[sl]))
     if trace is not None:
         trace.append(("pool", op, record[0], decisions, (nh, nw)))
     return Window((lo + up) / 2, (up - lo) / 2, top, left)
@@ -852,7 +862,7 @@ def row_bounds(net: Network, clean: CleanImage, win: Window, rows: torch.Tensor)
 
 def box_bounds(net: Network, clean: CleanImage, rows_idx: np.ndarray, cols_idx: np.ndarray, low: np.ndarray,
                high: np.ndarray, rows: torch.Tensor, *, backward: bool = True, lower: bool = True,
-               refine: int = 0) -> tuple[torch.Tensor | None, torch.Tensor]:
+               refine: int = 0, keep_forward: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Bounds over P boxes of linear functions of the logits: forward, then (``backward``)
     back-substituted to the box; the tighter of the two (both sound) is returned.
 
@@ -865,6 +875,8 @@ def box_bounds(net: Network, clean: CleanImage, rows_idx: np.ndarray, cols_idx: 
         refine: before that, tighten the input bounds of each top-level ReLU after the first by
             back-substituting its unstable pre-activations (at most ``refine`` per batch; 0:
             never) [default: 0].
+        keep_forward: return the tighter of the forward and the backward bounds; False: the
+            backward bounds alone (for tests) [default: True].
 
     Returns:
         (P, R) minima (None when not ``lower``) and (P, R) maxima of ``rows @ logits``.
@@ -883,6 +895,8 @@ def box_bounds(net: Network, clean: CleanImage, rows_idx: np.ndarray, cols_idx: 
     if lower:
         lam, const = torch.cat([lam, -lam], 1), torch.cat([const, -const], 1)
     bound = _bound_through(trace, lam, const, win_in)
+    if not keep_forward:
+        return (-bound[:, n_rows:] if lower else None), bound[:, :n_rows]
     up = torch.minimum(up, bound[:, :n_rows])
     if lower:
         lo = torch.maximum(lo, -bound[:, n_rows:])

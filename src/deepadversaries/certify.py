@@ -224,16 +224,21 @@ class ImageCertifier:
         return None
 
     # -- the scan ----------------------------------------------------------------------
-    def _scan(self, image: np.ndarray, label: int, targets: list[int | None], deadline: float):
-        """The first confirmed flip on the scan's grid: (row, col, value, target, probs); None when
-        there is none or the deadline (``time.perf_counter()``) passes first."""
+    def _evaluator(self, image: np.ndarray):
+        """The fast candidate evaluator (float32, local) with ``image`` loaded in its slot 0."""
         shape = tuple(image.shape)
         evaluator = self._evaluators.get(shape)
         if evaluator is None:
             evaluator = make_evaluator(self._fast, 1, shape, self.device, torch.float32)
             self._evaluators[shape] = evaluator
         evaluator.load(0, torch.from_numpy(np.asarray(image, np.float32)))
-        _, h, w = shape
+        return evaluator
+
+    def _scan(self, image: np.ndarray, label: int, targets: list[int | None], deadline: float):
+        """The first confirmed flip on the scan's grid: (row, col, value, target, probs); None when
+        there is none or the deadline (``time.perf_counter()``) passes first."""
+        evaluator = self._evaluator(image)
+        _, h, w = image.shape
         nv = len(self.scan_values)
         total = h * w * nv
         best = None
@@ -290,6 +295,7 @@ class ImageCertifier:
             status_map[r, c] = WITNESS
             return ImageCertificate("flippable", t, r, c, v, _p_of(p, label, t), status_map, margin_map, 0,
                                     time.perf_counter() - t0, "scan")
+        evaluator = self._evaluator(image)
         clean = bounds.clean_pass(self.net, image.astype(np.float64))
         rules = bounds.target_rules(label, all_targets, self.rule, self.net.n_classes, clean.logits.numpy())
         rows_matrix = bounds.stacked_rows(rules)
@@ -322,9 +328,11 @@ class ImageCertifier:
                 rest = np.flatnonzero(~done)
                 if not len(rest):
                     continue
-                # the centres of the open boxes as witnesses (float64, then the plain model)
+                # the centres of the open boxes as witnesses (the scan's fast evaluator, then the plain model)
                 centre = (lo_[rest] + hi_[rest]) / 2
-                logits = bounds.point_logits(self.net, clean, rr[rest], cc[rest], centre).numpy()
+                probs = evaluator.evaluate(np.zeros(len(rest), np.int64), rr[rest][:, None], cc[rest][:, None],
+                                           centre[:, None, :].astype(np.float32))
+                logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-300))  # shift-invariant scores
                 score = bounds.success_scores(logits, label, rules, self.rule)  # (n, T)
                 best_t = score.argmax(axis=1)
                 best = score[np.arange(len(rest)), best_t]
