@@ -388,9 +388,9 @@ class _Gather:
     """How a patch (P, E + 1, C, ph, pw) was assembled from a window and the clean map: what the
     backward pass needs to send coefficients on the patch back to the window."""
 
-    inside: torch.Tensor  # (P, 1, 1, ph*pw) bool: the patch cell lies in the window
+    inside: torch.Tensor  # (P, 1, 1, ph*pw) float: 1 where the patch cell lies in the window, else 0
     src: torch.Tensor  # (P, ph*pw) long: its index in the window (n*m), clamped where not inside
-    base: torch.Tensor  # (P, C, ph*pw): the clean value (``fill`` outside the map) where not inside
+    base: torch.Tensor  # (P, C, ph*pw): the clean value (``fill`` outside the map) where not inside, else 0
     window: tuple  # (C, n, m) of the source window
 
 
@@ -423,7 +423,7 @@ def _gather_patch(win: Window, clean: torch.Tensor, fill: float, top: torch.Tens
     c = torch.where(inside, cw, c_clean)
     r = torch.where(inside, rw, torch.zeros_like(rw))
     if record is not None:
-        record.append(_Gather(inside, src, base, (ch, n, m)))
+        record.append(_Gather(inside.to(DTYPE), src, torch.where(inside[:, 0], 0.0, base), (ch, n, m)))
     return c.reshape(p, e1, ch, ph, pw), r.reshape(p, e1, ch, ph, pw)
 
 
@@ -433,11 +433,9 @@ def _gather_back(g: _Gather, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     p, r = lam.shape[:2]
     ch, n, m = g.window
     lam = lam.reshape(p, r, ch, -1)
-    inside = g.inside  # (P, 1, 1, q)
-    # cells outside the map (max-pool padding, NEG_BIG) always get a zero coefficient: no product there
-    outside = torch.where(inside, torch.zeros((), dtype=lam.dtype), lam)
-    const = torch.where(outside != 0, outside * g.base[:, None], 0.0).sum(dim=(2, 3))
-    inner = torch.where(inside, lam, torch.zeros((), dtype=lam.dtype))
+    # cells outside the map (max-pool padding, NEG_BIG) always get a coefficient of exactly 0
+    const = torch.einsum("prcq,pcq->pr", lam, g.base)
+    inner = lam * g.inside
     out = torch.zeros((p, r, ch, n * m), dtype=lam.dtype)
     out.scatter_add_(3, g.src.reshape(p, 1, 1, -1).expand(p, r, ch, -1), inner)
     return out.reshape(p, r, ch, n, m), const
@@ -533,10 +531,16 @@ def _max2(m_lo, m_up, x_lo, x_up, decisions: list | None = None, concrete: tuple
     up_max = concretise(up, upper=True)[:, None]
     if decisions is not None:
         # (P, 1, ...) each: the backward pass's relaxation of max(m, x), the same as this one:
-        # above: m (take_m), x (take_x), (1 - s) m + s x - s d_lo (cross), or the constant;
-        # below: x where low_x, else m
-        decisions.append((take_m & ~take_x, take_x, s, torch.where(cross, d_lo, 0.0), use_const,
-                          torch.where(use_const, const, 0.0), low_x))
+        # above fx x + fm m + shift: m (take_m), x (take_x), (1 - s) m + s x - s d_lo (cross), or
+        # the constant; below: x where low_x, else m
+        take_m = take_m & ~take_x
+        lin = cross & ~use_const
+        one = torch.ones((), dtype=s.dtype)
+        fx = torch.where(take_x, one, torch.where(lin, s, 0.0))  # x's share of the upper bound
+        fm = torch.where(take_m, one, torch.where(lin, 1 - s, 0.0))  # m's share
+        shift = torch.where(lin, -s * torch.where(cross, d_lo, 0.0), torch.where(use_const, const, 0.0))
+        lx = low_x.to(s.dtype)
+        decisions.append((fx, fm, shift, lx, 1 - lx))
     return lo, up, lo_min, up_max
 
 
@@ -675,15 +679,11 @@ def _relu_back(lam: torch.Tensor, lo: torch.Tensor, up: torch.Tensor) -> tuple[t
     dead = up <= 0
     alive = lo >= 0
     cross = ~(dead | alive)
-    denom = torch.where(cross, up - lo, torch.ones_like(up))
-    su = torch.where(cross, up / denom, torch.ones_like(up))
-    alpha = torch.where(cross, (up > -lo).to(lam.dtype), torch.ones_like(up))
-    pos = lam > 0
-    slope = torch.where(pos, su, alpha)
-    zero = torch.zeros((), dtype=lam.dtype)
-    new = torch.where(dead, zero, torch.where(alive, lam, lam * slope))
-    const = torch.where(cross & pos, -lam * su * lo, zero).flatten(2).sum(2)
-    return new, const
+    su = torch.where(cross, up / torch.where(cross, up - lo, 1.0), alive.to(lam.dtype))  # 1 alive, 0 dead
+    alpha = torch.where(cross, (up > -lo).to(lam.dtype), alive.to(lam.dtype))
+    shift = torch.where(cross, -su * lo, 0.0)  # the chord's constant
+    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+    return pos * su + neg * alpha, (pos * shift).flatten(2).sum(2)
 
 
 def _pool_back(op: MaxPool, g: _Gather, decisions: list, size: tuple, lam: torch.Tensor):
@@ -692,23 +692,15 @@ def _pool_back(op: MaxPool, g: _Gather, decisions: list, size: tuple, lam: torch
     p, r, ch = lam.shape[:3]
     nh, nw = size
     s, k = op.stride, op.kernel
-    zero = torch.zeros((), dtype=lam.dtype)
     a_up = lam.clamp(min=0)
     a_lo = lam.clamp(max=0)
     const = torch.zeros((p, r), dtype=lam.dtype)
     coef = [None] * (k * k)
     for j in range(k * k - 1, 0, -1):
-        take_m, take_x, sl, d_lo, use_const, cval, low_x = decisions[j - 1]
-        cross = ~(take_m | take_x)
-        lin = cross & ~use_const
-        cx_up = torch.where(take_x, a_up, torch.where(lin, a_up * sl, zero))
-        cm_up = torch.where(take_m, a_up, torch.where(lin, a_up * (1 - sl), zero))
-        const = const + torch.where(lin, -a_up * sl * d_lo, torch.where(cross & use_const, a_up * cval, zero)) \
-            .flatten(2).sum(2)
-        cx_lo = torch.where(low_x, a_lo, zero)
-        cm_lo = torch.where(low_x, zero, a_lo)
-        coef[j] = cx_up + cx_lo
-        a_up, a_lo = cm_up, cm_lo
+        fx, fm, shift, lx, lm = decisions[j - 1]
+        coef[j] = a_up * fx + a_lo * lx
+        const = const + (a_up * shift).flatten(2).sum(2)
+        a_up, a_lo = a_up * fm, a_lo * lm
     coef[0] = a_up + a_lo
     ph, pw = (nh - 1) * s + k, (nw - 1) * s + k
     patch = torch.zeros((p, r, ch, ph, pw), dtype=lam.dtype)
