@@ -33,6 +33,26 @@ otherwise bounded above by ``U_m + s (U_x - L_m - l_d)`` (the chord of that ReLU
 constant ``max(u_m, u_x)`` when its value is smaller at the box centre) and below by the
 input with the larger lower bound; a k x k max-pool folds its inputs in this way.
 
+The first block, jointly. Before the first ReLU the window is exact, so a ReLU followed by a
+max-pool there (the ConvNet's first block, ResNet18's stem) computes relu(max_i z_i(e)) with every
+z_i affine in e: a convex function of e on the box. It is bounded above by the least-squares plane
+through its exact values at the 2^B corners raised by the largest residual (a convex function lies
+below a plane that lies above it at the corners of the box) and below by its tangent at the box
+centre (:func:`_relu_pool_exact`), instead of the separate relaxations above.
+
+Backward pass (CROWN / DeepPoly back-substitution, :func:`box_bounds`). The forward pass records
+every ReLU's concrete input bounds and every pairwise max-pool relaxation (the *trace*). The
+objective, a linear function of the logits, is written as ``lam . a + const`` on the last window
+and substituted back: through a convolution by its transpose (cells of the patch outside the
+window contribute their clean value to the constant), through a ReLU by the chord where lam > 0
+and alpha x where lam < 0, through a max-pool by the recorded relaxations (upper where lam > 0,
+lower where lam < 0), through a residual add into both branches, down to the box coordinates
+(or the joint first block's linear bounds), where it is maximised exactly. Coefficients of all
+paths into a neuron are summed before its bound is chosen, so opposite contributions cancel;
+with the same intermediate bounds it is never looser than the forward bound (tested), and
+:func:`box_bounds` returns the tighter of the two. ``refine`` first tightens the input bounds of
+each top-level ReLU by back-substituting its unstable pre-activations (full CROWN).
+
 Success rules (:func:`target_rows`, :func:`success_upper_bounds`). For a targeted attack
 under the paper's rule (p(target) > 0.5) the attack succeeds iff
 ``s = l_t - logsumexp_{j != t} l_j > 0``. Since ``logsumexp(l) >= sum_j w_j l_j + H(w)`` for

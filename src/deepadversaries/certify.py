@@ -88,6 +88,8 @@ RECHECKS = 16
 BACKWARD_GAP = 4.0
 #: sides halved at once when a box is split (2^SPLIT_SIDES children)
 SPLIT_SIDES = 3
+#: splits of a box before it waits for the other positions (the cap then grows by as much again)
+DEPTH_STEP = 3
 
 
 @dataclass(frozen=True)
@@ -301,72 +303,82 @@ class ImageCertifier:
         rows_matrix = bounds.stacked_rows(rules)
         lo_range, hi_range = self.value_range.low_array, self.value_range.high_array
         span = hi_range - lo_range
-        pos = np.arange(h * w)
-        lows = np.repeat(lo_range[None], h * w, axis=0)
-        highs = np.repeat(hi_range[None], h * w, axis=0)
-        margins = np.full(h * w, np.nan)  # per queued box: its parent's bound (NaN: not bounded yet)
-        open_boxes = np.zeros(h * w, np.int64)  # per position: boxes not yet certified
-        open_boxes[:] = 1
+        n_pos = h * w
+        # the queue: a stack of chunks (positions, lows, highs, the parent's proved margin (NaN: none),
+        # splits so far), consumed from the front of the top chunk; a batch's children go on top, so a
+        # group of positions is decided before the next one starts (the map fills position by
+        # position). A box split more than `cap` times waits in `deferred` until the stack is empty,
+        # then the cap grows: no single position can hold the budget while others wait unbounded.
+        stack = [(np.arange(n_pos), np.repeat(lo_range[None], n_pos, axis=0),
+                  np.repeat(hi_range[None], n_pos, axis=0), np.full(n_pos, np.nan), np.zeros(n_pos, np.int64))]
+        deferred: list = []
+        cap = DEPTH_STEP
+        open_boxes = np.ones(n_pos, np.int64)  # per position: boxes not yet certified
         n_boxes = 0
-        while len(pos):
+        while stack or deferred:
+            if not stack:
+                stack, deferred = deferred[::-1], []
+                cap += DEPTH_STEP
             if time.perf_counter() - t0 > budget_s:
                 break
-            keep_pos, keep_lo, keep_hi, keep_m = [], [], [], []
-            for a in range(0, len(pos), BOX_BATCH):
-                if time.perf_counter() - t0 > budget_s:
-                    keep_pos.append(pos[a:]); keep_lo.append(lows[a:]); keep_hi.append(highs[a:])
-                    keep_m.append(margins[a:])
-                    break
-                p_, lo_, hi_ = pos[a: a + BOX_BATCH], lows[a: a + BOX_BATCH], highs[a: a + BOX_BATCH]
-                rr, cc = np.divmod(p_, w)
-                s_up = self._success_bounds(clean, rules, rows_matrix, rr, cc, lo_, hi_)  # (P, T)
-                n_boxes += len(p_)
-                margin = -s_up.max(axis=1)
-                done = margin > bounds.CERTIFY_TOLERANCE
-                np.fmin.at(margin_map, (rr[done], cc[done]), margin[done].astype(np.float32))
-                np.subtract.at(open_boxes, p_[done], 1)
-                rest = np.flatnonzero(~done)
-                if not len(rest):
-                    continue
-                # the centres of the open boxes as witnesses (the scan's fast evaluator, then the plain model)
-                centre = (lo_[rest] + hi_[rest]) / 2
-                probs = evaluator.evaluate(np.zeros(len(rest), np.int64), rr[rest][:, None], cc[rest][:, None],
-                                           centre[:, None, :].astype(np.float32))
-                logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-300))  # shift-invariant scores
-                score = bounds.success_scores(logits, label, rules, self.rule)  # (n, T)
-                best_t = score.argmax(axis=1)
-                best = score[np.arange(len(rest)), best_t]
-                hits = np.flatnonzero(best > 0)
-                if len(hits):
-                    order = hits[np.argsort(-best[hits], kind="stable")]
-                    got = self._confirm(image, label, all_targets, rr[rest], cc[rest], centre, order, best_t)
-                    if got is not None:
-                        k, t, p = got
-                        r, c = int(rr[rest][k]), int(cc[rest][k])
-                        status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
-                        status_map[r, c] = WITNESS
-                        _open_margins(margin_map, [pos[a + BOX_BATCH:], *keep_pos, p_[~done]],
-                                      [margins[a + BOX_BATCH:], *keep_m, margin[~done]], width=w)
-                        return ImageCertificate("flippable", t, r, c, centre[k].copy(), _p_of(p, label, t),
-                                                status_map, margin_map, n_boxes, time.perf_counter() - t0,
-                                                "branch-and-bound")
-                # split along the SPLIT_SIDES widest sides (relative to the range) at once
-                child_lo, child_hi, parent = _split(lo_[rest], hi_[rest], span)
-                np.add.at(open_boxes, p_[rest], np.bincount(parent, minlength=len(rest)) - 1)
-                keep_pos.append(p_[rest][parent])
-                keep_lo.append(child_lo)
-                keep_hi.append(child_hi)
-                keep_m.append(margin[rest][parent])
-            pos = np.concatenate(keep_pos) if keep_pos else np.zeros(0, np.int64)
-            lows = np.concatenate(keep_lo) if keep_lo else np.zeros((0, len(span)))
-            highs = np.concatenate(keep_hi) if keep_hi else np.zeros((0, len(span)))
-            margins = np.concatenate(keep_m) if keep_m else np.zeros(0)
-            if len(pos):  # the most doubtful boxes first (a witness sooner), then by position
-                order = np.lexsort((pos, margins))
-                pos, lows, highs, margins = pos[order], lows[order], highs[order], margins[order]
-        _open_margins(margin_map, [pos], [margins], width=w)
+            parts, count = [], 0
+            while stack and count < BOX_BATCH:
+                chunk = stack.pop()
+                take = min(BOX_BATCH - count, len(chunk[0]))
+                parts.append(tuple(x[:take] for x in chunk))
+                if take < len(chunk[0]):
+                    stack.append(tuple(x[take:] for x in chunk))
+                count += take
+            p_, lo_, hi_, _, depth = (np.concatenate(x) for x in zip(*parts))
+            rr, cc = np.divmod(p_, w)
+            s_up = self._success_bounds(clean, rules, rows_matrix, rr, cc, lo_, hi_)  # (P, T)
+            n_boxes += len(p_)
+            margin = -s_up.max(axis=1)
+            done = margin > bounds.CERTIFY_TOLERANCE
+            np.fmin.at(margin_map, (rr[done], cc[done]), margin[done].astype(np.float32))
+            np.subtract.at(open_boxes, p_[done], 1)
+            rest = np.flatnonzero(~done)
+            if not len(rest):
+                continue
+            # the centres of the open boxes as witnesses (the scan's fast evaluator, then the plain model)
+            centre = (lo_[rest] + hi_[rest]) / 2
+            probs = evaluator.evaluate(np.zeros(len(rest), np.int64), rr[rest][:, None], cc[rest][:, None],
+                                       centre[:, None, :].astype(np.float32))
+            logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-300))  # shift-invariant scores
+            score = bounds.success_scores(logits, label, rules, self.rule)  # (n, T)
+            best_t = score.argmax(axis=1)
+            best = score[np.arange(len(rest)), best_t]
+            hits = np.flatnonzero(best > 0)
+            if len(hits):
+                order = hits[np.argsort(-best[hits], kind="stable")]
+                got = self._confirm(image, label, all_targets, rr[rest], cc[rest], centre, order, best_t)
+                if got is not None:
+                    k, t, p = got
+                    r, c = int(rr[rest][k]), int(cc[rest][k])
+                    status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
+                    status_map[r, c] = WITNESS
+                    waiting = stack + deferred
+                    _open_margins(margin_map, [x[0] for x in waiting] + [p_[rest]],
+                                  [x[3] for x in waiting] + [margin[rest]], width=w)
+                    return ImageCertificate("flippable", t, r, c, centre[k].copy(), _p_of(p, label, t),
+                                            status_map, margin_map, n_boxes, time.perf_counter() - t0,
+                                            "branch-and-bound")
+            # split along the SPLIT_SIDES widest sides (relative to the range) at once
+            child_lo, child_hi, parent = _split(lo_[rest], hi_[rest], span)
+            np.add.at(open_boxes, p_[rest], np.bincount(parent, minlength=len(rest)) - 1)
+            order = np.argsort(parent, kind="stable")  # a box's children together, in the batch's order
+            child_lo, child_hi, parent = child_lo[order], child_hi[order], parent[order]
+            child = (p_[rest][parent], child_lo, child_hi, margin[rest][parent], depth[rest][parent] + 1)
+            deep = child[4] > cap
+            if deep.any():
+                deferred.append(tuple(x[deep] for x in child))
+            if (~deep).any():
+                stack.append(tuple(x[~deep] for x in child))
+        waiting = stack + deferred
+        _open_margins(margin_map, [x[0] for x in waiting] + [np.zeros(0, np.int64)],
+                      [x[3] for x in waiting] + [np.zeros(0)], width=w)
         status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
-        status = "certified" if not len(pos) else "undecided"
+        status = "certified" if not waiting else "undecided"
         return ImageCertificate(status, None, -1, -1, nan_value, float("nan"), status_map, margin_map, n_boxes,
                                 time.perf_counter() - t0, "branch-and-bound")
 
