@@ -13,10 +13,12 @@ For each attacked test image the stage decides one of three answers:
 Per image: (1) a scan of every position at a grid of values (the corners of the value
 cube and its centre by default; the 3^B grid with ``scan_levels=3``) with the fast
 candidate evaluator, whose successes are re-checked by the plain model; (2) if that finds no flip, branch and bound:
-every position's full value box is bounded; a box not certified has its centre evaluated
-(float64, then re-checked in float32 when it succeeds) and is split in two along its
-widest side (relative to the range); this repeats until every box is certified, a witness
-is re-checked, or the budget is spent. Branch and bound is complete in the limit: once
+every position's full value box is bounded (forward bounds, and the backward pass for boxes
+they nearly prove); a box not certified has its centre evaluated (the fast evaluator, then
+re-checked by the plain model when it succeeds) and is split in halves along its three widest
+sides (relative to the range); boxes are taken from a stack in batches, so positions are
+decided group by group (a box split more than DEPTH_STEP times waits for the other positions);
+this repeats until every box is certified, a witness is re-checked, or the budget is spent. Branch and bound is complete in the limit: once
 every ReLU and max-pool choice is stable in a box, its bounds are exact.
 
 Images: by default the images of the run's DE campaign (``RUN/attack/results.csv``), so the
