@@ -18,7 +18,8 @@ they nearly prove); a box not certified has its centre evaluated (the fast evalu
 re-checked by the plain model when it succeeds) and is split in halves along its three widest
 sides (relative to the range); boxes are taken from a stack in batches, so positions are
 decided group by group (a box split more than DEPTH_STEP times waits for the other positions);
-this repeats until every box is certified, a witness is re-checked, or the budget is spent. Branch and bound is complete in the limit: once
+this repeats until every box is certified, a witness is re-checked, or the budget is spent.
+Branch and bound is complete in the limit: once
 every ReLU and max-pool choice is stable in a box, its bounds are exact.
 
 Images: by default the images of the run's DE campaign (``RUN/attack/results.csv``), so the
