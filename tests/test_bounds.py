@@ -80,9 +80,19 @@ def test_the_certified_margin_is_never_above_any_sampled_value(seed, kind, row, 
        row=st.integers(0, SIZE - 1), col=st.integers(0, SIZE - 1),
        lo=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
        width=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
-       rule=st.sampled_from(["paper", "top-class"]), untargeted=st.booleans(), refine=st.booleans())
+       rule=st.sampled_from(["paper", "top-class"]), untargeted=st.booleans(), refine=st.booleans(),
+       joint=st.booleans())
 def test_the_backward_bound_is_sound_and_never_looser_than_the_forward_bound(seed, kind, row, col, lo, width, rule,
-                                                                            untargeted, refine):
+                                                                            untargeted, refine, joint):
+    before = bounds.JOINT_SECOND
+    bounds.JOINT_SECOND = joint  # the second convolution bounded by its convex parts, or not
+    try:
+        _check_backward(seed, kind, row, col, lo, width, rule, untargeted, refine)
+    finally:
+        bounds.JOINT_SECOND = before
+
+
+def _check_backward(seed, kind, row, col, lo, width, rule, untargeted, refine):
     model = random_network(seed, kind, SIZE)
     rng = np.random.default_rng(seed)
     image = rng.uniform(0, 1, (3, SIZE, SIZE))

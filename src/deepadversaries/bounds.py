@@ -589,6 +589,9 @@ def _pool_window(op: MaxPool, win: Window, clean_in: torch.Tensor, trace: list |
 
 #: the fused ReLU + max-pool of exact inputs evaluates the 2^B corners of the box; above this many bands it is skipped
 MAX_CORNER_BANDS = 6
+#: also bound the convolution after the joint first block by its convex parts (:func:`_conv_convex_parts`);
+#: the tighter bounds feed the next ReLU; the backward pass still substitutes through the convolution
+JOINT_SECOND = True
 
 
 def _exact(win: Window) -> bool:
@@ -624,7 +627,60 @@ def _relu_pool_exact(op: MaxPool, win: Window, clean_pre: torch.Tensor) -> Windo
     tangent = stack.gather(2, best[:, None].expand(p, e1, 1, ch, nh, nw))[:, :, 0]  # (P, E + 1, C, nh, nw)
     positive = (centre.gather(1, best)[:, 0] > 0)[:, None]
     lower = torch.where(positive, tangent, torch.zeros_like(tangent))
-    return Window((plane + lower) / 2, (plane - lower) / 2, top, left)
+    win = Window((plane + lower) / 2, (plane - lower) / 2, top, left)
+    win.corners = y  # (P, 2^E, C, nh, nw): the exact values at the corners, for _conv_convex_parts
+    return win
+
+
+def _corner_plane(values: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """(P, E + 1, ...) the least-squares plane through a convex function's values (P, 2^E, ...) at
+    the corners ``signs`` (2^E, E) of the box, raised by its largest residual: an upper bound."""
+    n_corners = signs.shape[0]
+    plane = torch.empty((values.shape[0], signs.shape[1] + 1, *values.shape[2:]), dtype=values.dtype)
+    plane[:, 0] = values.mean(dim=1)
+    plane[:, 1:] = torch.einsum("se,ps...->pe...", signs, values) / n_corners
+    fitted = plane[:, :1] + torch.einsum("se,pe...->ps...", signs, plane[:, 1:])
+    plane[:, 0] += (values - fitted).max(dim=1).values.clamp(min=0)
+    return plane
+
+
+def _conv_convex_parts(op: Conv, win: Window, clean_in: torch.Tensor, trace: list | None = None) -> Window:
+    """A convolution of the joint first block's output (every input convex in e, known exactly at
+    the corners): z = G - H + b with G = W+ * y and H = |W-| * y both convex, so
+    z <= plane(G) - tangent(H) + b and z >= tangent(G) - plane(H) + b (planes through the exact
+    corner values of G and H, raised by their largest residual; tangents from the inputs' tangents).
+    Per output, the forward bound is kept where its value at the box centre is tighter. The trace
+    records the plain convolution, so the backward pass still substitutes through it; only the
+    bounds that the next ReLU's relaxation uses are tightened."""
+    y = win.corners  # (P, 2^E, C, n, m)
+    p, n_corners = y.shape[:2]
+    e = win.c.shape[1] - 1
+    signs = torch.tensor(list(__import__("itertools").product((-1.0, 1.0), repeat=e)), dtype=DTYPE)
+    # corner 0 with the clean cells, the other corners as differences from it (zero outside the window)
+    diff = torch.cat([y[:, :1], y[:, 1:] - y[:, :1]], 1)
+    corner_win = Window(diff, torch.zeros_like(diff), win.top, win.left)
+    cc, _, top, left, nh, nw = _spatial_setup(corner_win, clean_in, op.kernel, op.stride, op.padding, 0.0)
+    tangent = Window(win.c - win.r, torch.zeros_like(win.c), win.top, win.left)
+    tc, _, _, _, _, _ = _spatial_setup(tangent, clean_in, op.kernel, op.stride, op.padding, 0.0)
+    w_pos, w_neg = op.weight.clamp(min=0), (-op.weight).clamp(min=0)
+    shape = cc.shape[-2:]
+
+    def conv(x, w, k):
+        return F.conv2d(x.reshape(p * k, -1, *shape), w, stride=op.stride).reshape(p, k, -1, nh, nw)
+
+    g, h = conv(cc, w_pos, n_corners), conv(cc, w_neg, n_corners)
+    g = torch.cat([g[:, :1], g[:, 1:] + g[:, :1]], 1)
+    h = torch.cat([h[:, :1], h[:, 1:] + h[:, :1]], 1)
+    tg, th = conv(tc, w_pos, e + 1), conv(tc, w_neg, e + 1)
+    upper = _corner_plane(g, signs) - th
+    lower = tg - _corner_plane(h, signs)
+    upper[:, 0] += op.bias[:, None, None]
+    lower[:, 0] += op.bias[:, None, None]
+    fwd = _conv_window(op, win, clean_in, trace)
+    f_up, f_lo = fwd.c + fwd.r, fwd.c - fwd.r
+    upper = torch.where((f_up[:, :1] < upper[:, :1]), f_up, upper)
+    lower = torch.where((f_lo[:, :1] > lower[:, :1]), f_lo, lower)
+    return Window((upper + lower) / 2, (upper - lower) / 2, top, left)
 
 
 def _embed(win: Window, clean: torch.Tensor, top: torch.Tensor, left: torch.Tensor, n: int, m: int,
@@ -660,17 +716,20 @@ def _propagate(ops: list, win: Window, clean: CleanImage, trace: list | None = N
     backward pass needs (the gathers, the ReLUs' input bounds, the max-pools' relaxations). At the
     top level a ReLU followed by a max-pool on an exact window is relaxed jointly
     (:func:`_relu_pool_exact`); the trace then starts after it, with its window (``("start", win)``)."""
-    skip = False
+    skip = 0
     for i, op in enumerate(ops):
         if skip:
-            skip = False
+            skip -= 1
             continue
         if (top_level and isinstance(op, Relu) and i + 1 < len(ops) and isinstance(ops[i + 1], MaxPool)
                 and win.c.shape[1] - 1 <= MAX_CORNER_BANDS and _exact(win)):
             win = _relu_pool_exact(ops[i + 1], win, clean.maps[id(op)])
+            skip = 1
             if trace is not None:
                 trace[:] = [("start", win)]
-            skip = True
+            if JOINT_SECOND and i + 2 < len(ops) and isinstance(ops[i + 2], Conv):
+                win = _conv_convex_parts(ops[i + 2], win, clean.maps[id(ops[i + 2])], trace)
+                skip = 2
         elif isinstance(op, Conv):
             win = _conv_window(op, win, clean.maps[id(op)], trace)
         elif isinstance(op, Relu):
