@@ -38,7 +38,9 @@ max-pool there (the ConvNet's first block, ResNet18's stem) computes relu(max_i 
 z_i affine in e: a convex function of e on the box. It is bounded above by the least-squares plane
 through its exact values at the 2^B corners raised by the largest residual (a convex function lies
 below a plane that lies above it at the corners of the box) and below by its tangent at the box
-centre (:func:`_relu_pool_exact`), instead of the separate relaxations above.
+centre (:func:`_relu_pool_exact`), instead of the separate relaxations above. The convolution
+after it is bounded by its convex parts too (:func:`_conv_convex_parts`: z = W+ * y - |W-| * y + b,
+each part convex in e and known exactly at the corners), where that is tighter.
 
 Backward pass (CROWN / DeepPoly back-substitution, :func:`box_bounds`). The forward pass records
 every ReLU's concrete input bounds and every pairwise max-pool relaxation (the *trace*). The
