@@ -51,8 +51,9 @@ and alpha x where lam < 0, through a max-pool by the recorded relaxations (upper
 lower where lam < 0), through a residual add into both branches, down to the box coordinates
 (or the joint first block's linear bounds), where it is maximised exactly. Coefficients of all
 paths into a neuron are summed before its bound is chosen, so opposite contributions cancel;
-with the same intermediate bounds it is never looser than the forward bound (tested), and
-:func:`box_bounds` returns the tighter of the two. ``refine`` first tightens the input bounds of
+with the same intermediate bounds it is never looser than the forward bound (tested; the
+convex-parts bound of the second convolution feeds only the forward bounds, which can then be
+the tighter ones), and :func:`box_bounds` returns the tighter of the two. ``refine`` first tightens the input bounds of
 each top-level ReLU by back-substituting its unstable pre-activations (full CROWN).
 
 Success rules (:func:`target_rows`, :func:`success_upper_bounds`). For a targeted attack
