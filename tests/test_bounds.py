@@ -75,6 +75,103 @@ def test_the_certified_margin_is_never_above_any_sampled_value(seed, kind, row, 
     assert np.all(z >= lo_l.numpy() - 1e-9) and np.all(z <= up_l.numpy() + 1e-9)
 
 
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["convnet", "resnet"]),
+       row=st.integers(0, SIZE - 1), col=st.integers(0, SIZE - 1),
+       lo=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+       width=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+       rule=st.sampled_from(["paper", "top-class"]), untargeted=st.booleans(), refine=st.booleans(),
+       joint=st.booleans())
+def test_the_backward_bound_is_sound_and_never_looser_than_the_forward_bound(seed, kind, row, col, lo, width, rule,
+                                                                            untargeted, refine, joint):
+    before = bounds.JOINT_SECOND
+    bounds.JOINT_SECOND = joint  # the second convolution bounded by its convex parts, or not
+    try:
+        _check_backward(seed, kind, row, col, lo, width, rule, untargeted, refine, joint)
+    finally:
+        bounds.JOINT_SECOND = before
+
+
+def _check_backward(seed, kind, row, col, lo, width, rule, untargeted, refine, joint):
+    model = random_network(seed, kind, SIZE)
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0, 1, (3, SIZE, SIZE))
+    low = np.asarray(lo)
+    high = np.minimum(low + np.asarray(width), 1.0)
+    net = bounds.compile_network(model)
+    clean = bounds.clean_pass(net, image)
+    label = int(torch.argmax(clean.logits))
+    targets = [t for t in range(3) if t != label] + ([None] if untargeted else [])
+    rules = bounds.target_rules(label, targets, rule, 3, clean.logits.numpy())
+    rows = torch.cat([bounds.stacked_rows(rules), torch.eye(3, dtype=torch.float64)])
+    args = (net, clean, np.array([row]), np.array([col]), low[None], high[None], rows)
+    lo_f, up_f = bounds.box_bounds(*args, backward=False)
+    lo_b, up_b = bounds.box_bounds(*args, refine=10_000 if refine else 0, keep_forward=False)
+    slack = 1e-9 * (1 + up_f.abs())
+    if not joint:  # with the convex-parts step the forward bounds use bounds the backward pass does not
+        assert torch.all(up_b <= up_f + slack) and torch.all(lo_b >= lo_f - slack)
+    corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1).T
+    values = np.concatenate([low + rng.uniform(0, 1, (N_SAMPLES, 3)) * (high - low), corners])
+    x = torch.from_numpy(np.repeat(image[None], len(values), axis=0))
+    x[:, :, row, col] = torch.from_numpy(values)
+    with torch.no_grad():
+        z = model(x)[0].numpy()
+    f = z @ rows.numpy().T  # (V, R): every row at every sample
+    assert np.all(f >= lo_b.numpy() - 1e-9) and np.all(f <= up_b.numpy() + 1e-9)
+    n_rules = sum(len(r.rows) for r in rules)
+    certified_margin = -bounds.success_upper_bounds(up_b[:, :n_rules], rules).max()
+    sampled = _margin_reference(model, image, row, col, values, label, targets, rule)
+    assert certified_margin <= sampled.min() + 1e-9
+
+
+def cancelling_network(size: int = 4, row: int = 1, col: int = 2) -> GalaxyClassifier:
+    """Logits (1/2, 0, 8 (a - b) - 2) with a = b = relu(h), h = relu(v - 1/2) of pixel (row, col) of a
+    1-band image: the class-2 logit is -2 for every v, but a forward relaxation bounds a - b by
+    U(h) - L(h) > 0 (the two paths relaxed apart); back-substitution cancels them exactly."""
+    first = nn.Conv2d(1, 1, 1)
+    second = nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        first.weight.fill_(1.0)
+        first.bias.fill_(-0.5)
+        second.weight.fill_(1.0)
+        second.bias.zero_()
+    model = GalaxyClassifier(nn.Sequential(first, nn.ReLU(), second, nn.ReLU()), 2 * size * size, 3)
+    feature = row * size + col
+    with torch.no_grad():
+        model.bottleneck.weight.zero_()
+        model.bottleneck.bias.zero_()
+        model.bottleneck.weight[0, feature] = 1.0  # a
+        model.bottleneck.weight[0, size * size + feature] = -1.0  # b
+        model.output.weight.zero_()
+        model.output.weight[2, 0] = 8.0
+        model.output.bias.copy_(torch.tensor([0.5, 0.0, -2.0]))
+    return model.eval()
+
+
+def test_only_the_backward_pass_proves_the_cancelling_network_safe():
+    model = cancelling_network()
+    image = np.zeros((1, 4, 4))
+    net = bounds.compile_network(model)
+    clean = bounds.clean_pass(net, image)
+    rules = bounds.target_rules(0, [2], "paper", 3, clean.logits.numpy())
+    args = (net, clean, np.array([1]), np.array([2]), np.zeros((1, 1)), np.ones((1, 1)), bounds.stacked_rows(rules))
+    _, up_f = bounds.box_bounds(*args, backward=False, lower=False)
+    _, up_b = bounds.box_bounds(*args, lower=False)
+    forward = bounds.success_upper_bounds(up_f, rules).max()
+    backward = bounds.success_upper_bounds(up_b, rules).max()
+    assert forward > 0  # the forward bound cannot prove the box
+    assert backward < -bounds.CERTIFY_TOLERANCE  # the backward bound does, in one box
+    # and the proof is right: no value on a dense grid flips the pixel
+    grid = np.linspace(0, 1, 2001)
+    x = torch.zeros((len(grid), 1, 4, 4))
+    x[:, 0, 1, 2] = torch.from_numpy(grid.astype(np.float32))
+    with torch.no_grad():
+        p = torch.softmax(model(x)[0].double(), 1).numpy()
+    assert p[:, 2].max() < 0.5
+    scores = bounds.success_scores(model(x)[0].detach().double().numpy(), 0, rules, "paper")
+    assert scores.max() <= backward + 1e-6
+
+
 @pytest.mark.parametrize("kind", ["convnet", "resnet"])
 def test_a_box_of_zero_width_gives_the_models_logits(kind):
     model = random_network(3, kind, SIZE)

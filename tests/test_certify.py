@@ -101,6 +101,33 @@ def test_certify_agrees_with_the_corner_search_when_flips_lie_at_corners(bias, e
         assert np.nanmin(cert.margin_map) > 0
 
 
+def test_a_split_covers_its_box_exactly():
+    low = np.array([[0.0, 0.2, 0.5], [0.1, 0.1, 0.1]])
+    high = np.array([[1.0, 0.4, 0.75], [0.3, 0.9, 0.2]])
+    lo, hi, parent = certify_mod._split(low, high, np.ones(3))
+    assert len(lo) == 2 * 2 ** certify_mod.SPLIT_SIDES and np.bincount(parent).tolist() == [8, 8]
+    for k in range(2):
+        vol = np.prod(hi[parent == k] - lo[parent == k], axis=1)
+        assert vol.sum() == pytest.approx(np.prod(high[k] - low[k]))  # no overlap, no gap (halves)
+        assert np.all(lo[parent == k] >= low[k]) and np.all(hi[parent == k] <= high[k])
+
+
+@pytest.mark.parametrize("bias, expected", [(-6.0, "flippable"), (-20.0, "certified")])
+def test_a_depth_cap_of_one_split_changes_no_answer(monkeypatch, bias, expected):
+    monkeypatch.setattr(certify_mod, "DEPTH_STEP", 1)  # every box split more than once waits its turn
+    model = tent_pixel_model(peak=0.2, gain=20.0)
+    image = np.zeros((1, 4, 4), np.float32)
+    cert = ImageCertifier(model, input_range(1)).certify(image, 0, [1, 2], budget_s=60)
+    assert cert.status == "flippable" and cert.found_by == "branch-and-bound" and 0.14 < cert.value[0] < 0.41
+    model = interior_convnet(16, monotone=True)
+    with torch.no_grad():
+        model.output.bias[2] = bias
+    cert = ImageCertifier(model, input_range(3)).certify(np.zeros((3, 16, 16), np.float32), 0, [1, 2], budget_s=120)
+    assert cert.status == expected
+    if expected == "certified":
+        assert (cert.status_map == certify_mod.CERTIFIED).all() and np.nanmin(cert.margin_map) > 0
+
+
 def test_a_trained_convnet_certificates_hold_on_dense_value_grids():
     size = 12
     images, labels = blob_images(90, size, seed=1)

@@ -33,6 +33,29 @@ otherwise bounded above by ``U_m + s (U_x - L_m - l_d)`` (the chord of that ReLU
 constant ``max(u_m, u_x)`` when its value is smaller at the box centre) and below by the
 input with the larger lower bound; a k x k max-pool folds its inputs in this way.
 
+The first block, jointly. Before the first ReLU the window is exact, so a ReLU followed by a
+max-pool there (the ConvNet's first block, ResNet18's stem) computes relu(max_i z_i(e)) with every
+z_i affine in e: a convex function of e on the box. It is bounded above by the least-squares plane
+through its exact values at the 2^B corners raised by the largest residual (a convex function lies
+below a plane that lies above it at the corners of the box) and below by its tangent at the box
+centre (:func:`_relu_pool_exact`), instead of the separate relaxations above. The convolution
+after it is bounded by its convex parts too (:func:`_conv_convex_parts`: z = W+ * y - |W-| * y + b,
+each part convex in e and known exactly at the corners), where that is tighter.
+
+Backward pass (CROWN / DeepPoly back-substitution, :func:`box_bounds`). The forward pass records
+every ReLU's concrete input bounds and every pairwise max-pool relaxation (the *trace*). The
+objective, a linear function of the logits, is written as ``lam . a + const`` on the last window
+and substituted back: through a convolution by its transpose (cells of the patch outside the
+window contribute their clean value to the constant), through a ReLU by the chord where lam > 0
+and alpha x where lam < 0, through a max-pool by the recorded relaxations (upper where lam > 0,
+lower where lam < 0), through a residual add into both branches, down to the box coordinates
+(or the joint first block's linear bounds), where it is maximised exactly. Coefficients of all
+paths into a neuron are summed before its bound is chosen, so opposite contributions cancel;
+with the same intermediate bounds it is never looser than the forward bound (tested; the
+convex-parts bound of the second convolution feeds only the forward bounds, which can then be
+the tighter ones), and :func:`box_bounds` returns the tighter of the two. ``refine`` first tightens the input bounds of
+each top-level ReLU by back-substituting its unstable pre-activations (full CROWN).
+
 Success rules (:func:`target_rows`, :func:`success_upper_bounds`). For a targeted attack
 under the paper's rule (p(target) > 0.5) the attack succeeds iff
 ``s = l_t - logsumexp_{j != t} l_j > 0``. Since ``logsumexp(l) >= sum_j w_j l_j + H(w)`` for
@@ -383,10 +406,21 @@ def _out_range(start: torch.Tensor, n: int, kernel: int, stride: int, padding: i
     return first.clamp(min=0, max=limit - count), count
 
 
+@dataclass
+class _Gather:
+    """How a patch (P, E + 1, C, ph, pw) was assembled from a window and the clean map: what the
+    backward pass needs to send coefficients on the patch back to the window."""
+
+    inside: torch.Tensor  # (P, 1, 1, ph*pw) float: 1 where the patch cell lies in the window, else 0
+    src: torch.Tensor  # (P, ph*pw) long: its index in the window (n*m), clamped where not inside
+    base: torch.Tensor  # (P, C, ph*pw): the clean value (``fill`` outside the map) where not inside, else 0
+    window: tuple  # (C, n, m) of the source window
+
+
 def _gather_patch(win: Window, clean: torch.Tensor, fill: float, top: torch.Tensor, left: torch.Tensor,
-                  ph: int, pw: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  ph: int, pw: int, record: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The (P, E + 1, C, ph, pw) patch of a map from (top, left): the window where it lies, the
-    clean map elsewhere, ``fill`` outside the map."""
+    clean map elsewhere, ``fill`` outside the map (its :class:`_Gather` appended to ``record``)."""
     ch, h, w = clean.shape
     p, e1 = win.c.shape[:2]
     margin = max(ph, pw) + 2
@@ -402,19 +436,36 @@ def _gather_patch(win: Window, clean: torch.Tensor, fill: float, top: torch.Tens
     sr = rows - win.top[:, None]
     sc = cols - win.left[:, None]
     inside = ((sr >= 0) & (sr < n))[:, :, None] & ((sc >= 0) & (sc < m))[:, None, :]  # (P, ph, pw)
-    src = (sr.clamp(0, n - 1)[:, :, None] * m + sc.clamp(0, m - 1)[:, None, :]).reshape(p, 1, 1, -1)
-    src = src.expand(p, e1, ch, -1)
-    cw = win.c.reshape(p, e1, ch, -1).gather(3, src)
-    rw = win.r.reshape(p, e1, ch, -1).gather(3, src)
+    src = (sr.clamp(0, n - 1)[:, :, None] * m + sc.clamp(0, m - 1)[:, None, :]).reshape(p, -1)
+    src4 = src.reshape(p, 1, 1, -1).expand(p, e1, ch, -1)
+    cw = win.c.reshape(p, e1, ch, -1).gather(3, src4)
+    rw = win.r.reshape(p, e1, ch, -1).gather(3, src4)
     inside = inside.reshape(p, 1, 1, -1)
     c_clean = torch.zeros_like(cw)
     c_clean[:, 0] = base
     c = torch.where(inside, cw, c_clean)
     r = torch.where(inside, rw, torch.zeros_like(rw))
+    if record is not None:
+        record.append(_Gather(inside.to(DTYPE), src, torch.where(inside[:, 0], 0.0, base), (ch, n, m)))
     return c.reshape(p, e1, ch, ph, pw), r.reshape(p, e1, ch, ph, pw)
 
 
-def _spatial_setup(win: Window, clean_in: torch.Tensor, kernel: int, stride: int, padding: int, fill: float):
+def _gather_back(g: _Gather, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficients (P, R, C, ph, pw) on a gathered patch as coefficients (P, R, C, n, m) on its
+    window plus a constant (P, R) (the clean cells' contribution)."""
+    p, r = lam.shape[:2]
+    ch, n, m = g.window
+    lam = lam.reshape(p, r, ch, -1)
+    # cells outside the map (max-pool padding, NEG_BIG) always get a coefficient of exactly 0
+    const = torch.einsum("prcq,pcq->pr", lam, g.base)
+    inner = lam * g.inside
+    out = torch.zeros((p, r, ch, n * m), dtype=lam.dtype)
+    out.scatter_add_(3, g.src.reshape(p, 1, 1, -1).expand(p, r, ch, -1), inner)
+    return out.reshape(p, r, ch, n, m), const
+
+
+def _spatial_setup(win: Window, clean_in: torch.Tensor, kernel: int, stride: int, padding: int, fill: float,
+                   record: list | None = None):
     ch, h, w = clean_in.shape
     ho = (h + 2 * padding - kernel) // stride + 1
     wo = (w + 2 * padding - kernel) // stride + 1
@@ -422,24 +473,29 @@ def _spatial_setup(win: Window, clean_in: torch.Tensor, kernel: int, stride: int
     top, nh = _out_range(win.top, n, kernel, stride, padding, ho)
     left, nw = _out_range(win.left, m, kernel, stride, padding, wo)
     ph, pw = (nh - 1) * stride + kernel, (nw - 1) * stride + kernel
-    c, r = _gather_patch(win, clean_in, fill, top * stride - padding, left * stride - padding, ph, pw)
+    c, r = _gather_patch(win, clean_in, fill, top * stride - padding, left * stride - padding, ph, pw, record)
     return c, r, top, left, nh, nw
 
 
-def _conv_window(op: Conv, win: Window, clean_in: torch.Tensor) -> Window:
-    c, r, top, left, nh, nw = _spatial_setup(win, clean_in, op.kernel, op.stride, op.padding, 0.0)
+def _conv_window(op: Conv, win: Window, clean_in: torch.Tensor, trace: list | None = None) -> Window:
+    record: list | None = [] if trace is not None else None
+    c, r, top, left, nh, nw = _spatial_setup(win, clean_in, op.kernel, op.stride, op.padding, 0.0, record)
     p, e1, ch = c.shape[:3]
     cc = F.conv2d(c.reshape(p * e1, ch, *c.shape[-2:]), op.weight, stride=op.stride)
     rr = F.conv2d(r.reshape(p * e1, ch, *r.shape[-2:]), op.weight.abs(), stride=op.stride)
     cc = cc.reshape(p, e1, -1, nh, nw)
     cc[:, 0] += op.bias[:, None, None]
+    if trace is not None:
+        trace.append(("conv", op, record[0]))
     return Window(cc, rr.reshape(p, e1, -1, nh, nw), top, left)
 
 
-def _relu_bounds(lo_f: torch.Tensor, up_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear bounds of relu(a) from L <= a <= U (functions, (P, E + 1, ...))."""
-    lo = concretise(lo_f, upper=False)[:, None]
-    up = concretise(up_f, upper=True)[:, None]
+def _relu_bounds(lo_f: torch.Tensor, up_f: torch.Tensor, lo: torch.Tensor | None = None,
+                 up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear bounds of relu(a) from L <= a <= U (functions, (P, E + 1, ...)); ``lo`` and ``up``
+    (P, 1, ...): concrete bounds of a [default: those of L and U]."""
+    lo = concretise(lo_f, upper=False)[:, None] if lo is None else lo
+    up = concretise(up_f, upper=True)[:, None] if up is None else up
     dead = up <= 0
     alive = lo >= 0
     cross = ~(dead | alive)
@@ -455,60 +511,192 @@ def _relu_bounds(lo_f: torch.Tensor, up_f: torch.Tensor) -> tuple[torch.Tensor, 
     return new_lo, new_up
 
 
-def _relu_window(win: Window) -> Window:
-    lo, up = _relu_bounds(win.c - win.r, win.c + win.r)
-    return Window((lo + up) / 2, (up - lo) / 2, win.top, win.left)
+def _relu_window(win: Window, trace: list | None = None) -> Window:
+    lo_f, up_f = win.c - win.r, win.c + win.r
+    lo = concretise(lo_f, upper=False)[:, None]
+    up = concretise(up_f, upper=True)[:, None]
+    if trace is not None:
+        trace.append(("relu", lo, up))
+    lo_f, up_f = _relu_bounds(lo_f, up_f, lo, up)
+    return Window((lo_f + up_f) / 2, (up_f - lo_f) / 2, win.top, win.left)
 
 
-def _max2(m_lo, m_up, x_lo, x_up):
-    """Linear bounds of max(m, x) from the bounds of m and x (functions, (P, E + 1, ...))."""
+def _max2(m_lo, m_up, x_lo, x_up, decisions: list | None = None, concrete: tuple | None = None):
+    """Linear bounds of max(m, x) from the bounds of m and x (functions, (P, E + 1, ...)); the
+    relaxation chosen is appended to ``decisions`` for the backward pass. ``concrete``: (m_min,
+    m_max, x_min, x_max), (P, 1, ...) concrete bounds when already known. Returns the bounds of the
+    max and their concrete bounds (lo_min, up_max)."""
+    if concrete is None:
+        concrete = (concretise(m_lo, upper=False)[:, None], concretise(m_up, upper=True)[:, None],
+                    concretise(x_lo, upper=False)[:, None], concretise(x_up, upper=True)[:, None])
+    m_min, m_max, x_min, x_max = concrete
     d_lo = concretise(x_lo - m_up, upper=False)[:, None]
     d_up = concretise(x_up - m_lo, upper=True)[:, None]
-    m_min = concretise(m_lo, upper=False)[:, None]
-    x_min = concretise(x_lo, upper=False)[:, None]
-    m_max = concretise(m_up, upper=True)[:, None]
-    x_max = concretise(x_up, upper=True)[:, None]
     take_m = d_up <= 0
     take_x = d_lo >= 0
     cross = ~(take_m | take_x)
-    denom = torch.where(cross, d_up - d_lo, torch.ones_like(d_up))
-    s = torch.where(cross, d_up / denom, torch.zeros_like(d_up))
-    lin_up = m_up + s * (x_up - m_lo)
+    s = torch.where(cross, d_up / torch.where(cross, d_up - d_lo, 1.0), 0.0)
+    # above: m_up + s (x_up - m_lo - d_lo) (s = 0: m_up where m always wins), x_up where x always wins,
+    # or the constant max(m_max, x_max) where that is smaller at the box centre
+    lin_up = torch.addcmul(m_up, s, x_up - m_lo)
     lin_up[:, 0] -= (s * d_lo)[:, 0]
-    const = torch.maximum(m_max, x_max)[:, 0]
-    use_const = cross[:, 0] & (const < lin_up[:, 0])
-    lin_up[:, 0] = torch.where(use_const, const, lin_up[:, 0])
-    lin_up[:, 1:] = torch.where(use_const[:, None], torch.zeros_like(lin_up[:, 1:]), lin_up[:, 1:])
-    cross_lo = torch.where(x_min > m_min, x_lo, m_lo)
-    lo = torch.where(take_m, m_lo, torch.where(take_x, x_lo, cross_lo))
-    up = torch.where(take_m, m_up, torch.where(take_x, x_up, lin_up))
-    return lo, up
+    const = torch.maximum(m_max, x_max)  # (P, 1, ...)
+    use_const = cross & (const[:, 0] < lin_up[:, 0])[:, None]
+    pick_up_x = take_x
+    up = torch.where(pick_up_x, x_up, lin_up)
+    if bool(use_const.any()):
+        up = torch.where(use_const, 0.0, up)
+        up[:, 0] = torch.where(use_const[:, 0], const[:, 0], up[:, 0])
+    low_x = take_x | (cross & (x_min > m_min))
+    lo = torch.where(low_x, x_lo, m_lo)
+    # concrete bounds of the result, for the next fold
+    lo_min = torch.where(low_x, x_min, m_min)
+    up_max = concretise(up, upper=True)[:, None]
+    if decisions is not None:
+        # (P, 1, ...) each: the backward pass's relaxation of max(m, x), the same as this one:
+        # above fx x + fm m + shift: m (take_m), x (take_x), (1 - s) m + s x - s d_lo (cross), or
+        # the constant; below: x where low_x, else m
+        take_m = take_m & ~take_x
+        lin = cross & ~use_const
+        one = torch.ones((), dtype=s.dtype)
+        fx = torch.where(take_x, one, torch.where(lin, s, 0.0))  # x's share of the upper bound
+        fm = torch.where(take_m, one, torch.where(lin, 1 - s, 0.0))  # m's share
+        shift = torch.where(lin, -s * torch.where(cross, d_lo, 0.0), torch.where(use_const, const, 0.0))
+        lx = low_x.to(s.dtype)
+        decisions.append((fx, fm, shift, lx, 1 - lx))
+    return lo, up, lo_min, up_max
 
 
-def _pool_window(op: MaxPool, win: Window, clean_in: torch.Tensor) -> Window:
-    c, r, top, left, nh, nw = _spatial_setup(win, clean_in, op.kernel, op.stride, op.padding, NEG_BIG)
+def _pool_window(op: MaxPool, win: Window, clean_in: torch.Tensor, trace: list | None = None) -> Window:
+    record: list | None = [] if trace is not None else None
+    c, r, top, left, nh, nw = _spatial_setup(win, clean_in, op.kernel, op.stride, op.padding, NEG_BIG, record)
     lo_all, up_all = c - r, c + r
+    min_all = concretise(lo_all, upper=False)[:, None]
+    max_all = concretise(up_all, upper=True)[:, None]
     s, k = op.stride, op.kernel
-    lo = up = None
+    lo = up = lo_min = up_max = None
+    decisions: list | None = [] if trace is not None else None
     for dy in range(k):
         for dx in range(k):
             sl = (Ellipsis, slice(dy, dy + (nh - 1) * s + 1, s), slice(dx, dx + (nw - 1) * s + 1, s))
             x_lo, x_up = lo_all[sl], up_all[sl]
             if lo is None:
-                lo, up = x_lo, x_up
+                lo, up, lo_min, up_max = x_lo, x_up, min_all[sl], max_all[sl]
             else:
-                lo, up = _max2(lo, up, x_lo, x_up)
+                lo, up, lo_min, up_max = _max2(lo, up, x_lo, x_up, decisions,
+                                               (lo_min, up_max, min_all[sl], max_all[sl]))
+    if trace is not None:
+        trace.append(("pool", op, record[0], decisions, (nh, nw)))
     return Window((lo + up) / 2, (up - lo) / 2, top, left)
 
 
-def _embed(win: Window, clean: torch.Tensor, top: torch.Tensor, left: torch.Tensor, n: int, m: int) -> Window:
-    c, r = _gather_patch(win, clean, 0.0, top, left, n, m)
+#: the fused ReLU + max-pool of exact inputs evaluates the 2^B corners of the box; above this many bands it is skipped
+MAX_CORNER_BANDS = 6
+#: also bound the convolution after the joint first block by its convex parts (:func:`_conv_convex_parts`);
+#: the tighter bounds feed the next ReLU; the backward pass still substitutes through the convolution
+JOINT_SECOND = True
+
+
+def _exact(win: Window) -> bool:
+    """Whether the window's bounds are exact (zero radius: affine in the box coordinates)."""
+    return not bool(win.r.any())
+
+
+def _relu_pool_exact(op: MaxPool, win: Window, clean_pre: torch.Tensor) -> Window:
+    """maxpool(relu(z)) = relu(max z) for a window z that is affine in the box coordinates e
+    (the first convolution's output): a convex function of e on the box. Above: the least-squares
+    plane through its values at the 2^E corners, raised by the largest residual (a convex function
+    lies below any plane that lies above it at the corners). Below: its tangent at the box centre,
+    the input that is largest there (or 0 where that is negative), the linear lower bound with the
+    largest mean over the box. ``clean_pre``: the clean map before the ReLU."""
+    c, _, top, left, nh, nw = _spatial_setup(win, clean_pre, op.kernel, op.stride, op.padding, NEG_BIG)
+    p, e1, ch = c.shape[:3]
+    e = e1 - 1
+    s, k = op.stride, op.kernel
+    signs = torch.tensor(list(__import__("itertools").product((-1.0, 1.0), repeat=e)), dtype=DTYPE)  # (2^E, E)
+    inputs = [c[..., dy: dy + (nh - 1) * s + 1: s, dx: dx + (nw - 1) * s + 1: s]
+              for dy in range(k) for dx in range(k)]  # each (P, E + 1, C, nh, nw)
+    stack = torch.stack(inputs, 2)  # (P, E + 1, k*k, C, nh, nw)
+    at_corners = stack[:, :1] + torch.einsum("se,peqchw->psqchw", signs, stack[:, 1:])  # (P, 2^E, k*k, C, nh, nw)
+    y = at_corners.max(dim=2).values.clamp(min=0)  # (P, 2^E, C, nh, nw)
+    n_corners = signs.shape[0]
+    plane = torch.empty((p, e1, ch, nh, nw), dtype=DTYPE)
+    plane[:, 0] = y.mean(dim=1)
+    plane[:, 1:] = torch.einsum("se,pschw->pechw", signs, y) / n_corners
+    fitted = plane[:, :1] + torch.einsum("se,pechw->pschw", signs, plane[:, 1:])
+    plane[:, 0] += (y - fitted).max(dim=1).values.clamp(min=0)
+    centre = stack[:, 0]  # (P, k*k, C, nh, nw)
+    best = centre.argmax(dim=1, keepdim=True)  # (P, 1, C, nh, nw)
+    tangent = stack.gather(2, best[:, None].expand(p, e1, 1, ch, nh, nw))[:, :, 0]  # (P, E + 1, C, nh, nw)
+    positive = (centre.gather(1, best)[:, 0] > 0)[:, None]
+    lower = torch.where(positive, tangent, torch.zeros_like(tangent))
+    win = Window((plane + lower) / 2, (plane - lower) / 2, top, left)
+    win.corners = y  # (P, 2^E, C, nh, nw): the exact values at the corners, for _conv_convex_parts
+    return win
+
+
+def _corner_plane(values: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """(P, E + 1, ...) the least-squares plane through a convex function's values (P, 2^E, ...) at
+    the corners ``signs`` (2^E, E) of the box, raised by its largest residual: an upper bound."""
+    n_corners = signs.shape[0]
+    plane = torch.empty((values.shape[0], signs.shape[1] + 1, *values.shape[2:]), dtype=values.dtype)
+    plane[:, 0] = values.mean(dim=1)
+    plane[:, 1:] = torch.einsum("se,ps...->pe...", signs, values) / n_corners
+    fitted = plane[:, :1] + torch.einsum("se,pe...->ps...", signs, plane[:, 1:])
+    plane[:, 0] += (values - fitted).max(dim=1).values.clamp(min=0)
+    return plane
+
+
+def _conv_convex_parts(op: Conv, win: Window, clean_in: torch.Tensor, trace: list | None = None) -> Window:
+    """A convolution of the joint first block's output (every input convex in e, known exactly at
+    the corners): z = G - H + b with G = W+ * y and H = |W-| * y both convex, so
+    z <= plane(G) - tangent(H) + b and z >= tangent(G) - plane(H) + b (planes through the exact
+    corner values of G and H, raised by their largest residual; tangents from the inputs' tangents).
+    Per output, the forward bound is kept where its value at the box centre is tighter. The trace
+    records the plain convolution, so the backward pass still substitutes through it; only the
+    bounds that the next ReLU's relaxation uses are tightened."""
+    y = win.corners  # (P, 2^E, C, n, m)
+    p, n_corners = y.shape[:2]
+    e = win.c.shape[1] - 1
+    signs = torch.tensor(list(__import__("itertools").product((-1.0, 1.0), repeat=e)), dtype=DTYPE)
+    # corner 0 with the clean cells, the other corners as differences from it (zero outside the window)
+    diff = torch.cat([y[:, :1], y[:, 1:] - y[:, :1]], 1)
+    corner_win = Window(diff, torch.zeros_like(diff), win.top, win.left)
+    cc, _, top, left, nh, nw = _spatial_setup(corner_win, clean_in, op.kernel, op.stride, op.padding, 0.0)
+    tangent = Window(win.c - win.r, torch.zeros_like(win.c), win.top, win.left)
+    tc, _, _, _, _, _ = _spatial_setup(tangent, clean_in, op.kernel, op.stride, op.padding, 0.0)
+    w_pos, w_neg = op.weight.clamp(min=0), (-op.weight).clamp(min=0)
+    shape = cc.shape[-2:]
+
+    def conv(x, w, k):
+        return F.conv2d(x.reshape(p * k, -1, *shape), w, stride=op.stride).reshape(p, k, -1, nh, nw)
+
+    g, h = conv(cc, w_pos, n_corners), conv(cc, w_neg, n_corners)
+    g = torch.cat([g[:, :1], g[:, 1:] + g[:, :1]], 1)
+    h = torch.cat([h[:, :1], h[:, 1:] + h[:, :1]], 1)
+    tg, th = conv(tc, w_pos, e + 1), conv(tc, w_neg, e + 1)
+    upper = _corner_plane(g, signs) - th
+    lower = tg - _corner_plane(h, signs)
+    upper[:, 0] += op.bias[:, None, None]
+    lower[:, 0] += op.bias[:, None, None]
+    fwd = _conv_window(op, win, clean_in, trace)
+    f_up, f_lo = fwd.c + fwd.r, fwd.c - fwd.r
+    upper = torch.where((f_up[:, :1] < upper[:, :1]), f_up, upper)
+    lower = torch.where((f_lo[:, :1] > lower[:, :1]), f_lo, lower)
+    return Window((upper + lower) / 2, (upper - lower) / 2, top, left)
+
+
+def _embed(win: Window, clean: torch.Tensor, top: torch.Tensor, left: torch.Tensor, n: int, m: int,
+           record: list | None = None) -> Window:
+    c, r = _gather_patch(win, clean, 0.0, top, left, n, m, record)
     return Window(c, r, top, left)
 
 
-def _residual_window(op: Residual, win: Window, clean: CleanImage) -> Window:
-    main = _propagate(op.main, win, clean)
-    short = _propagate(op.shortcut, win, clean)
+def _residual_window(op: Residual, win: Window, clean: CleanImage, trace: list | None = None) -> Window:
+    main_trace: list | None = [] if trace is not None else None
+    short_trace: list | None = [] if trace is not None else None
+    main = _propagate(op.main, win, clean, main_trace)
+    short = _propagate(op.shortcut, win, clean, short_trace)
     out_map = clean.maps[(id(op), "main")]
     _, h, w = out_map.shape
     (n1, m1), (n2, m2) = main.size, short.size
@@ -517,28 +705,171 @@ def _residual_window(op: Residual, win: Window, clean: CleanImage) -> Window:
     n = min(int(torch.maximum(main.top + n1, short.top + n2).sub(top).max()), h)
     m = min(int(torch.maximum(main.left + m1, short.left + m2).sub(left).max()), w)
     top, left = top.clamp(max=h - n), left.clamp(max=w - m)
-    a = _embed(main, out_map, top, left, n, m)
-    b = _embed(short, clean.maps[(id(op), "shortcut")], top, left, n, m)
+    record: list | None = [] if trace is not None else None
+    a = _embed(main, out_map, top, left, n, m, record)
+    b = _embed(short, clean.maps[(id(op), "shortcut")], top, left, n, m, record)
+    if trace is not None:
+        trace.append(("residual", op, main_trace, short_trace, record[0], record[1]))
     return Window(a.c + b.c, a.r + b.r, top, left)
 
 
-def _propagate(ops: list, win: Window, clean: CleanImage) -> Window:
-    for op in ops:
-        if isinstance(op, Conv):
-            win = _conv_window(op, win, clean.maps[id(op)])
+def _propagate(ops: list, win: Window, clean: CleanImage, trace: list | None = None, *,
+               top_level: bool = False) -> Window:
+    """The forward pass over ``ops``; with ``trace`` (a list) it records, per operation, what the
+    backward pass needs (the gathers, the ReLUs' input bounds, the max-pools' relaxations). At the
+    top level a ReLU followed by a max-pool on an exact window is relaxed jointly
+    (:func:`_relu_pool_exact`); the trace then starts after it, with its window (``("start", win)``)."""
+    skip = 0
+    for i, op in enumerate(ops):
+        if skip:
+            skip -= 1
+            continue
+        if (top_level and isinstance(op, Relu) and i + 1 < len(ops) and isinstance(ops[i + 1], MaxPool)
+                and win.c.shape[1] - 1 <= MAX_CORNER_BANDS and _exact(win)):
+            win = _relu_pool_exact(ops[i + 1], win, clean.maps[id(op)])
+            skip = 1
+            if trace is not None:
+                trace[:] = [("start", win)]
+            if JOINT_SECOND and i + 2 < len(ops) and isinstance(ops[i + 2], Conv):
+                win = _conv_convex_parts(ops[i + 2], win, clean.maps[id(ops[i + 2])], trace)
+                skip = 2
+        elif isinstance(op, Conv):
+            win = _conv_window(op, win, clean.maps[id(op)], trace)
         elif isinstance(op, Relu):
-            win = _relu_window(win)
+            win = _relu_window(win, trace)
         elif isinstance(op, MaxPool):
-            win = _pool_window(op, win, clean.maps[id(op)])
+            win = _pool_window(op, win, clean.maps[id(op)], trace)
         elif isinstance(op, Affine):
             c = win.c * op.scale[:, None, None]
             c[:, 0] += op.shift[:, None, None]
             win = Window(c, win.r * op.scale.abs()[:, None, None], win.top, win.left)
+            if trace is not None:
+                trace.append(("affine", op))
         elif isinstance(op, Residual):
-            win = _residual_window(op, win, clean)
+            win = _residual_window(op, win, clean, trace)
         else:  # pragma: no cover - compile_network admits nothing else
             raise OptionError(f"certify cannot bound {type(op).__name__}")
     return win
+
+
+# --------------------------------------------------------------------------------------
+# the backward pass (CROWN / DeepPoly back-substitution)
+# --------------------------------------------------------------------------------------
+def _relu_back(lam: torch.Tensor, lo: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An upper bound of lam . relu(x) (lam (P, R, C, n, m); input bounds lo, up (P, 1, C, n, m)) as
+    lam' . x + const: the chord where lam > 0, alpha x where lam < 0 (unstable ReLUs only)."""
+    dead = up <= 0
+    alive = lo >= 0
+    cross = ~(dead | alive)
+    su = torch.where(cross, up / torch.where(cross, up - lo, 1.0), alive.to(lam.dtype))  # 1 alive, 0 dead
+    alpha = torch.where(cross, (up > -lo).to(lam.dtype), alive.to(lam.dtype))
+    shift = torch.where(cross, -su * lo, 0.0)  # the chord's constant
+    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+    return pos * su + neg * alpha, (pos * shift).flatten(2).sum(2)
+
+
+def _pool_back(op: MaxPool, g: _Gather, decisions: list, size: tuple, lam: torch.Tensor):
+    """An upper bound of lam . maxpool(x) as coefficients on the pool's input patch (via the same
+    pairwise relaxations as the forward pass, upper chain for lam > 0, lower one for lam < 0)."""
+    p, r, ch = lam.shape[:3]
+    nh, nw = size
+    s, k = op.stride, op.kernel
+    a_up = lam.clamp(min=0)
+    a_lo = lam.clamp(max=0)
+    const = torch.zeros((p, r), dtype=lam.dtype)
+    coef = [None] * (k * k)
+    for j in range(k * k - 1, 0, -1):
+        fx, fm, shift, lx, lm = decisions[j - 1]
+        coef[j] = a_up * fx + a_lo * lx
+        const = const + (a_up * shift).flatten(2).sum(2)
+        a_up, a_lo = a_up * fm, a_lo * lm
+    coef[0] = a_up + a_lo
+    ph, pw = (nh - 1) * s + k, (nw - 1) * s + k
+    patch = torch.zeros((p, r, ch, ph, pw), dtype=lam.dtype)
+    for dy in range(k):
+        for dx in range(k):
+            patch[..., dy: dy + (nh - 1) * s + 1: s, dx: dx + (nw - 1) * s + 1: s] += coef[dy * k + dx]
+    back, c2 = _gather_back(g, patch)
+    return back, const + c2
+
+
+def _backward(trace: list, lam: torch.Tensor, const: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Back-substitute ``lam . a + const`` (a: the window after the traced operations; lam
+    (P, R, C, n, m), const (P, R)) to an upper bound ``lam' . a_in + const'`` on the window before them."""
+    for step in reversed(trace):
+        kind = step[0]
+        if kind == "conv":
+            _, op, g = step
+            p, r, co, nh, nw = lam.shape
+            const = const + torch.einsum("prchw,c->pr", lam, op.bias)
+            patch = F.conv_transpose2d(lam.reshape(p * r, co, nh, nw), op.weight, stride=op.stride)
+            lam, c2 = _gather_back(g, patch.reshape(p, r, *patch.shape[1:]))
+            const = const + c2
+        elif kind == "relu":
+            lam, c2 = _relu_back(lam, step[1], step[2])
+            const = const + c2
+        elif kind == "pool":
+            _, op, g, decisions, size = step
+            lam, c2 = _pool_back(op, g, decisions, size, lam)
+            const = const + c2
+        elif kind == "affine":
+            op = step[1]
+            const = const + torch.einsum("prchw,c->pr", lam, op.shift)
+            lam = lam * op.scale[:, None, None]
+        else:  # residual
+            _, op, main_trace, short_trace, g_main, g_short = step
+            lam_a, ca = _gather_back(g_main, lam)
+            lam_b, cb = _gather_back(g_short, lam)
+            lam_a, ca2 = _backward(main_trace, lam_a, ca)
+            lam_b, cb2 = _backward(short_trace, lam_b, cb)
+            lam, const = lam_a + lam_b, const + ca2 + cb2
+    return lam, const
+
+
+def _bound_through(trace: list, lam: torch.Tensor, const: torch.Tensor, win_in: Window) -> torch.Tensor:
+    """(P, R) upper bounds of ``lam . a + const`` (a: the window after the traced operations), back-
+    substituted to the trace's start (the input box, or the window of a joint relaxation)."""
+    start = win_in
+    if trace and trace[0][0] == "start":
+        start, trace = trace[0][1], trace[1:]
+    back, c = _backward(trace, lam, const)
+    return _concretise_upper(back, c, start)
+
+
+def _concretise_upper(lam: torch.Tensor, const: torch.Tensor, win: Window) -> torch.Tensor:
+    """The maximum over the box of lam . a + const (P, R), with a bounded by the window's linear
+    functions (c - r <= a <= c + r; exact for the input window)."""
+    p, r = lam.shape[:2]
+    lam_f = lam.reshape(p, r, -1)
+    f = torch.einsum("prq,peq->pre", lam_f, win.c.reshape(p, win.c.shape[1], -1)) \
+        + torch.einsum("prq,peq->pre", lam_f.abs(), win.r.reshape(p, win.r.shape[1], -1))
+    return const + f[..., 0] + f[..., 1:].abs().sum(-1)
+
+
+def _refine_relus(trace: list, win_in: Window, max_neurons: int) -> None:
+    """Tighten the stored input bounds of the traced top-level ReLUs (in order) by back-substituting
+    each unstable pre-activation to the input box; the tighter of the two bounds is kept (sound:
+    both hold). ReLUs with more than ``max_neurons`` unstable neurons over the batch are skipped."""
+    for i, step in enumerate(trace):
+        if step[0] != "relu":
+            continue
+        lo, up = step[1], step[2]  # (P, 1, C, n, m)
+        p = lo.shape[0]
+        shape = lo.shape[2:]
+        unstable = ((lo < 0) & (up > 0)).reshape(p, -1)
+        idx = torch.nonzero(unstable.any(0)).flatten()
+        if not len(idx) or len(idx) > max_neurons:
+            continue
+        q = int(np.prod(shape))
+        lam = torch.zeros((len(idx), q), dtype=DTYPE)
+        lam[torch.arange(len(idx)), idx] = 1.0
+        lam = torch.cat([lam, -lam]).reshape(1, 2 * len(idx), *shape).expand(p, -1, *shape)
+        bound = _bound_through(trace[:i], lam, torch.zeros((p, 2 * len(idx)), dtype=DTYPE), win_in)
+        new_up, new_lo = bound[:, : len(idx)], -bound[:, len(idx):]
+        lo_f, up_f = lo.reshape(p, -1).clone(), up.reshape(p, -1).clone()
+        lo_f[:, idx] = torch.maximum(lo_f[:, idx], new_lo)
+        up_f[:, idx] = torch.minimum(up_f[:, idx], new_up)
+        trace[i] = ("relu", lo_f.reshape(lo.shape), up_f.reshape(up.shape))
 
 
 def input_window(rows: np.ndarray, cols: np.ndarray, low: np.ndarray, high: np.ndarray) -> Window:
@@ -567,18 +898,13 @@ def propagate(net: Network, clean: CleanImage, rows: np.ndarray, cols: np.ndarra
     Returns:
         The window of the last spatial map.
     """
-    return _propagate(net.ops, input_window(rows, cols, low, high), clean)
+    return _propagate(net.ops, input_window(rows, cols, low, high), clean, top_level=True)
 
 
-def row_bounds(net: Network, clean: CleanImage, win: Window, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds over each box of linear functions of the logits.
-
-    Args:
-        rows: (R, K) float64: each row a linear combination of the K logits.
-
-    Returns:
-        (P, R) minima and (P, R) maxima (sound bounds) of ``rows @ logits`` over each box.
-    """
+def _head_lambda(net: Network, clean: CleanImage, win: Window,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows @ logits`` as ``lam . a + const`` on the last window a: lam (P, R, C, n, m), const (P, R)
+    (the head is linear; cells outside the window keep their clean values)."""
     weight = torch.einsum("rk,kchw->rchw", rows, net.head_weight)  # (R, C, H', W')
     ch, h, w = clean.last.shape
     p = win.c.shape[0]
@@ -588,14 +914,67 @@ def row_bounds(net: Network, clean: CleanImage, win: Window, rows: torch.Tensor)
     flat = (r_idx * w + c_idx).reshape(p, -1)  # (P, n*m)
     wr = weight.reshape(rows.shape[0], ch, -1)[:, :, flat].permute(2, 0, 1, 3)  # (P, R, C, n*m)
     base = clean.last.reshape(ch, -1)[:, flat].permute(1, 0, 2)  # (P, C, n*m)
-    cw = win.c.reshape(p, win.c.shape[1], ch, -1).clone()
-    cw[:, 0] -= base
-    rw = win.r.reshape(p, win.r.shape[1], ch, -1)
-    centre = torch.einsum("prcq,pecq->per", wr, cw)
-    radius = torch.einsum("prcq,pecq->per", wr.abs(), rw)
-    clean_rows = rows @ clean.logits
-    centre[:, 0] += clean_rows
-    return concretise(centre - radius, upper=False), concretise(centre + radius, upper=True)
+    const = (rows @ clean.logits)[None] - torch.einsum("prcq,pcq->pr", wr, base)
+    return wr.reshape(p, rows.shape[0], ch, n, m), const
+
+
+def row_bounds(net: Network, clean: CleanImage, win: Window, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds over each box of linear functions of the logits, from the forward
+    linear bounds of the last window alone.
+
+    Args:
+        rows: (R, K) float64: each row a linear combination of the K logits.
+
+    Returns:
+        (P, R) minima and (P, R) maxima (sound bounds) of ``rows @ logits`` over each box.
+    """
+    lam, const = _head_lambda(net, clean, win, rows)
+    upper = _concretise_upper(lam, const, win)
+    lower = -_concretise_upper(-lam, -const, win)
+    return lower, upper
+
+
+def box_bounds(net: Network, clean: CleanImage, rows_idx: np.ndarray, cols_idx: np.ndarray, low: np.ndarray,
+               high: np.ndarray, rows: torch.Tensor, *, backward: bool = True, lower: bool = True,
+               refine: int = 0, keep_forward: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Bounds over P boxes of linear functions of the logits: forward, then (``backward``)
+    back-substituted to the box; the tighter of the two (both sound) is returned.
+
+    Args:
+        rows_idx, cols_idx: (P,) the pixel of each box; low, high: (P, B) its value box.
+        rows: (R, K) float64 linear functions of the logits.
+        backward: back-substitute the objective through every layer to the box coordinates
+            (CROWN / DeepPoly), using the forward pass's intermediate bounds [default: True].
+        lower: also bound from below (the backward pass then bounds 2R functions) [default: True].
+        refine: before that, tighten the input bounds of each top-level ReLU after the first by
+            back-substituting its unstable pre-activations (at most ``refine`` per batch; 0:
+            never) [default: 0].
+        keep_forward: return the tighter of the forward and the backward bounds; False: the
+            backward bounds alone (for tests) [default: True].
+
+    Returns:
+        (P, R) minima (None when not ``lower``) and (P, R) maxima of ``rows @ logits``.
+    """
+    win_in = input_window(rows_idx, cols_idx, low, high)
+    trace: list | None = [] if backward else None
+    win = _propagate(net.ops, win_in, clean, trace, top_level=True)
+    lam, const = _head_lambda(net, clean, win, rows)
+    up = _concretise_upper(lam, const, win)
+    lo = -_concretise_upper(-lam, -const, win) if lower else None
+    if not backward:
+        return lo, up
+    if refine:
+        _refine_relus(trace, win_in, refine)
+    n_rows = rows.shape[0]
+    if lower:
+        lam, const = torch.cat([lam, -lam], 1), torch.cat([const, -const], 1)
+    bound = _bound_through(trace, lam, const, win_in)
+    if not keep_forward:
+        return (-bound[:, n_rows:] if lower else None), bound[:, :n_rows]
+    up = torch.minimum(up, bound[:, :n_rows])
+    if lower:
+        lo = torch.maximum(lo, -bound[:, n_rows:])
+    return lo, up
 
 
 def point_logits(net: Network, clean: CleanImage, rows: np.ndarray, cols: np.ndarray,

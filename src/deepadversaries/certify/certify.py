@@ -13,10 +13,13 @@ For each attacked test image the stage decides one of three answers:
 Per image: (1) a scan of every position at a grid of values (the corners of the value
 cube and its centre by default; the 3^B grid with ``scan_levels=3``) with the fast
 candidate evaluator, whose successes are re-checked by the plain model; (2) if that finds no flip, branch and bound:
-every position's full value box is bounded; a box not certified has its centre evaluated
-(float64, then re-checked in float32 when it succeeds) and is split in two along its
-widest side (relative to the range); this repeats until every box is certified, a witness
-is re-checked, or the budget is spent. Branch and bound is complete in the limit: once
+every position's full value box is bounded (forward bounds, and the backward pass for boxes
+they nearly prove); a box not certified has its centre evaluated (the fast evaluator, then
+re-checked by the plain model when it succeeds) and is split in halves along its three widest
+sides (relative to the range); boxes are taken from a stack in batches, so positions are
+decided group by group (a box split more than DEPTH_STEP times waits for the other positions);
+this repeats until every box is certified, a witness is re-checked, or the budget is spent.
+Branch and bound is complete in the limit: once
 every ReLU and max-pool choice is stable in a box, its bounds are exact.
 
 Images: by default the images of the run's DE campaign (``RUN/attack/results.csv``), so the
@@ -77,10 +80,16 @@ TARGET_SETS: tuple[str, ...] = ("paper", "all")
 STATUSES: tuple[str, ...] = ("flippable", "certified", "undecided")
 #: certmap codes per position
 CERTIFIED, WITNESS, UNDECIDED = 0, 1, 2
-#: boxes bounded per batch (memory: about 40 MB of float64 per 100 boxes for the ConvNet)
-BOX_BATCH = 512
+#: boxes bounded per batch (128 ran faster per box than 512 on the quick ConvNet: the window tensors stay in cache)
+BOX_BATCH = 128
 #: plain-model re-checks tried per round before moving on
 RECHECKS = 16
+#: a box the forward bounds leave less than this (logit units) from proved gets the backward bounds too
+BACKWARD_GAP = 4.0
+#: sides halved at once when a box is split (2^SPLIT_SIDES children)
+SPLIT_SIDES = 3
+#: splits of a box before it waits for the other positions (the cap then grows by as much again)
+DEPTH_STEP = 3
 
 
 @dataclass(frozen=True)
@@ -217,16 +226,21 @@ class ImageCertifier:
         return None
 
     # -- the scan ----------------------------------------------------------------------
-    def _scan(self, image: np.ndarray, label: int, targets: list[int | None], deadline: float):
-        """The first confirmed flip on the scan's grid: (row, col, value, target, probs); None when
-        there is none or the deadline (``time.perf_counter()``) passes first."""
+    def _evaluator(self, image: np.ndarray):
+        """The fast candidate evaluator (float32, local) with ``image`` loaded in its slot 0."""
         shape = tuple(image.shape)
         evaluator = self._evaluators.get(shape)
         if evaluator is None:
             evaluator = make_evaluator(self._fast, 1, shape, self.device, torch.float32)
             self._evaluators[shape] = evaluator
         evaluator.load(0, torch.from_numpy(np.asarray(image, np.float32)))
-        _, h, w = shape
+        return evaluator
+
+    def _scan(self, image: np.ndarray, label: int, targets: list[int | None], deadline: float):
+        """The first confirmed flip on the scan's grid: (row, col, value, target, probs); None when
+        there is none or the deadline (``time.perf_counter()``) passes first."""
+        evaluator = self._evaluator(image)
+        _, h, w = image.shape
         nv = len(self.scan_values)
         total = h * w * nv
         best = None
@@ -253,6 +267,21 @@ class ImageCertifier:
         return best
 
     # -- branch and bound --------------------------------------------------------------
+    def _success_bounds(self, clean: bounds.CleanImage, rules: list, rows_matrix: torch.Tensor, rr: np.ndarray,
+                        cc: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """(P, T) upper bounds of every target's success score over the boxes: the forward bounds,
+        then, for the boxes they do not prove but come within BACKWARD_GAP of proving, the backward
+        (back-substituted) bounds; the smaller of the two counts (both are sound)."""
+        _, upper = bounds.box_bounds(self.net, clean, rr, cc, low, high, rows_matrix, backward=False, lower=False)
+        s_up = bounds.success_upper_bounds(upper, rules)
+        worst = s_up.max(axis=1)
+        again = np.flatnonzero((worst >= -bounds.CERTIFY_TOLERANCE) & (worst < BACKWARD_GAP))
+        if len(again):
+            _, upper = bounds.box_bounds(self.net, clean, rr[again], cc[again], low[again], high[again], rows_matrix,
+                                         backward=True, lower=False)
+            s_up[again] = np.minimum(s_up[again], bounds.success_upper_bounds(upper, rules))
+        return s_up
+
     def certify(self, image: np.ndarray, label: int, targets: list[int], budget_s: float) -> ImageCertificate:
         """Decide one image (B, H, W), model input, true class ``label``, within ``budget_s`` seconds."""
         t0 = time.perf_counter()
@@ -268,84 +297,114 @@ class ImageCertifier:
             status_map[r, c] = WITNESS
             return ImageCertificate("flippable", t, r, c, v, _p_of(p, label, t), status_map, margin_map, 0,
                                     time.perf_counter() - t0, "scan")
+        evaluator = self._evaluator(image)
         clean = bounds.clean_pass(self.net, image.astype(np.float64))
         rules = bounds.target_rules(label, all_targets, self.rule, self.net.n_classes, clean.logits.numpy())
         rows_matrix = bounds.stacked_rows(rules)
         lo_range, hi_range = self.value_range.low_array, self.value_range.high_array
         span = hi_range - lo_range
-        pos = np.arange(h * w)
-        lows = np.repeat(lo_range[None], h * w, axis=0)
-        highs = np.repeat(hi_range[None], h * w, axis=0)
-        margins = np.full(h * w, np.nan)  # per queued box: its parent's bound (NaN: not bounded yet)
-        open_boxes = np.zeros(h * w, np.int64)  # per position: boxes not yet certified
-        open_boxes[:] = 1
+        n_pos = h * w
+        # the queue: a stack of chunks (positions, lows, highs, the parent's proved margin (NaN: none),
+        # splits so far), consumed from the front of the top chunk; a batch's children go on top, so a
+        # group of positions is decided before the next one starts (the map fills position by
+        # position). A box split more than `cap` times waits in `deferred` until the stack is empty,
+        # then the cap grows: no single position can hold the budget while others wait unbounded.
+        stack = [(np.arange(n_pos), np.repeat(lo_range[None], n_pos, axis=0),
+                  np.repeat(hi_range[None], n_pos, axis=0), np.full(n_pos, np.nan), np.zeros(n_pos, np.int64))]
+        deferred: list = []
+        cap = DEPTH_STEP
+        open_boxes = np.ones(n_pos, np.int64)  # per position: boxes not yet certified
         n_boxes = 0
-        while len(pos):
+        while stack or deferred:
+            if not stack:
+                stack, deferred = deferred[::-1], []
+                cap += DEPTH_STEP
             if time.perf_counter() - t0 > budget_s:
                 break
-            keep_pos, keep_lo, keep_hi, keep_m = [], [], [], []
-            for a in range(0, len(pos), BOX_BATCH):
-                if time.perf_counter() - t0 > budget_s:
-                    keep_pos.append(pos[a:]); keep_lo.append(lows[a:]); keep_hi.append(highs[a:])
-                    keep_m.append(margins[a:])
-                    break
-                p_, lo_, hi_ = pos[a: a + BOX_BATCH], lows[a: a + BOX_BATCH], highs[a: a + BOX_BATCH]
-                rr, cc = np.divmod(p_, w)
-                win = bounds.propagate(self.net, clean, rr, cc, lo_, hi_)
-                _, upper = bounds.row_bounds(self.net, clean, win, rows_matrix)
-                s_up = bounds.success_upper_bounds(upper, rules)  # (P, T)
-                n_boxes += len(p_)
-                margin = -s_up.max(axis=1)
-                done = margin > bounds.CERTIFY_TOLERANCE
-                np.fmin.at(margin_map, (rr[done], cc[done]), margin[done].astype(np.float32))
-                np.subtract.at(open_boxes, p_[done], 1)
-                rest = np.flatnonzero(~done)
-                if not len(rest):
-                    continue
-                # the centres of the open boxes as witnesses (float64, then the plain model)
-                centre = (lo_[rest] + hi_[rest]) / 2
-                logits = bounds.point_logits(self.net, clean, rr[rest], cc[rest], centre).numpy()
-                score = bounds.success_scores(logits, label, rules, self.rule)  # (n, T)
-                best_t = score.argmax(axis=1)
-                best = score[np.arange(len(rest)), best_t]
-                hits = np.flatnonzero(best > 0)
-                if len(hits):
-                    order = hits[np.argsort(-best[hits], kind="stable")]
-                    got = self._confirm(image, label, all_targets, rr[rest], cc[rest], centre, order, best_t)
-                    if got is not None:
-                        k, t, p = got
-                        r, c = int(rr[rest][k]), int(cc[rest][k])
-                        status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
-                        status_map[r, c] = WITNESS
-                        _open_margins(margin_map, [pos[a + BOX_BATCH:], *keep_pos, p_[~done]],
-                                      [margins[a + BOX_BATCH:], *keep_m, margin[~done]], width=w)
-                        return ImageCertificate("flippable", t, r, c, centre[k].copy(), _p_of(p, label, t),
-                                                status_map, margin_map, n_boxes, time.perf_counter() - t0,
-                                                "branch-and-bound")
-                # split along the widest side, relative to the range
-                lo_r, hi_r = lo_[rest], hi_[rest]
-                axis = np.argmax((hi_r - lo_r) / span, axis=1)
-                mid = (lo_r[np.arange(len(rest)), axis] + hi_r[np.arange(len(rest)), axis]) / 2
-                left_hi, right_lo = hi_r.copy(), lo_r.copy()
-                left_hi[np.arange(len(rest)), axis] = mid
-                right_lo[np.arange(len(rest)), axis] = mid
-                np.add.at(open_boxes, p_[rest], 1)
-                keep_pos.append(np.concatenate([p_[rest], p_[rest]]))
-                keep_lo.append(np.concatenate([lo_r, right_lo]))
-                keep_hi.append(np.concatenate([left_hi, hi_r]))
-                keep_m.append(np.concatenate([margin[rest], margin[rest]]))
-            pos = np.concatenate(keep_pos) if keep_pos else np.zeros(0, np.int64)
-            lows = np.concatenate(keep_lo) if keep_lo else np.zeros((0, len(span)))
-            highs = np.concatenate(keep_hi) if keep_hi else np.zeros((0, len(span)))
-            margins = np.concatenate(keep_m) if keep_m else np.zeros(0)
-            if len(pos):
-                order = np.argsort(pos, kind="stable")
-                pos, lows, highs, margins = pos[order], lows[order], highs[order], margins[order]
-        _open_margins(margin_map, [pos], [margins], width=w)
+            parts, count = [], 0
+            while stack and count < BOX_BATCH:
+                chunk = stack.pop()
+                take = min(BOX_BATCH - count, len(chunk[0]))
+                parts.append(tuple(x[:take] for x in chunk))
+                if take < len(chunk[0]):
+                    stack.append(tuple(x[take:] for x in chunk))
+                count += take
+            p_, lo_, hi_, _, depth = (np.concatenate(x) for x in zip(*parts))
+            rr, cc = np.divmod(p_, w)
+            s_up = self._success_bounds(clean, rules, rows_matrix, rr, cc, lo_, hi_)  # (P, T)
+            n_boxes += len(p_)
+            margin = -s_up.max(axis=1)
+            done = margin > bounds.CERTIFY_TOLERANCE
+            np.fmin.at(margin_map, (rr[done], cc[done]), margin[done].astype(np.float32))
+            np.subtract.at(open_boxes, p_[done], 1)
+            rest = np.flatnonzero(~done)
+            if not len(rest):
+                continue
+            # the centres of the open boxes as witnesses (the scan's fast evaluator, then the plain model)
+            centre = (lo_[rest] + hi_[rest]) / 2
+            probs = evaluator.evaluate(np.zeros(len(rest), np.int64), rr[rest][:, None], cc[rest][:, None],
+                                       centre[:, None, :].astype(np.float32))
+            logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-300))  # shift-invariant scores
+            score = bounds.success_scores(logits, label, rules, self.rule)  # (n, T)
+            best_t = score.argmax(axis=1)
+            best = score[np.arange(len(rest)), best_t]
+            hits = np.flatnonzero(best > 0)
+            if len(hits):
+                order = hits[np.argsort(-best[hits], kind="stable")]
+                got = self._confirm(image, label, all_targets, rr[rest], cc[rest], centre, order, best_t)
+                if got is not None:
+                    k, t, p = got
+                    r, c = int(rr[rest][k]), int(cc[rest][k])
+                    status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
+                    status_map[r, c] = WITNESS
+                    waiting = stack + deferred
+                    _open_margins(margin_map, [x[0] for x in waiting] + [p_[rest]],
+                                  [x[3] for x in waiting] + [margin[rest]], width=w)
+                    return ImageCertificate("flippable", t, r, c, centre[k].copy(), _p_of(p, label, t),
+                                            status_map, margin_map, n_boxes, time.perf_counter() - t0,
+                                            "branch-and-bound")
+            # split along the SPLIT_SIDES widest sides (relative to the range) at once
+            child_lo, child_hi, parent = _split(lo_[rest], hi_[rest], span)
+            np.add.at(open_boxes, p_[rest], np.bincount(parent, minlength=len(rest)) - 1)
+            order = np.argsort(parent, kind="stable")  # a box's children together, in the batch's order
+            child_lo, child_hi, parent = child_lo[order], child_hi[order], parent[order]
+            child = (p_[rest][parent], child_lo, child_hi, margin[rest][parent], depth[rest][parent] + 1)
+            deep = child[4] > cap
+            if deep.any():
+                deferred.append(tuple(x[deep] for x in child))
+            if (~deep).any():
+                stack.append(tuple(x[~deep] for x in child))
+        waiting = stack + deferred
+        _open_margins(margin_map, [x[0] for x in waiting] + [np.zeros(0, np.int64)],
+                      [x[3] for x in waiting] + [np.zeros(0)], width=w)
         status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
-        status = "certified" if not len(pos) else "undecided"
+        status = "certified" if not waiting else "undecided"
         return ImageCertificate(status, None, -1, -1, nan_value, float("nan"), status_map, margin_map, n_boxes,
                                 time.perf_counter() - t0, "branch-and-bound")
+
+
+def _split(low: np.ndarray, high: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split boxes (N, B) in halves along their ``SPLIT_SIDES`` widest sides (relative to the range
+    ``span``) at once: the children's lows and highs (M, B) and each child's parent (M,)."""
+    n, b = low.shape
+    k = min(SPLIT_SIDES, b)
+    width = (high - low) / np.where(span > 0, span, 1.0)
+    axes = np.argsort(-width, axis=1, kind="stable")[:, :k]  # (N, k)
+    lows, highs, parents = [], [], []
+    rows = np.arange(n)
+    for code in range(2 ** k):
+        lo, hi = low.copy(), high.copy()
+        for j in range(k):
+            ax = axes[:, j]
+            mid = (low[rows, ax] + high[rows, ax]) / 2
+            if (code >> j) & 1:
+                lo[rows, ax] = mid
+            else:
+                hi[rows, ax] = mid
+        lows.append(lo)
+        highs.append(hi)
+        parents.append(rows)
+    return np.concatenate(lows), np.concatenate(highs), np.concatenate(parents)
 
 
 def _open_margins(margin_map: np.ndarray, positions: list, margins: list, *, width: int) -> None:
