@@ -72,3 +72,20 @@ def test_visit_hits_float32_equals_the_binomial_quantile_by_searchsorted(visits:
     assert hits.dtype == np.int64
     np.testing.assert_array_equal(hits, np.searchsorted(cdf, u.astype(np.float64), side="right").clip(0, visits))
     np.testing.assert_array_equal(hits[len(u) - len(near):], expected.clip(0, visits))
+
+
+@pytest.mark.parametrize("lo,hi", [(-1160.0, 7452.0), (np.float64(-1160.3), np.float64(7452.7))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_paper_stretch_in_place_equals_the_formula(lo, hi, dtype) -> None:
+    """The in-place paper stretch the benchmark calls 49 times a run: clip, arcsinh(0.85 x / hi), (y + 1) / 2,
+    bit for bit as the one-expression formula, and the input untouched."""
+    from deepadversaries.data.stretches import apply_paper
+
+    images = (np.random.default_rng(5).standard_normal((4, 3, 30, 30)) * 4000.0).astype(dtype)
+    kept = images.copy()
+    x = np.clip(np.asarray(images, dtype=np.float32), lo, hi)
+    expected = ((np.arcsinh(0.85 * x / np.float32(hi)) + 1.0) / 2.0).astype(np.float32)
+    out = apply_paper(images, lo, hi)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(images, kept)

@@ -584,6 +584,8 @@ class _Benchmark:
             if k == 0 and len(electrons):
                 self.panels[(name, severity)] = np.array(electrons[0])
             images = self.dataset.model_input(electrons, self.domain)
+            if severity == 0 and len(self.labels) <= CLEAN_CACHE_IMAGES:
+                self._clean_cache[k] = images  # the clean input, for the input statistics of every row
             if severity != 0:
                 stats += _input_statistics(images, self._clean_input(k, clean_raw), electrons, clean_raw, self.limits)
             elif self.limits is not None:

@@ -196,8 +196,18 @@ def _restore_noise(smooth: np.ndarray, sky: float, kept_variance: float | np.nda
     variance is the survey's again (``kept`` = sum K^2 of the smoothing kernel, scalar or per plane)."""
     kept = np.asarray(kept_variance, dtype=np.float32)
     kept = kept.reshape(kept.shape + (1,) * (smooth.ndim - kept.ndim)) if kept.ndim else kept
-    variance = (np.float32(sky) + np.clip(smooth, 0.0, None)) * np.clip(np.float32(1.0) - kept, 0.0, None)
-    return smooth + rng.standard_normal(smooth.shape, dtype=np.float32) * np.sqrt(variance)
+    if smooth.dtype != np.float32:
+        variance = (np.float32(sky) + np.clip(smooth, 0.0, None)) * np.clip(np.float32(1.0) - kept, 0.0, None)
+        return smooth + rng.standard_normal(smooth.shape, dtype=np.float32) * np.sqrt(variance)
+    # float32: the same operations in place (+ and * commute bit for bit), two arrays instead of six
+    variance = np.clip(smooth, 0.0, None)
+    variance += np.float32(sky)
+    variance *= np.clip(np.float32(1.0) - kept, 0.0, None)
+    np.sqrt(variance, out=variance)
+    noise = rng.standard_normal(smooth.shape, dtype=np.float32)
+    noise *= variance
+    noise += smooth
+    return noise
 
 
 # --- seeing -------------------------------------------------------------------------------
