@@ -15,7 +15,12 @@ machine the wall times depend on the load (printed); the CPU seconds of this pro
 quiet 2-core machine the stage's wall time is about its single-threaded corrupting CPU time plus half
 its two-threaded evaluating CPU time.
 
-    OMP_NUM_THREADS=2 python benchmarks/robustness.py [--n 700] [--threads 2] [--data DIR]
+    OMP_NUM_THREADS=2 python benchmarks/robustness.py [--n 700] [--threads 2] [--data DIR] [--before SRC]
+
+``--before SRC`` (a ``src`` folder of an earlier version, e.g. a copy of the main branch's) runs the
+same measurement with that package in a subprocess first and prints both side by side with the
+ratios after / before; the JSON line then holds ``before`` and ``ratio_after_before``. ``--src SRC``
+measures the package in SRC instead of this checkout's (what ``--before`` uses).
 
 Without ``--data`` the test set is synthetic: Gaussian-blob galaxies of a few hundred to a few
 thousand electrons per pixel at peak on the Y10 sky, Gaussian noise of the survey's variance (B + S)
@@ -36,7 +41,19 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+
+
+def _source_folder(argv: list[str]) -> Path:
+    """The package source to measure: ``--src SRC`` if given (read before the package is imported)."""
+    for i, arg in enumerate(argv):
+        if arg == "--src" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if arg.startswith("--src="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return ROOT / "src"
+
+
+sys.path.insert(0, str(_source_folder(sys.argv)))
 
 from deepadversaries.corruptions.registry import CORRUPTIONS
 from deepadversaries.corruptions.suite import CorruptionOptions, band_sky
@@ -79,7 +96,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=700, help="test images (quick preset: about 700)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--data", type=Path, default=None, help="a dataset folder instead of synthetic images")
+    parser.add_argument("--src", type=Path, default=None, help="the package source to measure [default: this checkout's]")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="an earlier version's src folder: measured first in a subprocess, shown side by side")
     args = parser.parse_args()
+    before = _measure_before(args) if args.before is not None else None
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="deepadv-robustness-bench-"))
     data = args.data or synthetic_dataset(tmp / "data", args.n)
@@ -123,15 +144,42 @@ def main() -> None:
           f"{BUDGET_S:.0f}-s budget; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
           f"(corrupting {timing['corrupt_s']:.1f} s : evaluating {timing['evaluate_s']:.1f} s = "
           f"{timing['corrupt_s'] / timing['evaluate_s']:.2f}; figures and files the rest)")
-    print(json.dumps({
+    result = {
         "n_images": n, "threads": args.threads, "corruptions": len(CORRUPTIONS), "severities": list(SEVERITIES),
         "corrupt_cpu_s": round(corrupt_cpu["default"], 2), "corrupt_cpu_first_version_s": round(corrupt_cpu["first version"], 2),
         "per_corruption_cpu_s": {k: round(v, 2) for k, v in cpu["default"].items()},
         "stage_s": round(stage_s, 2), "stage_cpu_s": round(stage_cpu_s, 2),
         "load_average": round(os.getloadavg()[0], 2), "cores": os.cpu_count(), "stage_corrupt_s": timing["corrupt_s"],
         "stage_evaluate_s": timing["evaluate_s"], "budget_s": BUDGET_S, "budget_fraction": round(stage_s / BUDGET_S, 3),
-        "within_budget": stage_s <= BUDGET_S,
-    }))
+        "within_budget": stage_s <= BUDGET_S, "src": str(_source_folder(sys.argv)),
+    }
+    if before is not None:
+        keys = ("corrupt_cpu_s", "stage_s", "stage_cpu_s", "stage_corrupt_s", "stage_evaluate_s")
+        result["before"] = before
+        result["ratio_after_before"] = {k: round(result[k] / before[k], 3) for k in keys if before.get(k)}
+        print(f"{'':<22}{'before':>10}{'after':>10}{'after/before':>14}")
+        for k in keys:
+            if before.get(k):
+                print(f"{k:<22}{before[k]:>10.2f}{result[k]:>10.2f}{result[k] / before[k]:>14.3f}")
+        for name, after_cpu in result["per_corruption_cpu_s"].items():
+            old = before.get("per_corruption_cpu_s", {}).get(name)
+            if old:
+                print(f"  {name:<20}{old:>10.2f}{after_cpu:>10.2f}{after_cpu / old:>14.3f}")
+    print(json.dumps(result))
+
+
+def _measure_before(args: argparse.Namespace) -> dict:
+    """This benchmark run on the package in ``args.before`` in a subprocess; its JSON line."""
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).resolve()), "--src", str(args.before.resolve()),
+               "--n", str(args.n), "--threads", str(args.threads)]
+    if args.data is not None:
+        command += ["--data", str(args.data)]
+    print(f"before: {' '.join(command)}", flush=True)
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    print(done.stdout, end="", flush=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

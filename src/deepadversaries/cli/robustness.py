@@ -31,6 +31,7 @@ def _robustness(
     stress: bool = typer.Option(False, "--stress", help="Use the stress tables (the first version's strongest levels: bad single visits, unmasked bright trails, lossy compression beyond Rubin's recipe) instead of the Rubin-grounded ones; writes RUN/robustness[_Y1]_stress."),
     defects: str = typer.Option("dithered", "--defects", help="Detector defects (hot/dead pixels, bad columns): dithered (per visit, new positions each visit; default), masked (masked and interpolated from the neighbours) or no-dither (the same sky pixel in every visit, unmasked: an assumption, the worst case)."),
     noise_check: str = typer.Option("refuse", "--noise-check", help="When the test images' border-pixel noise is not the LSST survey model's sqrt(sky) (imported data): refuse, warn or off."),
+    survey: Optional[Path] = typer.Option(None, "--survey", help="JSON file of your survey's numbers per band (co-add sky in e-/pixel, exposure in s, optional zero point; visit length, read noise): the corruptions and the noise check use them instead of the LSST model's; one domain at a time. Layout: docs/robustness.md."),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruptions; the same seed gives every run the same corrupted images (paired comparison)."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Run whose per-image outcomes give the corruption errors (ΔE, CE, mCE). Default: for a non-regular run, the regular run of the same model beside it (RUN/../MODEL_regular); a regular run has none."),
     device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU if there is one), cpu or cuda."),
@@ -39,7 +40,7 @@ def _robustness(
 ) -> None:
     """Evaluate the run's kept checkpoint on a test set under survey-realistic corruptions.
 
-    Each corruption (detector, pipeline, observing-condition and scene errors with Rubin-grounded parameters) is applied to the raw images before the stretch, at severities 1-5; every run gets the same corrupted images for one --seed. It needs raw electrons in LSST bands (your own data: imported with --bands g,r,... and not --stretch none) whose noise is the survey model's. Per (corruption, severity): accuracy, flip rate, mean p(true), mean |Δ model input|, fraction of pixels changed and clipped by the stretch.
+    Each corruption (detector, pipeline, observing-condition and scene errors with Rubin-grounded parameters) is applied to the raw images before the stretch, at severities 1-5; every run gets the same corrupted images for one --seed. It needs raw electrons in LSST bands (your own data: imported with --bands g,r,... and not --stretch none) whose noise is the survey model's (or your own survey's numbers, --survey FILE.json). Per (corruption, severity): accuracy, flip rate, mean p(true), mean |Δ model input|, fraction of pixels changed and clipped by the stretch.
 
     Writes RUN/robustness[_Y1][_stress][_masked|_no-dither]/robustness.csv, outcomes.npz, accuracy.png, corruption_grid.png and summary.json (last), with ΔE against the baseline (points, paired bootstrap 95 % interval) for every corruption and CE / mCE over the corruptions that significantly degrade the baseline.
     """
@@ -48,10 +49,15 @@ def _robustness(
     from deepadversaries.corruptions.suite import CorruptionOptions
 
     check_choice(domain, ("Y10", "Y1", "both"), "domain")
+    if survey is not None and domain == "both":
+        from deepadversaries.errors import OptionError
+
+        raise OptionError("--survey describes one co-add depth: run --domain Y10 or --domain Y1 with it, not both")
     for one in (("Y10", "Y1") if domain == "both" else (domain,)):
         summary = robustness_run(run, data, corruptions=corruptions, severities=severities, seed=seed,
                                  baseline=baseline, domain=one, stress=stress, defects=defects,
-                                 noise_check=noise_check, device=device, batch_size=batch_size, overwrite=overwrite)
+                                 noise_check=noise_check, device=device, batch_size=batch_size, overwrite=overwrite,
+                                 survey=survey)
         _report_summary(summary)
         typer.echo(str(robustness_dir(run, one, CorruptionOptions("stress" if stress else "rubin", defects))))
 

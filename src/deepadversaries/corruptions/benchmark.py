@@ -51,6 +51,7 @@ from deepadversaries import BANDS, REFERENCE_METHOD
 from deepadversaries.attacks.evaluators import optimized_for_inference
 from deepadversaries.corruptions.error import CLEAN, corruption_errors, pool_corruptions_over_seeds
 from deepadversaries.corruptions.registry import CORRUPTIONS, table_fingerprint
+from deepadversaries.corruptions.survey_numbers import SurveyNumbers, read_survey
 from deepadversaries.corruptions.suite import (
     DEFAULT_OPTIONS, MAX_SEVERITY, SEVERITIES, CorruptionOptions, band_sky, check_bands, corrupt,
 )
@@ -246,7 +247,8 @@ def _reusable_outcomes(baseline: Path, domain: str, options: CorruptionOptions, 
         theirs = summary["settings"]
         same = (summary.get("kind") == KIND and summary.get("version") == VERSION
                 and all(theirs.get(k) == settings[k] for k in
-                        ("seed", "table_fingerprint", "chunk", "data", "n", "domain", "tables", "defects")))
+                        ("seed", "table_fingerprint", "chunk", "data", "n", "domain", "tables", "defects"))
+                and theirs.get("survey") == settings.get("survey"))
         outcomes = _read_outcomes(folder / OUTCOMES_NAME)
     except (DeepAdvError, KeyError, TypeError, ValueError, AttributeError, OSError):  # older or damaged
         return None
@@ -268,8 +270,9 @@ def _read_outcomes(path: Path) -> dict[Key, np.ndarray]:
 
 # --- imported data: does the noise look like the survey's? ------------------------------------------------
 def check_survey_noise(dataset: GalaxyDataset, domain: str, bands: Sequence[str], mode: str = "refuse",
-                       max_images: int = 256) -> dict[str, Any]:
-    """Compare the noise of the test images' border pixels with the survey model's sqrt(B).
+                       max_images: int = 256, survey: SurveyNumbers | None = None) -> dict[str, Any]:
+    """Compare the noise of the test images' border pixels with the survey model's sqrt(B) (or, with
+    ``survey``, the user's sqrt(B + N read_noise^2)).
 
     The corruptions add LSST sky, exposure and PSF of ``domain``; on images of another survey they
     would be the wrong size. sigma per band is 1.4826 x the median absolute deviation of the outer
@@ -282,9 +285,10 @@ def check_survey_noise(dataset: GalaxyDataset, domain: str, bands: Sequence[str]
         bands: the dataset's LSST bands.
         mode: "refuse" (raise a one-line :class:`FileError`), "warn" (log and go on) or "off" [default: "refuse"].
         max_images: images measured [default: 256].
+        survey: the user's survey numbers (``--survey``) [default: None: the LSST model at ``domain``'s depth].
 
     Returns:
-        {"ratios": {band: sigma / sqrt(B)}, "ok": bool, "mode": mode}.
+        {"ratios": {band: sigma / expected sigma}, "ok": bool, "mode": mode}, plus "survey": the file with ``survey``.
     """
     check_choice(mode, NOISE_CHECKS, "noise check")
     if mode == "off":
@@ -292,24 +296,33 @@ def check_survey_noise(dataset: GalaxyDataset, domain: str, bands: Sequence[str]
     raw = np.asarray(dataset.images(domain, "test", stretched=False)[:max_images], dtype=np.float64)
     frame = np.ones(raw.shape[-2:], dtype=bool)
     frame[BORDER_PIXELS:-BORDER_PIXELS, BORDER_PIXELS:-BORDER_PIXELS] = False
-    sky = band_sky(domain, bands)
+    variance = survey.noise_variance(bands) if survey is not None else band_sky(domain, bands)
     ratios = {}
     for b, band in enumerate(bands):
         pixels = raw[:, b][:, frame].ravel()
         sigma = 1.4826 * float(np.median(np.abs(pixels - np.median(pixels))))
-        ratios[band] = sigma / math.sqrt(sky[b])
+        ratios[band] = sigma / math.sqrt(variance[b])
     lo, hi = NOISE_RATIO_RANGE
     ok = all(lo <= r <= hi for r in ratios.values())
+    model = "LSST" if survey is None else survey.source
     if not ok:
         text = ", ".join(f"{b} {r:.2f}" for b, r in ratios.items())
-        message = (f"the border-pixel noise of the {domain} test images is {text} times the LSST {domain} survey "
-                   f"model's sqrt(sky) (expected {lo}-{hi}): the corruptions would add LSST sky, exposure and PSF "
-                   "of another size than your survey's; pass --noise-check warn to corrupt them anyway (setting "
-                   "your own survey's sky and exposure is not supported)")
+        if survey is None:
+            message = (f"the border-pixel noise of the {domain} test images is {text} times the LSST {domain} survey "
+                       f"model's sqrt(sky) (expected {lo}-{hi}): the corruptions would add LSST sky, exposure and "
+                       "PSF of another size than your survey's; give your survey's sky, exposure and zero point per "
+                       "band with --survey FILE.json (docs/robustness.md), or pass --noise-check warn")
+        else:
+            message = (f"the border-pixel noise of the {domain} test images is {text} times the sqrt(sky + visits x "
+                       f"read noise^2) of the survey file {survey.source} (expected {lo}-{hi}): check its "
+                       "sky_e_per_pixel, exposure_s and read_noise_e, or pass --noise-check warn")
         if mode == "refuse":
             raise file_error(dataset.path / image_file(domain, "test"), message)
         info(f"warning: {message}")
-    return {"ratios": ratios, "ok": ok, "mode": mode}
+    result = {"ratios": ratios, "ok": ok, "mode": mode}
+    if survey is not None:  # the LSST default adds no key: its summaries stay as they were
+        result["survey"] = model
+    return result
 
 
 # --- the stage ------------------------------------------------------------------------------------------
@@ -329,7 +342,7 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
                    severities: str | Sequence[int] = SEVERITIES, seed: int = 0, baseline: str | Path | None = None,
                    domain: str = DOMAIN, stress: bool = False, defects: str = "dithered",
                    noise_check: str = "refuse", device: str = "auto", batch_size: int = 256, overwrite: bool = False,
-                   figures: bool = True) -> dict[str, Any]:
+                   figures: bool = True, survey: str | Path | None = None) -> dict[str, Any]:
     """Run the corruption benchmark on a run's kept checkpoint; write :func:`robustness_dir`.
 
     Args:
@@ -350,6 +363,9 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
         batch_size: images per forward pass [default: 256].
         overwrite: replace a finished result [default: False].
         figures: draw accuracy.png and corruption_grid.png [default: True].
+        survey: a survey file (JSON, :mod:`deepadversaries.corruptions.survey_numbers`): the sky, exposure
+            and zero point per band of the co-add corrupted, in place of the LSST model's; recorded in the
+            summary's settings; one domain only [default: None, LSST's].
 
     Returns:
         The summary written to ``summary.json``.
@@ -359,6 +375,8 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
             noise, a finished result without ``overwrite``, an unusable baseline.
     """
     check_choice(domain, (*DOMAINS, "both"), "domain")
+    if domain == "both" and survey is not None:
+        raise OptionError("--survey describes one co-add depth: run --domain Y10 or --domain Y1 with it, not both")
     if domain == "both":  # Y1 first: Y10's summary, written last, marks the pair finished
         kwargs = dict(corruptions=corruptions, severities=severities, seed=seed, baseline=baseline, stress=stress,
                       defects=defects, noise_check=noise_check, device=device, batch_size=batch_size,
@@ -378,7 +396,9 @@ def robustness_run(run: str | Path, data: str | Path | None = None, *, corruptio
     if summary_path.is_file() and not overwrite:
         raise file_error(summary_path, "a finished robustness result exists; pass --overwrite to replace it")
     dataset, bands = _checked_dataset(config, data)
-    noise = check_survey_noise(dataset, domain, bands, noise_check)
+    if survey is not None:
+        options = CorruptionOptions(options.tables, options.defects, read_survey(survey, bands))
+    noise = check_survey_noise(dataset, domain, bands, noise_check, survey=options.survey)
     torch_device = resolve_device(device)
     model = load_model(run, device=torch_device)
     check_input_shape(model, dataset.image_shape, dataset.path / image_file(domain, "test"))
@@ -444,6 +464,8 @@ def _settings(names: Sequence[str], levels: Sequence[int], seed: int, dataset: G
     }
     if bands != BANDS:
         settings["bands"] = list(bands)
+    if options.survey is not None:
+        settings["survey"] = options.survey.as_dict()
     return settings
 
 
@@ -521,12 +543,13 @@ def _choose_baseline(run: Path, config: RunConfig, baseline: str | Path | None) 
 def _input_statistics(corrupted: np.ndarray, clean: np.ndarray, corrupted_raw: np.ndarray,
                       clean_raw: np.ndarray, limits: tuple[float, float] | None) -> np.ndarray:
     """Sums over a chunk: |Δ model input|, pixels changed, pixels at the stretch's clip limits, pixels."""
-    delta = np.abs(corrupted - clean, dtype=np.float32)
+    delta = np.subtract(corrupted, clean, dtype=np.float32)
+    np.abs(delta, out=delta)  # in place: the same values as np.abs(corrupted - clean), one array fewer
     changed = np.count_nonzero(corrupted_raw != clean_raw)
     clipped = 0
     if limits is not None:
         lo, hi = limits
-        clipped = int(np.count_nonzero((corrupted_raw < lo) | (corrupted_raw > hi)))
+        clipped = int(np.count_nonzero(corrupted_raw < lo)) + int(np.count_nonzero(corrupted_raw > hi))
     return np.array([delta.sum(dtype=np.float64), changed, clipped, delta.size], dtype=np.float64)
 
 
@@ -561,6 +584,8 @@ class _Benchmark:
             if k == 0 and len(electrons):
                 self.panels[(name, severity)] = np.array(electrons[0])
             images = self.dataset.model_input(electrons, self.domain)
+            if severity == 0 and len(self.labels) <= CLEAN_CACHE_IMAGES:
+                self._clean_cache[k] = images  # the clean input, for the input statistics of every row
             if severity != 0:
                 stats += _input_statistics(images, self._clean_input(k, clean_raw), electrons, clean_raw, self.limits)
             elif self.limits is not None:

@@ -80,8 +80,14 @@ def apply_paper(images: np.ndarray, lo: float, hi: float) -> np.ndarray:
     Returns:
         float32 array of the same shape (a new array).
     """
-    x = np.clip(np.asarray(images, dtype=np.float32), lo, hi)
-    return ((np.arcsinh(PAPER_SCALE * x / np.float32(hi)) + 1.0) / 2.0).astype(np.float32)
+    x = np.clip(np.asarray(images, dtype=np.float32), lo, hi)  # a new array: the steps below work in it
+    # ((arcsinh(PAPER_SCALE * x / hi) + 1) / 2) step by step in place: the same operations in the same dtype
+    np.multiply(x, PAPER_SCALE, out=x)
+    np.divide(x, np.float32(hi), out=x)
+    np.arcsinh(x, out=x)
+    np.add(x, 1.0, out=x)
+    np.divide(x, 2.0, out=x)
+    return x.astype(np.float32, copy=False)
 
 
 def invert_paper(stretched: np.ndarray, hi: float) -> np.ndarray:
