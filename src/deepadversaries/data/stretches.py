@@ -80,7 +80,8 @@ def apply_paper(images: np.ndarray, lo: float, hi: float) -> np.ndarray:
     Returns:
         float32 array of the same shape (a new array).
     """
-    x = np.clip(np.asarray(images, dtype=np.float32), lo, hi)  # a new array: the steps below work in it
+    # a new array (0-d for a scalar, which np.clip would return as a numpy scalar): the steps below work in it
+    x = np.asarray(np.clip(np.asarray(images, dtype=np.float32), lo, hi))
     # ((arcsinh(PAPER_SCALE * x / hi) + 1) / 2) step by step in place: the same operations in the same dtype
     np.multiply(x, PAPER_SCALE, out=x)
     np.divide(x, np.float32(hi), out=x)
