@@ -154,7 +154,18 @@ def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = F
         raise file_error(g2[0]["path"], f"cannot share a ranking with {g1[0]['path']}: {_describe(k2, g2[0]['card'])} "
                                         f"against {_describe(k1, g1[0]['card'])}; rank cards of one dataset and "
                                         "protocol, or pass --group to rank each group apart")
-    columns = _columns([e["card"] for e in entries])
+    return _write_board(out, *_ranked_groups(groups, sort))
+
+
+def _ranked_groups(groups: Mapping[tuple[str, str], list[dict[str, Any]]], sort: str | None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Each group of entries ranked by ``sort`` (or the first of :data:`DEFAULT_SORT` its cards have), and the
+    board's columns.
+
+    Raises:
+        OptionError: a ``sort`` key no card has.
+    """
+    columns = _columns([e["card"] for members in groups.values() for e in members])
     keys = [c["key"] for c in columns]
     if sort is not None and sort not in keys:
         raise OptionError(f"unknown --sort {sort!r}; choose one of {', '.join(keys)}")
@@ -165,7 +176,7 @@ def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = F
         better = next(c["better"] for c in columns if c["key"] == key)
         result_groups.append({"data_sha256": sha, "protocol": protocol, "data": members[0]["card"]["data"]["path"],
                               "sort": key, "better": better, "rows": rank(members, key, better)})
-    return _write_board(out, result_groups, columns)
+    return result_groups, columns
 
 
 def _write_board(out: Path, result_groups: list[dict[str, Any]], columns: list[dict[str, str]]) -> dict[str, Any]:
@@ -246,19 +257,8 @@ def pooled_leaderboard(cell_cards: Mapping[str, Sequence[str | Path]], out: str 
         entries.append({"name": name, "path": ", ".join(str(_card_path(Path(p))) for p in paths), "card": pooled})
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for e in entries:
-        groups.setdefault((e["card"]["data"]["sha256"], e["card"]["protocol"]["id"]), []).append(e)
-    columns = _columns([e["card"] for e in entries])
-    keys = [c["key"] for c in columns]
-    if sort is not None and sort not in keys:
-        raise OptionError(f"unknown --sort {sort!r}; choose one of {', '.join(keys)}")
-    result_groups = []
-    for (sha, protocol), members in groups.items():
-        present = [c["key"] for c in _columns([e["card"] for e in members])]
-        key = sort or next((k for k in DEFAULT_SORT if k in present), present[0] if present else keys[0])
-        better = next(c["better"] for c in columns if c["key"] == key)
-        result_groups.append({"data_sha256": sha, "protocol": protocol, "data": members[0]["card"]["data"]["path"],
-                              "sort": key, "better": better, "rows": rank(members, key, better)})
-    return _write_board(Path(out), result_groups, columns)
+        groups.setdefault(group_key(e["card"]), []).append(e)
+    return _write_board(Path(out), *_ranked_groups(groups, sort))
 
 
 def _write_csv(path: Path, groups: Sequence[Mapping[str, Any]], columns: Sequence[Mapping[str, str]]) -> None:
