@@ -166,6 +166,32 @@ AUGMENTATIONS: dict[str, str] = {
                    "held out (docs/defences.md)"),
 }
 
+#: joins a method and a training augmentation in a grid's recipe: ``regular+survey-mix``
+RECIPE_JOIN = "+"
+
+
+def split_recipe(recipe: str) -> tuple[str, str]:
+    """A grid's training recipe ``METHOD[+AUGMENT]`` as ``(method, augment)``, both validated.
+
+    Args:
+        recipe: a registered method (``mmd``), optionally joined to a key of
+            :data:`AUGMENTATIONS` (``regular+survey-mix``: regular training with survey-mix).
+
+    Returns:
+        ``(method, augment)``; ``augment`` is ``"none"`` when the recipe names none.
+
+    Raises:
+        OptionError: an unknown method or augmentation, or more than one ``+``.
+    """
+    method, _, augment = recipe.strip().lower().partition(RECIPE_JOIN)
+    if RECIPE_JOIN in augment:
+        raise OptionError(f"recipe {recipe!r} joins more than one augmentation; write METHOD or METHOD+AUGMENT")
+    method_spec(method)
+    augment = augment or "none"
+    check_choice(augment, AUGMENTATIONS, "augmentation in a recipe")
+    return method, augment
+
+
 _PAPER_TRAINING = {
     "epochs": 100, "lr": 1e-5, "betas": (0.7, 0.8), "eps": 1e-8,
     "batch_size": 128, "eval_batch_size": 64, "patience": 10, "schedule": "constant",

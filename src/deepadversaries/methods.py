@@ -454,7 +454,10 @@ class _SpecField(Mapping):
         self._attribute = attribute
 
     def __getitem__(self, method: str) -> str:
-        return getattr(METHOD_SPECS[method], self._attribute)
+        # a grid's recipe ``METHOD+AUGMENT`` (``regular+survey-mix``) reads as the method's name + the augmentation
+        base, join, augment = method.partition("+")
+        value = getattr(METHOD_SPECS[base], self._attribute)
+        return f"{value} + {augment}" if join else value
 
     def __iter__(self) -> Iterator[str]:
         return iter(METHOD_SPECS)

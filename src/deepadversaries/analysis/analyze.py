@@ -114,7 +114,8 @@ class AttackData(Triplets):
 
     @property
     def method(self) -> str:
-        return self.config.method
+        """The run's recipe (method[+augmentation]): the key of its results in the analysis."""
+        return self.config.recipe
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -194,9 +195,10 @@ def check_comparable(reference: RunConfig, adapted: RunConfig, reference_path: P
         raise OptionError(
             f"{adapted_path}: dataset {adapted.data} differs from the regular run's {reference.data} "
             f"({reference_path}); compare two runs on the same dataset")
-    if reference.method == adapted.method:
-        raise OptionError(f"{adapted_path}: both runs were trained with method {adapted.method!r}; compare a "
-                          "regular run with a domain-adapted one")
+    if (reference.method, reference.train.augment) == (adapted.method, adapted.train.augment):
+        raise OptionError(f"{adapted_path}: both runs were trained with method {adapted.method!r} and augmentation "
+                          f"{adapted.train.augment!r}; compare a regular run with a domain-adapted (or otherwise "
+                          "defended) one")
 
 
 

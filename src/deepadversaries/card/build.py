@@ -97,6 +97,7 @@ from deepadversaries.models.runs import (
 )
 from deepadversaries.analysis.stats import DEFAULT_LEVEL, accuracy_difference, bootstrap_interval, success_curve
 from deepadversaries.simulation.survey import PIXEL_SCALE
+from deepadversaries.training.survey_mix import held_out_corruptions
 
 # The certification stage (issue 21) may not be installed yet: the card then says so.
 if importlib.util.find_spec("deepadversaries.certify.certify") is not None:
@@ -106,7 +107,7 @@ else:  # pragma: no cover - depends on the installed modules
 
 KIND = "deepadv-card"
 #: the card layout's version; a leaderboard refuses cards of another major version
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_FILE = "schema.json"
 CARD_NAME = "card.json"
 STAGES_DIR = "stages"
@@ -332,7 +333,7 @@ def _value_range(dataset: GalaxyDataset) -> dict[str, Any]:
 def _model_block(run: Path, config: RunConfig) -> dict[str, Any]:
     model = load_model(run, device="cpu")
     path = kept_model_path(run, config)
-    return {"run": str(run.resolve()), "name": run.name, "architecture": config.model, "method": config.method,
+    return {"run": str(run.resolve()), "name": run.name, "architecture": config.model, "method": config.recipe,
             "training_seed": int(config.seed), "parameters": int(sum(p.numel() for p in model.parameters())),
             "checkpoint": path.name, "checkpoint_sha256": sha256_of(path), "adopted": bool(config.adopted),
             "classes": list(config.classes)}
@@ -597,18 +598,27 @@ def _corruption_errors(rows: list[dict[str, Any]], summary: Mapping[str, Any], n
     ce = {name: ratio_number(np.mean([a for a, _ in v]), np.mean([b for _, b in v]), n,
                              f"CE of {name} (sum of errors over {len(v)} severities, run / baseline)")
           for name, v in by_name.items()}
-    defined = [c for c in ce.values() if c["value"] is not None]
+    held_out = [name for name in held_out_corruptions() if name in ce]
+    out = {"baseline": str(base.get("run")), "ce": ce, "mce": _mean_ce(list(ce.values()), n, "CEs")}
+    if held_out:
+        out["held_out_mce"] = _mean_ce([ce[name] for name in held_out], n,
+                                       "CEs of the corruptions survey-mix never trains on (" + ", ".join(held_out) + ")")
+        out["held_out"] = held_out
+    return out
+
+
+def _mean_ce(ces: list[dict[str, Any]], n: int, what: str) -> dict[str, Any]:
+    """The mean of CE numbers with ± z · the mean of their standard errors (None bounds if any CE has none)."""
+    defined = [c for c in ces if c["value"] is not None]
     if defined and all(c["ci_low"] is not None for c in defined):
         value = float(np.mean([c["value"] for c in defined]))
         z = float(scipy_stats.norm.ppf(0.5 + DEFAULT_LEVEL / 2))
         sd = float(np.mean([(c["ci_high"] - c["ci_low"]) / (2 * z) for c in defined]))  # ~ per-CE standard error
-        mce = number(value, value - z * sd, value + z * sd, n,
-                     f"mean of {len(defined)} CEs; ± 1.96 x the mean of their standard errors (conservative for "
-                     "any correlation between corruptions)")
-    else:
-        mce = number(float(np.mean([c["value"] for c in defined])) if defined else None, None, None, n,
-                     "mean CE; undefined interval (a CE without one)")
-    return {"baseline": str(base.get("run")), "ce": ce, "mce": mce}
+        return number(value, value - z * sd, value + z * sd, n,
+                      f"mean of {len(defined)} {what}; ± 1.96 x the mean of their standard errors (conservative for "
+                      "any correlation between corruptions)")
+    return number(float(np.mean([c["value"] for c in defined])) if defined else None, None, None, n,
+                  f"mean of {what}; undefined interval (a CE without one)")
 
 
 def _attack_rows(folder: Path) -> list[dict[str, str]]:
@@ -759,6 +769,28 @@ def headline(results: Mapping[str, Any], unlabelled: bool) -> list[dict[str, Any
                  ("ece", "calibration error (ECE, Y10)", _pick(results, "clean", "Y10", "ece"), "lower")]
     if pixel is not None and not (unlabelled and pixel[2] is one.get("de_rate")):  # not DE's rate twice
         items.append((pixel[0], pixel[1], pixel[2], "lower"))
+    return [{"key": k, "label": label, "number": num, "better": better}
+            for k, label, num, better in items if num is not None]
+
+
+def board(results: Mapping[str, Any], unlabelled: bool) -> list[dict[str, Any]]:
+    """The numbers a leaderboard shows beside the headline (those the card has), headline-shaped:
+    Y1 accuracy and calibration, mCE and the mCE on the corruptions survey-mix never trains on,
+    and each one-pixel search's rate apart (DE, corner search, certified lower and upper bound)."""
+    one = results.get("one_pixel", {})
+    corr = results.get("corruptions") or {}
+    items = [] if unlabelled else [
+        ("clean_accuracy_y1", "clean accuracy (Y1)", _pick(results, "clean", "Y1", "accuracy"), "higher"),
+        ("ece_y1", "calibration error (ECE, Y1)", _pick(results, "clean", "Y1", "ece"), "lower"),
+        ("mce", "mCE (all corruptions, vs the baseline)", corr.get("mce"), "lower"),
+        ("held_out_mce", "mCE on corruptions survey-mix never trains on", corr.get("held_out_mce"), "lower")]
+    items += [("de_flip_rate", "one-pixel flip rate, differential evolution", one.get("de_rate"), "lower"),
+              ("corner_flip_rate", "one-pixel flip rate, corner search (lower bound)", one.get("corner_search_rate"),
+               "lower"),
+              ("certified_flippable_rate", "one-pixel flip rate, proven flippable (lower bound)",
+               _pick(one, "certified", "rate_lower"), "lower"),
+              ("certified_upper_rate", "one-pixel flip rate, not certified robust (upper bound)",
+               _pick(one, "certified", "rate_upper"), "lower")]
     return [{"key": k, "label": label, "number": num, "better": better}
             for k, label, num, better in items if num is not None]
 
@@ -925,6 +957,7 @@ def _assemble_card(run: Path, config: RunConfig, dataset: GalaxyDataset, stage_r
                      "package_version": __version__, "stages_run_in": str(stage_run.resolve()),
                      "images": _images(results), "timing": timing},
         "headline": headline(results, unlabelled),
+        "board": board(results, unlabelled),
         "results": results,
         "absent": absent,
         "unreliable": unreliable_numbers(results),

@@ -87,16 +87,24 @@ def _describe(key: tuple[str, str], card: Mapping[str, Any]) -> str:
     return f"data {Path(card['data']['path']).name} (sha256 {key[0][:12]}…), protocol {key[1]}"
 
 
+def _numbers(card: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A card's headline numbers, then its board numbers (schema 1.1), each ``{key, label, number, better}``."""
+    return [*card["headline"], *card.get("board", [])]
+
+
 def _columns(cards: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The board's columns: every headline key, then every board key, of any card, each once."""
     cols: dict[str, dict[str, str]] = {}
-    for card in cards:
-        for h in card["headline"]:
-            cols.setdefault(h["key"], {"key": h["key"], "label": h["label"], "better": h["better"]})
+    for part in ("headline", "board"):
+        for card in cards:
+            for h in card.get(part, []):
+                cols.setdefault(h["key"], {"key": h["key"], "label": h["label"], "better": h["better"],
+                                           "part": part})
     return list(cols.values())
 
 
 def _value(card: Mapping[str, Any], key: str) -> dict[str, Any] | None:
-    for h in card["headline"]:
+    for h in _numbers(card):
         if h["key"] == key:
             return h["number"]
     return None
@@ -116,7 +124,7 @@ def rank(entries: Sequence[dict[str, Any]], sort: str, better: str) -> list[dict
 
 
 def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = False,
-                sort: str | None = None) -> dict[str, Any]:
+                sort: str | None = None, pool_seeds: bool = False) -> dict[str, Any]:
     """Rank cards and write ``leaderboard.{csv,md,html}`` in ``out``.
 
     Args:
@@ -125,6 +133,10 @@ def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = F
         group: rank cards of different data or protocols in separate groups [default: False:
             refuse them].
         sort: the headline key to rank by [default: the first of :data:`DEFAULT_SORT` present].
+        pool_seeds: one row per (architecture, method) and protocol: the cards of its training
+            seeds pooled (:func:`pool_cards`: means with a t-interval over seeds), e.g. the cards
+            of several studies; rows of different data or protocols are ranked in separate
+            groups [default: False: one row per card].
 
     Returns:
         ``{"groups": [{"data_sha256", "protocol", "sort", "rows": [{"rank", "name", "path"}]}],
@@ -137,6 +149,8 @@ def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = F
     """
     if not cards:
         raise OptionError("give at least one card (card.json or a card folder)")
+    if pool_seeds:
+        return _seed_pooled_board(cards, Path(out), sort)
     out = Path(out)
     entries, seen = [], {}
     for path in map(Path, cards):
@@ -155,6 +169,35 @@ def leaderboard(cards: Sequence[str | Path], out: str | Path, *, group: bool = F
                                         f"against {_describe(k1, g1[0]['card'])}; rank cards of one dataset and "
                                         "protocol, or pass --group to rank each group apart")
     return _write_board(out, *_ranked_groups(groups, sort))
+
+
+def _seed_pooled_board(cards: Sequence[str | Path], out: Path, sort: str | None) -> dict[str, Any]:
+    """:func:`leaderboard` with ``pool_seeds``: cards sorted into rows by (architecture, method, data,
+    protocol id), each row's seeds pooled; two cards of one row with the same training seed are refused."""
+    rows: dict[tuple[str, str, str, str], list[Path]] = {}
+    seeds: dict[tuple[str, str, str, str], dict[Any, Path]] = {}
+    seen: set[Path] = set()
+    for path in map(Path, cards):
+        card = read_card(path)
+        resolved = _card_path(path).resolve()
+        if resolved in seen:
+            raise file_error(path, "is given twice")
+        seen.add(resolved)
+        m = card["model"]
+        row = (m["architecture"], m["method"], card["data"]["sha256"], card["protocol"]["id"])
+        seed = m.get("training_seed")
+        if seed in seeds.setdefault(row, {}):
+            raise file_error(path, f"has the training seed {seed} of {seeds[row][seed]} ({m['architecture']}, "
+                                   f"{m['method']}); pool the cards of different seeds only")
+        seeds[row][seed] = path
+        rows.setdefault(row, []).append(path)
+    cell_cards: dict[str, Sequence[str | Path]] = {}
+    for key, paths in rows.items():
+        name = f"{key[0]}_{key[1]}".replace(":", "-").replace("+", "-")
+        if sum(k[:2] == key[:2] for k in rows) > 1:  # the same model on other data or protocols: another group's row
+            name += f" ({sum(n.startswith(name + ' (') for n in cell_cards) + 1})"
+        cell_cards[name] = paths
+    return pooled_leaderboard(cell_cards, out, sort=sort)
 
 
 def _ranked_groups(groups: Mapping[tuple[str, str], list[dict[str, Any]]], sort: str | None
@@ -218,18 +261,20 @@ def pool_cards(cards: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any]:
     same_data = len(set(shas)) == 1
     data = dict(first["data"]) if same_data else {
         "sha256": "per-seed:" + ",".join(s[:12] for s in shas), "path": str(Path(first["data"]["path"]).parent)}
-    headline = []
+    pooled: dict[str, list[dict[str, Any]]] = {"headline": [], "board": []}
     for column in _columns(cards):
         numbers = [_value(c, column["key"]) for c in cards]
         values = [float("nan") if n is None or n["value"] is None else float(n["value"]) for n in numbers]
         interval = t_interval(values)
         finite = lambda x: None if x is None or x != x else float(x)  # noqa: E731 (NaN -> None)
-        headline.append({**column, "number": {
+        part = column.pop("part")
+        pooled[part].append({**column, "number": {
             "value": finite(interval.estimate), "ci_low": finite(interval.low), "ci_high": finite(interval.high),
             "n": interval.n, "method": f"mean over seeds, {interval.method}",
             "per_seed": [finite(v) for v in values], "images": [None if n is None else n.get("n") for n in numbers]}})
     protocol = {"id": f"{first['protocol']['id']}, pooled over seeds"}
-    return {"name": name, "model": first["model"], "data": data, "protocol": protocol, "headline": headline,
+    return {"name": name, "model": first["model"], "data": data, "protocol": protocol, "headline": pooled["headline"],
+            "board": pooled["board"],
             "seeds": len(cards), "same_data": same_data}
 
 

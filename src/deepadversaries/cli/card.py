@@ -40,6 +40,7 @@ with --group), never mixed in one ranking.
 \b
   deepadv leaderboard cards/*/ --out board
   deepadv leaderboard cards/a/card.json cards/b/card.json --sort one_pixel_flip_rate --out board
+  deepadv leaderboard study1/cards/*/ study2/cards/*/ --pool-seeds --sort held_out_mce --out board
 """
 
 
@@ -80,11 +81,12 @@ def _leaderboard(
     cards: List[Path] = typer.Argument(..., help="card.json files or card folders."),
     out: Path = typer.Option(..., "--out", help="Folder to write leaderboard.csv, leaderboard.md and leaderboard.html."),
     group: bool = typer.Option(False, "--group", help="Rank cards of different data or protocols in separate groups instead of refusing them."),
+    pool_seeds: bool = typer.Option(False, "--pool-seeds", help="One row per (architecture, method) and protocol: the cards of its training seeds pooled (mean with a Student-t interval over seeds; n counts seeds), e.g. the cards of several studies."),
     sort: Optional[str] = typer.Option(None, "--sort", help="Headline key to rank by, e.g. clean_accuracy, corruption_accuracy, one_pixel_flip_rate (default: corruption_accuracy, or corruption_stability for label-free cards)."),
 ) -> None:
     from deepadversaries.card.leaderboard import leaderboard  # deferred for start-up time
 
-    result = leaderboard(cards, out, group=group, sort=sort)
+    result = leaderboard(cards, out, group=group, sort=sort, pool_seeds=pool_seeds)
     for g in result["groups"]:
         for r in g["rows"]:
             typer.echo(f"{r['rank']:>3}  {r['name']}")

@@ -25,9 +25,10 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
         models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models to run instead of the "
                                              "preset's grid, e.g. 'convnet,resnet18' (quick and tiny run ConvNet "
                                              "only; paper runs both)."),
-        methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training methods (regular, "
-                                    "mmd, dann, coral, adabn); regular is the reference the others are compared "
-                                    "with. Default: the paper's regular and mmd."),
+        methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training recipes: a method "
+                                    "(regular, mmd, dann, coral, adabn, adv-1p), optionally joined to a training "
+                                    "augmentation (regular+survey-mix); regular is the reference the others are "
+                                    "compared with. Default: the paper's regular and mmd."),
         attacks: str = typer.Option("de", "--attacks", help="One-pixel searches on the same images: de (the "
                                     "paper's differential evolution, always), exhaustive (the corner search: every "
                                     "position x the value-cube corners, a lower bound), sparse-rs (Croce et al. "

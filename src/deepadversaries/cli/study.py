@@ -24,9 +24,10 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
                                   "'0,2,5' or both '0-2,7'. One cell per (model, method, seed)."),
         models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models (default: the "
                                              "preset's: convnet; paper: convnet,resnet18)."),
-        methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training methods (regular, "
-                                    "mmd, dann, coral, adabn); regular is the reference every other method is "
-                                    "compared with."),
+        methods: str = typer.Option("regular,mmd", "--methods", help="Comma-separated training recipes: a method "
+                                    "(regular, mmd, dann, coral, adabn, adv-1p), optionally joined to a training "
+                                    "augmentation (regular+survey-mix, mmd+survey-mix); regular is the reference "
+                                    "every other recipe is compared with."),
         attacks: str = typer.Option("de", "--attacks", help="One-pixel searches on the same images: de (the "
                                     "paper's differential evolution, always), exhaustive (the corner search: every "
                                     "position x the value-cube corners, a lower bound), sparse-rs (Croce et al. "

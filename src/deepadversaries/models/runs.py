@@ -100,6 +100,12 @@ class RunConfig:
         return self.train.method
 
     @property
+    def recipe(self) -> str:
+        """The method with the training augmentation, as a grid names it: ``mmd``, ``regular+survey-mix``."""
+        augment = getattr(self.train, "augment", "none")
+        return self.train.method if augment == "none" else f"{self.train.method}+{augment}"
+
+    @property
     def seed(self) -> int:
         return self.train.seed
 

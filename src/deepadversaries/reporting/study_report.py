@@ -82,7 +82,7 @@ def _cells(layout: Layout, manifest: dict[str, Any], timings: dict[str, Any]) ->
     for seed in manifest["seeds"]:
         for model in manifest["models"]:
             for method in manifest["methods"]:
-                tag = f"{model}_{method}_s{seed}"
+                tag = layout.name(model, method, seed)
                 run = layout.run(model, method, seed)
                 metrics = read_json(run / "metrics.json")
                 summary = read_json(run / "attack" / "summary.json")

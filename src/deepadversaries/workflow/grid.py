@@ -31,8 +31,8 @@ from deepadversaries.card.leaderboard import HTML_NAME as LEADERBOARD_HTML
 from deepadversaries.card.leaderboard import pooled_leaderboard
 from deepadversaries.card.render import HTML_NAME as CARD_HTML
 from deepadversaries.card.render import render_card
-from deepadversaries.config import AttackConfig, SimulateConfig, TrainConfig, check_model_name
-from deepadversaries.methods import method_names, method_spec
+from deepadversaries.config import AttackConfig, SimulateConfig, TrainConfig, check_model_name, split_recipe
+from deepadversaries.methods import method_names
 from deepadversaries.data.dataset import image_file, label_file, load_dataset
 from deepadversaries.devices import resolve_device
 from deepadversaries.errors import OptionError, check_choice, file_error
@@ -81,7 +81,9 @@ class Grid:
     Attributes:
         preset: the size preset of every stage.
         models: the architectures [default: the preset's].
-        methods: the training methods; ``regular`` is always among them (the reference).
+        methods: the training recipes, each a method optionally joined to a training augmentation
+            (``mmd``, ``regular+survey-mix``: :func:`~deepadversaries.config.split_recipe`);
+            ``regular`` is always among them (the reference).
         seeds: training and attack seeds, one cell per seed [default: (0,)].
         data_seed: the simulated dataset's seed [default: 0].
         vary_data: simulate one dataset per seed, with that seed (a study's ``--data-seeds``)
@@ -120,7 +122,7 @@ class Grid:
         for m in self.models:
             check_model_name(m, trainable=True)
         for m in self.methods:
-            method_spec(m)  # a registered method (built in or added by register_method)
+            split_recipe(m)  # a registered method (built in or added by register_method)[+ an augmentation]
         for search in self.attacks:
             check_choice(search, search_names(), "search")
         if "de" not in self.attacks:
@@ -153,12 +155,12 @@ def resolve_models(preset: str, models: tuple[str, ...] | list[str] | None) -> t
 
 
 def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
-    """Training methods from ``"regular,mmd"`` (order kept); ``regular`` must be among them."""
+    """Training recipes from ``"regular,mmd,regular+survey-mix"`` (order kept); ``regular`` must be among them."""
     items = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     if not items:
         raise OptionError("--methods is empty; choose from " + ", ".join(method_names()))
     for m in items:
-        method_spec(m)
+        split_recipe(m)
     if REFERENCE_METHOD not in items:
         raise OptionError(f"--methods must include {REFERENCE_METHOD!r}: every other method is compared with it")
     return tuple(dict.fromkeys([REFERENCE_METHOD] + items))
@@ -259,8 +261,7 @@ def report_stage(layout: Layout, grid: Grid, upstream: list[Stage]) -> Stage:
 
 def cell_tag(layout: Layout, model: str, method: str, seed: int) -> str:
     """The name of a cell in stage names: ``convnet_mmd`` (reproduce) or ``convnet_mmd_s0`` (study)."""
-    tag = f"{model}_{method}" if layout.kind != "study" else f"{model}_{method}_s{seed}"
-    return tag.replace(":", "-")
+    return layout.name(model, method, seed)
 
 
 def _data_stage(layout: Layout, grid: Grid, data_seed: int | None = None) -> Stage:
@@ -287,14 +288,17 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
     attack_config = AttackConfig.from_preset(grid.preset, seed=seed, **dict(grid.attack))
     for method in grid.methods:
         run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
-        config = TrainConfig.from_preset(grid.preset, model=model, method=method, seed=seed, device_type=device_type)
+        base, augment = split_recipe(method)
+        config = TrainConfig.from_preset(grid.preset, model=model, method=base, seed=seed, device_type=device_type,
+                                         augment=augment)
+        identity = {"model": model, "method": base, "preset": grid.preset, "seed": seed, "data": str(data.resolve())}
+        if augment != "none":  # (run folders written before --augment existed have no such key: none)
+            identity["augment"] = augment
         stages.append(Stage(f"train:{tag}", "train", run_dir / "training.json", (data_stage,), (run_dir,),
                             functools.partial(train_action, data=data, run_dir=run_dir, config=config,
                                               device=grid.device),
                             expected_train_seconds(grid.preset, model, method),
-                            adopt_check=adopt_check(run_dir / "config.json", {
-                                "model": model, "method": method, "preset": grid.preset, "seed": seed,
-                                "data": str(data.resolve())})))
+                            adopt_check=adopt_check(run_dir / "config.json", identity)))
     for method in grid.methods:
         run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
         stages.append(Stage(f"evaluate:{tag}", "evaluate", run_dir / "metrics.json", (f"train:{tag}",),
@@ -355,7 +359,7 @@ def _card_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
 
 def leaderboard_stage(layout: Layout, grid: Grid, upstream: list[Stage]) -> Stage:
     """The leaderboard of the cells' cards, one row per (model, method) pooled over the seeds."""
-    cell_cards = {f"{model}_{method}".replace(":", "-"): tuple(layout.card(model, method, s) for s in grid.seeds)
+    cell_cards = {layout.name(model, method): tuple(layout.card(model, method, s) for s in grid.seeds)
                   for model in grid.models for method in grid.methods}
     depends = tuple(s.name for s in upstream if s.kind == "card")
     out = layout.leaderboard

@@ -75,24 +75,27 @@ class Layout:
 
     def run(self, model: str, method: str, seed: int | None = None) -> Path:
         """The run folder of one (model, method[, seed]) cell (``timm:NAME`` is written ``timm-NAME``)."""
-        return self.runs / self._name(model, method, seed)
+        return self.runs / self.name(model, method, seed)
 
     def analysis(self, model: str, method: str, seed: int | None = None) -> Path:
         """The regular-vs-``method`` analysis folder of one model (and seed)."""
-        return self.root / "analysis" / self._name(model, method, seed)
+        return self.root / "analysis" / self.name(model, method, seed)
 
     def card(self, model: str, method: str, seed: int | None = None) -> Path:
         """The robustness card folder of one cell (``deepadv study``: ``cards/<cell>``)."""
-        return self.root / "cards" / self._name(model, method, seed)
+        return self.root / "cards" / self.name(model, method, seed)
 
     @property
     def leaderboard(self) -> Path:
         """The study's leaderboard folder: one row per (model, method), pooled over seeds."""
         return self.root / "leaderboard"
 
-    def _name(self, model: str, method: str, seed: int | None) -> str:
-        model = model.replace(":", "-")
-        return f"{model}_{method}" if self.kind != "study" else f"{model}_{method}_s{seed}"
+    def name(self, model: str, method: str, seed: int | None = None) -> str:
+        """A cell's folder and stage name: ``convnet_mmd`` (reproduce), ``convnet_mmd_s0`` (study; without a
+        seed: the row of the seeds pooled); ``timm:NAME`` is written ``timm-NAME``, a recipe
+        ``regular+survey-mix`` ``regular-survey-mix``."""
+        name = f"{model}_{method}".replace(":", "-").replace("+", "-")
+        return name if self.kind != "study" or seed is None else f"{name}_s{seed}"
 
     @property
     def figures(self) -> Path:
