@@ -200,3 +200,18 @@ def test_leaderboard_pools_the_cards_of_several_studies_over_seeds(tmp_path, cap
                  "--out", str(tmp_path / "b2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training seed 1" in err[0]
+
+
+def test_the_card_pages_list_the_held_out_mce_beside_the_mce():
+    from deepadversaries.card.render import fmt_number, tables
+
+    corr = {"domain": "Y10", "rows": [{"corruption": "seeing", "severity": 1, "accuracy": num(0.8, 0.7, 0.9)}],
+            "worst_cell": {"corruption": "seeing", "severity": 1}, "baseline": "/runs/convnet_regular_s0",
+            "ce": {"seeing": num(1.2, 1.0, 1.4)}, "mce": num(1.2, 1.0, 1.4),
+            "held_out_mce": num(0.9, 0.8, 1.0), "held_out": ["seeing"]}
+    card = {"results": {"clean": {}, "corruptions": corr, "one_pixel": {}}}
+    (ce_table,) = [t for t in tables(card) if t[0] == "table_ce"]
+    assert ce_table[3][-1] == ["mCE, held out of survey-mix (seeing)", fmt_number(corr["held_out_mce"])]
+    del corr["held_out_mce"]
+    (ce_table,) = [t for t in tables(card) if t[0] == "table_ce"]
+    assert ce_table[3][-1][0] == "mCE"

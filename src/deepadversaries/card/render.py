@@ -107,6 +107,9 @@ def tables(card: Mapping[str, Any]) -> list[tuple[str, str, list[str], list[list
         if corr.get("ce"):
             rows = [[name, fmt_number(num)] for name, num in corr["ce"].items()]
             rows.append(["mCE", fmt_number(corr.get("mce"))])
+            if corr.get("held_out_mce"):
+                rows.append([f"mCE, held out of survey-mix ({', '.join(corr.get('held_out', []))})",
+                             fmt_number(corr["held_out_mce"])])
             out.append(("table_ce", f"Corruption error against {Path(str(corr['baseline'])).name}",
                         ["corruption", "CE"], rows))
     one = results.get("one_pixel") or {}
