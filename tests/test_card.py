@@ -11,6 +11,7 @@ card's code. The card must validate against the shipped JSON Schema, and every n
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -361,6 +362,26 @@ def test_cli_card_reuses_finished_stages_and_refuses_to_overwrite(toy, constant_
     # nothing was re-run: the same numbers from the same files
     assert again["results"] == constant_card["card"]["results"]
     assert again["protocol"]["timing"].keys() == {"card_s"}
+
+
+def test_cli_card_seeds_cards_each_seeds_run_and_pools_them(toy, constant_card, tmp_path, capsys):
+    for s in (0, 1):  # two "seeds" of one run: copies holding its finished stages
+        shutil.copytree(toy["runs"]["constant"], tmp_path / "runs" / f"const_s{s}")
+    out = tmp_path / "cards" / "const"
+    assert main(["card", "--run", str(tmp_path / "runs" / "const_s{seed}"), "--seeds", "0-1", "--no-run",
+                 "--out", str(out)]) == 0
+    cards = [read_card(out / f"s{s}") for s in (0, 1)]
+    assert [c["protocol"]["seed"] for c in cards] == [0, 1]
+    assert [c["model"]["name"] for c in cards] == ["const_s0", "const_s1"]
+    with open(out / "pooled" / "leaderboard.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    clean = constant_card["card"]["headline"][0]["number"]["value"]
+    assert row["name"] == "const" and row["clean_accuracy_n"] == "2"
+    assert float(row["clean_accuracy"]) == pytest.approx(clean, abs=1e-12)
+    capsys.readouterr()
+    assert main(["card", "--run", str(toy["runs"]["constant"]), "--seeds", "0-1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "{seed}" in err[0]
 
 
 @pytest.mark.browser

@@ -21,6 +21,7 @@ self-contained page: five headline numbers, tables, figures), card.md and model_
   deepadv card --run runs/cnn_mmd --baseline runs/cnn_reg --out cards/cnn_mmd
   deepadv card --run runs/adopted --data data/mine --out cards/mine     # TorchScript model, your data
   deepadv card --run runs/cnn_reg --data data/hubble --unlabelled --out cards/hubble
+  deepadv card --run 'runs/cnn_reg_s{seed}' --seeds 0-2 --out cards/cnn_reg   # three seeds, pooled
 
 --level quick: corruptions at severities 1, 3, 5; DE (quick preset) and the corner search on
 150 test images; 20 images certified at 5 s each. --level full: severities 1-5; DE with the
@@ -29,6 +30,10 @@ on a 2-core CPU); every attacked image certified at up to 30 s each (up to hours
 The expected cost is printed before the card starts. --level tiny: a smoke test (CI).
 --unlabelled: prediction stability (agreement with the clean prediction) instead of accuracy;
 the data's labels are not read.
+--seeds: the runs of several training seeds, --run naming them with '{seed}': one card per
+seed in CARD/s<seed>/ (each measured with its seed's protocol seed), then their pooled row in
+CARD/pooled/leaderboard.{csv,md,html}: every number the mean over seeds with a Student-t
+interval over seeds, n = seeds.
 """
 
 LEADERBOARD_HELP = """Rank robustness cards: leaderboard.csv, leaderboard.md and leaderboard.html.
@@ -56,6 +61,7 @@ def _card(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder to measure on (simulated or imported); default: the run's own."),
     level: str = typer.Option("quick", "--level", help="quick or full: the protocol of the stages the run lacks (tiny: a smoke test, too few images for a verdict)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruptions and of the attacked subsample."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Training seeds of several runs, e.g. 0-2 or 0,3: --run holds '{seed}' (runs/cnn_s{seed}); one card per seed in CARD/s<seed>/ (its protocol seed = the seed), and their pooled row in CARD/pooled/ (mean over seeds, t-interval over seeds)."),
     unlabelled: bool = typer.Option(False, "--unlabelled", help="Label-free card: prediction stability instead of accuracy."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Regular run whose errors normalise CE and mCE (default: a regular run of the same model beside the run)."),
     device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU if there is one), cpu or cuda."),
@@ -67,6 +73,10 @@ def _card(
     from deepadversaries.card.render import fmt_number, render_card
     from deepadversaries.progress import info
 
+    if seeds is not None:
+        _card_seeds(str(run), out, seeds, data=data, level=level, unlabelled=unlabelled, baseline=baseline,
+                    device=device, run_missing=not no_run, overwrite=overwrite)
+        return
     card = card_run(run, out, data=data, level=level, seed=seed, unlabelled=unlabelled, baseline=baseline,
                     device=device, run_missing=not no_run, overwrite=overwrite)
     paths = render_card(card, out)
@@ -75,6 +85,32 @@ def _card(
     for name, why in card["absent"].items():
         info(f"  not on the card: {name}: {why}")
     typer.echo(str(paths["html"]))
+
+
+def _card_seeds(run: str, out: Path, seeds: str, *, baseline: Optional[Path], **card_options: object) -> None:
+    """``deepadv card --seeds``: a card per seed's run (``{seed}`` in ``--run`` and ``--baseline``), then their
+    pooled leaderboard row in ``OUT/pooled/``."""
+    from deepadversaries.card.build import card_run
+    from deepadversaries.card.leaderboard import pooled_leaderboard
+    from deepadversaries.card.render import fmt_number, render_card
+    from deepadversaries.errors import OptionError
+    from deepadversaries.progress import info
+    from deepadversaries.workflow.study import parse_seeds
+
+    if "{seed}" not in run:
+        raise OptionError(f"--seeds needs '{{seed}}' in --run to name each seed's run (e.g. runs/cnn_s{{seed}}), "
+                          f"got {run!r}")
+    chosen = parse_seeds(seeds)
+    folders = []
+    for s in chosen:
+        base = Path(str(baseline).replace("{seed}", str(s))) if baseline is not None else None
+        card = card_run(run.replace("{seed}", str(s)), out / f"s{s}", seed=s, baseline=base, **card_options)
+        render_card(card, out / f"s{s}")
+        folders.append(out / f"s{s}")
+        info(f"  seed {s}: " + "; ".join(f"{h['label']} {fmt_number(h['number'])}" for h in card["headline"]))
+    result = pooled_leaderboard({out.name: folders}, out / "pooled")
+    info(f"  pooled over {len(chosen)} seeds: {out / 'pooled'}")
+    typer.echo(result["files"][-1])
 
 
 def _leaderboard(
