@@ -282,15 +282,44 @@ class ImageCertifier:
             s_up[again] = np.minimum(s_up[again], bounds.success_upper_bounds(upper, rules))
         return s_up
 
+    def _centre_witness(self, evaluator: Any, image: np.ndarray, label: int, targets: list[int | None],
+                        rules: list, rr: np.ndarray, cc: np.ndarray, low: np.ndarray, high: np.ndarray
+                        ) -> tuple[int, int | None, np.ndarray, np.ndarray] | None:
+        """The centres of open boxes as witnesses: scored by the scan's fast evaluator, the best
+        candidates confirmed on the plain model. Returns (box index, target, centre value, probs) or None."""
+        centre = (low + high) / 2
+        probs = evaluator.evaluate(np.zeros(len(rr), np.int64), rr[:, None], cc[:, None],
+                                   centre[:, None, :].astype(np.float32))
+        logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-300))  # shift-invariant scores
+        score = bounds.success_scores(logits, label, rules, self.rule)  # (n, T)
+        best_t = score.argmax(axis=1)
+        best = score[np.arange(len(rr)), best_t]
+        hits = np.flatnonzero(best > 0)
+        if not len(hits):
+            return None
+        order = hits[np.argsort(-best[hits], kind="stable")]
+        got = self._confirm(image, label, targets, rr, cc, centre, order, best_t)
+        if got is None:
+            return None
+        k, t, p = got
+        return k, t, centre[k].copy(), p
+
     def certify(self, image: np.ndarray, label: int, targets: list[int], budget_s: float) -> ImageCertificate:
-        """Decide one image (B, H, W), model input, true class ``label``, within ``budget_s`` seconds."""
+        """Decide one image (B, H, W), model input, true class ``label``, within ``budget_s`` seconds.
+
+        First the scan (a grid of values at every position, confirmed on the plain model); then
+        branch and bound over (position, value box) pairs: a batch of boxes is bounded
+        (:meth:`_success_bounds`); proved boxes fold their margin into the map; the centres of the
+        others are tried as witnesses (:meth:`_centre_witness`); the rest are split
+        (:func:`_split`) and queued (:class:`_BoxQueue`). The image is ``flippable`` at the first
+        confirmed witness, ``certified`` when no box is left, ``undecided`` when the budget ends.
+        """
         t0 = time.perf_counter()
         image = np.asarray(image, dtype=np.float32)
         _, h, w = image.shape
         all_targets: list[int | None] = list(targets) + ([None] if self.untargeted else [])
         status_map = np.full((h, w), UNDECIDED, np.int8)
         margin_map = np.full((h, w), np.nan, np.float32)
-        nan_value = np.full(self.value_range.bands, np.nan)
         found = self._scan(image, label, all_targets, t0 + budget_s)
         if found is not None:
             r, c, v, t, p = found
@@ -302,34 +331,11 @@ class ImageCertifier:
         rules = bounds.target_rules(label, all_targets, self.rule, self.net.n_classes, clean.logits.numpy())
         rows_matrix = bounds.stacked_rows(rules)
         lo_range, hi_range = self.value_range.low_array, self.value_range.high_array
-        span = hi_range - lo_range
-        n_pos = h * w
-        # the queue: a stack of chunks (positions, lows, highs, the parent's proved margin (NaN: none),
-        # splits so far), consumed from the front of the top chunk; a batch's children go on top, so a
-        # group of positions is decided before the next one starts (the map fills position by
-        # position). A box split more than `cap` times waits in `deferred` until the stack is empty,
-        # then the cap grows: no single position can hold the budget while others wait unbounded.
-        stack = [(np.arange(n_pos), np.repeat(lo_range[None], n_pos, axis=0),
-                  np.repeat(hi_range[None], n_pos, axis=0), np.full(n_pos, np.nan), np.zeros(n_pos, np.int64))]
-        deferred: list = []
-        cap = DEPTH_STEP
-        open_boxes = np.ones(n_pos, np.int64)  # per position: boxes not yet certified
+        queue = _BoxQueue(h * w, lo_range, hi_range)
+        open_boxes = np.ones(h * w, np.int64)  # per position: boxes not yet certified
         n_boxes = 0
-        while stack or deferred:
-            if not stack:
-                stack, deferred = deferred[::-1], []
-                cap += DEPTH_STEP
-            if time.perf_counter() - t0 > budget_s:
-                break
-            parts, count = [], 0
-            while stack and count < BOX_BATCH:
-                chunk = stack.pop()
-                take = min(BOX_BATCH - count, len(chunk[0]))
-                parts.append(tuple(x[:take] for x in chunk))
-                if take < len(chunk[0]):
-                    stack.append(tuple(x[take:] for x in chunk))
-                count += take
-            p_, lo_, hi_, _, depth = (np.concatenate(x) for x in zip(*parts))
+        while queue and time.perf_counter() - t0 <= budget_s:
+            p_, lo_, hi_, _, depth = queue.next_batch(BOX_BATCH)
             rr, cc = np.divmod(p_, w)
             s_up = self._success_bounds(clean, rules, rows_matrix, rr, cc, lo_, hi_)  # (P, T)
             n_boxes += len(p_)
@@ -340,47 +346,82 @@ class ImageCertifier:
             rest = np.flatnonzero(~done)
             if not len(rest):
                 continue
-            # the centres of the open boxes as witnesses (the scan's fast evaluator, then the plain model)
-            centre = (lo_[rest] + hi_[rest]) / 2
-            probs = evaluator.evaluate(np.zeros(len(rest), np.int64), rr[rest][:, None], cc[rest][:, None],
-                                       centre[:, None, :].astype(np.float32))
-            logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-300))  # shift-invariant scores
-            score = bounds.success_scores(logits, label, rules, self.rule)  # (n, T)
-            best_t = score.argmax(axis=1)
-            best = score[np.arange(len(rest)), best_t]
-            hits = np.flatnonzero(best > 0)
-            if len(hits):
-                order = hits[np.argsort(-best[hits], kind="stable")]
-                got = self._confirm(image, label, all_targets, rr[rest], cc[rest], centre, order, best_t)
-                if got is not None:
-                    k, t, p = got
-                    r, c = int(rr[rest][k]), int(cc[rest][k])
-                    status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
-                    status_map[r, c] = WITNESS
-                    waiting = stack + deferred
-                    _open_margins(margin_map, [x[0] for x in waiting] + [p_[rest]],
-                                  [x[3] for x in waiting] + [margin[rest]], width=w)
-                    return ImageCertificate("flippable", t, r, c, centre[k].copy(), _p_of(p, label, t),
-                                            status_map, margin_map, n_boxes, time.perf_counter() - t0,
-                                            "branch-and-bound")
+            got = self._centre_witness(evaluator, image, label, all_targets, rules, rr[rest], cc[rest], lo_[rest],
+                                       hi_[rest])
+            if got is not None:
+                k, t, value, p = got
+                r, c = int(rr[rest][k]), int(cc[rest][k])
+                status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
+                status_map[r, c] = WITNESS
+                queue.fold_open_margins(margin_map, p_[rest], margin[rest], width=w)
+                return ImageCertificate("flippable", t, r, c, value, _p_of(p, label, t), status_map, margin_map,
+                                        n_boxes, time.perf_counter() - t0, "branch-and-bound")
             # split along the SPLIT_SIDES widest sides (relative to the range) at once
-            child_lo, child_hi, parent = _split(lo_[rest], hi_[rest], span)
+            child_lo, child_hi, parent = _split(lo_[rest], hi_[rest], hi_range - lo_range)
             np.add.at(open_boxes, p_[rest], np.bincount(parent, minlength=len(rest)) - 1)
             order = np.argsort(parent, kind="stable")  # a box's children together, in the batch's order
             child_lo, child_hi, parent = child_lo[order], child_hi[order], parent[order]
-            child = (p_[rest][parent], child_lo, child_hi, margin[rest][parent], depth[rest][parent] + 1)
-            deep = child[4] > cap
-            if deep.any():
-                deferred.append(tuple(x[deep] for x in child))
-            if (~deep).any():
-                stack.append(tuple(x[~deep] for x in child))
-        waiting = stack + deferred
-        _open_margins(margin_map, [x[0] for x in waiting] + [np.zeros(0, np.int64)],
-                      [x[3] for x in waiting] + [np.zeros(0)], width=w)
+            queue.push((p_[rest][parent], child_lo, child_hi, margin[rest][parent], depth[rest][parent] + 1))
+        queue.fold_open_margins(margin_map, np.zeros(0, np.int64), np.zeros(0), width=w)
         status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
-        status = "certified" if not waiting else "undecided"
-        return ImageCertificate(status, None, -1, -1, nan_value, float("nan"), status_map, margin_map, n_boxes,
-                                time.perf_counter() - t0, "branch-and-bound")
+        status = "certified" if not queue else "undecided"
+        return ImageCertificate(status, None, -1, -1, np.full(self.value_range.bands, np.nan), float("nan"),
+                                status_map, margin_map, n_boxes, time.perf_counter() - t0, "branch-and-bound")
+
+
+class _BoxQueue:
+    """The boxes still to bound, as chunks ``(positions, lows, highs, the parent's proved margin (NaN:
+    none), splits so far)``: a stack whose top chunk is consumed from the front, so a batch's children
+    (pushed on top) are decided before the next group of positions starts and the map fills
+    position by position. A box split more than ``cap`` times waits in ``deferred`` until the stack
+    is empty; then the cap grows by :data:`DEPTH_STEP`: no single position holds the budget while
+    others wait unbounded.
+
+    Args:
+        n_positions: pixels of the image (one whole-range box each to start with).
+        low, high: the value range's bounds per band (B,).
+    """
+
+    def __init__(self, n_positions: int, low: np.ndarray, high: np.ndarray) -> None:
+        self.stack: list[tuple[np.ndarray, ...]] = [(
+            np.arange(n_positions), np.repeat(low[None], n_positions, axis=0),
+            np.repeat(high[None], n_positions, axis=0), np.full(n_positions, np.nan), np.zeros(n_positions, np.int64))]
+        self.deferred: list[tuple[np.ndarray, ...]] = []
+        self.cap = DEPTH_STEP
+
+    def __bool__(self) -> bool:
+        return bool(self.stack or self.deferred)
+
+    def next_batch(self, size: int) -> tuple[np.ndarray, ...]:
+        """Up to ``size`` boxes from the top of the stack (the deferred ones, with a higher cap, once it is empty)."""
+        if not self.stack:
+            self.stack, self.deferred = self.deferred[::-1], []
+            self.cap += DEPTH_STEP
+        parts, count = [], 0
+        while self.stack and count < size:
+            chunk = self.stack.pop()
+            take = min(size - count, len(chunk[0]))
+            parts.append(tuple(x[:take] for x in chunk))
+            if take < len(chunk[0]):
+                self.stack.append(tuple(x[take:] for x in chunk))
+            count += take
+        return tuple(np.concatenate(x) for x in zip(*parts))
+
+    def push(self, children: tuple[np.ndarray, ...]) -> None:
+        """Queue split boxes: those split more than the cap wait in ``deferred``."""
+        deep = children[4] > self.cap
+        if deep.any():
+            self.deferred.append(tuple(x[deep] for x in children))
+        if (~deep).any():
+            self.stack.append(tuple(x[~deep] for x in children))
+
+    def fold_open_margins(self, margin_map: np.ndarray, positions: np.ndarray, margins: np.ndarray, *,
+                          width: int) -> None:
+        """Fold the parent margins of every queued box, and of the given open boxes, into the per-position
+        minimum (:func:`_open_margins`)."""
+        waiting = self.stack + self.deferred
+        _open_margins(margin_map, [x[0] for x in waiting] + [positions], [x[3] for x in waiting] + [margins],
+                      width=width)
 
 
 def _split(low: np.ndarray, high: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
