@@ -290,7 +290,7 @@ def _cell_stages(layout: Layout, grid: Grid, model: str, seed: int, data: Path, 
         run_dir, tag = layout.run(model, method, seed), cell_tag(layout, model, method, seed)
         base, augment = split_recipe(method)
         config = TrainConfig.from_preset(grid.preset, model=model, method=base, seed=seed, device_type=device_type,
-                                         augment=augment)
+                                         **({"augment": augment} if augment != "none" else {}))
         identity = {"model": model, "method": base, "preset": grid.preset, "seed": seed, "data": str(data.resolve())}
         if augment != "none":  # (run folders written before --augment existed have no such key: none)
             identity["augment"] = augment
