@@ -41,13 +41,8 @@ def _margin_reference(model: nn.Module, image: np.ndarray, row: int, col: int, v
     return -np.max(np.stack(scores, 1), axis=1)
 
 
-@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["convnet", "resnet"]),
-       row=st.integers(0, SIZE - 1), col=st.integers(0, SIZE - 1),
-       lo=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
-       width=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
-       rule=st.sampled_from(["paper", "top-class"]), untargeted=st.booleans())
-def test_the_certified_margin_is_never_above_any_sampled_value(seed, kind, row, col, lo, width, rule, untargeted):
+def _random_problem(seed, kind, lo, width, rule, untargeted):
+    """A random network and image, a value box at one pixel and the target rules of the clean prediction."""
     model = random_network(seed, kind, SIZE)
     rng = np.random.default_rng(seed)
     image = rng.uniform(0, 1, (3, SIZE, SIZE))
@@ -58,6 +53,18 @@ def test_the_certified_margin_is_never_above_any_sampled_value(seed, kind, row, 
     label = int(torch.argmax(clean.logits))
     targets = [t for t in range(3) if t != label] + ([None] if untargeted else [])
     rules = bounds.target_rules(label, targets, rule, 3, clean.logits.numpy())
+    return model, rng, image, low, high, net, clean, label, targets, rules
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["convnet", "resnet"]),
+       row=st.integers(0, SIZE - 1), col=st.integers(0, SIZE - 1),
+       lo=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+       width=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+       rule=st.sampled_from(["paper", "top-class"]), untargeted=st.booleans())
+def test_the_certified_margin_is_never_above_any_sampled_value(seed, kind, row, col, lo, width, rule, untargeted):
+    model, rng, image, low, high, net, clean, label, targets, rules = _random_problem(
+        seed, kind, lo, width, rule, untargeted)
     win = bounds.propagate(net, clean, np.array([row]), np.array([col]), low[None], high[None])
     lower, upper = bounds.row_bounds(net, clean, win, bounds.stacked_rows(rules))
     certified_margin = -bounds.success_upper_bounds(upper, rules).max()
@@ -93,16 +100,8 @@ def test_the_backward_bound_is_sound_and_never_looser_than_the_forward_bound(see
 
 
 def _check_backward(seed, kind, row, col, lo, width, rule, untargeted, refine, joint):
-    model = random_network(seed, kind, SIZE)
-    rng = np.random.default_rng(seed)
-    image = rng.uniform(0, 1, (3, SIZE, SIZE))
-    low = np.asarray(lo)
-    high = np.minimum(low + np.asarray(width), 1.0)
-    net = bounds.compile_network(model)
-    clean = bounds.clean_pass(net, image)
-    label = int(torch.argmax(clean.logits))
-    targets = [t for t in range(3) if t != label] + ([None] if untargeted else [])
-    rules = bounds.target_rules(label, targets, rule, 3, clean.logits.numpy())
+    model, rng, image, low, high, net, clean, label, targets, rules = _random_problem(
+        seed, kind, lo, width, rule, untargeted)
     rows = torch.cat([bounds.stacked_rows(rules), torch.eye(3, dtype=torch.float64)])
     args = (net, clean, np.array([row]), np.array([col]), low[None], high[None], rows)
     lo_f, up_f = bounds.box_bounds(*args, backward=False)
