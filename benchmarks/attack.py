@@ -3,12 +3,15 @@
 One command, three sections on models fitted here (a few hundred Adam steps on the Y10
 training split; speed does not depend on how well they are trained, success rates do):
 
-speed (ConvNet and ResNet18): on the same correctly classified test images and seeds,
+speed (ConvNet and ResNet18 by default; ``--models`` also takes d4-convnet): on the same
+  correctly classified test images and seeds,
   (a) the published per-candidate loop (``attacks.reference_attack``, the authors' keep
       rule: every candidate of a generation evaluated, one forward pass each);
   (b) the batched engine (``OnePixelDE``, same streams: the same search);
   (b16) the engine in bfloat16 autocast (successes re-checked in float32);
-  (c) the model's best batched inference throughput.
+  (c) the model's best batched inference throughput;
+  (bf) where (b) used a local evaluator (ConvNet, d4-convnet), the engine forced to full
+      batched forward passes (``local=False``): the locality's speed-up.
   Prints the speed-up of (b) over (a), (b) as a fraction of (c), and whether (a) and (b)
   reached the same decisions.
 suite (ConvNet): on the same images, targeted, the paper's success rule: DE (population
@@ -66,10 +69,10 @@ from deepadversaries.attacks.sparse_rs import SparseRS  # noqa: E402
 
 #: (images, iteration cap) for the speed section's (a) and (b); (a) costs pop x (cap + 1) passes per target
 SIZES = {
-    "full": {"convnet": (12, 8), "resnet18": (4, 2)},
-    "quick": {"convnet": (4, 3), "resnet18": (2, 1)},
+    "full": {"convnet": (12, 8), "resnet18": (4, 2), "d4-convnet": (4, 3)},
+    "quick": {"convnet": (4, 3), "resnet18": (2, 1), "d4-convnet": (2, 1)},
 }
-FIT_STEPS = {"convnet": 300, "resnet18": 100}
+FIT_STEPS = {"convnet": 300, "resnet18": 100, "d4-convnet": 150}
 #: images of the suite and anchor sections
 SUITE_IMAGES = {"full": 12, "quick": 4}
 ANCHOR_IMAGES = {"full": 4, "quick": 2}
@@ -193,8 +196,8 @@ def bench_speed(name: str, model: torch.nn.Module, data: Path, device: torch.dev
     print(f"\n== speed, {name}: {len(imgs)} correctly classified test images (of {n_pool} drawn, accuracy "
           f"{acc:.2f}), population {POP}, iteration cap {max_iter}, device {device}", flush=True)
 
-    def engine(bf16: bool = False):
-        atk = OnePixelDE(model, pop_size=POP, max_iter=max_iter, seed=seed, device=device, bf16=bf16)
+    def engine(bf16: bool = False, local: bool | None = None):
+        atk = OnePixelDE(model, pop_size=POP, max_iter=max_iter, seed=seed, device=device, bf16=bf16, local=local)
         t, res = timed(device, lambda: atk.results(imgs, labs, keys=keys))
         return t, res, atk.last_evaluator
 
@@ -214,6 +217,9 @@ def bench_speed(name: str, model: torch.nn.Module, data: Path, device: torch.dev
     t_b2, res_b2, _ = engine()
     t_b = (t_b1 + t_b2) / 2
     t_bf, res_bf, _ = engine(bf16=True)
+    local_used = evaluator.startswith("Local")
+    if local_used:  # the same search with full batched forward passes: what the locality buys
+        t_full, res_full, _ = engine(local=False)
 
     evals_a = sum(r.evaluations for tried, _ in res_a for r in tried)
     evals_b = sum(r.evaluations for r in res_b)
@@ -240,6 +246,13 @@ def bench_speed(name: str, model: torch.nn.Module, data: Path, device: torch.dev
                  "mean_iterations": float(np.mean([r.iterations for r in res_bf])),
                  "rejected_claims": int(sum(r.rejected for r in res_bf))},
     }
+    if local_used:
+        out["full_passes"] = {"seconds": t_full, "locality_speedup": t_full / t_b,
+                              "same_outcome": sum((r.success, r.iterations, r.pixels.tolist())
+                                                  == (f.success, f.iterations, f.pixels.tolist())
+                                                  for r, f in zip(res_b, res_full))}
+        print(f"(bf) engine, full passes: {t_full:8.1f} s: the local evaluator is {t_full / t_b:.1f}x faster; "
+              f"same outcome on {out['full_passes']['same_outcome']}/{len(res_b)} images")
     if engine_images > len(imgs):  # the engine alone on more images: how close to peak it gets at scale
         atk = OnePixelDE(model, pop_size=POP, max_iter=max_iter, seed=seed, device=device)
         t_many, res_many = timed(device, lambda: atk.results(many[0], many[1], keys=many[2]))
@@ -513,6 +526,8 @@ def main(argv: list[str] | None = None) -> dict:
                 summary[f"{key}_{name}"] = round(r[key], 3)
             summary[f"same_outcome_{name}"] = r["same_outcome"]
             summary[f"speedup_{name}_bf16"] = round(r["bf16"]["speedup"], 2)
+            if "full_passes" in r:
+                summary[f"locality_speedup_{name}"] = round(r["full_passes"]["locality_speedup"], 2)
             if "engine_many" in r:
                 summary[f"engine_many_{name}"] = {k: round(v, 3) if isinstance(v, float) else v
                                                   for k, v in r["engine_many"].items()}

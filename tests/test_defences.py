@@ -161,6 +161,49 @@ def test_d4_convnet_trains_and_refuses_non_square_images():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_local_d4_evaluator_equals_one_forward_pass_per_candidate_at_every_row_and_column():
+    """The one-pixel evaluator that recomputes only a pixel's cone gives, in float64, the probabilities
+    of the plain model on each perturbed image (a loop here: set the pixel, run the model) at every row
+    and every column (edges, both orders, the diagonal), and float32 agrees to float32 rounding."""
+    from deepadversaries.attacks.evaluators import (
+        CandidateEvaluator, LocalD4ConvNetEvaluator, make_evaluator, optimized_for_inference)
+
+    torch.manual_seed(3)
+    model = randomise_batchnorm(D4ConvNet((3, 100, 100)), seed=3)
+    images = torch.rand(2, 3, 100, 100, generator=torch.Generator().manual_seed(4))
+    rng = np.random.default_rng(5)
+    rows = np.r_[np.arange(100), np.arange(100), rng.integers(0, 100, 20)][:, None]
+    cols = np.r_[np.arange(100)[::-1], np.arange(100), rng.integers(0, 100, 20)][:, None]
+    slots = rng.integers(0, 2, len(rows))
+    values = rng.random((len(rows), 1, 3)) * 3.0  # beyond [0, 1]: large changes exercise every max
+    cpu = torch.device("cpu")
+    model64 = copy.deepcopy(model).double()
+    local = make_evaluator(optimized_for_inference(model64, channels_last=True), 2, (3, 100, 100), cpu,
+                           torch.float64, channels_last=True)
+    assert isinstance(local, LocalD4ConvNetEvaluator)
+    for s in range(2):
+        local.load(s, images[s].double())
+    batch = images.double()[slots]
+    batch[np.arange(len(rows)), :, rows[:, 0], cols[:, 0]] = torch.from_numpy(values[:, 0])
+    with torch.no_grad():
+        reference = torch.cat([torch.softmax(model64(part)[0], dim=1) for part in batch.split(60)]).numpy()
+        clean = torch.softmax(model64(images.double())[0], dim=1).numpy()
+    np.testing.assert_allclose(local.evaluate(slots, rows, cols, values), reference, rtol=0, atol=1e-12)
+    assert np.abs(reference - clean[slots]).max() > 1e-5  # the pixels do change the output (>> atol)
+    # float32, channels first too: the batched full passes and the local evaluator agree to rounding
+    full = CandidateEvaluator(model, 2, (3, 100, 100), cpu, torch.float32)
+    local32 = make_evaluator(optimized_for_inference(model), 2, (3, 100, 100), cpu, torch.float32)
+    for s in range(2):
+        full.load(s, images[s])
+        local32.load(s, images[s])
+    np.testing.assert_allclose(local32.evaluate(slots, rows, cols, values), full.evaluate(slots, rows, cols, values),
+                               rtol=0, atol=2e-6)
+    # batch norm without running statistics is not a fixed affine map: batched full passes then
+    model.features.blocks[1].norm.track_running_stats = False
+    assert not LocalD4ConvNetEvaluator.applies(model, (3, 100, 100), 1)
+    assert not LocalD4ConvNetEvaluator.applies(D4ConvNet((3, 40, 40)), (3, 40, 40), 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # --tta d4
 # ---------------------------------------------------------------------------------------------

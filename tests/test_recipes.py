@@ -177,6 +177,42 @@ def test_pooled_board_numbers_are_means_with_a_t_interval_over_seeds(tmp_path):
     assert result["groups"][0]["rows"][0]["name"] == "convnet_regular"
 
 
+def test_pooled_rates_are_cut_to_zero_one_and_a_board_number_repeating_the_headline_is_left_out(tmp_path):
+    """Accuracies near 1 over three seeds: the t-interval's upper end passes 1 and is cut to 1 (the
+    lower end is the t-interval's, checked against scipy); mCE is not cut. DE's board rate that is the
+    headline's one-pixel rate on every card is one column, not two."""
+    y1 = [0.99, 0.90, 0.999]
+    cards = []
+    for s, v in enumerate(y1):
+        card = _with_board(f"c_s{s}", v, 0.5 + s, seed=s)
+        rate = num(0.1 + s / 100, 0.05, 0.2)
+        card["headline"] = [h for h in card["headline"] if h["key"] != "one_pixel_flip_rate"]
+        card["headline"].append({"key": "one_pixel_flip_rate", "label": "one-pixel flip rate (differential evolution)",
+                                 "better": "lower", "number": rate})
+        card["board"].append({"key": "de_flip_rate", "label": "one-pixel flip rate, differential evolution",
+                              "better": "lower", "number": dict(rate)})
+        cards.append(write_card(tmp_path / "cards", validate_card(card)))
+    pooled = pool_cards([json.loads((c / "card.json").read_text()) for c in cards], "convnet_regular")
+    accuracy = next(b for b in pooled["board"] if b["key"] == "clean_accuracy_y1")["number"]
+    mean, half = np.mean(y1), scipy_stats.t.ppf(0.975, 2) * scipy_stats.sem(y1)
+    assert mean + half > 1  # the uncut interval passes 1
+    assert accuracy["ci_high"] == 1.0 and accuracy["ci_low"] == pytest.approx(mean - half, rel=1e-9)
+    assert "cut to [0, 1]" in accuracy["method"]
+    mce = next(b for b in pooled["board"] if b["key"] == "held_out_mce")["number"]
+    assert mce["ci_low"] == pytest.approx(1.5 - scipy_stats.t.ppf(0.975, 2) * scipy_stats.sem([0.5, 1.5, 2.5]))
+    assert mce["ci_low"] < 0.5 and "cut" not in mce["method"]
+    assert [b["key"] for b in pooled["board"]] == ["clean_accuracy_y1", "held_out_mce"]  # no DE twice
+    result = leaderboard(cards, tmp_path / "board")
+    header = (tmp_path / "board" / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert "one_pixel_flip_rate" in header and "de_flip_rate" not in header and result["groups"]
+    # where the board's DE rate differs from the headline's (another search heads it), both stay
+    other = json.loads((cards[0] / "card.json").read_text())
+    other["headline"][-1]["number"] = num(0.3, 0.2, 0.4)
+    other["model"]["method"] = "mmd"
+    leaderboard([cards[1], write_card(tmp_path / "cards2", validate_card(other))], tmp_path / "board2")
+    assert "de_flip_rate" in (tmp_path / "board2" / "leaderboard.csv").read_text().splitlines()[0].split(",")
+
+
 def test_leaderboard_pools_the_cards_of_several_studies_over_seeds(tmp_path, capsys):
     from deepadversaries.cli import main
 

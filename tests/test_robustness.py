@@ -325,6 +325,61 @@ def test_corrupted_images_depend_only_on_seed_and_chunk(toy_dataset):
     assert not np.array_equal(corrupted_chunk(raw, "depth", 5, 0, seed=3), corrupted_chunk(raw, "depth", 5, 0, seed=4))
 
 
+def test_corrupting_ahead_in_a_thread_gives_the_serial_numbers(toy_dataset, monkeypatch):
+    """The stage corrupts the next chunks in a background thread while it evaluates: every row, every
+    per-image outcome and every grid panel equal one-thread serial evaluation (chunks of 5 images,
+    so that several chunks are ahead), the corrupting ran off the main thread, and torch's thread
+    count is restored."""
+    import threading
+
+    from deepadversaries.corruptions import benchmark as stage
+
+    monkeypatch.setattr(stage, "CHUNK", 5)
+    dataset = load_dataset(toy_dataset)
+    model = stage.optimized_for_inference(_probe_model(toy_dataset, 0), channels_last=True)
+    needed = [("cosmic_rays", 3), ("blend", 1), ("seeing", 5), ("hot_pixels", 2)]
+
+    def bench() -> stage._Benchmark:
+        return stage._Benchmark(dataset, {"run": model}, seed=0, batch_size=4, device=torch.device("cpu"))
+
+    threads_before = torch.get_num_threads()
+    ahead = bench()
+    where: set[str] = set()
+    prepare = ahead._prepare
+    monkeypatch.setattr(ahead, "_prepare", lambda *a: where.add(threading.current_thread().name) or prepare(*a))
+    rows, wrong = ahead.table(needed)
+    assert torch.get_num_threads() == threads_before and ahead.n_chunks > 2
+    assert where and threading.main_thread().name not in where
+    serial = bench()
+    clean_logits, _ = serial.logits(stage.CLEAN, 0)
+    for row, key in zip(rows, [(stage.CLEAN, 0), *needed]):
+        logits, stats = serial.logits(*key)
+        expected = serial._row(*key, logits["run"], clean_logits["run"].argmax(axis=1), stats)
+        assert row == expected, key
+        np.testing.assert_array_equal(wrong["run"][key], logits["run"].argmax(axis=1) != dataset.labels("test"))
+        np.testing.assert_array_equal(ahead.panels[key], serial.panels[key])
+
+
+def test_results_ahead_come_in_order_at_most_depth_ahead_and_carry_errors():
+    from deepadversaries.corruptions.benchmark import _Ahead
+
+    started: list[int] = []
+
+    def square(i: int) -> int:
+        started.append(i)
+        if i == 6:
+            raise ValueError("item 6")
+        return i * i
+
+    got = []
+    with pytest.raises(ValueError, match="item 6"):
+        with _Ahead(square, range(10), depth=2) as results:
+            for i, value in enumerate(results):
+                assert len(started) <= i + 1 + 2  # never more than two beyond the one taken
+                got.append(value)
+    assert got == [0, 1, 4, 9, 16, 25] and max(started) <= 8
+
+
 def test_bad_input_is_refused_with_one_line(runs, toy_dataset, tmp_path):
     cases = [
         ({"run": runs["regular"], "corruptions": "blur"}, OptionError, "unknown corruption 'blur'"),

@@ -42,6 +42,17 @@ def test_t_interval_matches_hand_formula(level: float) -> None:
     assert "5 seeds" in iv.method
 
 
+def test_t_interval_is_cut_to_the_quantitys_range_only_where_it_leaves_it() -> None:
+    values = [0.97, 0.999, 0.90]
+    mean, half = sum(values) / 3, sps.t.ppf(0.975, 2) * sps.sem(values)
+    cut = stats.t_interval(values, bounds=(0.0, 1.0))
+    assert cut.high == 1.0 and cut.low == pytest.approx(mean - half, rel=1e-12) < 1.0 < mean + half
+    assert cut.estimate == pytest.approx(mean) and cut.method.endswith("cut to [0, 1]")
+    inside = stats.t_interval([0.4, 0.5, 0.6], bounds=(0.0, 1.0))
+    assert inside == stats.t_interval([0.4, 0.5, 0.6])  # nothing to cut: the same interval, same words
+    assert math.isnan(stats.t_interval([0.99], bounds=(0.0, 1.0)).high)  # one seed stays undefined
+
+
 def test_t_interval_degenerate_cases() -> None:
     one = stats.t_interval([0.3])
     assert one.estimate == 0.3 and math.isnan(one.low) and math.isnan(one.high) and not one.defined

@@ -54,7 +54,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -194,18 +194,32 @@ def _check_count(value: Any, what: str) -> int:
 # --------------------------------------------------------------------------------------
 # across seeds: t-interval
 # --------------------------------------------------------------------------------------
-def t_interval(values: Sequence[float] | np.ndarray, level: float = DEFAULT_LEVEL) -> Interval:
+def t_interval(values: Sequence[float] | np.ndarray, level: float = DEFAULT_LEVEL,
+               bounds: tuple[float, float] | None = None) -> Interval:
     """Student-t interval of a mean: mean ± t_{n−1} · s / √n (``scipy.stats.t.interval``).
 
     Args:
         values: the per-seed effects, shape (n,). NaN values (a seed whose effect is
             undefined) are left out and ``n`` counts the others.
         level: confidence level, in (0, 1) [default: 0.95].
+        bounds: the range the quantity cannot leave (e.g. (0, 1) for an accuracy or a
+            rate): the interval is cut to it and ``method`` says so where it was [default:
+            None, not cut].
 
     Returns:
         The mean with its interval (s with ddof = 1); NaN bounds for fewer than two
         values, and a zero-width interval when all values are equal (s = 0).
     """
+    interval = _t_interval(values, level)
+    if bounds is None or not interval.defined:
+        return interval
+    low, high = max(interval.low, bounds[0]), min(interval.high, bounds[1])
+    if (low, high) == (interval.low, interval.high):
+        return interval
+    return replace(interval, low=low, high=high, method=f"{interval.method}, cut to [{bounds[0]:g}, {bounds[1]:g}]")
+
+
+def _t_interval(values: Sequence[float] | np.ndarray, level: float) -> Interval:
     level = _check_level(level)
     v = _as_vector(values, "values")
     v = v[~np.isnan(v)]

@@ -6,8 +6,10 @@ inference-optimised copy of the model (:func:`optimized_for_inference`: BatchNor
 into the convolutions, plain 2x2 max-pools as strided maxima, optionally NHWC). For the
 paper's ConvNet at 3 x 100 x 100 and one pixel, :class:`LocalConvNetEvaluator` recomputes
 only the cone of activations the pixel changes — the same probabilities as the full pass
-to float rounding. :func:`make_evaluator` picks one; the ``default_*`` functions give the
-chunk sizes and images at once per device.
+to float rounding; :class:`LocalD4ConvNetEvaluator` does the same for the d4-convnet (its
+group convolutions as expanded ``conv2d`` filters, the invariant pooling on the whole last
+map). :func:`make_evaluator` picks one; the ``default_*`` functions give the chunk sizes
+and images at once per device.
 
 Contract: a model here returns ``(logits, latent)`` (:func:`deepadversaries.attacks.classifier.as_classifier`
 wraps one that returns logits only); ``evaluate`` returns float64 probabilities (n, K).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,7 +28,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from deepadversaries.errors import OptionError
-from deepadversaries.models.networks import ConvNet
+from deepadversaries.models.equivariant import INVERSE, ORDER, symmetric_max_pool, transform
+from deepadversaries.models.networks import ConvNet, D4ConvNet
 
 
 class MaxPool2x2(nn.Module):
@@ -152,10 +156,7 @@ class LocalConvNetEvaluator(CandidateEvaluator):
                  device: torch.device, dtype: torch.dtype, channels_last: bool = False,
                  bf16: bool = False) -> None:
         super().__init__(model, n_slots, image_shape, device, dtype, channels_last, bf16)
-        f = model.features
-        self.convs = (f[0], f[4], f[8])
-        self.posts = (f[1:3], f[5:7], f[9:11])
-        self.pools = (f[3], f[7], f[11])
+        self.convs, self.posts, self.pools = self._blocks(model, device, dtype, channels_last)
         c1, c2, c3 = (m.out_channels for m in self.convs)
         n0 = image_shape[1]
         n1, n2 = n0 // 2, n0 // 4
@@ -178,6 +179,17 @@ class LocalConvNetEvaluator(CandidateEvaluator):
         classes), one pixel per candidate; other shapes and models get batched full forward passes."""
         return isinstance(model, ConvNet) and tuple(image_shape) == (3, 100, 100) and pixels == 1
 
+    @staticmethod
+    def _blocks(model: nn.Module, device: torch.device, dtype: torch.dtype,
+                channels_last: bool) -> tuple[tuple[nn.Conv2d, ...], tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+        """The three blocks' convolutions, what follows each (batch norm, ReLU) and their poolings."""
+        f = model.features
+        return (f[0], f[4], f[8]), (f[1:3], f[5:7], f[9:11]), (f[3], f[7], f[11])
+
+    def _clean_latent(self, features: torch.Tensor) -> torch.Tensor:
+        """The latent (1, 256) of the last block's pooled map (1, C, h, w)."""
+        return self.model.bottleneck(torch.flatten(features, 1))
+
     @torch.inference_mode()
     def load(self, slot: int, image: torch.Tensor) -> None:
         super().load(slot, image)
@@ -193,7 +205,7 @@ class LocalConvNetEvaluator(CandidateEvaluator):
         for dest, value in ((self.z1, z1), (self.p1, p1), (self.a2, a2), (self.p2, p2), (self.a3, a3),
                             (self.p3, p3)):
             dest[slot, c, c] = value[0].permute(1, 2, 0).to(self.dtype)
-        self.clean_latent[slot] = self.model.bottleneck(torch.flatten(p3.to(self.dtype), 1))[0]
+        self.clean_latent[slot] = self._clean_latent(p3.to(self.dtype))[0]
 
     def _patch(self, store: torch.Tensor, s: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
                size: int) -> torch.Tensor:
@@ -265,14 +277,38 @@ class LocalConvNetEvaluator(CandidateEvaluator):
         y2 = self._patch(self.a2, s, 2 * br, 2 * bc, 6)
         self._put(y2, a2, ar - 1 - 2 * br, ac - 1 - 2 * bc)
         p2 = _max_pool_2x2_hwc(y2) * self._grid(br, bc, 3, n2)
-        # block 3: convolution on rows b-2..b+4 -> b-1..b+3; pooling -> g..g+2 of the feature map
+        # block 3: convolution on rows b-2..b+4 -> b-1..b+3
         x3 = self._patch(self.p2, s, br - 2, bc - 2, 7)
         x3[:, 2:5, 2:5] = p2
         a3 = self._block(2, x3)
-        gr, gc = half(br - 1), half(bc - 1)
-        y3 = self._patch(self.a3, s, 2 * gr, 2 * gc, 6)
+        logits = self._last_pool_and_head(s, br, bc, a3)
+        return torch.softmax(logits.to(self.dtype), dim=1).double().cpu().numpy()
+
+    #: the last pooling on channels-last patches; g = floor((b - lead) / 2) is the first pooled row
+    #: block 3's changed rows b-1..b+3 reach; the pooled rows they reach; the activation rows those need
+    LAST_POOL: tuple[Callable[[torch.Tensor], torch.Tensor], int, int, int] = (_max_pool_2x2_hwc, 1, 3, 6)
+
+    def _last_pool_change(self, s: torch.Tensor, br: torch.Tensor, bc: torch.Tensor,
+                          a3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where block 3's pooled map changes and by how much: first rows and columns (B,) and the
+        change (B, rows, rows, C3), zero outside the map."""
+        pool, lead, rows, span = self.LAST_POOL
+        gr = torch.div(br - lead, 2, rounding_mode="floor")
+        gc = torch.div(bc - lead, 2, rounding_mode="floor")
+        y3 = self._patch(self.a3, s, 2 * gr, 2 * gc, span)
         self._put(y3, a3, br - 1 - 2 * gr, bc - 1 - 2 * gc)
-        diff = (_max_pool_2x2_hwc(y3) - self._patch(self.p3, s, gr, gc, 3)) * self._grid(gr, gc, 3, n3)
+        diff = (pool(y3) - self._patch(self.p3, s, gr, gc, rows)) * self._grid(gr, gc, rows, self.sizes[3])
+        return gr, gc, diff
+
+    def _last_pool_and_head(self, s: torch.Tensor, br: torch.Tensor, bc: torch.Tensor,
+                            a3: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) from block 3's changed activations ``a3`` (B, 5, 5, C3), rows b-1..b+3.
+
+        The 2x2 pooling changes rows g..g+2 of the feature map; the latent is the clean one plus
+        the bottleneck weights of the changed features times their change.
+        """
+        dev, n3 = self.device, self.sizes[3]
+        gr, gc, diff = self._last_pool_change(s, br, bc, a3)
         # the latent: clean plus the bottleneck weights of the changed features times their change
         k3 = torch.arange(3, device=dev)
         fr = (gr[:, None] + k3).clamp(0, n3 - 1)[:, :, None, None]
@@ -281,9 +317,139 @@ class LocalConvNetEvaluator(CandidateEvaluator):
         flat = (ch * n3 + fr) * n3 + fc  # (B, 3, 3, c3) indices into the flattened (C, 12, 12) features
         z = self.clean_latent[s] + torch.nn.functional.embedding_bag(
             flat.reshape(len(s), -1), self.bottleneck_rows, per_sample_weights=diff.reshape(len(s), -1), mode="sum")
-        logits = self.model.head(z)
-        return torch.softmax(logits.to(self.dtype), dim=1).double().cpu().numpy()
+        return self.model.head(z)
 
+
+
+def _max_pool_3x3_stride2_hwc(x: torch.Tensor) -> torch.Tensor:
+    """3x3 max pooling, stride 2, of odd-sized (B, 2h + 1, 2w + 1, C) patches to (B, h, w, C)."""
+    n = (x.shape[1] - 1) // 2
+    rows = torch.maximum(torch.maximum(x[:, 0:2 * n:2], x[:, 1:2 * n:2]), x[:, 2:2 * n + 1:2])
+    return torch.maximum(torch.maximum(rows[:, :, 0:2 * n:2], rows[:, :, 1:2 * n:2]), rows[:, :, 2:2 * n + 1:2])
+
+
+class _SymmetricPool(nn.Module):
+    """:func:`~deepadversaries.models.equivariant.symmetric_max_pool` as a module (NCHW maps)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return symmetric_max_pool(x)
+
+
+def _fused_d4_conv(block: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool) -> nn.Conv2d:
+    """One ``nn.Conv2d`` computing a D4 block's convolution and (eval-mode) group batch norm.
+
+    The group convolution is already one ``conv2d`` with expanded filters (channel ``o·8 + g``);
+    the batch norm's per-field scale and shift are repeated over the eight orientations and
+    folded in, as :func:`~torch.nn.utils.fusion.fuse_conv_bn_eval` folds the ConvNet's.
+    """
+    conv, bn = block.conv, block.norm
+    with torch.no_grad():
+        weight, bias = conv.expanded_weight(), conv.bias.repeat_interleave(ORDER)
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale + (bn.bias if bn.affine else 0.0)
+        scale, shift = scale.repeat_interleave(ORDER), shift.repeat_interleave(ORDER)
+        fused = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], padding=weight.shape[-1] // 2,
+                          dtype=weight.dtype, device=weight.device)
+        fused.weight.copy_(weight * scale[:, None, None, None])
+        fused.bias.copy_(bias * scale + shift)
+    fused = fused.to(device, dtype).eval()
+    return fused.to(memory_format=torch.channels_last) if channels_last else fused
+
+
+class LocalD4ConvNetEvaluator(LocalConvNetEvaluator):
+    """Exact one-pixel evaluation of the d4-convnet, recomputing only the cone a pixel changes.
+
+    The d4-convnet (:class:`~deepadversaries.models.networks.D4ConvNet`) is the ConvNet's
+    geometry with more channels: its lifting and group convolutions are each one ``conv2d``
+    with expanded filters (16, 32 and 128 channels: 2, 4 and 16 fields × 8 orientations), its
+    group batch norm folds into them, and its first two poolings are the ConvNet's 2x2 ones.
+    So blocks 1 and 2 are :class:`LocalConvNetEvaluator`'s. Two things differ after block 3:
+
+    - the last pooling is a 3x3 window with stride 2 on the 25-row map (symmetric under the
+      group): block 3's changed rows b-1..b+3 reach pooled rows g..g+3, g = floor((b - 2) / 2)
+      (four rows where the 2x2 pooling reaches three), computed from rows 2g..2g+8;
+    - the invariant pooling aligns each orientation by its inverse rotation, which moves the
+      changed rows to up to eight places of the 12x12 map, so the changed feature patch is added
+      to the stored clean map and the invariant pooling, bottleneck and output layer are run on
+      the whole 12x12 map (4 % of the model's multiply-adds).
+
+    Rows outside a map are zero padding or masked, as in :class:`LocalConvNetEvaluator`: the
+    same probabilities as the full forward pass to float rounding (BatchNorm folded).
+    """
+
+    LAST_POOL = (_max_pool_3x3_stride2_hwc, 2, 4, 9)
+
+    @staticmethod
+    def applies(model: nn.Module, image_shape: tuple[int, ...], pixels: int) -> bool:
+        """Whether this evaluator serves ``model``: a d4-convnet at 3 x 100 x 100 whose batch norms
+        use running statistics, one pixel per candidate."""
+        return (isinstance(model, D4ConvNet) and tuple(image_shape) == (3, 100, 100) and pixels == 1
+                and all(block.norm.track_running_stats for block in model.features.blocks))
+
+    @staticmethod
+    def _blocks(model: nn.Module, device: torch.device, dtype: torch.dtype,
+                channels_last: bool) -> tuple[tuple[nn.Conv2d, ...], tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+        convs = tuple(_fused_d4_conv(block, device, dtype, channels_last) for block in model.features.blocks)
+        return convs, (nn.ReLU(),) * 3, (MaxPool2x2(), MaxPool2x2(), _SymmetricPool())
+
+    def __init__(self, model: nn.Module, n_slots: int, image_shape: tuple[int, int, int],
+                 device: torch.device, dtype: torch.dtype, channels_last: bool = False,
+                 bf16: bool = False) -> None:
+        super().__init__(model, n_slots, image_shape, device, dtype, channels_last, bf16)
+        n3, c3 = self.sizes[3], self.convs[2].out_channels
+        # the clean pooled fields, aligned: (slots, fields, n3², 8), orientation g at position q
+        # holding T_g⁻¹ f[g] (the layout invariant_pool's mean and max reduce over)
+        self.clean_aligned = torch.zeros((n_slots, c3 * n3 * n3), device=device, dtype=dtype)
+        # where a feature-map entry (position p, channel o·8 + g) lands in that layout
+        grid = torch.arange(n3 * n3).reshape(n3, n3)
+        sources = torch.stack([transform(grid, INVERSE[g]).reshape(-1) for g in range(ORDER)])  # (8, q) -> p
+        target = torch.empty_like(sources)
+        target.scatter_(1, sources, torch.arange(n3 * n3).expand(ORDER, -1))  # (8, p) -> q
+        o = torch.arange(c3 // ORDER)[:, None, None]
+        g = torch.arange(ORDER)[None, :, None]
+        index = (o * n3 * n3 + target[None]) * ORDER + g  # (fields, 8, p)
+        self.aligned_index = index.reshape(c3, n3 * n3).t().contiguous().to(device)  # (p, channel)
+
+    def _clean_latent(self, features: torch.Tensor) -> torch.Tensor:
+        return self._latent(self._aligned(features))
+
+    @staticmethod
+    def _aligned(features: torch.Tensor) -> torch.Tensor:
+        """Pooled fields (B, C3·8, h, w) in the aligned layout, flattened to (B, C3·8·h·w)."""
+        b, ch, h, w = features.shape
+        fields = features.reshape(b, ch // ORDER, ORDER, h, w)
+        aligned = torch.stack([transform(fields[:, :, g], INVERSE[g]) for g in range(ORDER)], dim=-1)
+        return aligned.reshape(b, -1)
+
+    def _latent(self, aligned: torch.Tensor) -> torch.Tensor:
+        """The latent (B, 256) from aligned fields (B, C3·8·h·w): invariant pooling (mean and max
+        over the orientations, mean channels first), bottleneck."""
+        n3 = self.sizes[3]
+        u = aligned.view(len(aligned), -1, n3 * n3, ORDER)
+        return self.model.bottleneck(torch.cat([u.mean(dim=-1), u.amax(dim=-1)], dim=1).flatten(1))
+
+    @torch.inference_mode()
+    def load(self, slot: int, image: torch.Tensor) -> None:
+        super().load(slot, image)
+        clean = self.p3[slot, self.PAD:-self.PAD, self.PAD:-self.PAD].permute(2, 0, 1)[None]
+        self.clean_aligned[slot] = self._aligned(clean)[0]
+
+    def _last_pool_and_head(self, s: torch.Tensor, br: torch.Tensor, bc: torch.Tensor,
+                            a3: torch.Tensor) -> torch.Tensor:
+        dev, n3 = self.device, self.sizes[3]
+        gr, gc, diff = self._last_pool_change(s, br, bc, a3)
+        # the clean aligned fields plus the change, each entry added where the alignment moves it
+        # (rows outside the map add a masked zero at a clamped position)
+        k4 = torch.arange(4, device=dev)
+        fr = (gr[:, None] + k4).clamp(0, n3 - 1)
+        fc = (gc[:, None] + k4).clamp(0, n3 - 1)
+        position = (fr[:, :, None] * n3 + fc[:, None, :]).reshape(len(s), -1)  # (B, 16)
+        aligned = self.clean_aligned[s]
+        idx = self.aligned_index[position] + (torch.arange(len(s), device=dev) * aligned.shape[1])[:, None, None]
+        aligned.view(-1).index_add_(0, idx.reshape(-1), diff.reshape(-1))
+        return self.model.head(self._latent(aligned))
 
 def default_channels_last(device: torch.device) -> bool:
     """NHWC layout: faster for these convolutions on a CPU (oneDNN) and on recent GPUs."""
@@ -306,7 +472,8 @@ def default_batch_images(device: torch.device) -> int:
 def make_evaluator(model: nn.Module, n_slots: int, image_shape: tuple[int, int, int], device: torch.device,
                    dtype: torch.dtype, *, pixels: int = 1, local: bool | None = None, channels_last: bool = False,
                    bf16: bool = False) -> CandidateEvaluator:
-    """The evaluator for ``model``: :class:`LocalConvNetEvaluator` where it is exact, else batched full passes.
+    """The evaluator for ``model``: a local one (:class:`LocalConvNetEvaluator`,
+    :class:`LocalD4ConvNetEvaluator`) where it applies, else batched full passes.
 
     Args:
         model: the (inference-optimised) model, on ``device`` in ``dtype``.
@@ -321,10 +488,12 @@ def make_evaluator(model: nn.Module, n_slots: int, image_shape: tuple[int, int, 
     Raises:
         OptionError: ``local=True`` where the local evaluator does not apply.
     """
-    applies = LocalConvNetEvaluator.applies(model, image_shape, pixels)
+    local_cls = next((cls for cls in (LocalConvNetEvaluator, LocalD4ConvNetEvaluator)
+                      if cls.applies(model, image_shape, pixels)), None)
     if local is None:
-        local = applies
-    elif local and not applies:
-        raise OptionError("the local evaluator only serves one-pixel attacks on the ConvNet at 100x100")
-    cls = LocalConvNetEvaluator if local else CandidateEvaluator
+        local = local_cls is not None
+    elif local and local_cls is None:
+        raise OptionError("the local evaluator only serves one-pixel attacks on the ConvNet and the d4-convnet "
+                          "at 100x100")
+    cls = local_cls if local else CandidateEvaluator
     return cls(model, n_slots, tuple(image_shape), device, dtype, channels_last, bf16)

@@ -740,6 +740,17 @@ def _pick(d: Mapping[str, Any] | None, *keys: str) -> Any:
     return d
 
 
+#: the range each card number cannot leave (accuracies, rates, agreements, ECE: [0, 1]; an accuracy
+#: drop: [-1, 1]); mCEs are ratios without a bound. Pooled intervals are cut to it.
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    **{key: (0.0, 1.0) for key in (
+        "clean_accuracy", "corruption_accuracy", "ece", "one_pixel_flip_rate", "depth_agreement",
+        "corruption_stability", "worst_corruption_stability", "de_flip_rate", "clean_accuracy_y1", "ece_y1",
+        "corner_flip_rate", "certified_flippable_rate", "certified_upper_rate")},
+    "depth_shift_drop": (-1.0, 1.0),
+}
+
+
 def headline(results: Mapping[str, Any], unlabelled: bool) -> list[dict[str, Any]]:
     """The five numbers of the card's headline panel (those the card has), each with its key,
     label and which direction is better."""

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from deepadversaries.analysis.stats import t_interval
-from deepadversaries.card.build import CARD_NAME, read_card
+from deepadversaries.card.build import CARD_NAME, NUMBER_RANGES, read_card
 from deepadversaries.card.render import fmt_number
 from deepadversaries.errors import OptionError, file_error
 from deepadversaries.io import write_csv, write_text
@@ -93,14 +93,26 @@ def _numbers(card: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _columns(cards: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """The board's columns: every headline key, then every board key, of any card, each once."""
+    """The board's columns: every headline key, then every board key, of any card, each once; a board
+    column that repeats a headline number on every card (DE's rate, where DE is the only one-pixel
+    search the cards ran) is left out."""
     cols: dict[str, dict[str, str]] = {}
     for part in ("headline", "board"):
         for card in cards:
             for h in card.get(part, []):
                 cols.setdefault(h["key"], {"key": h["key"], "label": h["label"], "better": h["better"],
                                            "part": part})
-    return list(cols.values())
+    headline_keys = [k for k, c in cols.items() if c["part"] == "headline"]
+    return [c for c in cols.values()
+            if c["part"] == "headline" or not any(_repeats(cards, c["key"], h) for h in headline_keys)]
+
+
+def _repeats(cards: Sequence[Mapping[str, Any]], board_key: str, headline_key: str) -> bool:
+    """Whether, on every card, the board number ``board_key`` is the headline number ``headline_key``."""
+    def number(card: Mapping[str, Any], part: str, key: str) -> Any:
+        return next((h["number"] for h in card.get(part, []) if h["key"] == key), None)
+
+    return all(number(c, "board", board_key) == number(c, "headline", headline_key) for c in cards)
 
 
 def _value(card: Mapping[str, Any], key: str) -> dict[str, Any] | None:
@@ -265,7 +277,7 @@ def pool_cards(cards: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any]:
     for column in _columns(cards):
         numbers = [_value(c, column["key"]) for c in cards]
         values = [float("nan") if n is None or n["value"] is None else float(n["value"]) for n in numbers]
-        interval = t_interval(values)
+        interval = t_interval(values, bounds=NUMBER_RANGES.get(column["key"]))
         finite = lambda x: None if x is None or x != x else float(x)  # noqa: E731 (NaN -> None)
         part = column.pop("part")
         pooled[part].append({**column, "number": {
