@@ -265,14 +265,20 @@ def test_local_convnet_engine_matches_full_evaluation():
 
 
 @pytest.mark.parametrize("keep", ["fittest", "first"])
-def test_engine_reaches_the_decisions_of_the_published_loop(keep):
-    model = PixelModel(row=2, col=4, gain=12.0)
+@pytest.mark.parametrize("target", [2, None])  # targeted (paper rule), untargeted (top-class rule)
+def test_engine_reaches_the_decisions_of_the_published_loop(keep, target):
+    model = PixelModel(row=2, col=4, gain=12.0 if target is not None else 40.0)
     images = flat_images(6, size=6) + np.random.default_rng(5).random((6, 3, 6, 6)).astype(np.float32) * 0.2
+    success = "paper" if target is not None else "top-class"
     engine = OnePixelDE(model, pop_size=20, max_iter=12, seed=3, device="cpu", dtype=torch.float64, keep=keep,
-                        chunk_size=7, batch_images=3).results(images, [0] * 6, targets=[2] * 6)
-    loop = [reference_attack(model, images[i], 0, 2, pop_size=20, max_iter=12, seed=3, key=i, dtype=torch.float64,
-                             keep=keep) for i in range(6)]
+                        chunk_size=7, batch_images=3, success=success,
+                        mode="targeted" if target is not None else "untargeted"
+                        ).results(images, [0] * 6, targets=None if target is None else [target] * 6)
+    loop = [reference_attack(model, images[i], 0, target, pop_size=20, max_iter=12, seed=3, key=i,
+                             dtype=torch.float64, keep=keep, success=success) for i in range(6)]
     assert {r.success for r in loop} == {True, False}  # both outcomes occur
+    if target is None:  # some images succeed in the initial population: counted up to the first success
+        assert any(r.success and r.iterations == 0 for r in loop)
     for e, r in zip(engine, loop):  # the same search, candidate for candidate
         assert (e.success, e.iterations, e.evaluations) == (r.success, r.iterations, r.evaluations)
         assert e.pixels.tolist() == r.pixels.tolist()
@@ -280,8 +286,9 @@ def test_engine_reaches_the_decisions_of_the_published_loop(keep):
         np.testing.assert_allclose(e.probabilities, r.probabilities, rtol=0, atol=1e-15)
         assert e.fitness == pytest.approx(r.fitness, abs=1e-15)
         if r.success:
-            assert e.p_target == pytest.approx(r.probabilities[2], abs=1e-15) and e.p_target > 0.5
             assert e.queries_to_success == e.evaluations
+            if target is not None:
+                assert e.p_target == pytest.approx(r.probabilities[2], abs=1e-15) and e.p_target > 0.5
         else:
             assert e.queries_to_success is None
     if keep == "fittest":  # the whole success generation is evaluated

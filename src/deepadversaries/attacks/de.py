@@ -227,76 +227,100 @@ def reference_attack(model: nn.Module, image: np.ndarray, label: int, target: in
     atk = OnePixelDE(model, pop_size=pop_size, max_iter=max_iter, pixels=pixels, F=F, seed=seed, success=success,
                      keep=keep, value_range=value_range, device=device, dtype=dtype, optimize=False, verify=False,
                      mode="untargeted" if target is None else "targeted")
-    net = atk.reference_model
-    image = np.asarray(image, dtype=np.float32)
-    atk.prepare(image[None])
-    x0 = torch.as_tensor(image, device=atk.device, dtype=dtype)
-    h, w = image.shape[1:]
-    targeted = target is not None
-    label_of_fitness = int(target) if targeted else int(label)
-
-    def evaluate_one(cand: np.ndarray) -> np.ndarray:
-        rows, cols, values = candidate_pixels(cand[None], h, w, atk.value_range)
-        x = x0.clone()
-        for k in range(rows.shape[1]):
-            x[:, rows[0, k], cols[0, k]] = torch.as_tensor(values[0, k], dtype=dtype, device=atk.device)
-        with torch.inference_mode():
-            return torch.softmax(net(x[None])[0], dim=1)[0].double().cpu().numpy()
-
-    def evaluate(cands: np.ndarray) -> np.ndarray:
-        return np.stack([evaluate_one(c) for c in cands])
-
-    def success_of(probs: np.ndarray) -> np.ndarray:
-        return is_success(probs, label, target, success)
-
+    loop = _ReferenceLoop(atk, np.asarray(image, dtype=np.float32), int(label), target, success, dtype)
     code = atk.n_classes if target is None else int(target)
     rng = np.random.default_rng([atk.seed, int(key), code])
     candidates = atk.initial_population(rng)
-    probs = evaluate(candidates)
-    score = probs[:, label_of_fitness].copy()  # the authors' fitness: p(label)
-    evaluations = len(candidates)
-    generation = 0
-    found: int | None = None
-    if keep == "fittest":
+    probs = loop.evaluate(candidates)
+    score = probs[:, loop.fitness_label].copy()  # the authors' fitness: p(label)
+    run = loop.fittest if keep == "fittest" else loop.first
+    generation, found, evaluations = run(rng, candidates, probs, score, max_iter)
+    targeted = target is not None
+    best = found if found is not None else int(np.argmax(score) if targeted else np.argmin(score))
+    rows, cols, values = candidate_pixels(candidates[best][None], *loop.size, atk.value_range)
+    fit = float(score[best]) if targeted else -float(score[best])
+    return AttackResult(index=0, label=int(label), target=target, success=found is not None, iterations=generation,
+                        pixels=np.stack([cols[0], rows[0]], axis=1), values=values[0], probabilities=probs[best],
+                        fitness=fit, evaluations=evaluations,
+                        targets_tried=() if target is None else (int(target),), iterations_total=generation)
+
+
+class _ReferenceLoop:
+    """:func:`reference_attack`'s search on one image: one plain forward pass per candidate; the
+    population (``candidates``, ``probs``, ``score``) is updated in place by :meth:`fittest` or
+    :meth:`first`, which return (generations evolved, the successful member or None, evaluations
+    counted, the initial population's included)."""
+
+    def __init__(self, atk: OnePixelDE, image: np.ndarray, label: int, target: int | None, success: str,
+                 dtype: torch.dtype) -> None:
+        self.atk, self.net, self.dtype = atk, atk.reference_model, dtype
+        atk.prepare(image[None])
+        self.x0 = torch.as_tensor(image, device=atk.device, dtype=dtype)
+        self.size = image.shape[1:]
+        self.label, self.target, self.success = label, target, success
+        self.targeted = target is not None
+        self.fitness_label = int(target) if self.targeted else label
+
+    def evaluate_one(self, cand: np.ndarray) -> np.ndarray:
+        rows, cols, values = candidate_pixels(cand[None], *self.size, self.atk.value_range)
+        x = self.x0.clone()
+        for k in range(rows.shape[1]):
+            x[:, rows[0, k], cols[0, k]] = torch.as_tensor(values[0, k], dtype=self.dtype, device=self.atk.device)
+        with torch.inference_mode():
+            return torch.softmax(self.net(x[None])[0], dim=1)[0].double().cpu().numpy()
+
+    def evaluate(self, cands: np.ndarray) -> np.ndarray:
+        return np.stack([self.evaluate_one(c) for c in cands])
+
+    def succeeded(self, probs: np.ndarray) -> np.ndarray:
+        return is_success(probs, self.label, self.target, self.success)
+
+    def better(self, new: np.ndarray | float, old: np.ndarray | float) -> np.ndarray | bool:
+        return new > old if self.targeted else new < old
+
+    def fittest(self, rng: np.random.Generator, candidates: np.ndarray, probs: np.ndarray, score: np.ndarray,
+                max_iter: int) -> tuple[int, int | None, int]:
+        """The authors' loop: stop when the population holds a success, else evolve and evaluate a whole
+        generation; keep the fittest successful member."""
+        generation, evaluations = 0, len(candidates)
         for _ in range(max_iter):
-            if success_of(probs).any():  # early stopping: the population holds a success
+            if self.succeeded(probs).any():  # early stopping: the population holds a success
                 break
-            children = atk.next_generation(rng, candidates)
-            child_probs = evaluate(children)
+            children = self.atk.next_generation(rng, candidates)
+            child_probs = self.evaluate(children)
             evaluations += len(children)
-            child_score = child_probs[:, label_of_fitness]
-            successors = child_score > score if targeted else child_score < score
+            child_score = child_probs[:, self.fitness_label]
+            successors = self.better(child_score, score)
             candidates[successors] = children[successors]
             probs[successors] = child_probs[successors]
             score[successors] = child_score[successors]
             generation += 1
-        ok = success_of(probs)
-        if ok.any():  # the fittest successful member: fitness.argmax() under the paper's rule
-            members = np.flatnonzero(ok)
-            found = int(members[np.argmax(score[members]) if targeted else np.argmin(score[members])])
-    else:
-        ok = success_of(probs)
-        if ok.any():
-            found = int(np.flatnonzero(ok)[0])
+        ok = self.succeeded(probs)
+        if not ok.any():
+            return generation, None, evaluations
+        members = np.flatnonzero(ok)  # the fittest successful member: fitness.argmax() under the paper's rule
+        pick = np.argmax(score[members]) if self.targeted else np.argmin(score[members])
+        return generation, int(members[pick]), evaluations
+
+    def first(self, rng: np.random.Generator, candidates: np.ndarray, probs: np.ndarray, score: np.ndarray,
+              max_iter: int) -> tuple[int, int | None, int]:
+        """Children one at a time; stop at the first successful child that beats its parent. The
+        initial population counts up to its first successful member, as the engine's does."""
+        ok = self.succeeded(probs)
+        found = int(np.flatnonzero(ok)[0]) if ok.any() else None
+        generation, evaluations = 0, len(candidates) if found is None else found + 1
         while found is None and generation < max_iter:
             generation += 1
-            children = atk.next_generation(rng, candidates)
+            children = self.atk.next_generation(rng, candidates)
             for i, child in enumerate(children):
-                p = evaluate_one(child)
+                p = self.evaluate_one(child)
                 evaluations += 1
-                s = p[label_of_fitness]
-                if (s > score[i]) if targeted else (s < score[i]):
-                    candidates[i], probs[i], score[i] = child, p, s
-                    if success_of(p):
+                if self.better(p[self.fitness_label], score[i]):
+                    candidates[i], probs[i], score[i] = child, p, p[self.fitness_label]
+                    if self.succeeded(p):
                         found = i
                         break
-    best = found if found is not None else int(np.argmax(score) if targeted else np.argmin(score))
-    rows, cols, values = candidate_pixels(candidates[best][None], h, w, atk.value_range)
-    fit = float(score[best]) if targeted else -float(score[best])
-    return AttackResult(index=0, label=int(label), target=target, success=found is not None, iterations=generation,
-                        pixels=np.stack([cols[0], rows[0]], axis=1), values=values[0], probabilities=probs[best],
-                        fitness=fit, evaluations=evaluations, targets_tried=() if target is None else (int(target),),
-                        iterations_total=generation)
+        return generation, found, evaluations
 
 
 def build_search(model: nn.Module, config: Any, *, batch_images: int | None = None, **common: Any) -> OnePixelDE:
