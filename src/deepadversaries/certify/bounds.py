@@ -251,7 +251,9 @@ def _ops(modules: Sequence[nn.Module]) -> list:
 
 
 def _short(m: nn.Module) -> str:
+    """A layer's repr on one line: its first line, "…)" closing a container's."""
     text = repr(m).splitlines()[0]
+    text = text + "…)" if text.endswith("(") else text
     return text if len(text) < 80 else text[:77] + "..."
 
 
