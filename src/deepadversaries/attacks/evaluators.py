@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from deepadversaries.errors import OptionError
-from deepadversaries.models.equivariant import INVERSE, ORDER, symmetric_max_pool, transform
+from deepadversaries.models.equivariant import INVERSE, ORDER, aligned_orientations, symmetric_max_pool, transform
 from deepadversaries.models.networks import ConvNet, D4ConvNet
 
 
@@ -320,7 +320,6 @@ class LocalConvNetEvaluator(CandidateEvaluator):
         return self.model.head(z)
 
 
-
 def _max_pool_3x3_stride2_hwc(x: torch.Tensor) -> torch.Tensor:
     """3x3 max pooling, stride 2, of odd-sized (B, 2h + 1, 2w + 1, C) patches to (B, h, w, C)."""
     n = (x.shape[1] - 1) // 2
@@ -420,8 +419,7 @@ class LocalD4ConvNetEvaluator(LocalConvNetEvaluator):
         """Pooled fields (B, C3·8, h, w) in the aligned layout, flattened to (B, C3·8·h·w)."""
         b, ch, h, w = features.shape
         fields = features.reshape(b, ch // ORDER, ORDER, h, w)
-        aligned = torch.stack([transform(fields[:, :, g], INVERSE[g]) for g in range(ORDER)], dim=-1)
-        return aligned.reshape(b, -1)
+        return aligned_orientations(fields).permute(0, 1, 3, 4, 2).reshape(b, -1)
 
     def _latent(self, aligned: torch.Tensor) -> torch.Tensor:
         """The latent (B, 256) from aligned fields (B, C3·8·h·w): invariant pooling (mean and max

@@ -46,7 +46,7 @@ def _robustness(
     Writes RUN/robustness[_Y1][_stress][_masked|_no-dither]/robustness.csv, outcomes.npz, accuracy.png, corruption_grid.png and summary.json (last), with ΔE against the baseline (points, paired bootstrap 95 % interval) for every corruption and CE / mCE over the corruptions that significantly degrade the baseline.
     """
     from deepadversaries.errors import check_choice  # deferred for start-up time (torch)
-    from deepadversaries.corruptions.benchmark import robustness_dir, robustness_run
+    from deepadversaries.corruptions.benchmark import BATCH_SIZE, robustness_dir, robustness_run
     from deepadversaries.corruptions.suite import CorruptionOptions
 
     check_choice(domain, ("Y10", "Y1", "both"), "domain")
@@ -58,7 +58,7 @@ def _robustness(
         summary = robustness_run(run, data, corruptions=corruptions, severities=severities, seed=seed,
                                  baseline=baseline, domain=one, stress=stress, defects=defects,
                                  noise_check=noise_check, device=device, overwrite=overwrite, survey=survey,
-                                 **({} if batch_size is None else {"batch_size": batch_size}))
+                                 batch_size=BATCH_SIZE if batch_size is None else batch_size)
         _report_summary(summary)
         typer.echo(str(robustness_dir(run, one, CorruptionOptions("stress" if stress else "rubin", defects))))
 

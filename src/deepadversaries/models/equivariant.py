@@ -200,10 +200,16 @@ def symmetric_max_pool(x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, *out.shape[-2:])
 
 
+def aligned_orientations(f: torch.Tensor) -> torch.Tensor:
+    """Fields (B, C, 8, H, W) with each orientation aligned, ``u[g] = T_g⁻¹ f[g]``: an input
+    transformed by ``a`` permutes the ``u[g]``."""
+    return torch.stack([transform(f[:, :, g], INVERSE[g]) for g in range(ORDER)], dim=2)
+
+
 def invariant_pool(f: torch.Tensor) -> torch.Tensor:
     """Fields (B, C, 8, H, W) to an invariant map (B, 2C, H, W): the mean and the max over ``g``
     of the aligned orientations ``u[g] = T_g⁻¹ f[g]`` (mean channels first)."""
-    aligned = torch.stack([transform(f[:, :, g], INVERSE[g]) for g in range(ORDER)], dim=2)
+    aligned = aligned_orientations(f)
     return torch.cat([aligned.mean(dim=2), aligned.amax(dim=2)], dim=1)
 
 
