@@ -5,8 +5,9 @@ preset's severities 1, 3, 5 -- on one domain of the quick preset's test set (abo
 within 30 s per ConvNet run on 2 cores. Measured here, side by side on the same images:
 
 (a) corrupting: seconds (wall and CPU of this process) per corruption, the three severities, in the
-    stage's chunks, with the Rubin tables and dithered defects and, beside it, with the stress tables
-    and no-dither defects (the first version's model): the ratio of the two;
+    stage's chunks (each chunk at its three severities together, the draws made once, as the stage
+    does), with the Rubin tables and dithered defects and, beside it, with the stress tables and
+    no-dither defects (the first version's model): the ratio of the two;
 (b) the stage end to end (``robustness_run`` on a run folder with a random ConvNet: speed does not
     depend on training), figures included: wall and CPU seconds.
 
@@ -62,6 +63,11 @@ from deepadversaries.io import write_json
 from deepadversaries.models.networks import build_model
 from deepadversaries.workflow.grid import ROBUSTNESS_SEVERITIES
 from deepadversaries.corruptions.benchmark import CHUNK, corrupted_chunk, robustness_run
+
+try:  # draws made once per chunk for all severities (since 6 December 2026)
+    from deepadversaries.corruptions.benchmark import corrupted_chunks
+except ImportError:  # an earlier version measured with --src
+    corrupted_chunks = None
 from deepadversaries.models.runs import RUN_KIND
 
 BUDGET_S = 30.0
@@ -118,9 +124,12 @@ def main() -> None:
     for name in CORRUPTIONS:
         for label, options in sets.items():
             t0, c0 = time.perf_counter(), time.process_time()
-            for severity in SEVERITIES:
-                for k in chunks:
-                    corrupted_chunk(raw, name, severity, k, options=options)
+            for k in chunks:
+                if corrupted_chunks is not None:  # as the stage does: the severities of a chunk together
+                    corrupted_chunks(raw, name, SEVERITIES, k, options=options)
+                else:  # an earlier version (--src): one severity at a time
+                    for severity in SEVERITIES:
+                        corrupted_chunk(raw, name, severity, k, options=options)
             wall[label][name], cpu[label][name] = time.perf_counter() - t0, time.process_time() - c0
         print(f"{name:<20} corrupt CPU {cpu['default'][name]:6.2f} s (first version's model "
               f"{cpu['first version'][name]:6.2f} s) for {len(SEVERITIES)} severities x {n} images", flush=True)

@@ -89,3 +89,108 @@ def test_paper_stretch_in_place_equals_the_formula(lo, hi, dtype) -> None:
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(images, kept)
+
+
+# --- draws made once per chunk and replayed for the later severities -----------------------------------------
+def _galaxies(n: int, seed: int) -> np.ndarray:
+    """Raw Y10-like stamps: a Gaussian blob of a few thousand electrons on the sky's noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:100, 0:100] - 49.5
+    blob = np.exp(-(yy ** 2 + xx ** 2) / (2 * 6.0 ** 2))
+    images = rng.standard_normal((n, 3, 100, 100)) * 400.0 + 3_000.0 * blob * rng.uniform(0.5, 2.0, (n, 3, 1, 1))
+    return images.astype(np.float32)
+
+
+@pytest.mark.parametrize("tables,defects,domain", [("rubin", "dithered", "Y10"), ("rubin", "masked", "Y1"),
+                                                   ("stress", "no-dither", "Y10"), ("stress", "dithered", "Y1")])
+def test_every_corruption_at_several_severities_equals_one_fresh_stream_per_severity(tables, defects, domain) -> None:
+    from deepadversaries.corruptions.benchmark import corrupted_chunk, corrupted_chunks
+    from deepadversaries.corruptions.registry import CORRUPTIONS
+
+    raw = _galaxies(5, 7)
+    options = suite.CorruptionOptions(tables, defects)
+    severities = (5, 0, 1, 3, 2)  # any order; severity 0 draws nothing
+    for name in CORRUPTIONS:
+        together = corrupted_chunks(raw, name, severities, 0, seed=4, domain=domain, options=options)
+        for severity, got in zip(severities, together):
+            alone = corrupted_chunk(raw, name, severity, 0, seed=4, domain=domain, options=options)
+            np.testing.assert_array_equal(got, alone, err_msg=f"{name} severity {severity}")
+
+
+def test_replay_generator_replays_copies_and_goes_on_in_step_where_the_calls_differ() -> None:
+    from deepadversaries.corruptions.draws import ReplayGenerator
+
+    def calls(rng: np.random.Generator, mean: float) -> list:
+        out = [rng.random((4, 3), dtype=np.float32), rng.integers(0, 100, 6), rng.standard_normal(5)]
+        out.append(rng.poisson(np.array([1.0, mean])))  # differs between the two runs
+        out += [rng.uniform(0.0, 2.0, 3), rng.standard_normal((2, 2), dtype=np.float32)]
+        return out
+
+    first = ReplayGenerator([9, 1])
+    recorded = calls(first, 2.0)
+    recorded[0] += 100.0  # the caller changes its result in place: the record keeps the drawn values
+    for mean in (2.0, 30.0):
+        replayed = calls(ReplayGenerator([9, 1], first.draws), mean)
+        fresh = calls(np.random.default_rng([9, 1]), mean)
+        for a, b in zip(replayed, fresh):
+            np.testing.assert_array_equal(a, b)
+    assert [d.method for d in first.draws] == ["random", "integers", "standard_normal", "poisson", "uniform",
+                                               "standard_normal"]
+    with pytest.raises(TypeError, match="does not replay Generator.normal"):
+        ReplayGenerator([9, 1]).normal(0.0, 1.0)
+
+
+@pytest.mark.parametrize("half_width", [1, 4, 8, 11])
+def test_fft_convolution_with_rounded_padding_equals_a_direct_mirror_convolution(half_width: int) -> None:
+    import scipy.ndimage
+
+    rng = np.random.default_rng(half_width)
+    planes = (rng.standard_normal((3, 30, 37)) * 50.0 + 200.0).astype(np.float32)
+    kernel = rng.uniform(0.0, 1.0, (2 * half_width + 1, 2 * half_width + 1))  # not symmetric: orientation checked
+    kernel /= kernel.sum()
+    got = suite._convolve(planes, kernel)
+    for plane, out in zip(planes, got):
+        expected = scipy.ndimage.convolve(plane.astype(np.float64), kernel, mode="mirror")  # mirror = numpy's reflect
+        np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3)
+
+
+def test_spectrum_cache_returns_the_computed_spectrum_and_keeps_its_own_copy_of_the_input() -> None:
+    import scipy.fft
+
+    cache = suite._SpectrumCache(2)
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal((2, 20, 20)).astype(np.float32) for _ in range(3))
+
+    def direct(x: np.ndarray) -> np.ndarray:
+        return scipy.fft.rfft2(np.pad(x, ((0, 0), (4, 4), (4, 4)), mode="reflect"), s=(30, 30))
+
+    first = cache.spectrum(a, 4, (30, 30))
+    assert cache.spectrum(a.copy(), 4, (30, 30)) is first  # a hit: the kept spectrum
+    a_before = a.copy()
+    a[0, 0, 0] += 1.0  # the caller changes its array: no longer the kept input
+    np.testing.assert_array_equal(cache.spectrum(a, 4, (30, 30)), direct(a))
+    np.testing.assert_array_equal(cache.spectrum(a_before, 4, (30, 30)), direct(a_before))
+    for x in (b, c, a_before):  # at most two kept: the oldest are recomputed, the same numbers
+        np.testing.assert_array_equal(cache.spectrum(x, 4, (30, 30)), direct(x))
+    assert len(cache.entries) == 2 and not first.flags.writeable
+
+
+@pytest.mark.parametrize("shape", [(100, 100), (31, 40), (40, 31)])
+def test_misregistration_equals_the_full_complex_fourier_shift(shape) -> None:
+    import scipy.fft
+    import scipy.ndimage
+
+    h, w = shape
+    raw = (np.random.default_rng(5).standard_normal((6, 3, h, w)) * 40.0 + 300.0).astype(np.float32)
+    got = suite.misregistration(raw, 5, np.random.default_rng(11))
+    rng = np.random.default_rng(11)  # the same draws, in the same order, shifted one image at a time
+    band = rng.integers(0, 3, 6)
+    angle = rng.uniform(0.0, 2.0 * np.pi, 6)
+    shift = suite.level("misregistration", 5) / suite.PIXEL_SCALE
+    expected = raw.copy()
+    for i in range(6):
+        spectrum = scipy.ndimage.fourier_shift(scipy.fft.fft2(raw[i, band[i]].astype(np.float64)),
+                                               (shift * np.sin(angle[i]), shift * np.cos(angle[i])))
+        expected[i, band[i]] = scipy.fft.ifft2(spectrum).real
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
+    assert not np.allclose(got, raw, atol=1.0)

@@ -360,24 +360,42 @@ def test_corrupting_ahead_in_a_thread_gives_the_serial_numbers(toy_dataset, monk
         np.testing.assert_array_equal(ahead.panels[key], serial.panels[key])
 
 
-def test_results_ahead_come_in_order_at_most_depth_ahead_and_carry_errors():
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_results_ahead_come_in_order_at_most_depth_ahead_and_carry_errors(workers):
+    import threading
+    import time
+
     from deepadversaries.corruptions.benchmark import _Ahead
 
     started: list[int] = []
 
+    lock = threading.Lock()
+    threads: set[str] = set()
+
     def square(i: int) -> int:
-        started.append(i)
+        with lock:
+            started.append(i)
+            threads.add(threading.current_thread().name)
+        time.sleep(0.02 * (i % 3 == 0))  # some finish out of order when several threads run
         if i == 6:
             raise ValueError("item 6")
         return i * i
 
     got = []
     with pytest.raises(ValueError, match="item 6"):
-        with _Ahead(square, range(10), depth=2) as results:
+        with _Ahead(square, range(10), depth=2, workers=workers) as results:
             for i, value in enumerate(results):
                 assert len(started) <= i + 1 + 2  # never more than two beyond the one taken
                 got.append(value)
     assert got == [0, 1, 4, 9, 16, 25] and max(started) <= 8
+    assert 1 <= len(threads) <= workers
+
+
+def test_corrupting_threads_a_quarter_of_the_cores_up_to_eight_at_least_two_for_one_model():
+    from deepadversaries.corruptions.benchmark import corrupting_threads
+
+    assert [corrupting_threads(c) for c in (1, 2, 8, 12, 16, 40, 128)] == [2, 2, 2, 3, 4, 8, 8]
+    assert [corrupting_threads(c, models=2) for c in (1, 2, 8, 12, 16, 40)] == [1, 1, 2, 3, 4, 8]
 
 
 def test_bad_input_is_refused_with_one_line(runs, toy_dataset, tmp_path):

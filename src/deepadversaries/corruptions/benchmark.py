@@ -29,10 +29,14 @@ Determinism and pairing: the images are corrupted in chunks of :data:`CHUNK` tes
 test-set order), chunk k of corruption c with ``numpy.random.default_rng([seed, crc32(c), k])``
 (plus crc32 of the domain for Y1) for every severity: the draws are nested (higher severities keep
 the positions of lower ones), and the corrupted images depend only on the dataset, the seed, the
-domain, the options and the tables, never on the model, the batch size or the device. Models are
+domain, the options and the tables, never on the model, the batch size or the device. The stage
+corrupts a chunk at all its severities together and makes the draws once (:func:`corrupted_chunks`:
+the same images, bit for bit, as one fresh stream per severity), in :func:`corrupting_threads`
+threads ahead of the evaluation. Models are
 evaluated with their BatchNorm folded into the convolutions, NHWC
-(:func:`deepadversaries.attacks.evaluators.optimized_for_inference`). ``timing`` in the summary splits the wall
-time into corrupting (with the stretch and the input statistics) and evaluating.
+(:func:`deepadversaries.attacks.evaluators.optimized_for_inference`). ``timing`` in the summary gives the seconds
+spent corrupting (with the stretch and the input statistics; summed over the corrupting threads of
+:func:`corrupting_threads`, so it can exceed the wall time) and evaluating, and the wall time.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ import contextlib
 import functools
 import itertools
 import math
+import os
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -55,6 +61,7 @@ import torch
 
 from deepadversaries import BANDS, REFERENCE_METHOD
 from deepadversaries.attacks.evaluators import optimized_for_inference
+from deepadversaries.corruptions.draws import ReplayGenerator
 from deepadversaries.corruptions.error import CLEAN, corruption_errors, pool_corruptions_over_seeds
 from deepadversaries.corruptions.registry import CORRUPTIONS, table_fingerprint
 from deepadversaries.corruptions.survey_numbers import SurveyNumbers, read_survey
@@ -73,7 +80,7 @@ from deepadversaries.models.runs import (
     TRAINING_DONE, RunConfig, check_same_classes, kept_model_path, read_run_config,
 )
 
-__all__ = ["robustness_run", "robustness_dir", "pool_corruptions_over_seeds", "corrupted_chunk", "check_survey_noise"]
+__all__ = ["robustness_run", "robustness_dir", "pool_corruptions_over_seeds", "corrupted_chunk", "corrupted_chunks", "check_survey_noise"]
 
 KIND = "deepadv-robustness"
 VERSION = 2
@@ -169,10 +176,14 @@ def corruption_rng(seed: int, name: str, chunk: int, domain: str = DOMAIN) -> np
     """The random stream of chunk ``chunk`` of corruption ``name``: the same for every severity (nested
     draws: higher severities keep the lower ones' positions); Y10 keeps the first version's three-number
     key, another domain adds its name's crc32."""
+    return np.random.default_rng(_rng_key(seed, name, chunk, domain))
+
+
+def _rng_key(seed: int, name: str, chunk: int, domain: str) -> list[int]:
     key = [int(seed), zlib.crc32(name.encode()), int(chunk)]
     if domain != DOMAIN:
         key.append(zlib.crc32(domain.encode()))
-    return np.random.default_rng(key)
+    return key
 
 
 def corrupted_chunk(raw: np.ndarray, name: str, severity: int, chunk: int, *, seed: int = 0,
@@ -195,6 +206,35 @@ def corrupted_chunk(raw: np.ndarray, name: str, severity: int, chunk: int, *, se
     """
     images = np.asarray(raw[chunk * CHUNK:(chunk + 1) * CHUNK], dtype=np.float32)
     return corrupt(images, name, severity, corruption_rng(seed, name, chunk, domain), domain, bands, options)
+
+
+def corrupted_chunks(raw: np.ndarray, name: str, severities: Sequence[int], chunk: int, *, seed: int = 0,
+                     domain: str = DOMAIN, bands: Sequence[str] = BANDS,
+                     options: CorruptionOptions = DEFAULT_OPTIONS) -> list[np.ndarray]:
+    """Chunk ``chunk`` under one corruption at several severities: for each, what
+    :func:`corrupted_chunk` returns, bit for bit, with the random draws made once and replayed for
+    the later severities (:class:`~deepadversaries.corruptions.draws.ReplayGenerator`).
+
+    Args:
+        raw: (N, B, H, W) raw electrons of the whole test set (memory-mapped is fine).
+        name: a corruption name.
+        severities: severities 0-5, in any order.
+        chunk: index of the chunk of :data:`CHUNK` images.
+        seed, domain, bands, options: as for :func:`corrupted_chunk`.
+
+    Returns:
+        One (<= CHUNK, B, H, W) float32 array per severity, in the order of ``severities``.
+    """
+    images = np.asarray(raw[chunk * CHUNK:(chunk + 1) * CHUNK], dtype=np.float32)
+    key = _rng_key(seed, name, chunk, domain)
+    first: ReplayGenerator | None = None
+    out = []
+    for severity in severities:
+        rng = ReplayGenerator(key, None if first is None else first.draws)
+        out.append(corrupt(images, name, severity, rng, domain, bands, options))
+        if first is None and severity != 0:
+            first = rng
+    return out
 
 
 # --- baseline -----------------------------------------------------------------------------------------
@@ -600,7 +640,8 @@ def _input_statistics(corrupted: np.ndarray, clean: np.ndarray, corrupted_raw: n
     if limits is not None:
         lo, hi = limits
         clipped = int(np.count_nonzero(corrupted_raw < lo)) + int(np.count_nonzero(corrupted_raw > hi))
-    return np.array([delta.sum(dtype=np.float64), changed, clipped, delta.size], dtype=np.float64)
+    # numpy's pairwise float32 sum (relative error ~1e-7 x log2 of the chunk's pixels), summed over chunks in float64
+    return np.array([float(delta.sum()), changed, clipped, delta.size], dtype=np.float64)
 
 
 class _Benchmark:
@@ -615,7 +656,9 @@ class _Benchmark:
         self.models, self.seed, self.batch_size, self.device = models, seed, batch_size, device
         self.n_chunks = max(1, math.ceil(len(self.labels) / CHUNK))
         self.limits = dataset.stretch(domain) if dataset.normalisation_kind == "paper" else None
+        #: seconds corrupting (summed over the corrupting threads) and evaluating
         self.timing = {"corrupt_s": 0.0, "evaluate_s": 0.0}
+        self._timing_lock = threading.Lock()
         #: test image 0 as scored under each (corruption, severity): the grid figure's panels
         self.panels: dict[Key, np.ndarray] = {}
         self._clean_cache: dict[int, np.ndarray] = {}
@@ -623,45 +666,53 @@ class _Benchmark:
     def logits(self, name: str, severity: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Logits of every model on the test set under one corruption (severity 0: clean), and the
         input statistics' sums (see :func:`_input_statistics`); one thread, nothing ahead."""
-        return self._evaluate(name, severity, (self._prepare(name, severity, k) for k in range(self.n_chunks)))
+        chunks = (self._prepare(name, (severity,), k)[0] for k in range(self.n_chunks))
+        return self._evaluate(name, (severity,), ([c] for c in chunks))[severity]
 
-    def _prepare(self, name: str, severity: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        """One chunk's model input under one corruption and its input statistics' sums.
+    def _prepare(self, name: str, severities: Sequence[int], chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One chunk's model input under one corruption at each of ``severities`` (draws made once,
+        :func:`corrupted_chunks`), with its input statistics' sums.
 
-        Runs in the corrupting thread of :meth:`table` (one at a time, in order: the clean pass fills
-        the clean-input cache before any corrupted chunk reads it)."""
+        Runs in the corrupting threads of :meth:`table`, several chunks at once: a corrupted chunk
+        whose clean input is not cached yet computes it itself (the same numbers)."""
         t0 = time.perf_counter()
         k = chunk
         clean_raw = np.asarray(self.raw[k * CHUNK:(k + 1) * CHUNK], dtype=np.float32)
-        electrons = (clean_raw if severity == 0 else
-                     corrupted_chunk(self.raw, name, severity, k, seed=self.seed, domain=self.domain,
-                                     bands=self.bands, options=self.options))
-        if k == 0 and len(electrons):
-            self.panels[(name, severity)] = np.array(electrons[0])
-        images = self.dataset.model_input(electrons, self.domain)
-        if severity == 0 and len(self.labels) <= CLEAN_CACHE_IMAGES:
-            self._clean_cache[k] = images  # the clean input, for the input statistics of every row
-        stats = np.zeros(4)
-        if severity != 0:
-            stats += _input_statistics(images, self._clean_input(k, clean_raw), electrons, clean_raw, self.limits)
-        elif self.limits is not None:
-            lo, hi = self.limits
-            stats += np.array([0.0, 0.0, np.count_nonzero((clean_raw < lo) | (clean_raw > hi)), clean_raw.size])
-        self.timing["corrupt_s"] += time.perf_counter() - t0
-        return images, stats
+        corrupted = (corrupted_chunks(self.raw, name, severities, k, seed=self.seed, domain=self.domain,
+                                      bands=self.bands, options=self.options) if name != CLEAN else [clean_raw])
+        prepared = []
+        for severity, electrons in zip(severities, corrupted):
+            if k == 0 and len(electrons):
+                self.panels[(name, severity)] = np.array(electrons[0])
+            images = self.dataset.model_input(electrons, self.domain)
+            if severity == 0 and len(self.labels) <= CLEAN_CACHE_IMAGES:
+                self._clean_cache[k] = images  # the clean input, for the input statistics of every row
+            stats = np.zeros(4)
+            if severity != 0:
+                stats += _input_statistics(images, self._clean_input(k, clean_raw), electrons, clean_raw, self.limits)
+            elif self.limits is not None:
+                lo, hi = self.limits
+                stats += np.array([0.0, 0.0, np.count_nonzero((clean_raw < lo) | (clean_raw > hi)), clean_raw.size])
+            prepared.append((images, stats))
+        with self._timing_lock:
+            self.timing["corrupt_s"] += time.perf_counter() - t0
+        return prepared
 
-    def _evaluate(self, name: str, severity: int,
-                  chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Every model's logits on the prepared chunks of one (corruption, severity), in order."""
-        out: dict[str, list[np.ndarray]] = {k: [] for k in self.models}
-        stats = np.zeros(4)
-        for images, chunk_stats in chunks:
+    def _evaluate(self, name: str, severities: Sequence[int], chunks: Iterable[list[tuple[np.ndarray, np.ndarray]]]
+                  ) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Every model's logits and the input statistics' sums per severity, from the prepared chunks
+        of one corruption (each chunk: one (images, stats) per severity), in chunk order."""
+        out: dict[int, dict[str, list[np.ndarray]]] = {s: {k: [] for k in self.models} for s in severities}
+        stats = {s: np.zeros(4) for s in severities}
+        for per_severity in chunks:
             t1 = time.perf_counter()
-            stats += chunk_stats
-            for key, m in self.models.items():
-                out[key].append(forward_batches(m, images, batch_size=self.batch_size, device=self.device).logits)
+            for severity, (images, chunk_stats) in zip(severities, per_severity):
+                stats[severity] += chunk_stats
+                for key, m in self.models.items():
+                    out[severity][key].append(
+                        forward_batches(m, images, batch_size=self.batch_size, device=self.device).logits)
             self.timing["evaluate_s"] += time.perf_counter() - t1
-        return {k: np.concatenate(v) for k, v in out.items()}, stats
+        return {s: ({k: np.concatenate(v) for k, v in out[s].items()}, stats[s]) for s in severities}
 
     def _clean_input(self, chunk: int, clean_raw: np.ndarray) -> np.ndarray:
         """The clean model input of a chunk, kept for test sets up to CLEAN_CACHE_IMAGES images."""
@@ -682,46 +733,80 @@ class _Benchmark:
         return row
 
     def table(self, needed: list[Key]) -> tuple[list[dict[str, Any]], dict[str, dict[Key, np.ndarray]]]:
-        """The run's rows (clean first, then every (corruption, severity)) and every model's per-image
-        outcomes ({"run" / "baseline": {key: (N,) bool wrong}}).
+        """The run's rows (clean first, then every (corruption, severity) in the order of ``needed``)
+        and every model's per-image outcomes ({"run" / "baseline": {key: (N,) bool wrong}}).
 
-        Corrupting and evaluating overlap: one thread corrupts the chunks ahead (:meth:`_prepare`,
-        at most :data:`PREPARED_AHEAD` waiting) while this one evaluates, with one torch thread less
-        on a CPU. Every chunk's draws are keyed by (seed, corruption, chunk, domain), so the images
-        and the numbers do not depend on the overlap.
+        Corrupting and evaluating overlap: :func:`corrupting_threads` threads corrupt the chunks ahead
+        (:meth:`_prepare`: one chunk of one corruption at all its severities, at most one more than
+        the threads waiting or running) while this one evaluates, with one torch thread less on a
+        CPU until the last chunk is handed to the corrupting threads (a fixed chunk, so the logits'
+        rounding does not depend on timing). Every chunk's draws are keyed by (seed, corruption,
+        chunk, domain), so the images and the numbers do not depend on the overlap or on the
+        severities run together.
         """
-        work = [(name, severity, k) for name, severity in [(CLEAN, 0), *needed] for k in range(self.n_chunks)]
-        with _Ahead(lambda item: self._prepare(*item), work, PREPARED_AHEAD) as prepared, \
-                _one_thread_less(self.device):
-            clean, clean_stats = self._evaluate(CLEAN, 0, itertools.islice(prepared, self.n_chunks))
+        groups: dict[str, list[int]] = {}
+        for name, severity in needed:
+            groups.setdefault(name, []).append(severity)
+        work = [(name, tuple(levels), k) for name, levels in [(CLEAN, [0]), *groups.items()]
+                for k in range(self.n_chunks)]
+        threads = corrupting_threads(models=len(self.models))
+        ahead = _Ahead(lambda item: self._prepare(*item), work, threads + 1, workers=threads)
+        with ahead as results, _one_thread_less(self.device) as restore:
+
+            def prepared_chunks() -> Iterator[Any]:  # torch's thread back for the last chunks
+                for chunk in results:
+                    if ahead.all_submitted():
+                        restore()
+                    yield chunk
+
+            prepared = prepared_chunks()
+            clean, clean_stats = self._evaluate(CLEAN, (0,), itertools.islice(prepared, self.n_chunks))[0]
             clean_pred = {k: v.argmax(axis=1) for k, v in clean.items()}
             wrong = {k: {(CLEAN, 0): clean_pred[k] != self.labels} for k in clean}
-            rows = [self._row(CLEAN, 0, clean["run"], clean_pred["run"], clean_stats)]
+            scored: dict[Key, dict[str, Any]] = {}
             bar = make_progress()
             task = bar.add_task(f"robustness {self.domain}", total=len(needed))
             with bar:
-                for name, severity in needed:
-                    bar.update(task, description=f"{name} {severity}")
-                    logits, stats = self._evaluate(name, severity, itertools.islice(prepared, self.n_chunks))
-                    rows.append(self._row(name, severity, logits["run"], clean_pred["run"], stats))
-                    for key, value in logits.items():
-                        wrong[key][(name, severity)] = value.argmax(axis=1) != self.labels
-                    bar.advance(task)
+                for name, levels in groups.items():
+                    bar.update(task, description=f"{name} {', '.join(map(str, levels))}")
+                    results = self._evaluate(name, levels, itertools.islice(prepared, self.n_chunks))
+                    for severity, (logits, stats) in results.items():
+                        scored[(name, severity)] = self._row(name, severity, logits["run"], clean_pred["run"], stats)
+                        for key, value in logits.items():
+                            wrong[key][(name, severity)] = value.argmax(axis=1) != self.labels
+                    bar.advance(task, len(levels))
+        rows = [self._row(CLEAN, 0, clean["run"], clean_pred["run"], clean_stats), *(scored[key] for key in needed)]
         return rows, wrong
 
 
-#: corrupted chunks prepared ahead of the evaluation at most (each 256 images, ~30 MB of input)
-PREPARED_AHEAD = 2
+def corrupting_threads(cores: int | None = None, models: int = 1) -> int:
+    """Threads that corrupt chunks ahead of the evaluation: a quarter of the cores (at most eight),
+    and at least two when one model is evaluated, one when more are (a baseline evaluated beside the
+    run). numpy, scipy.fft and astropy's quantiser release the GIL, so the threads share the cores
+    with torch's (which keep one thread less). On two cores: one model's evaluation costs about
+    two thirds of the corrupting's CPU, so two corrupting threads keep both cores busy; two models'
+    cost more than the corrupting, and a second corrupting thread would only slow them down.
+
+    Args:
+        cores: CPU cores [default: ``os.cpu_count()``].
+        models: models evaluated on each chunk [default: 1].
+
+    Returns:
+        The number of corrupting threads, 1-8.
+    """
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return max(2 if models <= 1 else 1, min(8, cores // 4))
 
 
 class _Ahead:
-    """Results of ``fn`` over ``items`` in order, computed in one background thread, at most
+    """Results of ``fn`` over ``items`` in order, computed by ``workers`` background threads, at most
     ``depth`` ahead of the consumer; an error in ``fn`` is raised where its result is taken, and
-    leaving the context cancels what was not started and waits for the running call."""
+    leaving the context cancels what was not started and waits for the running calls."""
 
-    def __init__(self, fn: Callable[[Any], Any], items: Sequence[Any], depth: int) -> None:
+    def __init__(self, fn: Callable[[Any], Any], items: Sequence[Any], depth: int, workers: int = 1) -> None:
         self.fn, self.items, self.depth = fn, list(items), max(1, int(depth))
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="corrupt")
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(workers)),
+                                                          thread_name_prefix="corrupt")
         self.pending: collections.deque = collections.deque()
         self.next = 0
 
@@ -740,20 +825,31 @@ class _Ahead:
             self._fill()
             yield result
 
+    def all_submitted(self) -> bool:
+        """Whether every item has been handed to the threads: true from a fixed point of the
+        consumption on (``depth`` results before the end), whatever the threads' timing."""
+        return self.next >= len(self.items)
+
     def __exit__(self, *exc: Any) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextlib.contextmanager
-def _one_thread_less(device: Any) -> Iterator[None]:
-    """On a CPU, torch's intra-op threads less one while the corrupting thread holds a core."""
+def _one_thread_less(device: Any) -> Iterator[Callable[[], None]]:
+    """On a CPU, torch's intra-op threads less one while the corrupting threads hold the cores; yields
+    a function that gives the thread back (once the corrupting is done), and gives it back on exit."""
     before = torch.get_num_threads()
     if getattr(device, "type", str(device)) == "cpu" and before > 1:
         torch.set_num_threads(before - 1)
+
+    def restore() -> None:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
     try:
-        yield
+        yield restore
     finally:
-        torch.set_num_threads(before)
+        restore()
 
 
 def _summarise(run: Path, config: RunConfig, rows: list[dict[str, Any]], settings: Mapping[str, Any],
