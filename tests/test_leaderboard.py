@@ -181,3 +181,63 @@ def test_a_card_copy_with_another_schema_major_version_is_refused(cards, tmp_pat
     newer["schema_version"] = "2.0"
     with pytest.raises(FileError, match="unknown card schema version '2.0'"):
         validate_card(newer)
+
+
+def test_a_headline_number_measured_differently_gets_no_column_and_cannot_rank(tmp_path):
+    """Two cards whose one-pixel headline comes from different searches (DE; the corner search):
+    the board shows each search's own column, never the two in one."""
+    de_card = make_card("de_only", 0.90, 0.70, 0.10)
+    corner_card = make_card("with_corner", 0.92, 0.75, 0.25)
+    corner_card["headline"][-1]["label"] = "one-pixel flip rate (corner search, a lower bound)"
+    corner_card["results"]["one_pixel"]["corner_search_rate"] = corner_card["headline"][-1]["number"]
+    corner_card["results"]["one_pixel"]["de_rate"] = num(0.08, 0.05, 0.12, 150)
+    for card in (de_card, corner_card):
+        one = card["results"]["one_pixel"]
+        card["board"] = [{"key": "de_flip_rate", "label": "one-pixel flip rate, differential evolution",
+                          "better": "lower", "number": one["de_rate"]}]
+        if "corner_search_rate" in one:
+            card["board"].append({"key": "corner_flip_rate", "label": "one-pixel flip rate, corner search (lower bound)",
+                                  "better": "lower", "number": one["corner_search_rate"]})
+    root = tmp_path / "cards"
+    paths = [write_card(root, de_card), write_card(root, corner_card)]
+    leaderboard(paths, tmp_path / "board")
+    rows = {r["name"]: r for r in read_rows(tmp_path / "board" / "leaderboard.csv")}
+    assert "one_pixel_flip_rate" not in rows["de_only"]
+    assert float(rows["de_only"]["de_flip_rate"]) == 0.10 and rows["de_only"]["corner_flip_rate"] == ""
+    assert float(rows["with_corner"]["de_flip_rate"]) == 0.08 and float(rows["with_corner"]["corner_flip_rate"]) == 0.25
+    with pytest.raises(OptionError, match="measure it differently"):
+        leaderboard(paths, tmp_path / "board2", sort="one_pixel_flip_rate")
+    # cards that agree keep the headline column (and DE's board column, repeating it, is left out)
+    same = [write_card(tmp_path / "same", make_card(n, c, a, f)) for n, c, a, f in (("x", 0.9, 0.7, 0.1),
+                                                                                   ("y", 0.8, 0.6, 0.3))]
+    leaderboard(same, tmp_path / "board3", sort="one_pixel_flip_rate")
+    assert "one_pixel_flip_rate" in read_rows(tmp_path / "board3" / "leaderboard.csv")[0]
+
+
+def test_pooled_over_seeds_each_search_keeps_its_own_column(tmp_path):
+    """Pooling a recipe's seeds keeps every number (a board column repeating the headline on every
+    seed included), so the board across recipes measured differently still shows each search."""
+    def recipe(method: str, seed: int, flip: float, corner: bool) -> dict:
+        card = make_card(f"{method}_s{seed}", 0.9, 0.7, flip)
+        card["model"]["method"], card["model"]["training_seed"] = method, seed
+        one = card["results"]["one_pixel"]
+        card["board"] = [{"key": "de_flip_rate", "label": "one-pixel flip rate, differential evolution",
+                          "better": "lower", "number": one["de_rate"]}]
+        if corner:
+            card["headline"][-1]["label"] = "one-pixel flip rate (corner search, a lower bound)"
+            one["corner_search_rate"], one["de_rate"] = card["headline"][-1]["number"], num(flip / 2, 0.0, 0.2, 150)
+            card["board"] = [{"key": "de_flip_rate", "label": "one-pixel flip rate, differential evolution",
+                              "better": "lower", "number": one["de_rate"]},
+                             {"key": "corner_flip_rate", "label": "one-pixel flip rate, corner search (lower bound)",
+                              "better": "lower", "number": one["corner_search_rate"]}]
+        return card
+
+    root = tmp_path / "cards"
+    paths = [write_card(root, recipe("regular", s, f, True)) for s, f in ((0, 0.2), (1, 0.4))]
+    paths += [write_card(root, recipe("mmd", s, f, False)) for s, f in ((0, 0.1), (1, 0.3))]
+    leaderboard(paths, tmp_path / "board", pool_seeds=True)
+    rows = {r["method"]: r for r in read_rows(tmp_path / "board" / "leaderboard.csv")}
+    assert float(rows["regular"]["corner_flip_rate"]) == pytest.approx(0.3)  # mean of 0.2 and 0.4
+    assert float(rows["regular"]["de_flip_rate"]) == pytest.approx(0.15)
+    assert float(rows["mmd"]["de_flip_rate"]) == pytest.approx(0.2) and rows["mmd"]["corner_flip_rate"] == ""
+    assert "one_pixel_flip_rate" not in rows["mmd"]

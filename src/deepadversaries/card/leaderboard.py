@@ -92,19 +92,35 @@ def _numbers(card: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [*card["headline"], *card.get("board", [])]
 
 
-def _columns(cards: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """The board's columns: every headline key, then every board key, of any card, each once; a board
-    column that repeats a headline number on every card (DE's rate, where DE is the only one-pixel
-    search the cards ran) is left out."""
+def _measured_differently(cards: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Headline keys whose label differs between the cards (the one-pixel flip rate is the certified
+    bound, the corner search's or DE's rate, whichever a card has): {key: [labels]}."""
+    labels: dict[str, list[str]] = {}
+    for card in cards:
+        for h in card.get("headline", []):
+            if h["label"] not in labels.setdefault(h["key"], []):
+                labels[h["key"]].append(h["label"])
+    return {k: v for k, v in labels.items() if len(v) > 1}
+
+
+def _columns(cards: Sequence[Mapping[str, Any]], drop_repeats: bool = True) -> list[dict[str, str]]:
+    """The board's columns: every headline key, then every board key, of any card, each once. A
+    headline key that the cards measure differently (:func:`_measured_differently`) gets no column:
+    its numbers are not comparable, and each method's own board column shows them. With
+    ``drop_repeats`` (a board, not a pooling) a board column that repeats a headline number on every
+    card (DE's rate, where DE is the only one-pixel search the cards ran) is left out."""
+    mixed = _measured_differently(cards)
     cols: dict[str, dict[str, str]] = {}
     for part in ("headline", "board"):
         for card in cards:
             for h in card.get(part, []):
+                if part == "headline" and h["key"] in mixed:
+                    continue
                 cols.setdefault(h["key"], {"key": h["key"], "label": h["label"], "better": h["better"],
                                            "part": part})
     headline_keys = [k for k, c in cols.items() if c["part"] == "headline"]
-    return [c for c in cols.values()
-            if c["part"] == "headline" or not any(_repeats(cards, c["key"], h) for h in headline_keys)]
+    return [c for c in cols.values() if c["part"] == "headline" or not drop_repeats
+            or not any(_repeats(cards, c["key"], h) for h in headline_keys)]
 
 
 def _repeats(cards: Sequence[Mapping[str, Any]], board_key: str, headline_key: str) -> bool:
@@ -218,15 +234,20 @@ def _ranked_groups(groups: Mapping[tuple[str, str], list[dict[str, Any]]], sort:
     board's columns.
 
     Raises:
-        OptionError: a ``sort`` key no card has.
+        OptionError: a ``sort`` key no card has, or one the cards measure differently.
     """
-    columns = _columns([e["card"] for members in groups.values() for e in members])
+    all_cards = [e["card"] for members in groups.values() for e in members]
+    columns = _columns(all_cards)
     keys = [c["key"] for c in columns]
+    mixed = _measured_differently(all_cards)
+    if sort is not None and sort in mixed:
+        raise OptionError(f"--sort {sort}: the cards measure it differently ({'; '.join(mixed[sort])}); "
+                          f"sort by one of {', '.join(keys)}")
     if sort is not None and sort not in keys:
         raise OptionError(f"unknown --sort {sort!r}; choose one of {', '.join(keys)}")
     result_groups = []
     for (sha, protocol), members in groups.items():
-        present = [c["key"] for c in _columns([e["card"] for e in members])]
+        present = [c["key"] for c in _columns([e["card"] for e in members]) if c["key"] in keys]
         key = sort or next((k for k in DEFAULT_SORT if k in present), present[0] if present else keys[0])
         better = next(c["better"] for c in columns if c["key"] == key)
         result_groups.append({"data_sha256": sha, "protocol": protocol, "data": members[0]["card"]["data"]["path"],
@@ -274,7 +295,7 @@ def pool_cards(cards: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any]:
     data = dict(first["data"]) if same_data else {
         "sha256": "per-seed:" + ",".join(s[:12] for s in shas), "path": str(Path(first["data"]["path"]).parent)}
     pooled: dict[str, list[dict[str, Any]]] = {"headline": [], "board": []}
-    for column in _columns(cards):
+    for column in _columns(cards, drop_repeats=False):  # every number pooled; the board drops repeats
         numbers = [_value(c, column["key"]) for c in cards]
         values = [float("nan") if n is None or n["value"] is None else float(n["value"]) for n in numbers]
         interval = t_interval(values, bounds=NUMBER_RANGES.get(column["key"]))
