@@ -175,6 +175,23 @@ def test_spectrum_cache_returns_the_computed_spectrum_and_keeps_its_own_copy_of_
     assert len(cache.entries) == 2 and not first.flags.writeable
 
 
+def test_spectra_are_shared_only_inside_the_block_and_give_the_same_convolution(monkeypatch) -> None:
+    computed = []
+    spectrum_of = suite._spectrum_of
+    monkeypatch.setattr(suite, "_spectrum_of", lambda *a: computed.append(1) or spectrum_of(*a))
+    planes = np.random.default_rng(1).standard_normal((3, 30, 30)).astype(np.float32)
+    kernel = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
+    outside = [suite._convolve(planes, kernel) for _ in range(2)]
+    assert len(computed) == 2  # nothing kept outside shared_spectra
+    with suite.shared_spectra():
+        inside = [suite._convolve(planes.copy(), kernel) for _ in range(2)]
+    assert len(computed) == 3  # one transform for both calls
+    suite._convolve(planes, kernel)
+    assert len(computed) == 4  # the block's cache is gone
+    for out in (*outside, *inside):
+        np.testing.assert_array_equal(out, outside[0])
+
+
 @pytest.mark.parametrize("shape", [(100, 100), (31, 40), (40, 31)])
 def test_misregistration_equals_the_full_complex_fourier_shift(shape) -> None:
     import scipy.fft

@@ -66,7 +66,7 @@ from deepadversaries.corruptions.error import CLEAN, corruption_errors, pool_cor
 from deepadversaries.corruptions.registry import CORRUPTIONS, table_fingerprint
 from deepadversaries.corruptions.survey_numbers import SurveyNumbers, read_survey
 from deepadversaries.corruptions.suite import (
-    DEFAULT_OPTIONS, MAX_SEVERITY, SEVERITIES, CorruptionOptions, band_sky, check_bands, corrupt,
+    DEFAULT_OPTIONS, MAX_SEVERITY, SEVERITIES, CorruptionOptions, band_sky, check_bands, corrupt, shared_spectra,
 )
 from deepadversaries.data.dataset import GalaxyDataset, image_file, load_dataset
 from deepadversaries.devices import resolve_device
@@ -213,7 +213,8 @@ def corrupted_chunks(raw: np.ndarray, name: str, severities: Sequence[int], chun
                      options: CorruptionOptions = DEFAULT_OPTIONS) -> list[np.ndarray]:
     """Chunk ``chunk`` under one corruption at several severities: for each, what
     :func:`corrupted_chunk` returns, bit for bit, with the random draws made once and replayed for
-    the later severities (:class:`~deepadversaries.corruptions.draws.ReplayGenerator`).
+    the later severities (:class:`~deepadversaries.corruptions.draws.ReplayGenerator`) and the
+    FFT convolutions' spectra shared (:func:`~deepadversaries.corruptions.suite.shared_spectra`).
 
     Args:
         raw: (N, B, H, W) raw electrons of the whole test set (memory-mapped is fine).
@@ -229,11 +230,12 @@ def corrupted_chunks(raw: np.ndarray, name: str, severities: Sequence[int], chun
     key = _rng_key(seed, name, chunk, domain)
     first: ReplayGenerator | None = None
     out = []
-    for severity in severities:
-        rng = ReplayGenerator(key, None if first is None else first.draws)
-        out.append(corrupt(images, name, severity, rng, domain, bands, options))
-        if first is None and severity != 0:
-            first = rng
+    with shared_spectra():  # the same planes at every severity: each spectrum computed once
+        for severity in severities:
+            rng = ReplayGenerator(key, None if first is None else first.draws)
+            out.append(corrupt(images, name, severity, rng, domain, bands, options))
+            if first is None and severity != 0:
+                first = rng
     return out
 
 
@@ -751,10 +753,10 @@ class _Benchmark:
                 for k in range(self.n_chunks)]
         threads = corrupting_threads(models=len(self.models))
         ahead = _Ahead(lambda item: self._prepare(*item), work, threads + 1, workers=threads)
-        with ahead as results, _one_thread_less(self.device) as restore:
+        with ahead as in_order, _one_thread_less(self.device) as restore:
 
             def prepared_chunks() -> Iterator[Any]:  # torch's thread back for the last chunks
-                for chunk in results:
+                for chunk in in_order:
                     if ahead.all_submitted():
                         restore()
                     yield chunk
@@ -769,8 +771,8 @@ class _Benchmark:
             with bar:
                 for name, levels in groups.items():
                     bar.update(task, description=f"{name} {', '.join(map(str, levels))}")
-                    results = self._evaluate(name, levels, itertools.islice(prepared, self.n_chunks))
-                    for severity, (logits, stats) in results.items():
+                    per_severity = self._evaluate(name, levels, itertools.islice(prepared, self.n_chunks))
+                    for severity, (logits, stats) in per_severity.items():
                         scored[(name, severity)] = self._row(name, severity, logits["run"], clean_pred["run"], stats)
                         for key, value in logits.items():
                             wrong[key][(name, severity)] = value.argmax(axis=1) != self.labels

@@ -55,22 +55,23 @@ is hit when its uniform draw falls below the table's rate; a track survives when
 falls below the surviving fraction): with one ``numpy.random.default_rng(seed)`` per chunk for all
 severities, higher severities keep the positions of lower ones and add more. The output depends
 only on the input, the severity, the domain, the options and the state of ``rng``; inputs are never
-modified; outputs are float32. The functions may run in several threads at once. The FFT
-convolutions (seeing, PSF ellipticity, correlated noise) keep the spectra of their last padded
-inputs (:class:`_SpectrumCache`, each hit checked equal value by value), so planes convolved at
-several severities are transformed once; the numbers are those of the computation.
+modified; outputs are float32. The functions may run in several threads at once. Inside
+:func:`shared_spectra` the FFT convolutions (seeing, PSF ellipticity, correlated noise) keep the
+spectra of their last padded inputs (each hit checked equal value by value), so planes convolved
+at several severities are transformed once; the numbers are those of the computation.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import io
 import math
 import threading
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import galsim
@@ -239,48 +240,71 @@ def seeing_kernel(band: str, fwhm_r: float) -> np.ndarray:
     return kernel
 
 
-class _SpectrumCache:
-    """The rfft2 of mirror-padded planes, kept for the last :data:`SPECTRUM_CACHE_SIZE` inputs.
+def _spectrum_of(planes: np.ndarray, pad: int, shape: tuple[int, int]) -> np.ndarray:
+    """The rfft2, on an FFT grid ``shape``, of (N, H, W) planes mirror-padded by ``pad`` pixels (float32)."""
+    data = np.ascontiguousarray(planes, dtype=np.float32)
+    return scipy.fft.rfft2(np.pad(data, ((0, 0), (pad, pad), (pad, pad)), mode="reflect"), s=shape)
 
-    The stage corrupts one chunk at several severities in a row with the same planes (the clean
-    chunk, the replayed noise) and only another kernel, so each spectrum is computed once. Keyed by
-    (shape, pad, FFT size, crc32 of the bytes) and checked equal value by value to the kept copy of
-    the input: a hit returns exactly the spectrum the computation would. Thread-safe; read-only
-    spectra."""
+
+class _SpectrumCache:
+    """The spectra (:func:`_spectrum_of`) of the last ``size`` padded inputs, keyed by (shape, pad,
+    FFT size, crc32 of the bytes) and checked equal value by value to a kept copy of the input: a hit
+    returns exactly the spectrum the computation would. Read-only spectra; one thread's."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.entries: collections.OrderedDict = collections.OrderedDict()
-        self.lock = threading.Lock()
 
     def spectrum(self, planes: np.ndarray, pad: int, shape: tuple[int, int]) -> np.ndarray:
         data = np.ascontiguousarray(planes, dtype=np.float32)
         key = (data.shape, pad, shape, zlib.crc32(data))
-        with self.lock:
-            hit = self.entries.get(key)
-            if hit is not None and np.array_equal(hit[0], data):
-                self.entries.move_to_end(key)
-                return hit[1]
-        padded = np.pad(data, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-        spectrum = scipy.fft.rfft2(padded, s=shape)
+        hit = self.entries.get(key)
+        if hit is not None and np.array_equal(hit[0], data):
+            self.entries.move_to_end(key)
+            return hit[1]
+        spectrum = _spectrum_of(data, pad, shape)
         spectrum.flags.writeable = False
-        with self.lock:
-            self.entries[key] = (data.copy(), spectrum)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
+        self.entries[key] = (data.copy(), spectrum)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
         return spectrum
 
 
-#: padded-plane spectra kept (each ~25 MB for a 256-image chunk of 100 x 100 planes)
+#: padded-plane spectra kept inside :func:`shared_spectra` (each ~25 MB for a 256-image chunk of
+#: 100 x 100 planes; one corruption at several severities needs at most 6)
 SPECTRUM_CACHE_SIZE = 12
-_SPECTRA = _SpectrumCache(SPECTRUM_CACHE_SIZE)
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def shared_spectra(size: int = SPECTRUM_CACHE_SIZE) -> Iterator[None]:
+    """Within the block, this thread's FFT convolutions (seeing, PSF ellipticity, correlated noise)
+    keep the spectra of their last ``size`` padded inputs (:class:`_SpectrumCache`), so the same
+    planes convolved at several severities are transformed once; the numbers are the computation's.
+    Nothing is kept after the block, or in another thread.
+
+    Args:
+        size: spectra kept at most [default: :data:`SPECTRUM_CACHE_SIZE`].
+    """
+    previous = getattr(_ACTIVE, "cache", None)
+    _ACTIVE.cache = _SpectrumCache(size)
+    try:
+        yield
+    finally:
+        _ACTIVE.cache = previous
+
+
+def _padded_spectrum(planes: np.ndarray, pad: int, shape: tuple[int, int]) -> np.ndarray:
+    """:func:`_spectrum_of`, from this thread's :func:`shared_spectra` cache where one is open."""
+    cache = getattr(_ACTIVE, "cache", None)
+    return _spectrum_of(planes, pad, shape) if cache is None else cache.spectrum(planes, pad, shape)
 
 
 def _convolve(planes: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Convolve (N, H, W) planes with an odd (n, n) kernel, mirror-padded at the edges ('same' size),
     by FFT in single precision; returns float32. The padding is the kernel's half-width rounded up to
     a multiple of 8 (any padding at least the half-width gives the same convolution), so kernels of
-    similar size share the planes' spectrum (:class:`_SpectrumCache`)."""
+    similar size share the planes' spectrum inside :func:`shared_spectra`."""
     p = kernel.shape[0] // 2
     _, h, w = planes.shape
     pad = 8 * math.ceil(max(p, 1) / 8)
@@ -290,7 +314,7 @@ def _convolve(planes: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     wrapped[: p + 1, -p:] = kernel[p:, :p]
     wrapped[-p:, : p + 1] = kernel[:p, p:]
     wrapped[-p:, -p:] = kernel[:p, :p]
-    product = _SPECTRA.spectrum(planes, pad, shape) * scipy.fft.rfft2(wrapped)[None]
+    product = _padded_spectrum(planes, pad, shape) * scipy.fft.rfft2(wrapped)[None]
     return scipy.fft.irfft2(product, s=shape)[:, pad:pad + h, pad:pad + w]
 
 
@@ -938,7 +962,7 @@ def _frequencies(h: int, w: int, pad: int) -> tuple[np.ndarray, np.ndarray, tupl
 def _smooth(planes: np.ndarray, transfer: np.ndarray, shape: tuple[int, int], pad: int) -> np.ndarray:
     """Multiply the mirror-padded (N, H, W) planes' spectra by ``transfer`` ((N or 1, ky, kx)); crop back."""
     _, h, w = planes.shape
-    out = scipy.fft.irfft2(_SPECTRA.spectrum(planes, pad, shape) * transfer, s=shape)
+    out = scipy.fft.irfft2(_padded_spectrum(planes, pad, shape) * transfer, s=shape)
     return out[:, pad:pad + h, pad:pad + w].astype(np.float32)
 
 
