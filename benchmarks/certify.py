@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-images", type=int, default=10)
     parser.add_argument("--budget", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--value-range", choices=("input", "physical"), default="input",
+                        help="the values a pixel may take: the model input's [0, 1] or 0 e- to full well")
     parser.add_argument("--skip-corner", action="store_true",
                         help="time the certification alone (the corner search is slow on a loaded machine)")
     args = parser.parse_args(argv)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = CertifyConfig(n_images=args.n_images, budget_s=args.budget)
     rule, de_settings = _success_rule(args.run, config)
     chosen = _choose_images(args.run, model, dataset, config, de_settings)
-    value_range = _value_range("input", dataset)
+    value_range = _value_range(args.value_range, dataset)
     certifier = ImageCertifier(model, value_range, rule)
     corner = ExhaustiveSearch(model, value_range=value_range, success=rule, device="cpu")
     rows = []
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     decided = float(np.mean([r["status"] != "undecided" for r in rows]))
     out = {
         "benchmark": "certify", "run": str(args.run), "model": run_config.model, "method": run_config.method,
-        "n_images": len(rows), "budget_s": args.budget, "threads": args.threads,
+        "n_images": len(rows), "budget_s": args.budget, "value_range": args.value_range, "threads": args.threads,
         "counts": {s: sum(r["status"] == s for r in rows) for s in ("flippable", "certified", "undecided")},
         "missed_by_corner_search": (None if args.skip_corner else
                                     sum(r["status"] == "flippable" and not r["corner_flip"] for r in rows)),

@@ -28,7 +28,7 @@ from deepadversaries.cli import main
 from deepadversaries.errors import OptionError
 from deepadversaries.attacks.exhaustive import ExhaustiveSearch
 from deepadversaries.io import write_json
-from deepadversaries.models.runs import RunConfig, best_checkpoint_path
+from deepadversaries.models.runs import RunConfig, attack_dir, best_checkpoint_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -250,6 +250,49 @@ def test_the_stage_writes_the_sandwich_and_resumes(small_run, monkeypatch):
     assert [(r["test_index"], r["status"]) for r in read_rows(out / "results.csv")] == \
         [(r["test_index"], r["status"]) for r in rows]
     assert again["n_images"] == 3
+
+
+def _fake_corner_campaign(run: Path, test_index: list[int], value_range: dict, success: str = "paper",
+                          mode: str = "targeted") -> None:
+    """A finished corner-search campaign that claims a flip on every one of ``test_index``."""
+    folder = attack_dir(run, "exhaustive")
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["test_index", "success"])
+        writer.writerows([[t, True] for t in test_index])
+    write_json(folder / "summary.json", {"settings": {"search": "exhaustive", "success": success, "mode": mode,
+                                                      "value_range": value_range["kind"]},
+                                         "value_range": value_range})
+
+
+def test_a_campaign_is_compared_only_when_it_answers_the_same_question(tmp_path):
+    """A flip found under another value range, success rule or targeting is no contradiction of a
+    certificate: such a campaign is named in ``not_compared`` and not counted; one that matches is."""
+    run = write_small_run(tmp_path, stage_model())
+    config = CertifyConfig(n_images=2, budget_s=60, subsample=12)
+    first = certify_run(run, config, device="cpu")
+    assert first["corner_search"] is None and first["not_compared"] == {}  # no campaign yet
+    index = first["test_index"]
+    physical = {"kind": "physical", "low": [0.5] * 3, "high": [0.88] * 3, "electrons": [0.0, 1e5]}
+    _fake_corner_campaign(run, index, physical)
+    other = certify_run(run, config, device="cpu", overwrite=True)
+    assert other["corner_search"] is None
+    assert "value range is physical" in other["not_compared"]["corner_search"]
+    wider = {"kind": "input", "low": [0.0] * 3, "high": [2.0] * 3}
+    _fake_corner_campaign(run, index, wider)
+    assert "high limits" in certify_run(run, config, device="cpu", overwrite=True)["not_compared"]["corner_search"]
+    _fake_corner_campaign(run, index, {"kind": "input", "low": [0.0] * 3, "high": [1.0] * 3}, success="top-class")
+    assert "success rule" in certify_run(run, config, device="cpu", overwrite=True)["not_compared"]["corner_search"]
+    _fake_corner_campaign(run, index, {"kind": "input", "low": [0.0] * 3, "high": [1.0] * 3}, mode="untargeted")
+    assert "untargeted" in certify_run(run, config, device="cpu", overwrite=True)["not_compared"]["corner_search"]
+    # the same question: compared, and a claimed flip on a certified image is reported as a contradiction
+    _fake_corner_campaign(run, index, {"kind": "input", "low": [0.0] * 3, "high": [1.0] * 3})
+    same = certify_run(run, config, device="cpu", overwrite=True)
+    assert same["not_compared"] == {}
+    assert same["corner_search"]["rate"]["value"] == pytest.approx(1.0)
+    certified = [int(r["test_index"]) for r in read_rows(run / "certify" / "results.csv") if r["status"] == "certified"]
+    assert certified and same["corner_search"]["flipped_but_certified"] == sorted(certified)
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, small_run, capsys):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import csv
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -691,6 +692,34 @@ def _flipped_by(run: Path, search: str, index: np.ndarray) -> set[int] | None:
     return {int(r["test_index"]) for r in rows if r["success"] == "True"}
 
 
+def campaign_mismatch(campaign: Mapping[str, Any], value_range: ValueRange, rule: str, targets: str) -> str | None:
+    """Why a finished attack campaign (its ``summary.json``) answers another question than this
+    certification, or None when its flips are flips under the certification's rule: the same value
+    range (kind and per-band limits, to 1e-9), the same success rule, and a targeted campaign (or
+    ``--targets all``, which also certifies the untargeted rule). Only then can a flip the campaign
+    found on a certified image be called a contradiction, and a flippable image one it missed.
+
+    Args:
+        campaign: the campaign's summary (``settings`` and ``value_range`` are read).
+        value_range: the certification's.
+        rule: the certification's success rule (``paper`` or ``top-class``).
+        targets: the certification's target set (``paper`` or ``all``).
+    """
+    settings = campaign.get("settings") or {}
+    theirs = campaign.get("value_range") or {"kind": settings.get("value_range", "input")}
+    ours = value_range.describe()
+    if theirs.get("kind") != ours["kind"]:
+        return f"its value range is {theirs.get('kind')}, the certification's {ours['kind']}"
+    for side in ("low", "high"):
+        if side in theirs and not np.allclose(theirs[side], ours[side], rtol=0.0, atol=1e-9):
+            return f"its value range's {side} limits {theirs[side]} differ from the certification's {ours[side]}"
+    if settings.get("success", rule) != rule:
+        return f"its success rule is {settings.get('success')}, the certification's {rule}"
+    if settings.get("mode", "targeted") != "targeted" and targets != "all":
+        return f"it was {settings.get('mode')}; the certification's --targets {targets} covers targeted flips only"
+    return None
+
+
 def _summary(run: Path, run_config: Any, dataset: GalaxyDataset, chosen: _Images, records: dict[int, dict],
              config: CertifyConfig, rule: str, value_range: ValueRange, timing: dict[str, Any]) -> dict[str, Any]:
     recs = [records[int(t)] for t in chosen.test_index]
@@ -700,10 +729,17 @@ def _summary(run: Path, run_config: Any, dataset: GalaxyDataset, chosen: _Images
     undecided = {int(r["test_index"]) for r in recs if r["status"] == "undecided"}
     seconds = np.array([r["seconds"] for r in recs], dtype=np.float64)
     others: dict[str, Any] = {}
+    not_compared: dict[str, str] = {}
     for search, name in (("de", "de"), ("exhaustive", "corner_search")):
         flipped = _flipped_by(run, search, chosen.test_index)
         if flipped is None:
             others[name] = None
+            continue
+        why = campaign_mismatch(read_json(attack_dir(run, search) / "summary.json"), value_range, rule,
+                                config.targets)
+        if why is not None:
+            others[name] = None
+            not_compared[name] = why
             continue
         flipped &= set(chosen.test_index.tolist())
         missed = sorted(flippable - flipped)
@@ -720,7 +756,7 @@ def _summary(run: Path, run_config: Any, dataset: GalaxyDataset, chosen: _Images
         "rate_upper": rate_interval(count["flippable"] + count["undecided"], n),
         "rate_note": "one-pixel flip rate: at least flippable / n (witnesses re-checked by a plain forward pass), "
                      "at most (flippable + undecided) / n (the rest are certified by sound bounds)",
-        "de": others["de"], "corner_search": others["corner_search"],
+        "de": others["de"], "corner_search": others["corner_search"], "not_compared": not_compared,
         "found_by": {k: sum(r["found_by"] == k for r in recs if r["status"] == "flippable")
                      for k in ("scan", "branch-and-bound")},
         "seconds_per_image": ({"median": float(np.median(seconds)), "max": float(seconds.max()),

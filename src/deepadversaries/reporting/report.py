@@ -193,7 +193,9 @@ def _certify_table(inp: ReportInputs) -> Table | None:
                  "Provable one-pixel robustness (deepadv certify): flippable images have a witness pixel re-checked "
                  "by a plain forward pass, certified ones a proof from sound bounds that no pixel at any value in "
                  "the range flips them, undecided ones ran out of time. The one-pixel flip rate lies between "
-                 "flippable / n and (flippable + undecided) / n (Clopper–Pearson 95% intervals).", "table_certify")
+                 "flippable / n and (flippable + undecided) / n (Clopper–Pearson 95% intervals). DE and the corner "
+                 "search are compared only where they searched the same value range under the same success rule "
+                 "(n/a otherwise).", "table_certify")
 
 
 def _add_attack_suite(doc: Document, inp: ReportInputs) -> None:
