@@ -252,6 +252,59 @@ def test_the_stage_writes_the_sandwich_and_resumes(small_run, monkeypatch):
     assert again["n_images"] == 3
 
 
+def test_workers_give_the_serial_answers_and_resume_a_serial_run(tmp_path, monkeypatch):
+    """Two worker processes decide every image as one process does (the same status, witness and
+    boxes: nothing depends on timing with a budget no image reaches), and pick up a run that one
+    process left after its first image."""
+    run = write_small_run(tmp_path, stage_model())
+    config = CertifyConfig(n_images=3, budget_s=600, subsample=12)
+    serial = certify_run(run, config, device="cpu")
+    serial_rows = read_rows(run / "certify" / "results.csv")
+    assert serial["undecided"] == 0 and serial["timing"]["workers"] == 1
+    real = ImageCertifier.certify
+
+    def not_here(self, *args, **kwargs):
+        raise AssertionError("the main process certified an image itself")
+
+    monkeypatch.setattr(ImageCertifier, "certify", not_here)  # the spawned workers import their own
+    parallel = certify_run(run, CertifyConfig(n_images=3, budget_s=600, subsample=12, workers=2), device="cpu",
+                           overwrite=True)
+    keys = ("test_index", "status", "target", "row", "col", "value_g", "value_r", "value_i", "boxes",
+            "positions_certified")
+    assert [[r[k] for k in keys] for r in read_rows(run / "certify" / "results.csv")] == \
+        [[r[k] for k in keys] for r in serial_rows]
+    assert parallel["timing"]["workers"] == 2 and parallel["settings"] == serial["settings"]
+    # a serial run stopped after one image, resumed by two workers
+    calls = {"n": 0}
+
+    def stops_after_one(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageCertifier, "certify", stops_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        certify_run(run, config, device="cpu", overwrite=True)
+    monkeypatch.setattr(ImageCertifier, "certify", not_here)
+    resumed = certify_run(run, CertifyConfig(n_images=3, budget_s=600, subsample=12, workers=2), device="cpu")
+    assert resumed["timing"]["sessions"] == 2
+    assert [[r[k] for k in keys] for r in read_rows(run / "certify" / "results.csv")] == \
+        [[r[k] for k in keys] for r in serial_rows]
+
+
+def test_workers_are_refused_on_a_gpu(small_run, monkeypatch):
+    monkeypatch.setattr(certify_mod, "resolve_device", lambda device: torch.device("cuda"))
+    with pytest.raises(OptionError, match="--workers 2 certifies on the CPU"):
+        certify_run(small_run, CertifyConfig(n_images=1, workers=2), device="cuda")
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_workers_must_be_a_positive_whole_number(workers):
+    with pytest.raises(OptionError, match="--workers"):
+        CertifyConfig(workers=workers)
+
+
 def _fake_corner_campaign(run: Path, test_index: list[int], value_range: dict, success: str = "paper",
                           mode: str = "targeted") -> None:
     """A finished corner-search campaign that claims a flip on every one of ``test_index``."""
@@ -308,6 +361,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, small_run, capsys):
     assert err.count("\n") == 0 and "--budget" in err
     with pytest.raises(OptionError, match="--budget"):
         CertifyConfig(budget_s=-1)
+    assert main(["certify", "--run", str(run), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--workers" in err
+    assert not (run / "certify").exists()
 
 
 def test_an_unsupported_layer_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):

@@ -32,18 +32,22 @@ Files in ``RUN/certify/``: ``results.csv`` (one row per image), ``certmap.npz`` 
 and position: status 0 certified / 1 witness / 2 undecided, and the certified lower bound
 of the margin, NaN where no bound was computed), ``summary.json`` (written last: counts,
 the flip-rate sandwich with Clopper-Pearson intervals, DE's and the corner search's rates
-on the same images, and the images they missed). Each finished image is appended to
-``progress.jsonl`` (its maps to ``.maps/``); a killed certification, run again with the
-same settings, resumes. Deterministic: no randomness is drawn; only the budget (wall
-time) can change an answer, from ``undecided`` to a decided one.
+on the same images, and the images they missed, where those searched the same value range
+under the same rule). Each finished image is appended to ``progress.jsonl`` (its maps to
+``.maps/``); a killed certification, run again with the same settings (any number of
+workers), resumes. Deterministic: no randomness is drawn; only the budget (wall time) can
+change an answer, from ``undecided`` to a decided one. ``workers`` > 1 certifies that many
+images at once in spawned processes of one torch thread each (CPU), recorded as they finish.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
+import multiprocessing as mp
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +114,8 @@ class CertifyConfig:
             centre), 3 = the 3^B grid [default: 2].
         seed: the subsample's seed when the run has no DE campaign [default: 0].
         subsample: test images drawn when the run has no DE campaign [default: 150].
+        workers: processes certifying images at once, one torch thread each (CPU only); the
+            answers do not depend on it, only the wall time does [default: 1].
     """
 
     n_images: int | None = None
@@ -120,6 +126,7 @@ class CertifyConfig:
     scan_levels: int = 2
     seed: int = 0
     subsample: int = 150
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.n_images is not None and (not isinstance(self.n_images, int) or self.n_images < 1):
@@ -134,9 +141,14 @@ class CertifyConfig:
             raise OptionError(f"the scan needs at least 2 values per band, got {self.scan_levels}")
         if self.subsample < 1:
             raise OptionError(f"the subsample needs at least one image, got {self.subsample}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise OptionError(f"--workers must be a positive whole number of processes, got {self.workers}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings that decide the answers (what a resumed run must share): all but ``workers``."""
+        out = asdict(self)
+        out.pop("workers")
+        return out
 
 
 def certify_dir(run: str | Path) -> Path:
@@ -521,6 +533,9 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
     check_same_classes(run_config, dataset.classes, dataset.path)
     rule, de_settings = _success_rule(run, config)
     value_range = _value_range(config.value_range, dataset)
+    if config.workers > 1 and dev.type != "cpu":
+        raise OptionError(f"--workers {config.workers} certifies on the CPU (one process per image); with "
+                          f"--device {dev.type} use one worker")
     certifier = ImageCertifier(model, value_range, rule, untargeted=config.targets == "all",
                                scan_levels=config.scan_levels, device=dev)  # refuses unsupported layers
     out = certify_dir(run)
@@ -536,16 +551,14 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
         todo = [k for k, t in enumerate(chosen.test_index) if int(t) not in records]
         if len(todo) < len(chosen.test_index):
             info(f"resuming: {len(chosen.test_index) - len(todo)} of {len(chosen.test_index)} images already decided")
-        n_classes = certifier.net.n_classes
         counts = {s: sum(r["status"] == s for r in records.values()) for s in STATUSES}
         progress = make_progress(TextColumn("{task.fields[counts]}"))
         with progress:
             task = progress.add_task("certify", total=len(chosen.test_index),
                                      completed=len(chosen.test_index) - len(todo), counts=_counts_text(counts))
-            for k in todo:
+            for k, cert in _certificates(certifier, chosen, todo, config.budget_s, config.workers,
+                                         (model, value_range, rule, config.targets == "all", config.scan_levels)):
                 label = int(chosen.labels[k])
-                targets = [c for c in range(n_classes) if c != label]
-                cert = certifier.certify(chosen.images[k], label, targets, config.budget_s)
                 t_idx = int(chosen.test_index[k])
                 write_npz(out / MAPS_DIR / f"{t_idx}.npz", status=cert.status_map, margin=cert.margin_map)
                 rec = {"test_index": t_idx, "label": label, "status": cert.status, "target": cert.target,
@@ -563,11 +576,54 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
         wall = wall_before + time.perf_counter() - t_start
         summary = _summary(run, run_config, dataset, chosen, records, config, rule, value_range, timing={
             "wall_time_s": round(wall, 3), "sessions": sessions + 1, "device": str(dev),
-            "torch_threads": torch.get_num_threads()})
+            "torch_threads": torch.get_num_threads() if config.workers == 1 else 1, "workers": config.workers})
         write_json(out / SUMMARY_NAME, summary)
         (out / PROGRESS_NAME).unlink(missing_ok=True)
         shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
     return summary
+
+
+#: the certifier of a worker process, built once by :func:`_start_worker`
+_WORKER_CERTIFIER: ImageCertifier | None = None
+
+
+def _start_worker(model: torch.nn.Module, value_range: ValueRange, rule: str, untargeted: bool,
+                  scan_levels: int) -> None:
+    """Initialise a worker process: one torch thread (the processes share the cores), its certifier."""
+    global _WORKER_CERTIFIER
+    torch.set_num_threads(1)
+    _WORKER_CERTIFIER = ImageCertifier(model, value_range, rule, untargeted=untargeted, scan_levels=scan_levels)
+
+
+def _certify_in_worker(image: np.ndarray, label: int, targets: list[int], budget_s: float) -> ImageCertificate:
+    assert _WORKER_CERTIFIER is not None, "the worker was not initialised"
+    return _WORKER_CERTIFIER.certify(image, label, targets, budget_s)
+
+
+def _certificates(certifier: ImageCertifier, chosen: _Images, todo: list[int], budget_s: float, workers: int,
+                  worker_args: tuple) -> Iterator[tuple[int, ImageCertificate]]:
+    """(position in ``chosen``, certificate) for every image of ``todo``: in order by ``certifier``
+    itself, or with ``workers`` > 1 in that many spawned processes (``worker_args``: what
+    :func:`_start_worker` needs), in the order they finish. Leaving early (an interruption)
+    cancels the images not started; the caller's progress file holds the finished ones."""
+    n_classes = certifier.net.n_classes
+
+    def job(k: int) -> tuple[np.ndarray, int, list[int], float]:
+        label = int(chosen.labels[k])
+        return chosen.images[k], label, [c for c in range(n_classes) if c != label], budget_s
+
+    if workers <= 1 or len(todo) <= 1:
+        for k in todo:
+            yield k, certifier.certify(*job(k))
+        return
+    pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                                  initializer=_start_worker, initargs=worker_args)
+    try:
+        futures = {pool.submit(_certify_in_worker, *job(k)): k for k in todo}
+        for done in concurrent.futures.as_completed(futures):
+            yield futures[done], done.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _counts_text(counts: dict[str, int]) -> str:

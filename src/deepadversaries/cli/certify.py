@@ -25,6 +25,7 @@ def _certify(
     seed: int = typer.Option(0, "--seed", help="Without a DE campaign: the subsample's seed (the campaign's --seed)."),
     budget: float = typer.Option(120.0, "--budget", help="Seconds per image; an image not decided by then is counted as undecided."),
     device: str = typer.Option("auto", "--device", help="Where the witness scan runs: auto, cpu or cuda (the bounds run on the CPU in float64)."),
+    workers: int = typer.Option(1, "--workers", help="Processes certifying images at once, one torch thread each (CPU; up to the cores you have). The answers do not depend on it; a resumed run may use another number."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard a finished (or unfinished) result in RUN/certify."),
 ) -> None:
     """Prove, per image, that no single pixel at any value in the range flips it - or show the pixel that does.
@@ -38,7 +39,7 @@ def _certify(
     if all_images and n_images is not None:
         raise OptionError("give --n-images N or --all, not both")
     config = CertifyConfig(n_images=n_images, value_range=value_range, targets=targets, budget_s=budget,
-                           success=success, subsample=subsample, seed=seed)
+                           success=success, subsample=subsample, seed=seed, workers=workers)
     summary = certify_run(run, config, data=data, device=device, overwrite=overwrite)
     lo, up = summary["rate_lower"], summary["rate_upper"]
     info(f"{summary['n_images']} images: {summary['flippable']} flippable, {summary['certified']} certified, "
