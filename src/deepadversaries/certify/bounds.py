@@ -440,15 +440,13 @@ def _gather_patch(win: Window, clean: torch.Tensor, fill: float, top: torch.Tens
     inside = ((sr >= 0) & (sr < n))[:, :, None] & ((sc >= 0) & (sc < m))[:, None, :]  # (P, ph, pw)
     src = (sr.clamp(0, n - 1)[:, :, None] * m + sc.clamp(0, m - 1)[:, None, :]).reshape(p, -1)
     src4 = src.reshape(p, 1, 1, -1).expand(p, e1, ch, -1)
-    cw = win.c.reshape(p, e1, ch, -1).gather(3, src4)
-    rw = win.r.reshape(p, e1, ch, -1).gather(3, src4)
     inside = inside.reshape(p, 1, 1, -1)
-    c_clean = torch.zeros_like(cw)
-    c_clean[:, 0] = base
-    c = torch.where(inside, cw, c_clean)
-    r = torch.where(inside, rw, torch.zeros_like(rw))
+    outside_base = torch.where(inside[:, 0], 0.0, base)  # (P, C, ph*pw): the clean value where not inside
+    c = win.c.reshape(p, e1, ch, -1).gather(3, src4).mul_(inside)
+    c[:, 0] += outside_base
+    r = win.r.reshape(p, e1, ch, -1).gather(3, src4).mul_(inside)
     if record is not None:
-        record.append(_Gather(inside.to(DTYPE), src, torch.where(inside[:, 0], 0.0, base), (ch, n, m)))
+        record.append(_Gather(inside.to(DTYPE), src, outside_base, (ch, n, m)))
     return c.reshape(p, e1, ch, ph, pw), r.reshape(p, e1, ch, ph, pw)
 
 
@@ -498,19 +496,15 @@ def _relu_bounds(lo_f: torch.Tensor, up_f: torch.Tensor, lo: torch.Tensor | None
     (P, 1, ...): concrete bounds of a [default: those of L and U]."""
     lo = concretise(lo_f, upper=False)[:, None] if lo is None else lo
     up = concretise(up_f, upper=True)[:, None] if up is None else up
-    dead = up <= 0
+    # per neuron (P, 1, ...): dead (up <= 0) both bounds 0; alive (lo >= 0) both unchanged; crossing:
+    # the chord up (x - lo) / (up - lo) above, alpha x below (alpha = 1 if up > -lo else 0)
     alive = lo >= 0
-    cross = ~(dead | alive)
-    denom = torch.where(cross, up - lo, torch.ones_like(up))
-    slope = torch.where(cross, up / denom, torch.ones_like(up))
+    cross = (up > 0) & ~alive
+    slope = torch.where(cross, up / torch.where(cross, up - lo, 1.0), alive.to(lo_f.dtype))
+    alpha = torch.where(cross, (up > -lo).to(lo_f.dtype), slope)
     new_up = slope * up_f
-    new_up[:, 0] -= (slope * lo)[:, 0] * cross[:, 0]
-    alpha = torch.where(cross, (up > -lo).to(lo_f.dtype), torch.ones_like(up))
-    new_lo = alpha * lo_f
-    zero = torch.zeros_like(lo_f)
-    new_lo = torch.where(dead, zero, new_lo)
-    new_up = torch.where(dead, zero, torch.where(alive, up_f, new_up))
-    return new_lo, new_up
+    new_up[:, 0] -= (slope * lo * cross)[:, 0]
+    return alpha * lo_f, new_up
 
 
 def _relu_window(win: Window, trace: list | None = None) -> Window:
@@ -544,10 +538,9 @@ def _max2(m_lo, m_up, x_lo, x_up, decisions: list | None = None, concrete: tuple
     lin_up[:, 0] -= (s * d_lo)[:, 0]
     const = torch.maximum(m_max, x_max)  # (P, 1, ...)
     use_const = cross & (const[:, 0] < lin_up[:, 0])[:, None]
-    pick_up_x = take_x
-    up = torch.where(pick_up_x, x_up, lin_up)
+    up = torch.where(take_x, x_up, lin_up)
     if bool(use_const.any()):
-        up = torch.where(use_const, 0.0, up)
+        up.masked_fill_(use_const, 0.0)
         up[:, 0] = torch.where(use_const[:, 0], const[:, 0], up[:, 0])
     low_x = take_x | (cross & (x_min > m_min))
     lo = torch.where(low_x, x_lo, m_lo)
