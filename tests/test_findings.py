@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-from deepadversaries.reporting.findings import IDENTICAL_Y10, Evidence, finding_d, finding_e
+from deepadversaries.reporting.findings import IDENTICAL_Y10, Evidence, certified_flags, finding_d, finding_e
 
 
 def _evidence(seed: int, regular: np.ndarray, adapted: np.ndarray, method: str = "adabn") -> Evidence:
@@ -77,3 +77,34 @@ def test_finding_e_pools_the_corner_search_rates_over_seeds_like_its_primary_end
     seeds[1].corner_flipped = {}  # one seed without the corner searches: nothing pooled, nothing said
     finding = finding_e(seeds)
     assert "corner_rate" not in finding["numbers"] and "corner search" not in finding["statement"]
+
+
+def test_certified_flags_leave_out_images_undecided_under_either_run():
+    statuses = {"regular": {1: "flippable", 2: "certified", 3: "undecided", 4: "flippable", 9: "certified"},
+                "mmd": {1: "certified", 2: "certified", 3: "flippable", 4: "undecided", 5: "flippable"}}
+    flags, undecided = certified_flags(statuses)
+    # images 1 and 2 are decided under both; 3 and 4 are undecided under one run; 5 and 9 under one run only
+    assert undecided == 2
+    np.testing.assert_array_equal(flags["regular"], [True, False])
+    np.testing.assert_array_equal(flags["mmd"], [False, False])
+
+
+def test_finding_e_states_the_certified_rate_with_its_value_range_and_one_range_only():
+    rng = np.random.default_rng(5)
+    seeds, differences = [], []
+    for seed in range(3):
+        ev = _attacked(seed, rng.random(40) < 0.1, rng.random(40) < 0.1, None)
+        cr, ca = rng.random(30) < 0.3, rng.random(30) < 0.2
+        ev.certified_flippable = {"regular": cr, "mmd": ca}
+        ev.certified_range, ev.certified_undecided = "physical", seed
+        differences.append((ca.sum() - cr.sum()) / 30)
+        seeds.append(ev)
+    finding = finding_e(seeds)
+    certified = finding["numbers"]["certified_rate"]
+    assert np.isclose(certified["estimate"], np.mean(differences)) and certified["n_images"] == 90
+    assert certified["value_range"] == "physical" and certified["undecided_left_out"] == 3
+    assert "`deepadv certify` (physical value range" in finding["statement"]
+    assert "3 undecided images left out" in finding["statement"]
+    seeds[2].certified_range = "input"  # another threat model in one seed: not pooled, not said
+    finding = finding_e(seeds)
+    assert "certified_rate" not in finding["numbers"] and "deepadv certify" not in finding["statement"]

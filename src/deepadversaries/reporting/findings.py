@@ -26,7 +26,8 @@ Primary endpoints (one per finding; the rest is reported and never decides the w
 - (e) adapted − regular flip rate of the paper's attack, paired on the images attacked under
   both, one difference per seed; claimed below 0 (the paper gives no number). Sensitivity: a
   galaxy × seed cluster bootstrap. Secondary: queries to flip on the images flipped under both,
-  the corner search's and the certified (lower-bound) flip rates, paired the same way; the
+  the corner search's rate and the rate proved by ``deepadv certify`` (images decided under
+  both runs, one value range), paired the same way; the
   McNemar test on pairs summed over seeds is a check conditional on these trained models.
 
 :func:`collect_evidence` reads what the findings rest on from a run pair's files: per-image
@@ -108,8 +109,12 @@ class Evidence:
             decision boundary (NaN without a linear head).
         corner_flipped: method → bool (n_corner,), per image the corner search attacked under
             both runs, whether it found a flipping pixel; empty without both campaigns.
-        certified_flippable: method → bool (n_certified,), per image certified under both runs,
-            whether it is flippable (a lower bound); empty without both certifications.
+        certified_flippable: method → bool (n_certified,), per image that ``deepadv certify``
+            decided under both runs (flippable or certified; an image undecided under either is
+            left out), whether it is flippable: proved either way; empty without both
+            certifications, or when they used different value ranges.
+        certified_range: the value range both certifications used (``input`` or ``physical``).
+        certified_undecided: images certified under both runs but left out, undecided under one.
         sources: the files read.
     """
 
@@ -128,6 +133,8 @@ class Evidence:
     boundary: dict[str, np.ndarray] = field(default_factory=dict)
     corner_flipped: dict[str, np.ndarray] = field(default_factory=dict)
     certified_flippable: dict[str, np.ndarray] = field(default_factory=dict)
+    certified_range: str = ""
+    certified_undecided: int = 0
     sources: list[str] = field(default_factory=list)
 
     @property
@@ -179,10 +186,38 @@ def collect_evidence(regular_run: Path, adapted_run: Path, analysis: Path, *, mo
         ev.corner_flipped = _paired_flags({m: _image_flips(p) for m, p in corner.items()})
         ev.sources += [_rel(p, root) for p in corner.values()]
     certified = {m: run / "certify" / "results.csv" for m, run in runs.items()}
-    if all(p.is_file() for p in certified.values()):
-        ev.certified_flippable = _paired_flags({m: _certified_status(p) for m, p in certified.items()})
+    ranges = {m: _certified_range(run) for m, run in runs.items()}
+    if all(p.is_file() for p in certified.values()) and None not in ranges.values() and len(set(ranges.values())) == 1:
+        ev.certified_flippable, ev.certified_undecided = certified_flags(
+            {m: _certified_status(p) for m, p in certified.items()})
+        ev.certified_range = ranges[REFERENCE_METHOD]
         ev.sources += [_rel(p, root) for p in certified.values()]
     return ev
+
+
+def certified_flags(statuses: dict[str, dict[int, str]]) -> tuple[dict[str, np.ndarray], int]:
+    """Paired flippable flags of the images every certification decided.
+
+    Args:
+        statuses: method → {test index: ``flippable`` / ``certified`` / ``undecided``}.
+
+    Returns:
+        (method → bool array over the images all methods decided, ascending test index: whether it
+        is flippable; the number of images all methods certified but one left undecided). An
+        undecided image has no proved answer, so it is left out rather than counted as not flippable.
+    """
+    common = set.intersection(*(set(s) for s in statuses.values()))
+    decided = {t for t in common if all(s[t] != "undecided" for s in statuses.values())}
+    flags = _paired_flags({m: {t: s[t] == "flippable" for t in decided} for m, s in statuses.items()})
+    return flags, len(common) - len(decided)
+
+
+def _certified_range(run: Path) -> str | None:
+    """The value range kind of a finished certification (``certify/summary.json``), else None."""
+    path = run / "certify" / "summary.json"
+    if not path.is_file():
+        return None
+    return str((read_json(path).get("value_range") or {}).get("kind", "input"))
 
 
 def _paired_flags(flags: dict[str, dict[int, bool]]) -> dict[str, np.ndarray]:
@@ -196,13 +231,13 @@ def _image_flips(path: Path) -> dict[int, bool]:
     return {index: flipped for index, (flipped, _) in _attack_rows(path).items()}
 
 
-def _certified_status(path: Path) -> dict[int, bool]:
-    """test index → whether the certification found the image flippable (``certify/results.csv``)."""
+def _certified_status(path: Path) -> dict[int, str]:
+    """test index → the certification's answer (``certify/results.csv``): flippable, certified or undecided."""
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if rows and not {"test_index", "status"} <= set(rows[0]):
         raise file_error(path, "needs the columns test_index and status")
-    return {int(r["test_index"]): r["status"] == "flippable" for r in rows}
+    return {int(r["test_index"]): r["status"] for r in rows}
 
 
 def _rel(path: Path, root: Path | None) -> str:
@@ -568,15 +603,21 @@ def finding_e(evidence: Sequence[Evidence]) -> dict[str, Any]:
     check = pooled_rate_difference([paired_flips(ev.flipped[REFERENCE_METHOD], ev.flipped[method])
                                     for ev in evidence], level=DEFAULT_LEVEL)
     corner = _paired_rates(evidence, lambda ev: ev.corner_flipped)
-    certified = _paired_rates(evidence, lambda ev: ev.certified_flippable)
+    certified = (_paired_rates(evidence, lambda ev: ev.certified_flippable)
+                 if len({ev.certified_range for ev in evidence}) == 1 else None)  # one threat model pooled
+    if certified is not None:
+        certified.update(value_range=evidence[0].certified_range,
+                         undecided_left_out=sum(ev.certified_undecided for ev in evidence))
     detail = (f"Flip rates on the same {n} images: regular {_pct(flipped[REFERENCE_METHOD] / n if n else None)}, "
               f"{_m(method)} {_pct(flipped[method] / n if n else None)}."
               + (f" Sensitivity, galaxy × seed cluster bootstrap: {_pts_ci(cluster)}." if cluster else "")
               + f" Secondary (never deciding): queries to flip {_m(method)} − regular on the images flipped under "
               f"both {fmt_sig(queries_pooled.estimate)} [{fmt_sig(queries_pooled.low)}, {fmt_sig(queries_pooled.high)}]"
               + (f"; corner search (a lower bound on one-pixel vulnerability) {_rate_text(corner)}" if corner else "")
-              + (f"; certified flippable (lower bound of `deepadv certify`) {_rate_text(certified)}" if certified
-                 else "")
+              + (f"; proved by `deepadv certify` ({certified['value_range']} value range, flippable or certified "
+                 f"under both runs" + (f", {certified['undecided_left_out']} undecided images left out"
+                                       if certified["undecided_left_out"] else "")
+                 + f") {_rate_text(certified)}" if certified else "")
               + (f". Check conditional on these trained models: McNemar on the pairs summed over seeds "
                  f"(b = {check.counts['b']}, c = {check.counts['c']}) p = {fmt_sig(check.p_value)}."
                  if len(evidence) > 1 else ".")
