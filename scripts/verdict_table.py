@@ -124,9 +124,11 @@ def study_table(record: dict[str, Any]) -> str:
                          f"reported | | | {_seeds(sum(p['n_flipped_both'] > 0 for p in f['per_seed']))}, "
                          f"{sum(p['n_flipped_both'] for p in f['per_seed'])} images |")
             for key, words in (("corner_rate", "corner search flip rate (a lower bound)"),
-                               ("certified_rate", "certified flippable rate (a lower bound)")):
+                               ("certified_rate", "flip rate proved by `deepadv certify` ({value_range} value range, "
+                                                  "images decided under both)")):
                 if key in numbers:
                     r = numbers[key]
+                    words = words.format(value_range=r.get("value_range", "input"))
                     lines.append(f"| (e) secondary: {words} | MMD − regular, paired | "
                                  f"{_ci(r['estimate'], r['low'], r['high'], False)} | reported | | | "
                                  f"{_seeds(f['n_seeds'])}, {r['n_images']:,} images |")
