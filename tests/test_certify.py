@@ -200,18 +200,24 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_the_stage_writes_the_sandwich_and_resumes(small_run, monkeypatch):
-    out = small_run / "certify"
+def interrupt_the_second_image(monkeypatch) -> None:
+    """Make this process's certifier raise KeyboardInterrupt on its second image (the first is kept)."""
     calls = {"n": 0}
     real = ImageCertifier.certify
 
-    def dies_on_the_third(self, *args, **kwargs):
+    def stops_after_one(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(ImageCertifier, "certify", dies_on_the_third)
+    monkeypatch.setattr(ImageCertifier, "certify", stops_after_one)
+
+
+def test_the_stage_writes_the_sandwich_and_resumes(small_run, monkeypatch):
+    out = small_run / "certify"
+    real = ImageCertifier.certify
+    interrupt_the_second_image(monkeypatch)
     config = CertifyConfig(n_images=3, budget_s=60, subsample=12)
     with pytest.raises(KeyboardInterrupt):
         certify_run(small_run, config, device="cpu")
@@ -261,7 +267,6 @@ def test_workers_give_the_serial_answers_and_resume_a_serial_run(tmp_path, monke
     serial = certify_run(run, config, device="cpu")
     serial_rows = read_rows(run / "certify" / "results.csv")
     assert serial["undecided"] == 0 and serial["timing"]["workers"] == 1
-    real = ImageCertifier.certify
 
     def not_here(self, *args, **kwargs):
         raise AssertionError("the main process certified an image itself")
@@ -275,15 +280,8 @@ def test_workers_give_the_serial_answers_and_resume_a_serial_run(tmp_path, monke
         [[r[k] for k in keys] for r in serial_rows]
     assert parallel["timing"]["workers"] == 2 and parallel["settings"] == serial["settings"]
     # a serial run stopped after one image, resumed by two workers
-    calls = {"n": 0}
-
-    def stops_after_one(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(ImageCertifier, "certify", stops_after_one)
+    monkeypatch.undo()  # the real certifier, then stopped on its second image
+    interrupt_the_second_image(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         certify_run(run, config, device="cpu", overwrite=True)
     monkeypatch.setattr(ImageCertifier, "certify", not_here)

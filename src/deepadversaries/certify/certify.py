@@ -558,16 +558,9 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
                                      completed=len(chosen.test_index) - len(todo), counts=_counts_text(counts))
             for k, cert in _certificates(certifier, chosen, todo, config.budget_s, config.workers,
                                          (model, value_range, rule, config.targets == "all", config.scan_levels)):
-                label = int(chosen.labels[k])
                 t_idx = int(chosen.test_index[k])
                 write_npz(out / MAPS_DIR / f"{t_idx}.npz", status=cert.status_map, margin=cert.margin_map)
-                rec = {"test_index": t_idx, "label": label, "status": cert.status, "target": cert.target,
-                       "row": cert.row, "col": cert.col,
-                       "value": [float(v) if np.isfinite(v) else None for v in cert.value],
-                       "p_target": cert.p_target if np.isfinite(cert.p_target) else None, "boxes": cert.boxes, "seconds": round(cert.seconds, 3),
-                       "found_by": cert.found_by,
-                       "positions_certified": int((cert.status_map == CERTIFIED).sum()),
-                       "session": sessions, "elapsed_s": round(time.perf_counter() - t_start, 3)}
+                rec = _progress_record(cert, t_idx, int(chosen.labels[k]), sessions, time.perf_counter() - t_start)
                 append_json_line(out / PROGRESS_NAME, rec)
                 records[t_idx] = rec
                 counts[cert.status] += 1
@@ -581,6 +574,17 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
         (out / PROGRESS_NAME).unlink(missing_ok=True)
         shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
     return summary
+
+
+def _progress_record(cert: ImageCertificate, test_index: int, label: int, session: int,
+                     elapsed_s: float) -> dict[str, Any]:
+    """One image's line of ``progress.jsonl`` (JSON-ready: NaN as None)."""
+    return {"test_index": test_index, "label": label, "status": cert.status, "target": cert.target,
+            "row": cert.row, "col": cert.col, "value": [float(v) if np.isfinite(v) else None for v in cert.value],
+            "p_target": cert.p_target if np.isfinite(cert.p_target) else None, "boxes": cert.boxes,
+            "seconds": round(cert.seconds, 3), "found_by": cert.found_by,
+            "positions_certified": int((cert.status_map == CERTIFIED).sum()),
+            "session": session, "elapsed_s": round(elapsed_s, 3)}
 
 
 #: the certifier of a worker process, built once by :func:`_start_worker`
