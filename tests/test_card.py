@@ -434,8 +434,10 @@ def test_hubble_example_label_free_card_end_to_end(hubble, regular_run, tmp_path
 
     from deepadversaries.card import build
 
-    # 6 attacked galaxies instead of the tiny level's 12 (the corner search is most of the cost)
-    monkeypatch.setitem(build.PROTOCOLS, "tiny", dataclasses.replace(build.PROTOCOLS["tiny"], attack_images=6))
+    # 6 attacked galaxies instead of the tiny level's 12 (the corner search is most of the cost); the
+    # first 2 of them certified, 3 s each (the tiny level certifies none)
+    monkeypatch.setitem(build.PROTOCOLS, "tiny", dataclasses.replace(build.PROTOCOLS["tiny"], attack_images=6,
+                                                                      certify_images=2, certify_budget_s=3.0))
     data = hubble["data"]
     dataset = load_dataset(data)
     assert dataset.bands == ("F450W", "F606W", "F814W") and dataset.domain_names == {"Y10": "hdf", "Y1": "hdf_shallow"}
@@ -454,7 +456,19 @@ def test_hubble_example_label_free_card_end_to_end(hubble, regular_run, tmp_path
     # every galaxy of the drawn subsample is attacked (6 here)
     assert card["results"]["one_pixel"]["corner_search_rate"]["n"] == 6 == card["protocol"]["images"]["de"]
     assert "corruptions" in card["absent"]  # display counts in HST bands: not LSST electrons
+    # the certification's three counts are those of its results.csv, with their intervals
+    with open(Path(card["protocol"]["stages_run_in"]) / "certify" / "results.csv", newline="") as f:
+        statuses = [row["status"] for row in csv.DictReader(f)]
+    assert len(statuses) == 2 and "certified" not in card["absent"]
+    for status in ("flippable", "certified", "undecided"):
+        assert_rate(card["results"]["one_pixel"]["certified"][status], statuses.count(status), 2)
     assert (tmp_path / "card" / "card.html").is_file()
+
+
+def test_card_says_why_a_model_the_certification_refuses_has_no_certified_rate(constant_card):
+    # the constant model is TorchScript: the bounds cover only the package's own layer types
+    why = constant_card["card"]["absent"]["certified"]
+    assert why.startswith("the certification refused this model: certify needs a ConvNet or ResNet18") and "features" in why
 
 
 @pytest.mark.slow

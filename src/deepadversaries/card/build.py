@@ -5,7 +5,8 @@ One command from a model and a survey's cutouts to one answer: how robust is thi
 (:func:`deepadversaries.evaluation.evaluate.evaluate_run`), the survey corruptions
 (:func:`deepadversaries.corruptions.benchmark.robustness_run`), the one-pixel attack (differential
 evolution) and the corner search (:func:`deepadversaries.attacks.campaign.attack_run`), and the
-certification (:func:`deepadversaries.certify.certify.certify_run`, when that module is installed)
+certification (:func:`deepadversaries.certify.certify.certify_run`; a model whose layers the bounds do
+not cover is named in ``absent``)
 — with the protocol of the chosen level (:data:`PROTOCOLS`), then collects their files into
 one dict, the card, written as ``CARD/card.json`` (last: it marks a finished card; the
 layout is :data:`SCHEMA_FILE`, JSON Schema draft 2020-12, shipped in the package).
@@ -33,7 +34,7 @@ Every number of the card's ``results`` and ``headline`` is ``{"value", "ci_low",
 ``unreliable`` lists every number whose n is below :data:`MIN_N` or whose interval is
 undefined or wider than :data:`MAX_WIDTH` (rates and accuracies); ``absent`` says, per
 section, why it is not on the card (no Y1 images, bands the corruption model does not know,
-no certification module, ...).
+a model the certification refuses, ...).
 
 Label-free mode (``unlabelled=True``): the card measures prediction *stability*, not
 accuracy. A dataset folder ``CARD/stages/data`` is made whose test labels are the model's
@@ -58,14 +59,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -79,6 +79,7 @@ from deepadversaries import SPLITS, __version__
 from deepadversaries.analysis.latent import DANGER_RADII, dangerous_pixel_shares, light_centroid
 from deepadversaries.evaluation.calibration import brier_score, expected_calibration_error, negative_log_likelihood
 from deepadversaries.attacks.campaign import attack_run
+from deepadversaries.certify.certify import CertifyConfig, certify_run
 from deepadversaries.config import AttackConfig
 from deepadversaries.data.dataset import GalaxyDataset, image_file, label_file, load_dataset
 from deepadversaries.devices import resolve_device
@@ -99,11 +100,6 @@ from deepadversaries.analysis.stats import DEFAULT_LEVEL, accuracy_difference, b
 from deepadversaries.simulation.survey import PIXEL_SCALE
 from deepadversaries.training.survey_mix import held_out_corruptions
 
-# The certification stage (issue 21) may not be installed yet: the card then says so.
-if importlib.util.find_spec("deepadversaries.certify.certify") is not None:
-    from deepadversaries.certify import certify as _certify
-else:  # pragma: no cover - depends on the installed modules
-    _certify = None
 
 KIND = "deepadv-card"
 #: the card layout's version; a leaderboard refuses cards of another major version
@@ -416,7 +412,6 @@ def estimate_seconds(protocol: Protocol, n_test: int, domains: int = 2, corrupti
     n_attack = min(protocol.attack_images, n_test)
     generations = AttackConfig.from_preset(protocol.attack_preset).max_iter + 1
     n_cert = n_attack if protocol.certify_images is None else min(protocol.certify_images, n_attack)
-    n_cert = n_cert if _certify is not None else 0
     return (COST_PER_UNIT["evaluate"] * n_test * domains
             + COST_PER_UNIT["corruption"] * n_test * corruptions * len(protocol.severities) * 100
             + COST_PER_UNIT["de_generation"] * n_attack * generations
@@ -452,16 +447,11 @@ def _run_missing(stage_run: Path, protocol: Protocol, seed: int, baseline: Path 
           lambda: attack_run(stage_run, corner, device=device))
     if protocol.certify_images == 0:
         absent["certified"] = f"the {protocol.level} level certifies no image"
-    elif _certify is None or not all(hasattr(_certify, name) for name in ("certify_run", "CertifyConfig")):
-        absent["certified"] = ("the certification stage (deepadversaries.certify.certify.certify_run, 'deepadv certify') "
-                               "is not installed in this version")
     else:
         def certify() -> None:
-            wanted = {"n_images": protocol.certify_images, "budget_s": protocol.certify_budget_s}
-            known = {f.name for f in fields(_certify.CertifyConfig)}
-            cfg = _certify.CertifyConfig(**{k: v for k, v in wanted.items() if k in known})
+            cfg = CertifyConfig(n_images=protocol.certify_images, budget_s=protocol.certify_budget_s)
             try:
-                _certify.certify_run(stage_run, cfg, device=device)
+                certify_run(stage_run, cfg, device=device)
             except DeepAdvError as exc:  # e.g. a layer the bounds do not cover: the card says why
                 absent["certified"] = f"the certification refused this model: {exc}"
         stage("certified", stage_run / "certify" / "summary.json", certify)
