@@ -14,7 +14,7 @@ from deepadversaries.attacks.values import ValueRange, input_range
 from deepadversaries.errors import OptionError
 from deepadversaries.attacks.exhaustive import ExhaustiveSearch, value_set
 
-from attack_support import PixelModel, bright_pixel_case, check_claims, flat_images, plain_probabilities
+from attack_support import PixelModel, bright_pixel_case, check_claims, plain_probabilities
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
