@@ -85,6 +85,7 @@ refused with an :class:`~deepadversaries.errors.OptionError` naming it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -217,8 +218,7 @@ def _flatten_modules(module: nn.Module) -> list[nn.Module]:
 
 
 def _ops(modules: Sequence[nn.Module]) -> list:
-    import torchvision  # noqa: F401  (BasicBlock's home)
-    from torchvision.models.resnet import BasicBlock
+    from torchvision.models.resnet import BasicBlock  # deferred: torchvision only for ResNet18's blocks
 
     ops: list = []
     for m in modules:
@@ -592,6 +592,11 @@ MAX_CORNER_BANDS = 6
 JOINT_SECOND = True
 
 
+def _corner_signs(e: int) -> torch.Tensor:
+    """(2^E, E) float64: the corners of the box [-1, 1]^E, one per row."""
+    return torch.tensor(list(itertools.product((-1.0, 1.0), repeat=e)), dtype=DTYPE)
+
+
 def _exact(win: Window) -> bool:
     """Whether the window's bounds are exact (zero radius: affine in the box coordinates)."""
     return not bool(win.r.any())
@@ -608,7 +613,7 @@ def _relu_pool_exact(op: MaxPool, win: Window, clean_pre: torch.Tensor) -> Windo
     p, e1, ch = c.shape[:3]
     e = e1 - 1
     s, k = op.stride, op.kernel
-    signs = torch.tensor(list(__import__("itertools").product((-1.0, 1.0), repeat=e)), dtype=DTYPE)  # (2^E, E)
+    signs = _corner_signs(e)  # (2^E, E)
     inputs = [c[..., dy: dy + (nh - 1) * s + 1: s, dx: dx + (nw - 1) * s + 1: s]
               for dy in range(k) for dx in range(k)]  # each (P, E + 1, C, nh, nw)
     stack = torch.stack(inputs, 2)  # (P, E + 1, k*k, C, nh, nw)
@@ -653,7 +658,7 @@ def _conv_convex_parts(op: Conv, win: Window, clean_in: torch.Tensor, trace: lis
     y = win.corners  # (P, 2^E, C, n, m)
     p, n_corners = y.shape[:2]
     e = win.c.shape[1] - 1
-    signs = torch.tensor(list(__import__("itertools").product((-1.0, 1.0), repeat=e)), dtype=DTYPE)
+    signs = _corner_signs(e)
     # corner 0 with the clean cells, the other corners as differences from it (zero outside the window)
     diff = torch.cat([y[:, :1], y[:, 1:] - y[:, :1]], 1)
     corner_win = Window(diff, torch.zeros_like(diff), win.top, win.left)
