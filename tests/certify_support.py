@@ -10,7 +10,8 @@
   ``monotone=True`` the ramp 8 relu(g) - 6 (flips only near g = 1, the corners' side).
 - :func:`random_network`: random small networks with every layer type certify bounds
   (random weights, BatchNorm with non-trivial running statistics, max-pool, a ResNet
-  BasicBlock with a downsampling shortcut).
+  BasicBlock with a downsampling shortcut, the d4-convnet's equivariant blocks and invariant
+  pooling).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from deepadversaries.models.networks import ConvNet, GalaxyClassifier
+from deepadversaries.models.equivariant import GroupBatchNorm, GroupConv2d, LiftingConv2d
+from deepadversaries.models.networks import ConvNet, D4ConvNet, GalaxyClassifier
 
 
 def _pixel_head(model: GalaxyClassifier, feature: int, n_features: int, out_weight, out_bias) -> GalaxyClassifier:
@@ -105,10 +107,24 @@ def random_network(seed: int, kind: str = "convnet", size: int = 8, bands: int =
     """A random GalaxyClassifier for (bands, size, size) images, eval mode, float64.
 
     ``convnet``: conv-BN-ReLU-maxpool twice, flatten; ``resnet``: conv-BN-ReLU, a 3x3 max-pool
-    with padding, a BasicBlock with a stride-2 downsampling shortcut, average pooling to 1 x 1.
+    with padding, a BasicBlock with a stride-2 downsampling shortcut, average pooling to 1 x 1;
+    ``d4``: the package's d4-convnet (lifting and group convolutions, group batch norm, symmetric
+    max-pools: 2 x 2 on even maps, 3 x 3 on odd ones, invariant pooling).
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    if kind == "d4":
+        model = D4ConvNet((bands, size, size), 3)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, GroupBatchNorm):
+                    _randomise_bn(m, gen)
+                elif isinstance(m, (LiftingConv2d, GroupConv2d)):
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.6)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
+            model.bottleneck.weight.copy_(torch.randn(model.bottleneck.weight.shape, generator=gen) * 0.3)
+            model.output.weight.copy_(torch.randn(model.output.weight.shape, generator=gen) * 0.3)
+        return model.eval().double()
     if kind == "convnet":
         features = nn.Sequential(nn.Conv2d(bands, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
                                  nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2))
@@ -131,10 +147,12 @@ def random_network(seed: int, kind: str = "convnet", size: int = 8, bands: int =
     return model.eval().double()
 
 
-def train_tiny_convnet(images: np.ndarray, labels: np.ndarray, steps: int = 60, seed: int = 0) -> ConvNet:
-    """The package's ConvNet trained with Adam for ``steps`` full-batch steps on (N, 3, H, W) images."""
+def train_tiny_convnet(images: np.ndarray, labels: np.ndarray, steps: int = 60, seed: int = 0,
+                       architecture: type[GalaxyClassifier] = ConvNet) -> GalaxyClassifier:
+    """The package's ConvNet (or ``architecture``: D4ConvNet) trained with Adam for ``steps`` full-batch
+    steps on (N, 3, H, W) images."""
     torch.manual_seed(seed)
-    model = ConvNet(images.shape[1:])
+    model = architecture(images.shape[1:])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x = torch.from_numpy(images.astype(np.float32))
     y = torch.from_numpy(labels.astype(np.int64))

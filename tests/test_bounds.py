@@ -13,11 +13,15 @@ from torch import nn
 from certify_support import random_network
 from deepadversaries.certify import bounds
 from deepadversaries.errors import OptionError
+from deepadversaries.models.equivariant import transform
 from deepadversaries.models.networks import GalaxyClassifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 8
+#: the d4-convnet's test images: 20 -> 10 -> 5 -> 2, so its last symmetric pool is the 3 x 3 one of an odd
+#: map and the invariant pooling turns a 2 x 2 map (where the eight orientations of a window lie apart)
+D4_SIZE = 20
 N_SAMPLES = 10_000
 
 
@@ -41,11 +45,11 @@ def _margin_reference(model: nn.Module, image: np.ndarray, row: int, col: int, v
     return -np.max(np.stack(scores, 1), axis=1)
 
 
-def _random_problem(seed, kind, lo, width, rule, untargeted):
+def _random_problem(seed, kind, lo, width, rule, untargeted, size=SIZE):
     """A random network and image, a value box at one pixel and the target rules of the clean prediction."""
-    model = random_network(seed, kind, SIZE)
+    model = random_network(seed, kind, size)
     rng = np.random.default_rng(seed)
-    image = rng.uniform(0, 1, (3, SIZE, SIZE))
+    image = rng.uniform(0, 1, (3, size, size))
     low = np.asarray(lo)
     high = np.minimum(low + np.asarray(width), 1.0)
     net = bounds.compile_network(model)
@@ -56,15 +60,17 @@ def _random_problem(seed, kind, lo, width, rule, untargeted):
     return model, rng, image, low, high, net, clean, label, targets, rules
 
 
-@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["convnet", "resnet"]),
-       row=st.integers(0, SIZE - 1), col=st.integers(0, SIZE - 1),
+@settings(max_examples=24, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["convnet", "resnet", "d4"]),
+       row=st.integers(0, D4_SIZE - 1), col=st.integers(0, D4_SIZE - 1),
        lo=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
        width=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
        rule=st.sampled_from(["paper", "top-class"]), untargeted=st.booleans())
 def test_the_certified_margin_is_never_above_any_sampled_value(seed, kind, row, col, lo, width, rule, untargeted):
+    size = D4_SIZE if kind == "d4" else SIZE
+    row, col = row % size, col % size
     model, rng, image, low, high, net, clean, label, targets, rules = _random_problem(
-        seed, kind, lo, width, rule, untargeted)
+        seed, kind, lo, width, rule, untargeted, size)
     win = bounds.propagate(net, clean, np.array([row]), np.array([col]), low[None], high[None])
     lower, upper = bounds.row_bounds(net, clean, win, bounds.stacked_rows(rules))
     certified_margin = -bounds.success_upper_bounds(upper, rules).max()
@@ -171,14 +177,14 @@ def test_only_the_backward_pass_proves_the_cancelling_network_safe():
     assert scores.max() <= backward + 1e-6
 
 
-@pytest.mark.parametrize("kind", ["convnet", "resnet"])
-def test_a_box_of_zero_width_gives_the_models_logits(kind):
-    model = random_network(3, kind, SIZE)
+@pytest.mark.parametrize("kind, size", [("convnet", SIZE), ("resnet", SIZE), ("d4", D4_SIZE), ("d4", 24)])
+def test_a_box_of_zero_width_gives_the_models_logits(kind, size):
+    model = random_network(3, kind, size)
     rng = np.random.default_rng(1)
-    image = rng.uniform(0, 1, (3, SIZE, SIZE))
+    image = rng.uniform(0, 1, (3, size, size))
     net = bounds.compile_network(model)
     clean = bounds.clean_pass(net, image)
-    rows, cols = rng.integers(0, SIZE, 20), rng.integers(0, SIZE, 20)
+    rows, cols = rng.integers(0, size, 20), rng.integers(0, size, 20)
     values = rng.uniform(0, 1, (20, 3))
     got = bounds.point_logits(net, clean, rows, cols, values).numpy()
     x = torch.from_numpy(np.repeat(image[None], 20, axis=0))
@@ -197,3 +203,60 @@ def test_an_unsupported_layer_is_refused_by_name():
 def test_a_model_without_the_classifier_layers_is_refused():
     with pytest.raises(OptionError, match="bottleneck"):
         bounds.compile_network(nn.Sequential(nn.Conv2d(3, 2, 3)))
+
+
+@pytest.mark.parametrize("g", range(8))
+def test_a_rectangle_lands_where_the_group_element_moves_it(g):
+    side = 7
+    for top, left, n, m in [(1, 2, 3, 2), (0, 0, 1, 1), (4, 1, 3, 5), (0, 6, 7, 1)]:
+        mask = torch.zeros(side, side, dtype=torch.bool)
+        mask[top: top + n, left: left + m] = True
+        rows, cols = torch.nonzero(transform(mask, g), as_tuple=True)
+        got = bounds._transformed_box(torch.tensor([top]), torch.tensor([left]), n, m, side, g)
+        assert (int(got[0]), int(got[1])) == (int(rows.min()), int(cols.min()))
+
+
+def test_the_d4_convnet_is_bounded_by_the_forward_pass_and_its_input_size_is_checked():
+    model = random_network(5, "d4", D4_SIZE)
+    net = bounds.compile_network(model)
+    assert not net.backward and net.input_size == D4_SIZE
+    assert [op.kernel for op in net.ops if isinstance(op, bounds.MaxPool)] == [2, 2, 3]
+    assert tuple(bounds.clean_pass(net, np.zeros((3, D4_SIZE, D4_SIZE))).last.shape) == (32, 2, 2)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (3, D4_SIZE, D4_SIZE))
+    clean = bounds.clean_pass(net, image)
+    rows = torch.eye(3, dtype=torch.float64)
+    args = (net, clean, np.array([3, 7]), np.array([5, 0]), np.full((2, 3), 0.2), np.full((2, 3), 0.6), rows)
+    forward = bounds.box_bounds(*args, backward=False)
+    asked = bounds.box_bounds(*args, backward=True, refine=100)
+    assert all(torch.equal(a, b) for a, b in zip(forward, asked))
+    with pytest.raises(OptionError, match="resolved for 20x20"):
+        bounds.clean_pass(net, rng.uniform(0, 1, (3, 16, 16)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_d4_convnet_bounds_hold_and_tighten_on_small_boxes(seed):
+    """Narrow boxes (0.002 to 0.05 wide) at positions across a 20 x 20 image: every sampled logit lies
+    within the bounds, and the bounds close in on the sampled range as the box shrinks (a radius
+    dropped or a window misplaced by the invariant pooling breaks one or the other)."""
+    model = random_network(seed, "d4", D4_SIZE)
+    net = bounds.compile_network(model)
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0, 1, (3, D4_SIZE, D4_SIZE))
+    clean = bounds.clean_pass(net, image)
+    eye = torch.eye(3, dtype=torch.float64)
+    for row, col in [(0, 0), (3, 17), (10, 9), (19, 4), (14, 14)]:
+        gaps = []
+        for width in (0.05, 0.01, 0.002):
+            low = rng.uniform(0, 1 - width, 3)
+            high = low + width
+            lo_l, up_l = bounds.box_bounds(net, clean, np.array([row]), np.array([col]), low[None], high[None], eye)
+            corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1).T
+            values = np.concatenate([low + rng.uniform(0, 1, (2000, 3)) * (high - low), corners])
+            x = torch.from_numpy(np.repeat(image[None], len(values), axis=0))
+            x[:, :, row, col] = torch.from_numpy(values)
+            with torch.no_grad():
+                z = model(x)[0].numpy()
+            assert np.all(z >= lo_l.numpy() - 1e-9) and np.all(z <= up_l.numpy() + 1e-9)
+            gaps.append(float(((up_l - lo_l).numpy() - (z.max(0) - z.min(0))).max()))
+        assert gaps[-1] < 1e-3 * (1 + np.abs(z).max()) and gaps[-1] <= gaps[0]

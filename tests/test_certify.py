@@ -28,6 +28,7 @@ from deepadversaries.cli import main
 from deepadversaries.errors import OptionError
 from deepadversaries.attacks.exhaustive import ExhaustiveSearch
 from deepadversaries.io import write_json
+from deepadversaries.models.networks import ConvNet, D4ConvNet
 from deepadversaries.models.runs import RunConfig, attack_dir, best_checkpoint_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -128,10 +129,11 @@ def test_a_depth_cap_of_one_split_changes_no_answer(monkeypatch, bias, expected)
         assert (cert.status_map == certify_mod.CERTIFIED).all() and np.nanmin(cert.margin_map) > 0
 
 
-def test_a_trained_convnet_certificates_hold_on_dense_value_grids():
+@pytest.mark.parametrize("architecture", [ConvNet, D4ConvNet])
+def test_a_trained_convnet_certificates_hold_on_dense_value_grids(architecture):
     size = 12
     images, labels = blob_images(90, size, seed=1)
-    model = train_tiny_convnet(images[:60], labels[:60], steps=80)
+    model = train_tiny_convnet(images[:60], labels[:60], steps=80, architecture=architecture)
     with torch.no_grad():
         pred = model(torch.from_numpy(images[60:]))[0].argmax(1).numpy()
     chosen = [60 + i for i in np.flatnonzero(pred == labels[60:])[:3]]

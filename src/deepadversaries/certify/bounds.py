@@ -79,8 +79,20 @@ Supported layers: exactly ``Conv2d`` (zero padding, no dilation, one group),
 ``BatchNorm2d`` in eval mode (folded into the preceding convolution, or a per-channel
 affine map), ``ReLU``, ``MaxPool2d`` (no dilation, floor mode), ``AdaptiveAvgPool2d`` to
 1 x 1 as the last spatial layer, ``Dropout`` (the identity in eval mode), ``Flatten``,
-``Linear``, and torchvision's ``BasicBlock`` (the residual add). Any other layer is
-refused with an :class:`~deepadversaries.errors.OptionError` naming it.
+``Linear``, torchvision's ``BasicBlock`` (the residual add), and the d4-convnet's
+:class:`~deepadversaries.models.equivariant.D4Features`. Any other layer is refused with an
+:class:`~deepadversaries.errors.OptionError` naming it.
+
+The d4-convnet (:func:`_d4_ops`, :func:`_invariant_window`). Each lifting or group convolution
+is one ``conv2d`` with its expanded filters (the model's own ``expanded_weight``), the group
+batch norm folded in per field channel; its symmetric max-pools are plain 2 x 2 or 3 x 3
+pools, resolved for the model's input size (``Network.input_size``; another size is refused).
+The invariant pooling moves each orientation's window by T_g^-1 onto the clean aligned map
+(a rotation or flip of a rectangle is a rectangle, :func:`_transformed_box`), then takes the
+mean over g (an affine map with positive weights: exact) and the max (folded pairwise like a
+max-pool's inputs). It has no backward rule: a d4-convnet is bounded by the forward pass alone
+(``Network.backward`` False), which is sound and, like every forward bound here, exact once
+every ReLU and max choice in a box is stable.
 """
 
 from __future__ import annotations
@@ -96,6 +108,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepadversaries.errors import OptionError
+from deepadversaries.models.equivariant import INVERSE, ORDER, D4Features, aligned_orientations, invariant_pool, transform
 
 #: a certificate needs the upper bound of the success score below -CERTIFY_TOLERANCE (logit units)
 CERTIFY_TOLERANCE = 1e-6
@@ -154,6 +167,15 @@ class Residual:
 
 
 @dataclass
+class InvariantPool:
+    """The d4-convnet's invariant pooling: D4 fields on ``channels * 8`` map channels (orientation
+    fastest) to the invariant map of ``2 * channels``: the mean, then the max, over g of the aligned
+    orientations ``u[g] = T_g^-1 f[g]`` (:func:`deepadversaries.models.equivariant.invariant_pool`)."""
+
+    channels: int
+
+
+@dataclass
 class Network:
     """A model as operations on (C, H, W) maps and the linear head after them.
 
@@ -164,6 +186,10 @@ class Network:
         head_bias: (K,) float64.
         n_classes: K.
         bands: B, input channels.
+        input_size: the square input side the operations were resolved for (the d4-convnet's
+            pooling windows depend on the map's parity); None: any size.
+        backward: whether every operation has a backward (back-substitution) rule; the
+            invariant pooling has none, so a d4-convnet is bounded by the forward pass alone.
     """
 
     ops: list
@@ -173,6 +199,8 @@ class Network:
     head_layers: list = field(default_factory=list)  # (weight, bias) of the Linear layers, in order
     n_classes: int = 0
     bands: int = 0
+    input_size: int | None = None
+    backward: bool = True
 
 
 def _pair(v, what: str, layer: nn.Module) -> int:
@@ -217,12 +245,37 @@ def _flatten_modules(module: nn.Module) -> list[nn.Module]:
     return [module]
 
 
-def _ops(modules: Sequence[nn.Module]) -> list:
+def _d4_ops(features: D4Features, size: int | None) -> list:
+    """The d4-convnet's blocks as plain operations: each equivariant convolution is one ``conv2d``
+    with its expanded (C_out * 8, C_in [* 8], k, k) filters and the group batch norm folded in (one
+    scale and shift per field channel, repeated over its 8 orientations); the symmetric max-pool of
+    a map of side n is a 2 x 2 pool (n even) or a 3 x 3 one (n odd), stride 2; then the invariant
+    pooling. ``size``: the input's square side (the pools' windows depend on it)."""
+    if size is None:
+        raise OptionError("certify needs the d4-convnet's input size (its image_shape) to resolve its pooling windows")
+    ops: list = []
+    for block in features.blocks:
+        conv = block.conv
+        scale, shift = _bn_scale_shift(block.norm)
+        scale, shift = scale.repeat_interleave(ORDER), shift.repeat_interleave(ORDER)
+        weight = _f64(conv.expanded_weight())
+        bias = _f64(conv.bias).repeat_interleave(ORDER)
+        kernel = 2 if size % 2 == 0 else 3
+        ops += [Conv(weight * scale[:, None, None, None], bias * scale + shift, 1, conv.kernel // 2), Relu(),
+                MaxPool(kernel, 2, 0)]
+        size = (size - kernel) // 2 + 1
+    ops.append(InvariantPool(int(features.blocks[-1].conv.c_out)))
+    return ops
+
+
+def _ops(modules: Sequence[nn.Module], size: int | None = None) -> list:
     from torchvision.models.resnet import BasicBlock  # deferred: torchvision only for ResNet18's blocks
 
     ops: list = []
     for m in modules:
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, D4Features):
+            ops += _d4_ops(m, size)
+        elif isinstance(m, nn.Conv2d):
             ops.append(_conv(m))
         elif isinstance(m, nn.BatchNorm2d):
             if ops and isinstance(ops[-1], Conv):
@@ -245,8 +298,8 @@ def _ops(modules: Sequence[nn.Module]) -> list:
             ops += [Residual(main, shortcut), Relu()]
         else:
             raise OptionError(f"certify cannot bound the layer {type(m).__name__} ({_short(m)}); it supports Conv2d, "
-                              "BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Linear, Flatten and "
-                              "ResNet BasicBlocks")
+                              "BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Linear, Flatten, "
+                              "ResNet BasicBlocks and the d4-convnet's equivariant blocks")
     return ops
 
 
@@ -288,7 +341,10 @@ def compile_network(model: nn.Module) -> Network:
     for m in modules:
         if isinstance(m, nn.AdaptiveAvgPool2d):
             raise OptionError("certify supports AdaptiveAvgPool2d only as the last spatial layer")
-    ops = _ops(modules)
+    shape = getattr(model, "image_shape", None)
+    size = int(shape[-1]) if shape is not None and int(shape[-1]) == int(shape[-2]) else None
+    ops = _ops(modules, size)
+    resolved = any(isinstance(op, InvariantPool) for op in ops)
     head = []
     for layer in (model.bottleneck, model.output):
         if not isinstance(layer, nn.Linear):
@@ -298,7 +354,7 @@ def compile_network(model: nn.Module) -> Network:
     first = next((op for op in _walk(ops) if isinstance(op, Conv)), None)
     bands = int(first.weight.shape[1]) if first is not None else 0
     return Network(ops, global_average=global_average, head_layers=head, n_classes=int(head[-1][0].shape[0]),
-                   bands=bands)
+                   bands=bands, input_size=size if resolved else None, backward=not resolved)
 
 
 def _walk(ops: list):
@@ -323,6 +379,12 @@ def _apply_exact(op, x: torch.Tensor, maps: dict) -> torch.Tensor:
         return torch.relu(x)
     if isinstance(op, MaxPool):
         return F.max_pool2d(x, op.kernel, op.stride, op.padding)
+    if isinstance(op, InvariantPool):
+        fields = x.reshape(1, op.channels, ORDER, *x.shape[-2:])
+        aligned = aligned_orientations(fields)[0]  # (C, 8, H, W)
+        for g in range(ORDER):
+            maps[(id(op), g)] = aligned[:, g]
+        return invariant_pool(fields)
     main = x
     for sub in op.main:
         main = _apply_exact(sub, main, maps)
@@ -347,6 +409,9 @@ class CleanImage:
 def clean_pass(net: Network, image: np.ndarray | torch.Tensor) -> CleanImage:
     """Run the clean image (B, H, W) through ``net`` in float64; set the network's head for its map size."""
     x = torch.as_tensor(np.asarray(image), dtype=DTYPE)[None]
+    if net.input_size is not None and tuple(x.shape[-2:]) != (net.input_size, net.input_size):
+        raise OptionError(f"this network was resolved for {net.input_size}x{net.input_size} images, got "
+                          f"{x.shape[-2]}x{x.shape[-1]}")
     maps: dict = {}
     for op in net.ops:
         x = _apply_exact(op, x, maps)
@@ -713,6 +778,49 @@ def _residual_window(op: Residual, win: Window, clean: CleanImage, trace: list |
     return Window(a.c + b.c, a.r + b.r, top, left)
 
 
+def _transformed_box(top: torch.Tensor, left: torch.Tensor, n: int, m: int, side: int,
+                     g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ``transform(., g)`` of a square map of ``side`` puts the rectangle of n rows and m columns
+    at (top, left) (P,): its new top-left corner (it has m rows and n columns after an odd number of
+    quarter turns). A column flip sends (r, c) to (r, side-1-c), a quarter turn to (side-1-c, r)."""
+    corners = [(top, left), (top + n - 1, left + m - 1)]
+    if g >= 4:
+        corners = [(r, side - 1 - c) for r, c in corners]
+    for _ in range(g % 4):
+        corners = [(side - 1 - c, r) for r, c in corners]
+    (r0, c0), (r1, c1) = corners
+    return torch.minimum(r0, r1), torch.minimum(c0, c1)
+
+
+def _invariant_window(op: InvariantPool, win: Window, clean: CleanImage) -> Window:
+    """The invariant pooling of a window of D4 fields: each orientation's window moved and turned
+    by T_g^-1 onto the clean aligned map ``u[g]`` (the whole map: the eight images of a window lie
+    apart), then the mean over g (exact: an affine map with positive weights) and the max over g
+    (folded pairwise by :func:`_max2`); no backward rule (see :class:`Network`)."""
+    ch, side = op.channels, clean.maps[id(op)].shape[-1]
+    p, e1 = win.c.shape[:2]
+    n, m = win.size
+    c6 = win.c.reshape(p, e1, ch, ORDER, n, m)
+    r6 = win.r.reshape(p, e1, ch, ORDER, n, m)
+    origin = torch.zeros(p, dtype=torch.long)
+    mean_c = mean_r = lo = up = lo_min = up_max = None
+    for g in range(ORDER):
+        inv = INVERSE[g]
+        top, left = _transformed_box(win.top, win.left, n, m, side, inv)
+        moved = Window(transform(c6[:, :, :, g], inv), transform(r6[:, :, :, g], inv), top, left)
+        pc, pr = _gather_patch(moved, clean.maps[(id(op), g)], 0.0, origin, origin, side, side)
+        x_lo, x_up = pc - pr, pc + pr
+        x_min, x_max = concretise(x_lo, upper=False)[:, None], concretise(x_up, upper=True)[:, None]
+        if lo is None:
+            mean_c, mean_r, lo, up, lo_min, up_max = pc, pr, x_lo, x_up, x_min, x_max
+        else:
+            mean_c, mean_r = mean_c + pc, mean_r + pr
+            lo, up, lo_min, up_max = _max2(lo, up, x_lo, x_up, None, (lo_min, up_max, x_min, x_max))
+    c = torch.cat([mean_c / ORDER, (lo + up) / 2], 2)
+    r = torch.cat([mean_r / ORDER, (up - lo) / 2], 2)
+    return Window(c, r, origin, origin)
+
+
 def _propagate(ops: list, win: Window, clean: CleanImage, trace: list | None = None, *,
                top_level: bool = False) -> Window:
     """The forward pass over ``ops``; with ``trace`` (a list) it records, per operation, what the
@@ -747,6 +855,10 @@ def _propagate(ops: list, win: Window, clean: CleanImage, trace: list | None = N
                 trace.append(("affine", op))
         elif isinstance(op, Residual):
             win = _residual_window(op, win, clean, trace)
+        elif isinstance(op, InvariantPool):
+            if trace is not None:
+                raise OptionError("the invariant pooling has no backward rule; bound it with the forward pass")
+            win = _invariant_window(op, win, clean)
         else:  # pragma: no cover - compile_network admits nothing else
             raise OptionError(f"certify cannot bound {type(op).__name__}")
     return win
@@ -944,7 +1056,8 @@ def box_bounds(net: Network, clean: CleanImage, rows_idx: np.ndarray, cols_idx: 
         rows_idx, cols_idx: (P,) the pixel of each box; low, high: (P, B) its value box.
         rows: (R, K) float64 linear functions of the logits.
         backward: back-substitute the objective through every layer to the box coordinates
-            (CROWN / DeepPoly), using the forward pass's intermediate bounds [default: True].
+            (CROWN / DeepPoly), using the forward pass's intermediate bounds; ignored for a network
+            without backward rules (``net.backward`` False: the d4-convnet) [default: True].
         lower: also bound from below (the backward pass then bounds 2R functions) [default: True].
         refine: before that, tighten the input bounds of each top-level ReLU after the first by
             back-substituting its unstable pre-activations (at most ``refine`` per batch; 0:
@@ -955,6 +1068,7 @@ def box_bounds(net: Network, clean: CleanImage, rows_idx: np.ndarray, cols_idx: 
     Returns:
         (P, R) minima (None when not ``lower``) and (P, R) maxima of ``rows @ logits``.
     """
+    backward = backward and net.backward
     win_in = input_window(rows_idx, cols_idx, low, high)
     trace: list | None = [] if backward else None
     win = _propagate(net.ops, win_in, clean, trace, top_level=True)
