@@ -90,9 +90,9 @@ pools, resolved for the model's input size (``Network.input_size``; another size
 The invariant pooling moves each orientation's window by T_g^-1 onto the clean aligned map
 (a rotation or flip of a rectangle is a rectangle, :func:`_transformed_box`), then takes the
 mean over g (an affine map with positive weights: exact) and the max (folded pairwise like a
-max-pool's inputs). It has no backward rule: a d4-convnet is bounded by the forward pass alone
-(``Network.backward`` False), which is sound and, like every forward bound here, exact once
-every ReLU and max choice in a box is stable.
+max-pool's inputs). The backward pass goes back the same way (:func:`_invariant_back`): the
+mean's share and the max chain's share of each orientation, through its gather, turned back by
+T_g.
 """
 
 from __future__ import annotations
@@ -188,8 +188,6 @@ class Network:
         bands: B, input channels.
         input_size: the square input side the operations were resolved for (the d4-convnet's
             pooling windows depend on the map's parity); None: any size.
-        backward: whether every operation has a backward (back-substitution) rule; the
-            invariant pooling has none, so a d4-convnet is bounded by the forward pass alone.
     """
 
     ops: list
@@ -200,7 +198,6 @@ class Network:
     n_classes: int = 0
     bands: int = 0
     input_size: int | None = None
-    backward: bool = True
 
 
 def _pair(v, what: str, layer: nn.Module) -> int:
@@ -354,7 +351,7 @@ def compile_network(model: nn.Module) -> Network:
     first = next((op for op in _walk(ops) if isinstance(op, Conv)), None)
     bands = int(first.weight.shape[1]) if first is not None else 0
     return Network(ops, global_average=global_average, head_layers=head, n_classes=int(head[-1][0].shape[0]),
-                   bands=bands, input_size=size if resolved else None, backward=not resolved)
+                   bands=bands, input_size=size if resolved else None)
 
 
 def _walk(ops: list):
@@ -792,11 +789,12 @@ def _transformed_box(top: torch.Tensor, left: torch.Tensor, n: int, m: int, side
     return torch.minimum(r0, r1), torch.minimum(c0, c1)
 
 
-def _invariant_window(op: InvariantPool, win: Window, clean: CleanImage) -> Window:
+def _invariant_window(op: InvariantPool, win: Window, clean: CleanImage, trace: list | None = None) -> Window:
     """The invariant pooling of a window of D4 fields: each orientation's window moved and turned
     by T_g^-1 onto the clean aligned map ``u[g]`` (the whole map: the eight images of a window lie
     apart), then the mean over g (exact: an affine map with positive weights) and the max over g
-    (folded pairwise by :func:`_max2`); no backward rule (see :class:`Network`)."""
+    (folded pairwise by :func:`_max2`); with ``trace``, the gathers and the max's relaxations are
+    recorded for the backward pass (:func:`_invariant_back`)."""
     ch, side = op.channels, clean.maps[id(op)].shape[-1]
     p, e1 = win.c.shape[:2]
     n, m = win.size
@@ -804,18 +802,22 @@ def _invariant_window(op: InvariantPool, win: Window, clean: CleanImage) -> Wind
     r6 = win.r.reshape(p, e1, ch, ORDER, n, m)
     origin = torch.zeros(p, dtype=torch.long)
     mean_c = mean_r = lo = up = lo_min = up_max = None
+    gathers: list | None = [] if trace is not None else None
+    decisions: list | None = [] if trace is not None else None
     for g in range(ORDER):
         inv = INVERSE[g]
         top, left = _transformed_box(win.top, win.left, n, m, side, inv)
         moved = Window(transform(c6[:, :, :, g], inv), transform(r6[:, :, :, g], inv), top, left)
-        pc, pr = _gather_patch(moved, clean.maps[(id(op), g)], 0.0, origin, origin, side, side)
+        pc, pr = _gather_patch(moved, clean.maps[(id(op), g)], 0.0, origin, origin, side, side, gathers)
         x_lo, x_up = pc - pr, pc + pr
         x_min, x_max = concretise(x_lo, upper=False)[:, None], concretise(x_up, upper=True)[:, None]
         if lo is None:
             mean_c, mean_r, lo, up, lo_min, up_max = pc, pr, x_lo, x_up, x_min, x_max
         else:
             mean_c, mean_r = mean_c + pc, mean_r + pr
-            lo, up, lo_min, up_max = _max2(lo, up, x_lo, x_up, None, (lo_min, up_max, x_min, x_max))
+            lo, up, lo_min, up_max = _max2(lo, up, x_lo, x_up, decisions, (lo_min, up_max, x_min, x_max))
+    if trace is not None:
+        trace.append(("invariant", op, gathers, decisions, (n, m)))
     c = torch.cat([mean_c / ORDER, (lo + up) / 2], 2)
     r = torch.cat([mean_r / ORDER, (up - lo) / 2], 2)
     return Window(c, r, origin, origin)
@@ -856,9 +858,7 @@ def _propagate(ops: list, win: Window, clean: CleanImage, trace: list | None = N
         elif isinstance(op, Residual):
             win = _residual_window(op, win, clean, trace)
         elif isinstance(op, InvariantPool):
-            if trace is not None:
-                raise OptionError("the invariant pooling has no backward rule; bound it with the forward pass")
-            win = _invariant_window(op, win, clean)
+            win = _invariant_window(op, win, clean, trace)
         else:  # pragma: no cover - compile_network admits nothing else
             raise OptionError(f"certify cannot bound {type(op).__name__}")
     return win
@@ -880,22 +880,49 @@ def _relu_back(lam: torch.Tensor, lo: torch.Tensor, up: torch.Tensor) -> tuple[t
     return pos * su + neg * alpha, (pos * shift).flatten(2).sum(2)
 
 
+def _max_chain_back(decisions: list, lam: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """An upper bound of lam . max(x_0, ..., x_n) through the pairwise relaxations the forward fold
+    recorded (``decisions[j - 1]`` relaxes max(fold of x_0..x_{j-1}, x_j)): the upper chain where
+    lam > 0, the lower one where lam < 0. Returns each input's coefficients (n + 1 tensors shaped
+    like lam) and the constant (P, R)."""
+    a_up = lam.clamp(min=0)
+    a_lo = lam.clamp(max=0)
+    const = torch.zeros(lam.shape[:2], dtype=lam.dtype)
+    coef: list = [None] * (len(decisions) + 1)
+    for j in range(len(decisions), 0, -1):
+        fx, fm, shift, lx, lm = decisions[j - 1]
+        coef[j] = a_up * fx + a_lo * lx
+        const = const + (a_up * shift).flatten(2).sum(2)
+        a_up, a_lo = a_up * fm, a_lo * lm
+    coef[0] = a_up + a_lo
+    return coef, const
+
+
+def _invariant_back(op: InvariantPool, gathers: list, decisions: list, window: tuple,
+                    lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An upper bound of lam . invariant_pool(f) (lam (P, R, 2C, H, W) on the whole last map) as
+    coefficients on the fields' window (P, R, C * 8, n, m) plus a constant: the mean's share 1/8 and
+    the max chain's share of each aligned orientation, sent back through its gather and turned back
+    by T_g (the adjoint of the permutation T_g^-1)."""
+    p, r = lam.shape[:2]
+    ch = op.channels
+    n, m = window
+    coef, const = _max_chain_back(decisions, lam[:, :, ch:])
+    out = torch.zeros((p, r, ch, ORDER, n, m), dtype=lam.dtype)
+    for g in range(ORDER):
+        back, c2 = _gather_back(gathers[g], lam[:, :, :ch] / ORDER + coef[g])
+        out[:, :, :, g] = transform(back, g)
+        const = const + c2
+    return out.reshape(p, r, ch * ORDER, n, m), const
+
+
 def _pool_back(op: MaxPool, g: _Gather, decisions: list, size: tuple, lam: torch.Tensor):
     """An upper bound of lam . maxpool(x) as coefficients on the pool's input patch (via the same
     pairwise relaxations as the forward pass, upper chain for lam > 0, lower one for lam < 0)."""
     p, r, ch = lam.shape[:3]
     nh, nw = size
     s, k = op.stride, op.kernel
-    a_up = lam.clamp(min=0)
-    a_lo = lam.clamp(max=0)
-    const = torch.zeros((p, r), dtype=lam.dtype)
-    coef = [None] * (k * k)
-    for j in range(k * k - 1, 0, -1):
-        fx, fm, shift, lx, lm = decisions[j - 1]
-        coef[j] = a_up * fx + a_lo * lx
-        const = const + (a_up * shift).flatten(2).sum(2)
-        a_up, a_lo = a_up * fm, a_lo * lm
-    coef[0] = a_up + a_lo
+    coef, const = _max_chain_back(decisions, lam)
     ph, pw = (nh - 1) * s + k, (nw - 1) * s + k
     patch = torch.zeros((p, r, ch, ph, pw), dtype=lam.dtype)
     for dy in range(k):
@@ -923,6 +950,10 @@ def _backward(trace: list, lam: torch.Tensor, const: torch.Tensor) -> tuple[torc
         elif kind == "pool":
             _, op, g, decisions, size = step
             lam, c2 = _pool_back(op, g, decisions, size, lam)
+            const = const + c2
+        elif kind == "invariant":
+            _, op, gathers, decisions, window = step
+            lam, c2 = _invariant_back(op, gathers, decisions, window, lam)
             const = const + c2
         elif kind == "affine":
             op = step[1]
@@ -1056,8 +1087,7 @@ def box_bounds(net: Network, clean: CleanImage, rows_idx: np.ndarray, cols_idx: 
         rows_idx, cols_idx: (P,) the pixel of each box; low, high: (P, B) its value box.
         rows: (R, K) float64 linear functions of the logits.
         backward: back-substitute the objective through every layer to the box coordinates
-            (CROWN / DeepPoly), using the forward pass's intermediate bounds; ignored for a network
-            without backward rules (``net.backward`` False: the d4-convnet) [default: True].
+            (CROWN / DeepPoly), using the forward pass's intermediate bounds [default: True].
         lower: also bound from below (the backward pass then bounds 2R functions) [default: True].
         refine: before that, tighten the input bounds of each top-level ReLU after the first by
             back-substituting its unstable pre-activations (at most ``refine`` per batch; 0:
@@ -1068,7 +1098,6 @@ def box_bounds(net: Network, clean: CleanImage, rows_idx: np.ndarray, cols_idx: 
     Returns:
         (P, R) minima (None when not ``lower``) and (P, R) maxima of ``rows @ logits``.
     """
-    backward = backward and net.backward
     win_in = input_window(rows_idx, cols_idx, low, high)
     trace: list | None = [] if backward else None
     win = _propagate(net.ops, win_in, clean, trace, top_level=True)

@@ -284,13 +284,12 @@ class ImageCertifier:
                         cc: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
         """(P, T) upper bounds of every target's success score over the boxes: the forward bounds,
         then, for the boxes they do not prove but come within BACKWARD_GAP of proving, the backward
-        (back-substituted) bounds; the smaller of the two counts (both are sound). A network without
-        backward rules (the d4-convnet) has the forward bounds alone."""
+        (back-substituted) bounds; the smaller of the two counts (both are sound)."""
         _, upper = bounds.box_bounds(self.net, clean, rr, cc, low, high, rows_matrix, backward=False, lower=False)
         s_up = bounds.success_upper_bounds(upper, rules)
         worst = s_up.max(axis=1)
         again = np.flatnonzero((worst >= -bounds.CERTIFY_TOLERANCE) & (worst < BACKWARD_GAP))
-        if len(again) and self.net.backward:  # the d4-convnet's invariant pooling has no backward rule
+        if len(again):
             _, upper = bounds.box_bounds(self.net, clean, rr[again], cc[again], low[again], high[again], rows_matrix,
                                          backward=True, lower=False)
             s_up[again] = np.minimum(s_up[again], bounds.success_upper_bounds(upper, rules))
