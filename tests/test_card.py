@@ -468,7 +468,7 @@ def test_hubble_example_label_free_card_end_to_end(hubble, regular_run, tmp_path
 def test_card_says_why_a_model_the_certification_refuses_has_no_certified_rate(constant_card):
     # the constant model is TorchScript: the bounds cover only the package's own layer types
     why = constant_card["card"]["absent"]["certified"]
-    assert why.startswith("the certification refused this model: certify needs a ConvNet or ResNet18") and "features" in why
+    assert why.startswith("the certification refused this model: certify needs a ConvNet, d4-convnet or ResNet18") and "features" in why
 
 
 @pytest.mark.slow

@@ -322,7 +322,7 @@ def compile_network(model: nn.Module) -> Network:
     """
     for name in ("features", "bottleneck", "output"):
         if not isinstance(getattr(model, name, None), nn.Module):
-            raise OptionError(f"certify needs a ConvNet or ResNet18 classifier (features, bottleneck and output "
+            raise OptionError(f"certify needs a ConvNet, d4-convnet or ResNet18 classifier (features, bottleneck and output "
                               f"layers); {type(model).__name__} has no '{name}' layer")
     modules = _flatten_modules(model.features)
     global_average = False

@@ -504,7 +504,7 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
     """Certify (or resume certifying) a run's images against one-pixel attacks.
 
     Args:
-        run: a run folder with a kept ConvNet or ResNet18 checkpoint.
+        run: a run folder with a kept ConvNet, d4-convnet or ResNet18 checkpoint.
         config: the settings [default: ``CertifyConfig()``].
         data: the dataset folder [default: the one recorded in the run's ``config.json``].
         device: where the witness scan runs, ``auto``, ``cpu`` or ``cuda``; the bounds are

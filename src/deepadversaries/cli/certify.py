@@ -14,7 +14,7 @@ def register(app: typer.Typer, plot_app: typer.Typer) -> None:
 
 
 def _certify(
-    run: Path = typer.Option(..., "--run", help="Run folder made by 'deepadv train' (a ConvNet or ResNet18)."),
+    run: Path = typer.Option(..., "--run", help="Run folder made by 'deepadv train' (a ConvNet, d4-convnet or ResNet18)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder; default: the one recorded in the run's config.json."),
     n_images: Optional[int] = typer.Option(None, "--n-images", help="Certify the first N of the DE campaign's attacked images (or of the campaign's subsample when the run has none)."),
     all_images: bool = typer.Option(False, "--all", help="Certify all of them (the default when --n-images is not given)."),
