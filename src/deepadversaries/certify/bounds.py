@@ -108,7 +108,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepadversaries.errors import OptionError
-from deepadversaries.models.equivariant import INVERSE, ORDER, D4Features, aligned_orientations, invariant_pool, transform
+from deepadversaries.models.equivariant import (
+    INVERSE, ORDER, D4Features, aligned_orientations, invariant_pool, transform,
+)
 
 #: a certificate needs the upper bound of the success score below -CERTIFY_TOLERANCE (logit units)
 CERTIFY_TOLERANCE = 1e-6
@@ -322,8 +324,8 @@ def compile_network(model: nn.Module) -> Network:
     """
     for name in ("features", "bottleneck", "output"):
         if not isinstance(getattr(model, name, None), nn.Module):
-            raise OptionError(f"certify needs a ConvNet, d4-convnet or ResNet18 classifier (features, bottleneck and output "
-                              f"layers); {type(model).__name__} has no '{name}' layer")
+            raise OptionError(f"certify needs a ConvNet, d4-convnet or ResNet18 classifier (features, bottleneck "
+                              f"and output layers); {type(model).__name__} has no '{name}' layer")
     modules = _flatten_modules(model.features)
     global_average = False
     if modules and isinstance(modules[-1], nn.AdaptiveAvgPool2d):
