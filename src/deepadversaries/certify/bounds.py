@@ -234,7 +234,11 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fold(conv: Conv, bn: nn.BatchNorm2d) -> Conv:
-    scale, shift = _bn_scale_shift(bn)
+    return _scaled(conv, *_bn_scale_shift(bn))
+
+
+def _scaled(conv: Conv, scale: torch.Tensor, shift: torch.Tensor) -> Conv:
+    """The convolution followed by a per-channel affine map (scale, shift) (C_out,), as one convolution."""
     return Conv(conv.weight * scale[:, None, None, None], conv.bias * scale + shift, conv.stride, conv.padding)
 
 
@@ -260,8 +264,7 @@ def _d4_ops(features: D4Features, size: int | None) -> list:
         weight = _f64(conv.expanded_weight())
         bias = _f64(conv.bias).repeat_interleave(ORDER)
         kernel = 2 if size % 2 == 0 else 3
-        ops += [Conv(weight * scale[:, None, None, None], bias * scale + shift, 1, conv.kernel // 2), Relu(),
-                MaxPool(kernel, 2, 0)]
+        ops += [_scaled(Conv(weight, bias, 1, conv.kernel // 2), scale, shift), Relu(), MaxPool(kernel, 2, 0)]
         size = (size - kernel) // 2 + 1
     ops.append(InvariantPool(int(features.blocks[-1].conv.c_out)))
     return ops
