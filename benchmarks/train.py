@@ -25,7 +25,10 @@ positions), at 100 x 100 x 3 and batch 128 (quick: 32); its JSON has ``step_s_<m
 ``adv1p_vs_regular`` = adv-1p's step time over regular training's, which is also its cost per
 epoch (both draw the same number of batches per epoch), and ``surveymix_vs_regular`` = the ConvNet
 with ``--augment survey-mix`` over regular training (goal: at most 3; its step includes building the
-two AugMix views from raw electrons and the three-way forward and backward pass). The survey-mix
+two AugMix views from raw electrons and the three-way forward and backward pass). Its two parts are
+timed apart in the same run: ``triple_batch_vs_regular`` = the regular step over three times the
+images (clean + two views, no augmentation) over the regular step, and ``views_vs_regular`` = building
+one batch's two views alone over the regular step; their sum is the floor of ``surveymix_vs_regular``. The survey-mix
 cell trains on raw images (sky-subtracted Gaussian blobs with Y10 noise) whose model input is
 the paper stretch of them; the other cells' tensors are unchanged.
 """
@@ -249,6 +252,12 @@ DEFENCE_CELLS = (("convnet", "regular", "none"), ("d4-convnet", "regular", "none
                  ("convnet", "regular", "survey-mix"))
 
 
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def defences(device: torch.device, *, quick: bool = False, repeats: int | None = None) -> dict:
     """Seconds per training step of the project's loop for :data:`DEFENCE_CELLS`, alternating, best kept."""
     batch, warmup, steps = (32, 1, 3) if quick else (128, 1, 4)
@@ -267,6 +276,15 @@ def defences(device: torch.device, *, quick: bool = False, repeats: int | None =
             best[(model, method, augment)] = max(best[(model, method, augment)],
                                                  project_loop(config, cell_tensors, device, warmup, steps, cell_raw))
     step_s = {cell: batch / best[cell] for cell in DEFENCE_CELLS}
+    # the floor of any AugMix-style step: the regular step over three times the images (clean + two
+    # views), and the views built alone, each measured beside the cells above
+    triple = 3 * batch
+    big = make_tensors(triple * (warmup + steps) + triple, 100, seed=1)
+    config = make_config("convnet", "regular", triple, device)
+    triple_s = min(triple / project_loop(config, big, device, warmup, steps) for _ in range(repeats))
+    augmenter = SurveyMix(lambda electrons: apply_stretch(electrons, RAW_LOW, RAW_HIGH))
+    augmenter(raw[:batch], np.random.default_rng(0))  # warm-up (first calls build cached tables)
+    views_s = min(_timed(lambda: augmenter(raw[:batch], np.random.default_rng(r))) for r in range(1, 4))
     result: dict[str, float | str] = {"device": str(device), "torch_threads": torch.get_num_threads(),
                                       "batch": batch, "steps": steps, "repeats": repeats}
     for (model, method, augment), seconds in step_s.items():
@@ -278,6 +296,13 @@ def defences(device: torch.device, *, quick: bool = False, repeats: int | None =
     result["d4_vs_convnet"] = round(step_s[("d4-convnet", "regular", "none")] / regular, 3)
     result["adv1p_vs_regular"] = round(step_s[("convnet", "adv-1p", "none")] / regular, 3)
     result["surveymix_vs_regular"] = round(step_s[("convnet", "regular", "survey-mix")] / regular, 3)
+    result["step_s_convnet_regular_triple_batch"] = round(triple_s, 4)
+    result["views_s"] = round(views_s, 4)
+    result["triple_batch_vs_regular"] = round(triple_s / regular, 3)
+    result["views_vs_regular"] = round(views_s / regular, 3)
+    print(f"survey-mix's parts: the regular step over {triple} images / regular {result['triple_batch_vs_regular']}, "
+          f"building the two views of {batch} images / regular {result['views_vs_regular']} "
+          f"(their sum is the floor of the survey-mix ratio)", file=sys.stderr, flush=True)
     print(f"d4-convnet / convnet step time {result['d4_vs_convnet']} (goal <= 4); adv-1p / regular "
           f"{result['adv1p_vs_regular']} (per step and per epoch); survey-mix / regular "
           f"{result['surveymix_vs_regular']} (goal <= 3)", file=sys.stderr, flush=True)
