@@ -462,7 +462,35 @@ def test_hubble_example_label_free_card_end_to_end(hubble, regular_run, tmp_path
     assert len(statuses) == 2 and "certified" not in card["absent"]
     for status in ("flippable", "certified", "undecided"):
         assert_rate(card["results"]["one_pixel"]["certified"][status], statuses.count(status), 2)
-    assert (tmp_path / "card" / "card.html").is_file()
+    # each one-pixel rate names the pixel values its search allowed, as its own summary records them
+    stages = Path(card["protocol"]["stages_run_in"])
+    recorded = {name: json.loads((stages / folder / "summary.json").read_text())["value_range"]["kind"]
+                for name, folder in (("de", "attack"), ("corner_search", "attack_exhaustive"), ("certified", "certify"))}
+    assert card["results"]["one_pixel"]["value_ranges"] == recorded
+    labels = {b["key"]: b["label"] for b in card["board"]}
+    for key, search in (("de_flip_rate", "de"), ("corner_flip_rate", "corner_search"),
+                        ("certified_flippable_rate", "certified"), ("certified_upper_rate", "certified")):
+        assert labels[key].endswith(f", {build.VALUE_RANGE_WORDS[recorded[search]]}")
+    page = (tmp_path / "card" / "card.html").read_text()
+    assert f"certification: rate lower, {build.VALUE_RANGE_WORDS[recorded['certified']]}" in page
+
+
+def test_one_pixel_labels_tell_apart_rates_over_different_pixel_values():
+    from deepadversaries.card import build
+
+    rate = {"value": 0.2, "ci_low": 0.1, "ci_high": 0.3, "n": 10, "method": "test"}
+    one = {"corner_search_rate": rate, "certified": {"rate_lower": rate, "rate_upper": rate},
+           "value_ranges": {"corner_search": "input", "certified": "physical"}}
+    labels = {b["key"]: b["label"] for b in build.board({"one_pixel": one}, unlabelled=False)}
+    assert "0-1 of the model input" in labels["corner_flip_rate"] and "e- to" not in labels["corner_flip_rate"]
+    assert "0 e- to the full well" in labels["certified_flippable_rate"]
+    headline = {h["key"]: h["label"] for h in build.headline({"one_pixel": one}, unlabelled=False)}
+    assert headline["one_pixel_flip_rate"].startswith("one-pixel flip rate (certified lower bound)")
+    assert headline["one_pixel_flip_rate"].endswith(", pixel values 0 e- to the full well")
+    # a card that records no range (made before ranges were recorded) keeps the plain label
+    del one["value_ranges"]
+    labels = {b["key"]: b["label"] for b in build.board({"one_pixel": one}, unlabelled=False)}
+    assert labels["corner_flip_rate"] == "one-pixel flip rate, corner search (lower bound)"
 
 
 def test_card_says_why_a_model_the_certification_refuses_has_no_certified_rate(constant_card):

@@ -103,7 +103,7 @@ from deepadversaries.training.survey_mix import held_out_corruptions
 
 KIND = "deepadv-card"
 #: the card layout's version; a leaderboard refuses cards of another major version
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 SCHEMA_FILE = "schema.json"
 CARD_NAME = "card.json"
 STAGES_DIR = "stages"
@@ -640,6 +640,12 @@ def _one_pixel_section(stage_run: Path, dataset: GalaxyDataset, unlabelled: bool
     certified = _certified_section(stage_run, absent)
     if certified is not None:
         out["certified"] = certified
+    ranges = {name: kind for name, path in (("de", attack_dir(stage_run, "de") / "summary.json"),
+                                            ("corner_search", corner_dir / "summary.json"),
+                                            ("certified", stage_run / "certify" / "summary.json"))
+              if (kind := _value_range_kind(path)) is not None}
+    if ranges:
+        out["value_ranges"] = ranges
     curves = {}
     sq = []
     for search, rows in (("de", de_rows), ("exhaustive", corner_rows)):
@@ -661,6 +667,27 @@ def _one_pixel_section(stage_run: Path, dataset: GalaxyDataset, unlabelled: bool
     if danger is not None:
         out["dangerous_pixels"] = danger
     return out
+
+
+def _value_range_kind(summary: Path) -> str | None:
+    """The value range (``input`` or ``physical``) a one-pixel search's summary records, or None."""
+    if not summary.is_file():
+        return None
+    value_range = read_json(summary).get("value_range")
+    kind = value_range.get("kind") if isinstance(value_range, Mapping) else value_range
+    return kind if kind in VALUE_RANGE_WORDS else None
+
+
+#: how a one-pixel rate's label names the values its search allowed
+VALUE_RANGE_WORDS: dict[str, str] = {"input": "pixel values 0-1 of the model input",
+                                     "physical": "pixel values 0 e- to the full well"}
+
+
+def _pixel_label(label: str, one: Mapping[str, Any], search: str) -> str:
+    """A one-pixel rate's label with the values its search allowed, where the card records them
+    (rates over different value ranges are different threat models)."""
+    kind = (one.get("value_ranges") or {}).get(search)
+    return f"{label}, {VALUE_RANGE_WORDS[kind]}" if kind in VALUE_RANGE_WORDS else label
 
 
 def _certified_section(stage_run: Path, absent: dict[str, str]) -> dict[str, Any] | None:
@@ -746,11 +773,14 @@ def headline(results: Mapping[str, Any], unlabelled: bool) -> list[dict[str, Any
     label and which direction is better."""
     one = results.get("one_pixel", {})
     if _pick(one, "certified", "rate_lower") is not None:
-        pixel = ("one_pixel_flip_rate", "one-pixel flip rate (certified lower bound)", one["certified"]["rate_lower"])
+        pixel = ("one_pixel_flip_rate", _pixel_label("one-pixel flip rate (certified lower bound)", one, "certified"),
+                 one["certified"]["rate_lower"])
     elif "corner_search_rate" in one:
-        pixel = ("one_pixel_flip_rate", "one-pixel flip rate (corner search, a lower bound)", one["corner_search_rate"])
+        pixel = ("one_pixel_flip_rate", _pixel_label("one-pixel flip rate (corner search, a lower bound)", one,
+                                                     "corner_search"), one["corner_search_rate"])
     elif "de_rate" in one:
-        pixel = ("one_pixel_flip_rate", "one-pixel flip rate (differential evolution)", one["de_rate"])
+        pixel = ("one_pixel_flip_rate", _pixel_label("one-pixel flip rate (differential evolution)", one, "de"),
+                 one["de_rate"])
     else:
         pixel = None
     corr = results.get("corruptions") or {}
@@ -761,7 +791,8 @@ def headline(results: Mapping[str, Any], unlabelled: bool) -> list[dict[str, Any
                   corr.get("mean_stability"), "higher"),
                  ("worst_corruption_stability", "prediction kept, worst corruption x severity",
                   corr.get("worst_stability"), "higher"),
-                 ("de_flip_rate", "one-pixel flip rate (differential evolution)", one.get("de_rate"), "lower")]
+                 ("de_flip_rate", _pixel_label("one-pixel flip rate (differential evolution)", one, "de"),
+                  one.get("de_rate"), "lower")]
     else:
         items = [("clean_accuracy", "clean accuracy (Y10)", _pick(results, "clean", "Y10", "accuracy"), "higher"),
                  ("depth_shift_drop", "accuracy drop Y10 -> Y1", results.get("depth_shift_drop"), "lower"),
@@ -785,13 +816,14 @@ def board(results: Mapping[str, Any], unlabelled: bool) -> list[dict[str, Any]]:
         ("ece_y1", "calibration error (ECE, Y1)", _pick(results, "clean", "Y1", "ece"), "lower"),
         ("mce", "mCE (all corruptions, vs the baseline)", corr.get("mce"), "lower"),
         ("held_out_mce", "mCE on corruptions survey-mix never trains on", corr.get("held_out_mce"), "lower")]
-    items += [("de_flip_rate", "one-pixel flip rate, differential evolution", one.get("de_rate"), "lower"),
-              ("corner_flip_rate", "one-pixel flip rate, corner search (lower bound)", one.get("corner_search_rate"),
-               "lower"),
-              ("certified_flippable_rate", "one-pixel flip rate, proven flippable (lower bound)",
-               _pick(one, "certified", "rate_lower"), "lower"),
-              ("certified_upper_rate", "one-pixel flip rate, not certified robust (upper bound)",
-               _pick(one, "certified", "rate_upper"), "lower")]
+    items += [("de_flip_rate", _pixel_label("one-pixel flip rate, differential evolution", one, "de"),
+               one.get("de_rate"), "lower"),
+              ("corner_flip_rate", _pixel_label("one-pixel flip rate, corner search (lower bound)", one, "corner_search"),
+               one.get("corner_search_rate"), "lower"),
+              ("certified_flippable_rate", _pixel_label("one-pixel flip rate, proven flippable (lower bound)", one,
+                                                        "certified"), _pick(one, "certified", "rate_lower"), "lower"),
+              ("certified_upper_rate", _pixel_label("one-pixel flip rate, not certified robust (upper bound)", one,
+                                                    "certified"), _pick(one, "certified", "rate_upper"), "lower")]
     return [{"key": k, "label": label, "number": num, "better": better}
             for k, label, num, better in items if num is not None]
 
