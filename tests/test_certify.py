@@ -266,9 +266,30 @@ def test_workers_give_the_serial_answers_and_resume_a_serial_run(tmp_path, monke
     process left after its first image."""
     run = write_small_run(tmp_path, stage_model())
     config = CertifyConfig(n_images=3, budget_s=600, subsample=12)
+    events: list[tuple[int, int, int]] = []  # (image, positions decided, positions): the per-image bars' feed
+    original = certify_mod._certificates
+
+    def spied(*args, on_progress=None, **kwargs):
+        def record(k, decided, positions):
+            events.append((k, decided, positions))
+            on_progress(k, decided, positions)
+        return original(*args, on_progress=record, **kwargs)
+
+    def check_reports(rows):
+        certified = [k for k, r in enumerate(rows) if r["status"] == "certified"]
+        assert certified  # the reports come from branch and bound
+        for k, r in enumerate(rows):
+            mine = [(d, n) for i, d, n in events if i == k]
+            assert [d for d, _ in mine] == sorted(d for d, _ in mine)  # never backwards
+            if k in certified:  # the last report: every position decided
+                assert mine and mine[-1][0] == mine[-1][1] == 16 * 16 == int(r["positions_certified"])
+
+    monkeypatch.setattr(certify_mod, "_certificates", spied)
     serial = certify_run(run, config, device="cpu")
     serial_rows = read_rows(run / "certify" / "results.csv")
     assert serial["undecided"] == 0 and serial["timing"]["workers"] == 1
+    check_reports(serial_rows)
+    events.clear()
 
     def not_here(self, *args, **kwargs):
         raise AssertionError("the main process certified an image itself")
@@ -281,6 +302,7 @@ def test_workers_give_the_serial_answers_and_resume_a_serial_run(tmp_path, monke
     assert [[r[k] for k in keys] for r in read_rows(run / "certify" / "results.csv")] == \
         [[r[k] for k in keys] for r in serial_rows]
     assert parallel["timing"]["workers"] == 2 and parallel["settings"] == serial["settings"]
+    check_reports(serial_rows)  # the workers report their images' positions too
     # a serial run stopped after one image, resumed by two workers
     monkeypatch.undo()  # the real certifier, then stopped on its second image
     interrupt_the_second_image(monkeypatch)

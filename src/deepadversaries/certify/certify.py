@@ -45,9 +45,10 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import multiprocessing as mp
+import queue as queue_module
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ BACKWARD_GAP = 4.0
 SPLIT_SIDES = 3
 #: splits of a box before it waits for the other positions (the cap then grows by as much again)
 DEPTH_STEP = 3
+#: seconds between two reports of an image's decided positions (the per-image progress bar)
+PROGRESS_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -317,8 +320,11 @@ class ImageCertifier:
         k, t, p = got
         return k, t, centre[k].copy(), p
 
-    def certify(self, image: np.ndarray, label: int, targets: list[int], budget_s: float) -> ImageCertificate:
+    def certify(self, image: np.ndarray, label: int, targets: list[int], budget_s: float,
+                on_progress: Callable[[int, int], None] | None = None) -> ImageCertificate:
         """Decide one image (B, H, W), model input, true class ``label``, within ``budget_s`` seconds.
+        ``on_progress(decided, positions)``, when given, hears how many positions are decided (every
+        box certified), at most every :data:`PROGRESS_EVERY_S` seconds and once at the end.
 
         First the scan (a grid of values at every position, confirmed on the plain model); then
         branch and bound over (position, value box) pairs: a batch of boxes is bounded
@@ -347,6 +353,7 @@ class ImageCertifier:
         queue = _BoxQueue(h * w, lo_range, hi_range)
         open_boxes = np.ones(h * w, np.int64)  # per position: boxes not yet certified
         n_boxes = 0
+        told = time.perf_counter()
         while queue and time.perf_counter() - t0 <= budget_s:
             p_, lo_, hi_, _, depth = queue.next_batch(BOX_BATCH)
             rr, cc = np.divmod(p_, w)
@@ -356,6 +363,9 @@ class ImageCertifier:
             done = margin > bounds.CERTIFY_TOLERANCE
             np.fmin.at(margin_map, (rr[done], cc[done]), margin[done].astype(np.float32))
             np.subtract.at(open_boxes, p_[done], 1)
+            if on_progress is not None and time.perf_counter() - told >= PROGRESS_EVERY_S:
+                told = time.perf_counter()
+                on_progress(int((open_boxes == 0).sum()), h * w)
             rest = np.flatnonzero(~done)
             if not len(rest):
                 continue
@@ -377,6 +387,8 @@ class ImageCertifier:
             queue.push((p_[rest][parent], child_lo, child_hi, margin[rest][parent], depth[rest][parent] + 1))
         queue.fold_open_margins(margin_map, np.zeros(0, np.int64), np.zeros(0), width=w)
         status_map.reshape(-1)[open_boxes == 0] = CERTIFIED
+        if on_progress is not None:
+            on_progress(int((open_boxes == 0).sum()), h * w)
         status = "certified" if not queue else "undecided"
         return ImageCertificate(status, None, -1, -1, np.full(self.value_range.bands, np.nan), float("nan"),
                                 status_map, margin_map, n_boxes, time.perf_counter() - t0, "branch-and-bound")
@@ -556,8 +568,19 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
         with progress:
             task = progress.add_task("certify", total=len(chosen.test_index),
                                      completed=len(chosen.test_index) - len(todo), counts=_counts_text(counts))
+            image_tasks: dict[int, Any] = {}  # one bar per image in progress: its positions decided
+
+            def on_progress(k: int, decided: int, positions: int) -> None:
+                if k not in image_tasks:
+                    image_tasks[k] = progress.add_task(f"  image {int(chosen.test_index[k])}: positions decided",
+                                                       total=positions, counts="")
+                progress.update(image_tasks[k], completed=decided)
+
             for k, cert in _certificates(certifier, chosen, todo, config.budget_s, config.workers,
-                                         (model, value_range, rule, config.targets == "all", config.scan_levels)):
+                                         (model, value_range, rule, config.targets == "all", config.scan_levels),
+                                         on_progress=on_progress):
+                if k in image_tasks:
+                    progress.remove_task(image_tasks.pop(k))
                 t_idx = int(chosen.test_index[k])
                 write_npz(out / MAPS_DIR / f"{t_idx}.npz", status=cert.status_map, margin=cert.margin_map)
                 rec = _progress_record(cert, t_idx, int(chosen.labels[k]), sessions, time.perf_counter() - t_start)
@@ -589,27 +612,36 @@ def _progress_record(cert: ImageCertificate, test_index: int, label: int, sessio
 
 #: the certifier of a worker process, built once by :func:`_start_worker`
 _WORKER_CERTIFIER: ImageCertifier | None = None
+#: the worker's queue for its images' decided positions (None: not reported)
+_WORKER_REPORTS: Any = None
 
 
 def _start_worker(model: torch.nn.Module, value_range: ValueRange, rule: str, untargeted: bool,
-                  scan_levels: int) -> None:
-    """Initialise a worker process: one torch thread (the processes share the cores), its certifier."""
-    global _WORKER_CERTIFIER
+                  scan_levels: int, reports: Any = None) -> None:
+    """Initialise a worker process: one torch thread (the processes share the cores), its certifier,
+    and the queue its images' decided positions are reported on (None: not reported)."""
+    global _WORKER_CERTIFIER, _WORKER_REPORTS
     torch.set_num_threads(1)
     _WORKER_CERTIFIER = ImageCertifier(model, value_range, rule, untargeted=untargeted, scan_levels=scan_levels)
+    _WORKER_REPORTS = reports
 
 
-def _certify_in_worker(image: np.ndarray, label: int, targets: list[int], budget_s: float) -> ImageCertificate:
+def _certify_in_worker(k: int, image: np.ndarray, label: int, targets: list[int], budget_s: float) -> ImageCertificate:
     assert _WORKER_CERTIFIER is not None, "the worker was not initialised"
-    return _WORKER_CERTIFIER.certify(image, label, targets, budget_s)
+    reports = _WORKER_REPORTS
+    report = None if reports is None else (lambda decided, total: reports.put((k, decided, total)))
+    return _WORKER_CERTIFIER.certify(image, label, targets, budget_s, on_progress=report)
 
 
 def _certificates(certifier: ImageCertifier, chosen: _Images, todo: list[int], budget_s: float, workers: int,
-                  worker_args: tuple) -> Iterator[tuple[int, ImageCertificate]]:
+                  worker_args: tuple, on_progress: Callable[[int, int, int], None] | None = None
+                  ) -> Iterator[tuple[int, ImageCertificate]]:
     """(position in ``chosen``, certificate) for every image of ``todo``: in order by ``certifier``
     itself, or with ``workers`` > 1 in that many spawned processes (``worker_args``: what
-    :func:`_start_worker` needs), in the order they finish. Leaving early (an interruption)
-    cancels the images not started; the caller's progress file holds the finished ones."""
+    :func:`_start_worker` needs, less the report queue), in the order they finish. Leaving early
+    (an interruption) cancels the images not started; the caller's progress file holds the
+    finished ones. ``on_progress(k, decided, positions)`` hears each image's decided positions
+    (:meth:`ImageCertifier.certify`), from the workers too."""
     n_classes = certifier.net.n_classes
 
     def job(k: int) -> tuple[np.ndarray, int, list[int], float]:
@@ -618,16 +650,35 @@ def _certificates(certifier: ImageCertifier, chosen: _Images, todo: list[int], b
 
     if workers <= 1 or len(todo) <= 1:
         for k in todo:
-            yield k, certifier.certify(*job(k))
+            report = None if on_progress is None else (lambda decided, total, k=k: on_progress(k, decided, total))
+            yield k, certifier.certify(*job(k), on_progress=report)
         return
-    pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn"),
-                                                  initializer=_start_worker, initargs=worker_args)
+    context = mp.get_context("spawn")
+    reports = context.Queue() if on_progress is not None else None
+    pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                                                  initializer=_start_worker, initargs=(*worker_args, reports))
+
+    def drain() -> None:
+        while reports is not None:
+            try:
+                on_progress(*reports.get_nowait())
+            except queue_module.Empty:
+                return
+
     try:
-        futures = {pool.submit(_certify_in_worker, *job(k)): k for k in todo}
-        for done in concurrent.futures.as_completed(futures):
-            yield futures[done], done.result()
+        futures = {pool.submit(_certify_in_worker, k, *job(k)): k for k in todo}
+        pending = set(futures)
+        while pending:
+            finished, pending = concurrent.futures.wait(pending, timeout=PROGRESS_EVERY_S,
+                                                        return_when=concurrent.futures.FIRST_COMPLETED)
+            drain()
+            for done in finished:
+                yield futures[done], done.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if reports is not None:
+            reports.close()
+            reports.join_thread()
 
 
 def _counts_text(counts: dict[str, int]) -> str:
