@@ -569,8 +569,11 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
             task = progress.add_task("certify", total=len(chosen.test_index),
                                      completed=len(chosen.test_index) - len(todo), counts=_counts_text(counts))
             image_tasks: dict[int, Any] = {}  # one bar per image in progress: its positions decided
+            finished: set[int] = set()  # a worker's last report may come after its result
 
             def on_progress(k: int, decided: int, positions: int) -> None:
+                if k in finished:
+                    return
                 if k not in image_tasks:
                     image_tasks[k] = progress.add_task(f"  image {int(chosen.test_index[k])}: positions decided",
                                                        total=positions, counts="")
@@ -579,6 +582,7 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
             for k, cert in _certificates(certifier, chosen, todo, config.budget_s, config.workers,
                                          (model, value_range, rule, config.targets == "all", config.scan_levels),
                                          on_progress=on_progress):
+                finished.add(k)
                 if k in image_tasks:
                     progress.remove_task(image_tasks.pop(k))
                 t_idx = int(chosen.test_index[k])
