@@ -678,6 +678,8 @@ def _certificates(certifier: ImageCertifier, chosen: _Images, todo: list[int], b
             drain()
             for done in finished:
                 yield futures[done], done.result()
+        pool.shutdown(wait=True)  # the workers have flushed their last reports
+        drain()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if reports is not None:
