@@ -66,7 +66,7 @@ def _random_problem(seed, kind, lo, width, rule, untargeted, size=SIZE):
     return model, rng, image, low, high, net, clean, label, targets, rules
 
 
-@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), kind=st.sampled_from(["convnet", "resnet", "d4"]),
        row=st.integers(0, D4_SIZE - 1), col=st.integers(0, D4_SIZE - 1),
        lo=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
