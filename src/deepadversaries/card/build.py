@@ -683,11 +683,17 @@ VALUE_RANGE_WORDS: dict[str, str] = {"input": "pixel values 0-1 of the model inp
                                      "physical": "pixel values 0 e- to the full well"}
 
 
+def pixel_values_suffix(one: Mapping[str, Any], search: str) -> str:
+    """", pixel values ..." naming the values a one-pixel search (``de``, ``corner_search``,
+    ``certified``) allowed, from a card's one-pixel section; "" where it records none."""
+    kind = (one.get("value_ranges") or {}).get(search)
+    return f", {VALUE_RANGE_WORDS[kind]}" if kind in VALUE_RANGE_WORDS else ""
+
+
 def _pixel_label(label: str, one: Mapping[str, Any], search: str) -> str:
     """A one-pixel rate's label with the values its search allowed, where the card records them
     (rates over different value ranges are different threat models)."""
-    kind = (one.get("value_ranges") or {}).get(search)
-    return f"{label}, {VALUE_RANGE_WORDS[kind]}" if kind in VALUE_RANGE_WORDS else label
+    return label + pixel_values_suffix(one, search)
 
 
 def _certified_section(stage_run: Path, absent: dict[str, str]) -> dict[str, Any] | None:

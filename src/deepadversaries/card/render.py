@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepadversaries.card.build import FIGURES_DIR, VALUE_RANGE_WORDS
+from deepadversaries.card.build import FIGURES_DIR, pixel_values_suffix
 from deepadversaries.io import write_text
 
 HTML_NAME = "card.html"
@@ -113,18 +113,14 @@ def tables(card: Mapping[str, Any]) -> list[tuple[str, str, list[str], list[list
             out.append(("table_ce", f"Corruption error against {Path(str(corr['baseline'])).name}",
                         ["corruption", "CE"], rows))
     one = results.get("one_pixel") or {}
-    ranges = one.get("value_ranges") or {}
-
-    def values(search: str) -> str:
-        return f", {VALUE_RANGE_WORDS[ranges[search]]}" if ranges.get(search) in VALUE_RANGE_WORDS else ""
-
     rows = []
     for key, search, label in (("de_rate", "de", "differential evolution"),
                                ("corner_search_rate", "corner_search", "corner search (lower bound)")):
         if key in one:
-            rows.append([label + values(search), fmt_number(one[key])])
+            rows.append([label + pixel_values_suffix(one, search), fmt_number(one[key])])
     for key, num in (one.get("certified") or {}).items():
-        rows.append([f"certification: {key.replace('_', ' ')}{values('certified')}", fmt_number(num)])
+        rows.append([f"certification: {key.replace('_', ' ')}{pixel_values_suffix(one, 'certified')}",
+                     fmt_number(num)])
     if rows:
         out.append(("table_one_pixel", "One-pixel vulnerability (share of attacked images)", ["search", "rate"], rows))
     if one.get("success_against_queries"):

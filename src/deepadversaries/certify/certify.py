@@ -568,23 +568,11 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
         with progress:
             task = progress.add_task("certify", total=len(chosen.test_index),
                                      completed=len(chosen.test_index) - len(todo), counts=_counts_text(counts))
-            image_tasks: dict[int, Any] = {}  # one bar per image in progress: its positions decided
-            finished: set[int] = set()  # a worker's last report may come after its result
-
-            def on_progress(k: int, decided: int, positions: int) -> None:
-                if k in finished:
-                    return
-                if k not in image_tasks:
-                    image_tasks[k] = progress.add_task(f"  image {int(chosen.test_index[k])}: positions decided",
-                                                       total=positions, counts="")
-                progress.update(image_tasks[k], completed=decided)
-
+            bars = _ImageBars(progress, chosen.test_index)
             for k, cert in _certificates(certifier, chosen, todo, config.budget_s, config.workers,
                                          (model, value_range, rule, config.targets == "all", config.scan_levels),
-                                         on_progress=on_progress):
-                finished.add(k)
-                if k in image_tasks:
-                    progress.remove_task(image_tasks.pop(k))
+                                         on_progress=bars.report):
+                bars.finish(k)
                 t_idx = int(chosen.test_index[k])
                 write_npz(out / MAPS_DIR / f"{t_idx}.npz", status=cert.status_map, margin=cert.margin_map)
                 rec = _progress_record(cert, t_idx, int(chosen.labels[k]), sessions, time.perf_counter() - t_start)
@@ -601,6 +589,35 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
         (out / PROGRESS_NAME).unlink(missing_ok=True)
         shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
     return summary
+
+
+class _ImageBars:
+    """One progress bar per image in branch and bound, counting its positions decided.
+
+    Args:
+        progress: the stage's rich progress display (its tasks carry a ``counts`` field).
+        test_index: the chosen images' test indices (a bar's name).
+    """
+
+    def __init__(self, progress: Any, test_index: np.ndarray) -> None:
+        self.progress, self.test_index = progress, test_index
+        self.tasks: dict[int, Any] = {}
+        self.finished: set[int] = set()  # a worker's last report may come after its result
+
+    def report(self, k: int, decided: int, positions: int) -> None:
+        """Image ``k`` (its place among the chosen) has ``decided`` of ``positions`` positions decided."""
+        if k in self.finished:
+            return
+        if k not in self.tasks:
+            self.tasks[k] = self.progress.add_task(f"  image {int(self.test_index[k])}: positions decided",
+                                                   total=positions, counts="")
+        self.progress.update(self.tasks[k], completed=decided)
+
+    def finish(self, k: int) -> None:
+        """Image ``k`` is decided: its bar goes, later reports are ignored."""
+        self.finished.add(k)
+        if k in self.tasks:
+            self.progress.remove_task(self.tasks.pop(k))
 
 
 def _progress_record(cert: ImageCertificate, test_index: int, label: int, session: int,
