@@ -187,7 +187,7 @@ def test_a_box_of_zero_width_gives_the_models_logits(kind, size):
     model = random_network(3, kind, size)
     rng = np.random.default_rng(1)
     image = rng.uniform(0, 1, (3, size, size))
-    net = bounds.compile_network(model)
+    net = bounds.compile_network(model, float32_convolutions=False)
     clean = bounds.clean_pass(net, image)
     rows, cols = rng.integers(0, size, 20), rng.integers(0, size, 20)
     values = rng.uniform(0, 1, (20, 3))
@@ -197,6 +197,111 @@ def test_a_box_of_zero_width_gives_the_models_logits(kind, size):
     with torch.no_grad():
         want = model(x)[0].numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    # with float32 convolutions (the default) the zero-width bounds hold the logits; their width is the
+    # rounding margins carried through the layers (measured: 3e-4 of the random ConvNet's logits, 1e-3 of
+    # the ResNet's, 2.3e-2 of the d4-convnet's, whose logits near 10^4 come from heavy cancellation)
+    net32 = bounds.compile_network(model)
+    win = bounds.propagate(net32, bounds.clean_pass(net32, image), rows, cols, values, values)
+    lo, up = (t.numpy() for t in bounds.row_bounds(net32, clean, win, torch.eye(3, dtype=torch.float64)))
+    assert np.all(lo <= want) and np.all(want <= up) and np.all(up - lo < 3e-2 * (1 + np.abs(want)))
+
+
+def _window_samples(win: bounds.Window, e: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """Activations inside a window's bounds: c(e) + s r(e) for box coordinates e (E,) and signs s in
+    {-1, 1} (P, C, n, m) — the lower or upper function at each cell."""
+    c = win.c[:, 0].numpy() + np.einsum("j,pjchw->pchw", e, win.c[:, 1:].numpy())
+    r = win.r[:, 0].numpy() + np.einsum("j,pjchw->pchw", e, win.r[:, 1:].numpy())
+    return c + signs * r
+
+
+@pytest.mark.parametrize("margin", [True, False])
+def test_a_float32_convolution_holds_every_exact_output_only_with_its_rounding_margin(margin, monkeypatch):
+    """A convolution with heavy cancellation (inputs of size 10^4, outputs near 0) bounded in float32:
+    for inputs anywhere in the window's bounds, the exact (float64) output lies in the float32 window
+    — and without the rounding margin it does not (float32 loses about 10^-3 here, the radius is 10^-9)."""
+    rng = np.random.default_rng(3)
+    p, e, ch, size = 2, 3, 16, 6
+    weight = torch.from_numpy(rng.normal(0, 1, (4, ch, 3, 3)))
+    op = bounds.Conv(weight, torch.from_numpy(rng.normal(0, 1, 4)), 1, 1)
+    op.float32 = bounds.Float32Weights.of(weight)
+    if not margin:
+        monkeypatch.setattr(bounds, "_conv_rounding", lambda op, abs_sum: torch.zeros(()))
+    c = rng.normal(0, 1e4, (p, e + 1, ch, size, size))
+    r = np.zeros_like(c)
+    r[:, 0] = 1e-9
+    r[:, 1:] = rng.uniform(-1, 1, (p, e, ch, size, size)) * 1e-9 / (2 * e)  # r(e) > 0 on the box
+    win = bounds.Window(torch.from_numpy(c), torch.from_numpy(r), torch.zeros(p, dtype=torch.long),
+                        torch.zeros(p, dtype=torch.long))
+    out = bounds._conv_window(op, win, torch.zeros(ch, size, size, dtype=torch.float64))
+    held = []
+    for _ in range(20):
+        point = rng.uniform(-1, 1, e)
+        a = torch.from_numpy(_window_samples(win, point, rng.choice([-1.0, 1.0], (p, ch, size, size))))
+        exact = torch.nn.functional.conv2d(a, weight, op.bias, padding=1).numpy()  # float64: exact to ~1e-12
+        lo, up = (_window_samples(out, point, np.full(exact.shape, s)) for s in (-1.0, 1.0))
+        held.append(np.all(lo <= exact) and np.all(exact <= up))
+    assert all(held) if margin else not any(held)
+
+
+
+@pytest.mark.parametrize("margin", [True, False])
+def test_the_joint_second_convolution_holds_in_float32_only_with_its_rounding_margin(margin, monkeypatch):
+    """The first block relaxed jointly and the second convolution by its convex parts (float32), on a
+    ConvNet whose first convolution is scaled by 10^3 (activations near 10^3) and boxes 10^-6 wide: the
+    exact (float64) second-convolution outputs at sampled values lie in its window — and without the
+    rounding margins they do not (float32 loses more than the box moves them)."""
+    model = random_network(4, "convnet", SIZE)
+    with torch.no_grad():
+        model.features[0].weight.mul_(1e3)
+    net = bounds.compile_network(model)
+    assert isinstance(net.ops[3], bounds.Conv) and bounds.JOINT_SECOND
+    if not margin:
+        monkeypatch.setattr(bounds, "_conv_rounding", lambda op, abs_sum: torch.zeros(()))
+    rng = np.random.default_rng(4)
+    image = rng.uniform(0, 1, (3, SIZE, SIZE))
+    clean = bounds.clean_pass(net, image)
+    held = []
+    for row, col in [(0, 0), (3, 5), (7, 2), (4, 4)]:
+        low = rng.uniform(0, 1, (1, 3))
+        high = low + 1e-6
+        win = bounds._propagate(net.ops[:4], bounds.input_window(np.array([row]), np.array([col]), low, high),
+                                clean, top_level=True)
+        values = np.concatenate([low + rng.uniform(0, 1, (200, 3)) * (high - low),
+                                 np.array(np.meshgrid(*zip(low[0], high[0]), indexing="ij")).reshape(3, -1).T])
+        x = torch.from_numpy(np.repeat(image[None], len(values), axis=0))
+        x[:, :, row, col] = torch.from_numpy(values)
+        with torch.no_grad():
+            exact = model.features[:6](x).numpy()  # conv, BN, ReLU, max-pool, conv, BN: float64
+        n, m = win.size
+        top, left = int(win.top[0]), int(win.left[0])
+        exact = exact[:, :, top: top + n, left: left + m]
+        e = (values - (low + high) / 2) / ((high - low) / 2)  # box coordinates of every sample
+        lo = np.einsum("ve,echw->vchw", e, (win.c - win.r)[0, 1:].numpy()) + (win.c - win.r)[0, 0].numpy()
+        up = np.einsum("ve,echw->vchw", e, (win.c + win.r)[0, 1:].numpy()) + (win.c + win.r)[0, 0].numpy()
+        held.append(bool(np.all(lo <= exact) and np.all(exact <= up)))
+    assert all(held) if margin else not all(held)
+
+
+
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+def test_reduced_precision_float32_convolutions_fall_back_to_float64(precision):
+    """A global setting that lets float32 convolutions run in bfloat16 or TF32 breaks the rounding bound:
+    the bounds then convolve in float64 (equal to a network compiled without float32 convolutions)."""
+    model = random_network(5, "convnet", SIZE)
+    image = np.random.default_rng(5).uniform(0, 1, (3, SIZE, SIZE))
+    args = (np.array([2, 6]), np.array([3, 1]), np.full((2, 3), 0.2), np.full((2, 3), 0.7))
+    nets = [bounds.compile_network(model, float32_convolutions=f) for f in (True, False)]
+    before = torch.backends.mkldnn.conv.fp32_precision
+    try:
+        torch.backends.mkldnn.conv.fp32_precision = precision
+        assert not bounds._float32_is_ieee()
+        fallback, float64 = (bounds.propagate(net, bounds.clean_pass(net, image), *args) for net in nets)
+    finally:
+        torch.backends.mkldnn.conv.fp32_precision = before
+    assert bounds._float32_is_ieee()
+    assert torch.equal(fallback.c, float64.c) and torch.equal(fallback.r, float64.r)
+    default = bounds.propagate(nets[0], bounds.clean_pass(nets[0], image), *args)
+    assert not torch.equal(default.r, float64.r)  # the float32 path, with its margins, when allowed
 
 
 def test_an_unsupported_layer_is_refused_by_name():
@@ -236,9 +341,10 @@ def test_the_d4_convnet_bounds_hold_and_tighten_on_small_boxes(seed):
     """Narrow boxes (0.002 to 0.05 wide) at positions across a 20 x 20 image: every sampled logit lies
     within the forward bounds and within the backward bounds alone, and both close in on the sampled
     range as the box shrinks (a radius dropped or a window misplaced by the invariant pooling, forward
-    or backward, breaks one or the other)."""
+    or backward, breaks one or the other). Convolutions in float64: the closing-in is checked below
+    float32's rounding margins, which this random network's large logits (10^3) would exceed."""
     model = random_network(seed, "d4", D4_SIZE)
-    net = bounds.compile_network(model)
+    net = bounds.compile_network(model, float32_convolutions=False)
     rng = np.random.default_rng(seed)
     image = rng.uniform(0, 1, (3, D4_SIZE, D4_SIZE))
     clean = bounds.clean_pass(net, image)

@@ -201,15 +201,20 @@ class ImageCertifier:
         untargeted: also certify the untargeted rule [default: False].
         scan_levels: values per band of the witness scan [default: 2: the corners and the centre].
         device: where the scan evaluates candidates [default: CPU].
+        float32_convolutions: bound the convolutions after the first relaxation in float32 with
+            their rounding margins (sound; :func:`~deepadversaries.certify.bounds.compile_network`);
+            False: every convolution in float64 (slower, the same answers up to the margins)
+            [default: True].
 
     Raises:
         OptionError: a layer :mod:`deepadversaries.certify.bounds` cannot bound (named).
     """
 
     def __init__(self, model: torch.nn.Module, value_range: ValueRange, rule: str = "paper", *,
-                 untargeted: bool = False, scan_levels: int = 2, device: torch.device | None = None) -> None:
+                 untargeted: bool = False, scan_levels: int = 2, device: torch.device | None = None,
+                 float32_convolutions: bool = True) -> None:
         self.model = model.eval()
-        self.net = bounds.compile_network(model)
+        self.net = bounds.compile_network(model, float32_convolutions=float32_convolutions)
         self.value_range = value_range
         self.rule = rule
         self.untargeted = untargeted

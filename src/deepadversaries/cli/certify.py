@@ -24,13 +24,13 @@ def _certify(
     subsample: int = typer.Option(150, "--subsample", help="Without a DE campaign in the run: the size of the campaign's seeded test subsample to draw (the DE campaign's --n-images, so that the images are the same)."),
     seed: int = typer.Option(0, "--seed", help="Without a DE campaign: the subsample's seed (the campaign's --seed)."),
     budget: float = typer.Option(120.0, "--budget", help="Seconds per image; an image not decided by then is counted as undecided."),
-    device: str = typer.Option("auto", "--device", help="Where the witness scan runs: auto, cpu or cuda (the bounds run on the CPU in float64)."),
+    device: str = typer.Option("auto", "--device", help="Where the witness scan runs: auto, cpu or cuda (the bounds run on the CPU: float64, with float32 convolutions whose rounding is added outward)."),
     workers: int = typer.Option(1, "--workers", help="Processes certifying images at once, one torch thread each (CPU; up to the cores you have). The answers do not depend on it; a resumed run may use another number."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard a finished (or unfinished) result in RUN/certify."),
 ) -> None:
     """Prove, per image, that no single pixel at any value in the range flips it - or show the pixel that does.
 
-    Each image ends flippable (a witness pixel, value and target, re-checked by a plain forward pass), certified (sound float64 bounds over every position and every value in the range, refined by branch and bound) or undecided (the budget ran out; counted, never hidden). Writes RUN/certify/results.csv, certmap.npz and summary.json (last) with the flip-rate sandwich: at least flippable / n, at most (flippable + undecided) / n. An interrupted run resumes when the same command is run again.
+    Each image ends flippable (a witness pixel, value and target, re-checked by a plain forward pass), certified (sound bounds over every position and every value in the range, refined by branch and bound) or undecided (the budget ran out; counted, never hidden). Writes RUN/certify/results.csv, certmap.npz and summary.json (last) with the flip-rate sandwich: at least flippable / n, at most (flippable + undecided) / n. An interrupted run resumes when the same command is run again.
     """
     from deepadversaries.certify.certify import CertifyConfig, certify_dir, certify_run  # deferred for start-up time (torch)
     from deepadversaries.errors import OptionError
