@@ -283,7 +283,7 @@ def test_the_joint_second_convolution_holds_in_float32_only_with_its_rounding_ma
 
 
 
-@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+@pytest.mark.parametrize("precision", ["bf16", "tf32", "matmul high"])
 def test_reduced_precision_float32_convolutions_fall_back_to_float64(precision):
     """A global setting that lets float32 convolutions run in bfloat16 or TF32 breaks the rounding bound:
     the bounds then convolve in float64 (equal to a network compiled without float32 convolutions)."""
@@ -291,13 +291,18 @@ def test_reduced_precision_float32_convolutions_fall_back_to_float64(precision):
     image = np.random.default_rng(5).uniform(0, 1, (3, SIZE, SIZE))
     args = (np.array([2, 6]), np.array([3, 1]), np.full((2, 3), 0.2), np.full((2, 3), 0.7))
     nets = [bounds.compile_network(model, float32_convolutions=f) for f in (True, False)]
-    before = torch.backends.mkldnn.conv.fp32_precision
+    mkldnn = torch.backends.mkldnn
+    before = mkldnn.conv.fp32_precision, torch.get_float32_matmul_precision(), mkldnn.matmul.fp32_precision
     try:
-        torch.backends.mkldnn.conv.fp32_precision = precision
+        if precision == "matmul high":  # TF32 for float32 matrix products (im2col convolutions use them)
+            torch.set_float32_matmul_precision("high")
+        else:
+            mkldnn.conv.fp32_precision = precision
         assert not bounds._float32_is_ieee()
         fallback, float64 = (bounds.propagate(net, bounds.clean_pass(net, image), *args) for net in nets)
     finally:
-        torch.backends.mkldnn.conv.fp32_precision = before
+        torch.set_float32_matmul_precision(before[1])
+        mkldnn.conv.fp32_precision, mkldnn.matmul.fp32_precision = before[0], before[2]
     assert bounds._float32_is_ieee()
     assert torch.equal(fallback.c, float64.c) and torch.equal(fallback.r, float64.r)
     default = bounds.propagate(nets[0], bounds.clean_pass(nets[0], image), *args)

@@ -80,8 +80,9 @@ convolutions do: each output a sum of float32 products, in any order, fused or n
 matrix product, the two CPU paths PyTorch takes for these shapes; NNPACK, whose Winograd and FFT
 algorithms are not sums of products, is switched off around these convolutions. Reduced precision
 would break it too: where a global PyTorch setting lets float32 convolutions
-run in TF32 or bfloat16 (``torch.backends.mkldnn.conv.fp32_precision`` or
-``torch.backends.fp32_precision`` other than ``"none"``/``"ieee"``), every convolution runs in
+run in TF32 or bfloat16 (``torch.backends.mkldnn.conv.fp32_precision``,
+``torch.backends.mkldnn.matmul.fp32_precision`` or ``torch.backends.fp32_precision`` other than
+``"none"``/``"ieee"``, or ``torch.set_float32_matmul_precision`` below ``"highest"``), every convolution runs in
 float64 instead (:func:`_float32_is_ieee`; the bounds run on the CPU). An exact window
 (the input box, or a zero-width box) is convolved in float64 and stays exact, which the joint
 first block needs. With ``compile_network(..., float32_convolutions=False)`` every
@@ -605,8 +606,9 @@ def _float32_is_ieee() -> bool:
     use TF32 or bfloat16 (the rounding bound of :class:`Float32Weights` assumes IEEE float32)."""
     mkldnn = torch.backends.mkldnn
     settings = (getattr(torch.backends, "fp32_precision", "none"), getattr(mkldnn, "fp32_precision", "none"),
-                getattr(getattr(mkldnn, "conv", None), "fp32_precision", "none"))
-    return all(str(v) in ("none", "ieee") for v in settings)
+                getattr(getattr(mkldnn, "conv", None), "fp32_precision", "none"),
+                getattr(getattr(mkldnn, "matmul", None), "fp32_precision", "none"))  # im2col + matrix product
+    return all(str(v) in ("none", "ieee") for v in settings) and torch.get_float32_matmul_precision() == "highest"
 
 
 def _conv_float32(op: Conv, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
