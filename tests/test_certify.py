@@ -27,7 +27,7 @@ from deepadversaries.certify.certify import CertifyConfig, ImageCertifier, certi
 from deepadversaries.cli import main
 from deepadversaries.errors import OptionError
 from deepadversaries.attacks.exhaustive import ExhaustiveSearch
-from deepadversaries.io import write_json
+from deepadversaries.io import read_json, write_json
 from deepadversaries.models.networks import ConvNet, D4ConvNet
 from deepadversaries.models.runs import RunConfig, attack_dir, best_checkpoint_path
 
@@ -228,6 +228,8 @@ def test_the_stage_writes_the_sandwich_and_resumes(small_run, monkeypatch):
     monkeypatch.setattr(ImageCertifier, "certify", real)
     summary = certify_run(small_run, config, device="cpu")
     assert summary["timing"]["sessions"] == 2
+    assert summary["bounds_arithmetic"].startswith("float64; the convolutions after the first relaxation in IEEE float32")
+    assert read_json(out / "summary.json")["bounds_arithmetic"] == summary["bounds_arithmetic"]
     rows = read_rows(out / "results.csv")
     assert len(rows) == summary["n_images"] == 3
     counts = {s: sum(r["status"] == s for r in rows) for s in ("flippable", "certified", "undecided")}

@@ -416,6 +416,14 @@ def compile_network(model: nn.Module, *, float32_convolutions: bool = True) -> N
                    bands=bands, input_size=size if resolved else None)
 
 
+def arithmetic(net: Network) -> str:
+    """How the network's bounds are computed, in words (for a certification's ``summary.json``)."""
+    if any(isinstance(op, Conv) and op.float32 is not None for op in _walk(net.ops)):
+        return ("float64; the convolutions after the first relaxation in IEEE float32 with a proved bound of "
+                "their rounding added outward (float64 where a TF32 or bfloat16 setting is in force)")
+    return "float64"
+
+
 def _walk(ops: list):
     for op in ops:
         yield op

@@ -590,6 +590,7 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
         summary = _summary(run, run_config, dataset, chosen, records, config, rule, value_range, timing={
             "wall_time_s": round(wall, 3), "sessions": sessions + 1, "device": str(dev),
             "torch_threads": torch.get_num_threads() if config.workers == 1 else 1, "workers": config.workers})
+        summary["bounds_arithmetic"] = bounds.arithmetic(certifier.net)
         write_json(out / SUMMARY_NAME, summary)
         (out / PROGRESS_NAME).unlink(missing_ok=True)
         shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
