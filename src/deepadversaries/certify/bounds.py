@@ -619,6 +619,12 @@ def _float32_is_ieee() -> bool:
     return all(str(v) in ("none", "ieee") for v in settings) and torch.get_float32_matmul_precision() == "highest"
 
 
+def _in_float32(op: Conv) -> bool:
+    """Whether the convolution is bounded in float32 (set by :func:`compile_network`, and IEEE float32
+    in force); exact windows are convolved in float64 regardless (:func:`_conv_window`)."""
+    return op.float32 is not None and _float32_is_ieee()
+
+
 def _conv_float32(op: Conv, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """``weight * x`` (no bias; ``weight`` float32, default the op's) computed in float32, as float64."""
     w = op.float32.weight if weight is None else weight
@@ -645,7 +651,7 @@ def _conv_window(op: Conv, win: Window, clean_in: torch.Tensor, trace: list | No
     c, r, top, left, nh, nw = _spatial_setup(win, clean_in, op.kernel, op.stride, op.padding, 0.0, record)
     p, e1, ch = c.shape[:3]
     shape = c.shape[-2:]
-    if op.float32 is not None and bool(r.any()) and _float32_is_ieee():
+    if bool(r.any()) and _in_float32(op):
         cc = _conv_float32(op, c.reshape(p * e1, ch, *shape))
         rr = _conv_float32(op, r.reshape(p * e1, ch, *shape), op.float32.abs_weight).reshape(p, e1, -1, nh, nw)
         rr[:, 0] += _conv_rounding(op, c.abs().sum(1) + r.abs().sum(1))
@@ -835,7 +841,7 @@ def _conv_convex_parts(op: Conv, win: Window, clean_in: torch.Tensor, trace: lis
     tangent = Window(win.c - win.r, torch.zeros_like(win.c), win.top, win.left)
     tc, _, _, _, _, _ = _spatial_setup(tangent, clean_in, op.kernel, op.stride, op.padding, 0.0)
     w_pos, w_neg = op.weight.clamp(min=0), (-op.weight).clamp(min=0)
-    float32 = op.float32 is not None and _float32_is_ieee()
+    float32 = _in_float32(op)
     if float32:
         w_pos, w_neg = w_pos.to(torch.float32), w_neg.to(torch.float32)
     shape = cc.shape[-2:]

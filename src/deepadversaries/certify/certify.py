@@ -587,10 +587,10 @@ def certify_run(run: str | Path, config: CertifyConfig | None = None, *, data: s
                 progress.update(task, advance=1, counts=_counts_text(counts))
         _write_results(out, chosen, records, dataset)
         wall = wall_before + time.perf_counter() - t_start
-        summary = _summary(run, run_config, dataset, chosen, records, config, rule, value_range, timing={
+        summary = _summary(run, run_config, dataset, chosen, records, config, rule, value_range,
+                           bounds.arithmetic(certifier.net), timing={
             "wall_time_s": round(wall, 3), "sessions": sessions + 1, "device": str(dev),
             "torch_threads": torch.get_num_threads() if config.workers == 1 else 1, "workers": config.workers})
-        summary["bounds_arithmetic"] = bounds.arithmetic(certifier.net)
         write_json(out / SUMMARY_NAME, summary)
         (out / PROGRESS_NAME).unlink(missing_ok=True)
         shutil.rmtree(out / MAPS_DIR, ignore_errors=True)
@@ -861,7 +861,8 @@ def campaign_mismatch(campaign: Mapping[str, Any], value_range: ValueRange, rule
 
 
 def _summary(run: Path, run_config: Any, dataset: GalaxyDataset, chosen: _Images, records: dict[int, dict],
-             config: CertifyConfig, rule: str, value_range: ValueRange, timing: dict[str, Any]) -> dict[str, Any]:
+             config: CertifyConfig, rule: str, value_range: ValueRange, arithmetic: str,
+             timing: dict[str, Any]) -> dict[str, Any]:
     recs = [records[int(t)] for t in chosen.test_index]
     n = len(recs)
     count = {s: sum(r["status"] == s for r in recs) for s in STATUSES}
@@ -903,7 +904,7 @@ def _summary(run: Path, run_config: Any, dataset: GalaxyDataset, chosen: _Images
                                "p25": float(np.percentile(seconds, 25)), "p75": float(np.percentile(seconds, 75)),
                                "n": n} if n else None),
         "success_rule": rule, "targets": config.targets, "value_range": value_range.describe(),
-        "budget_s": config.budget_s, "tolerance": bounds.CERTIFY_TOLERANCE,
+        "budget_s": config.budget_s, "tolerance": bounds.CERTIFY_TOLERANCE, "bounds_arithmetic": arithmetic,
         "test_index": chosen.test_index.tolist(),
         "settings": config.to_json(),
         "timing": timing,
